@@ -1,0 +1,280 @@
+"""Train-time augmentation as one affine matrix per image, applied in one warp.
+
+Random resized crop, resize, tilt, zoom, shift and (optional) flip are all affine maps, so
+they compose into a single 2x3 matrix per sample, and each image is resampled exactly once
+(one interpolation, no blur or border loss stacking up from chained transforms). The
+matrices are sampled on the CPU from a NumPy Generator seeded by (seed, epoch, batch), so a
+batch is the same whatever the number of workers or the device. The warp runs where the
+batch lives: one batched `affine_grid` + `grid_sample` on the GPU, or `cv2.warpAffine` on
+uint8 in CPU loader workers; contrast/brightness and normalisation follow in `to_model_input`.
+
+Matrices map source pixel coordinates (cache image, side `in_size`) to output pixel
+coordinates (side `out_size`), OpenCV convention: pixel centres at integer coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentPolicy:
+    rotate_deg: float = 5.0  # random tilt, +- degrees
+    translate: float = 0.05  # random shift, fraction of the output side
+    scale_min: float = 0.9  # random zoom range (about the output centre)
+    scale_max: float = 1.1
+    crop_scale_min: float = 0.35  # random-resized-crop area range (fraction of the image)
+    crop_scale_max: float = 1.0
+    crop_ratio_min: float = 3 / 4  # random-resized-crop aspect-ratio (w / h) range
+    crop_ratio_max: float = 4 / 3
+    brightness: float = 0.1  # +- additive brightness, in [0, 1] intensity units
+    contrast: float = 0.1  # +- relative contrast change
+    hflip: bool = False  # horizontal flip with probability 1/2
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> AugmentPolicy:
+        """Take the augmentation fields (same names) from a `Config`."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+    @classmethod
+    def identity(cls) -> AugmentPolicy:
+        """A policy whose every sample is the identity (whole image, no jitter)."""
+        return cls(0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, False)
+
+
+def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+    """The augmentation stream of one batch; independent of worker count and device."""
+    return np.random.default_rng([seed, epoch, batch])
+
+
+# --- geometry ------------------------------------------------------------------------
+
+
+def sample_params(
+    n: int, in_size: int, policy: AugmentPolicy, rng: np.random.Generator, tries: int = 10
+) -> dict[str, np.ndarray]:
+    """Draw per-sample parameters: crop (n, 4) [x0, y0, w, h] in source pixel-edge units,
+    angle (n,) degrees, scale (n,), shift (n, 2) as a fraction of the side, flip (n,) bool."""
+    area = in_size**2 * rng.uniform(policy.crop_scale_min, policy.crop_scale_max, (n, tries))
+    log_r = rng.uniform(
+        math.log(policy.crop_ratio_min), math.log(policy.crop_ratio_max), (n, tries)
+    )
+    w = np.sqrt(area * np.exp(log_r))
+    h = np.sqrt(area / np.exp(log_r))
+    # Like torchvision: keep the first candidate that fits, else fall back to the whole image.
+    fits = (w <= in_size * (1 + 1e-9)) & (h <= in_size * (1 + 1e-9))
+    first = fits.argmax(axis=1)
+    rows = np.arange(n)
+    w = np.where(fits.any(axis=1), np.minimum(w[rows, first], in_size), in_size)
+    h = np.where(fits.any(axis=1), np.minimum(h[rows, first], in_size), in_size)
+    x0 = rng.uniform(0.0, 1.0, n) * (in_size - w)
+    y0 = rng.uniform(0.0, 1.0, n) * (in_size - h)
+    return {
+        "crop": np.stack([x0, y0, w, h], axis=1),
+        "angle": rng.uniform(-policy.rotate_deg, policy.rotate_deg, n),
+        "scale": rng.uniform(policy.scale_min, policy.scale_max, n),
+        "shift": rng.uniform(-policy.translate, policy.translate, (n, 2)),
+        "flip": (rng.random(n) < 0.5) & bool(policy.hflip),
+    }
+
+
+def _affine3(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, tx, ty) -> np.ndarray:
+    """Batch of 3x3 matrices [[a, b, tx], [c, d, ty], [0, 0, 1]] from (n,) arrays."""
+    n = len(a)
+    m = np.zeros((n, 3, 3))
+    m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = a, b, tx
+    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = c, d, ty
+    m[:, 2, 2] = 1.0
+    return m
+
+
+def compose_affines(params: dict[str, np.ndarray], in_size: int, out_size: int) -> np.ndarray:
+    """(n, 2, 3) forward matrices: crop box -> out_size, then tilt/zoom/shift about the
+    output centre, then optional horizontal flip."""
+    x0, y0, w, h = params["crop"].T
+    sx, sy, zero = out_size / w, out_size / h, np.zeros(len(w))
+    # Pixel centres sit at integer coords, edges at +-0.5: u = (x + 0.5 - x0) * out / w - 0.5.
+    crop = _affine3(sx, zero, zero, sy, (0.5 - x0) * sx - 0.5, (0.5 - y0) * sy - 0.5)
+    # u' = s R (u - c) + c + t; with y pointing down, a positive angle turns clockwise.
+    rad = np.deg2rad(params["angle"])
+    cos, sin = params["scale"] * np.cos(rad), params["scale"] * np.sin(rad)
+    c = (out_size - 1) / 2
+    tx, ty = params["shift"].T * out_size
+    spin = _affine3(cos, -sin, sin, cos, c - cos * c + sin * c + tx, c - sin * c - cos * c + ty)
+    # Mirror about the vertical centre line: u'' = (out - 1) - u'.
+    f = params["flip"]
+    flip = _affine3(
+        np.where(f, -1.0, 1.0), zero, zero, zero + 1, np.where(f, out_size - 1.0, 0), zero
+    )
+    return (flip @ spin @ crop)[:, :2, :]
+
+
+def sample_affines(
+    n: int, in_size: int, out_size: int, policy: AugmentPolicy, rng: np.random.Generator
+) -> np.ndarray:
+    """(n, 2, 3) float64 random forward matrices, source pixels -> output pixels."""
+    return compose_affines(sample_params(n, in_size, policy, rng), in_size, out_size)
+
+
+def eval_affines(n: int, in_size: int, out_size: int) -> np.ndarray:
+    """(n, 2, 3) deterministic matrices: plain resize of the whole image to out_size."""
+    params = {
+        "crop": np.tile([0.0, 0.0, in_size, in_size], (n, 1)),
+        "angle": np.zeros(n),
+        "scale": np.ones(n),
+        "shift": np.zeros((n, 2)),
+        "flip": np.zeros(n, dtype=bool),
+    }
+    return compose_affines(params, in_size, out_size)
+
+
+def warp_boxes(boxes: list[list[float]], mat: np.ndarray, out_size: int) -> list[list[float]]:
+    """Boxes [x, y, w, h] (pixel-edge units) -> axis-aligned box of the 4 warped corners,
+    clipped to the output; boxes left with no area inside the output are dropped."""
+    m = np.asarray(mat, dtype=np.float64)
+    out = []
+    for x, y, w, h in boxes:
+        # Box edges are pixel edges: shift to centre coords, warp, shift back.
+        corners = np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]]) - 0.5
+        warped = corners @ m[:, :2].T + m[:, 2] + 0.5
+        lo = np.clip(warped.min(axis=0), 0, out_size)
+        hi = np.clip(warped.max(axis=0), 0, out_size)
+        if (hi > lo).all():
+            out.append([float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])])
+    return out
+
+
+# --- warps ---------------------------------------------------------------------------
+
+
+def _check(images: Any, mats: Any, name: str) -> None:
+    if images.ndim != 3:
+        raise ValueError(f"{name}: expected images of shape (B, S, S), got {tuple(images.shape)}")
+    if tuple(mats.shape) != (images.shape[0], 2, 3):
+        raise ValueError(
+            f"{name}: expected mats of shape ({images.shape[0]}, 2, 3), got {tuple(mats.shape)}"
+        )
+
+
+def warp_cpu(images: np.ndarray, mats: np.ndarray, out_size: int) -> np.ndarray:
+    """uint8 (B, S, S) -> uint8 (B, out, out) with cv2.warpAffine, bilinear, zero border."""
+    _check(images, mats, "warp_cpu")
+    out = np.empty((len(images), out_size, out_size), dtype=np.uint8)
+    for i, (img, m) in enumerate(zip(images, mats, strict=True)):
+        out[i] = cv2.warpAffine(
+            np.ascontiguousarray(img, dtype=np.uint8),
+            np.asarray(m, dtype=np.float64),
+            (out_size, out_size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+    return out
+
+
+def affines_to_theta(mats: np.ndarray, in_size: int, out_size: int) -> np.ndarray:
+    """Forward pixel matrices (B, 2, 3) -> `affine_grid` theta (B, 2, 3): the inverse map
+    in normalised coords (align_corners=False: -1 and 1 are the outer pixel edges)."""
+    m = np.zeros((len(mats), 3, 3))
+    m[:, :2], m[:, 2, 2] = mats, 1.0
+    # Output normalised -> output pixels: u = (un + 1) * out / 2 - 0.5.
+    denorm = np.array(
+        [[out_size / 2, 0, (out_size - 1) / 2], [0, out_size / 2, (out_size - 1) / 2], [0, 0, 1]]
+    )
+    # Source pixels -> source normalised: xn = (2 x + 1) / S - 1.
+    norm = np.array(
+        [[2 / in_size, 0, 1 / in_size - 1], [0, 2 / in_size, 1 / in_size - 1], [0, 0, 1]]
+    )
+    return (norm @ np.linalg.inv(m) @ denorm)[:, :2, :]
+
+
+def warp_torch(
+    images: torch.Tensor, mats: np.ndarray | torch.Tensor, out_size: int
+) -> torch.Tensor:
+    """uint8 (B, S, S) on any device -> float32 (B, 1, out, out) in [0, 1] on that device,
+    with one batched affine_grid + grid_sample (bilinear, zero padding)."""
+    _check(images, mats, "warp_torch")
+    if isinstance(mats, torch.Tensor):
+        mats = mats.detach().cpu().double().numpy()
+    theta = affines_to_theta(np.asarray(mats, dtype=np.float64), images.shape[-1], out_size)
+    theta_t = torch.as_tensor(theta, dtype=torch.float32, device=images.device)
+    x = images.unsqueeze(1).float().div_(255.0)
+    grid = F.affine_grid(theta_t, [len(x), 1, out_size, out_size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# --- intensity and normalisation -----------------------------------------------------
+
+
+def sample_intensity(
+    n: int, policy: AugmentPolicy, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample contrast gain in [1 - c, 1 + c] and brightness bias in [-b, b], float32 (n,)."""
+    gain = 1.0 + rng.uniform(-policy.contrast, policy.contrast, n)
+    bias = rng.uniform(-policy.brightness, policy.brightness, n)
+    return gain.astype(np.float32), bias.astype(np.float32)
+
+
+def to_model_input(
+    x: torch.Tensor,
+    gain: np.ndarray | torch.Tensor | None,
+    bias: np.ndarray | torch.Tensor | None,
+    mean: float,
+    std: float,
+) -> torch.Tensor:
+    """uint8 (B, H, W) or float (B, 1, H, W) in [0, 1] -> float32 (B, 1, H, W) on x's device:
+    contrast/brightness about mid-grey (clamped to [0, 1]) if given, then (x - mean) / std."""
+    x = x.unsqueeze(1).float().div(255.0) if x.dtype == torch.uint8 else x.float()
+    if gain is not None or bias is not None:
+        n = len(x)
+        g = torch.ones(n) if gain is None else torch.as_tensor(gain, dtype=torch.float32)
+        b = torch.zeros(n) if bias is None else torch.as_tensor(bias, dtype=torch.float32)
+        g, b = (t.to(x.device).view(n, 1, 1, 1) for t in (g, b))
+        x = ((x - 0.5) * g + 0.5 + b).clamp(0.0, 1.0)
+    return (x - mean) / std
+
+
+# --- whole batches -------------------------------------------------------------------
+
+
+def _batch_params(
+    n: int, s: int, out_size: int, policy: AugmentPolicy, rng: Any, train: bool
+) -> tuple:
+    # Same draw order on both paths, so one rng gives the same augmentation on CPU and GPU.
+    if not train:
+        return eval_affines(n, s, out_size), None, None
+    mats = sample_affines(n, s, out_size, policy, rng)
+    return (mats, *sample_intensity(n, policy, rng))
+
+
+def augment_batch_cpu(
+    images: np.ndarray,
+    out_size: int,
+    policy: AugmentPolicy,
+    rng: np.random.Generator | None,
+    train: bool,
+) -> dict[str, Any]:
+    """uint8 (B, S, S) -> dict(images=uint8 (B, out, out), gain, bias, mats (B, 2, 3)).
+    Eval (train=False): plain resize, gain and bias None. Boxes: `warp_boxes(b, mats[i], out)`."""
+    mats, gain, bias = _batch_params(len(images), images.shape[-1], out_size, policy, rng, train)
+    return {"images": warp_cpu(images, mats, out_size), "gain": gain, "bias": bias, "mats": mats}
+
+
+def augment_batch_torch(
+    images: torch.Tensor,
+    out_size: int,
+    policy: AugmentPolicy,
+    rng: np.random.Generator | None,
+    train: bool,
+) -> dict[str, Any]:
+    """uint8 tensor (B, S, S) on a device -> dict(images=float32 (B, 1, out, out) in [0, 1]
+    on that device, gain, bias (NumPy float32 (B,) or None), mats (B, 2, 3))."""
+    mats, gain, bias = _batch_params(len(images), images.shape[-1], out_size, policy, rng, train)
+    return {"images": warp_torch(images, mats, out_size), "gain": gain, "bias": bias, "mats": mats}

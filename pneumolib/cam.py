@@ -1,0 +1,500 @@
+"""Class activation maps: where in the radiograph the network found its evidence.
+
+Two methods, one shape of answer. Both capture the feature map `A` (B, K, h, w) of one layer
+in a single forward pass and return `ReLU(sum_k weight_k * A_k)`, upsampled to the input size
+and scaled to [0, 1]; they differ only in how the channel weights are found:
+
+- `cam` (Zhou et al. 2016): exact for global-average-pooling + linear heads (ResNet, DenseNet,
+  EfficientNet): the weights are the head's own weights, so `mean(CAM) + bias == logit`.
+- `grad_cam` (Selvaraju et al. 2017): any convolutional layer; the weights are the spatial
+  means of the target's gradient. On the last layer of a GAP + linear head it equals `cam`.
+
+"What to explain" is a target object (`BinaryLogitTarget`), kept apart from "how". Maps in
+[0, 1] are kept apart from drawing (`overlay`, `save_overlays`). Localisation against the
+expert boxes: `pointing_game`, `energy_in_box`, and `box_area_fraction`, the chance level of
+both; `localisation_scores` per image and `summarize_localisation` with bootstrap CIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+Box = Sequence[float]  # [x, y, w, h] in image pixels
+Boxes = Sequence[Box]  # all boxes of one image
+
+
+# --- what to explain ----------------------------------------------------------------
+
+
+class BinaryLogitTarget:
+    """The score to explain for a one-logit head: the logit (evidence for pneumonia) when
+    `positive`, else its negative (evidence against). Call on logits (B, 1) or (B,) -> (B,)."""
+
+    def __init__(self, positive: bool = True) -> None:
+        self.positive = positive
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        score = logits.reshape(logits.shape[0], -1)[:, 0]
+        return score if self.positive else -score
+
+    def __repr__(self) -> str:
+        return f"BinaryLogitTarget(positive={self.positive})"
+
+
+# --- hooks and model plumbing ---------------------------------------------------------
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule of `model` with dotted `name` (e.g. "layer4", "features.denseblock4")."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_children()]
+        raise ValueError(f"layer={name!r}: model has no such submodule (top level: {names})") from None
+
+
+class FeatureHook:
+    """Records the output of one layer on every forward pass while the `with` block runs.
+
+    With `requires_grad=True` each recorded map is a fresh leaf tensor that the rest of the
+    forward pass is built on, so `torch.autograd.grad(score, hook.features[-1])` works even
+    when the backbone is frozen, and no gradient reaches the parameters. The hook is removed on
+    exit, also when the forward pass raises.
+    """
+
+    def __init__(self, model: nn.Module, layer: str, requires_grad: bool = False) -> None:
+        self.layer = layer
+        self.module = get_layer(model, layer)
+        self.requires_grad = requires_grad
+        self.features: list[Tensor] = []  # one (B, K, h, w) map per forward pass
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Tensor | None:
+        if not isinstance(output, Tensor) or output.ndim != 4:
+            shape = getattr(output, "shape", type(output).__name__)
+            raise ValueError(f"layer={self.layer!r}: expected a (B, K, h, w) output, got {shape}")
+        if self.requires_grad:
+            leaf = output.detach().requires_grad_(True)
+            self.features.append(leaf)
+            # A copy goes on, so in-place ops downstream (DenseNet's ReLU) never touch the leaf.
+            return leaf.clone()
+        # Copy: a later in-place op would otherwise change what we recorded.
+        self.features.append(output.detach().clone())
+        return None
+
+    def __enter__(self) -> FeatureHook:
+        self.features = []
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+class _EvalMode:
+    """Puts every module in eval mode and restores each one's own flag on exit (a model in
+    feature-extraction mode may mix trained and frozen-eval BatchNorm layers)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.saved: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+
+    def __exit__(self, *exc: object) -> None:
+        for m, training in self.saved:
+            m.training = training
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside torch.compile / DataParallel wrappers (their names differ)."""
+    model = getattr(model, "_orig_mod", model)
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    return model
+
+
+def _default_layer(model: nn.Module, layer: str | None) -> str:
+    if layer is not None:
+        return layer
+    from pneumolib.models import feature_layer_name  # lazy: cam works on any network
+
+    return feature_layer_name(model)
+
+
+def _default_relu(model: nn.Module, layer: str, relu_features: bool | None) -> bool:
+    """DenseNet applies F.relu after `features`; ResNet/EfficientNet maps are post-activation."""
+    if relu_features is not None:
+        return relu_features
+    from torchvision.models import DenseNet
+
+    parent_name, _, last = layer.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return isinstance(parent, DenseNet) and last == "features"
+
+
+def _forward(
+    model: nn.Module, x: Tensor, layer: str, requires_grad: bool
+) -> tuple[Tensor, Tensor]:
+    """One forward pass in eval mode recording `layer`: (features (B, K, h, w), logits (B, 1))."""
+    if x.ndim != 4:
+        raise ValueError(f"x: expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+    param = next(model.parameters(), None)
+    if param is not None:
+        x = x.to(device=param.device, dtype=param.dtype)
+    grad_mode = torch.enable_grad() if requires_grad else torch.no_grad()
+    with _EvalMode(model), FeatureHook(model, layer, requires_grad) as hook, grad_mode:
+        logits = model(x)
+    if not hook.features:
+        raise ValueError(f"layer={layer!r}: the layer did not run in the model's forward pass")
+    if logits.ndim > 2 or logits.reshape(len(x), -1).shape[1] != 1:
+        raise ValueError(f"model: expected one logit per image, got output {tuple(logits.shape)}")
+    return hook.features[-1], logits.reshape(len(x), 1)
+
+
+def _weighted_maps(features: Tensor, weights: Tensor, size: tuple[int, int]) -> Tensor:
+    """ReLU(sum_k w_k A_k) upsampled to `size`, each map scaled to [0, 1] by its maximum.
+
+    features (B, K, h, w), weights (B, K) -> (B, H, W). Dividing by the maximum (not min-max)
+    keeps 0 meaning "no evidence"; a map with no positive evidence stays all zero.
+    """
+    maps = torch.einsum("bk,bkhw->bhw", weights.float(), features.float()).relu()
+    maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12)
+    return (maps / peak[:, None, None]).clamp(0, 1)
+
+
+# --- how: CAM and Grad-CAM ------------------------------------------------------------
+
+
+def cam_weights(linear: nn.Linear, target: BinaryLogitTarget | None = None) -> Tensor:
+    """Channel weights (K,) of the target's score as a function of the pooled features:
+    d target(linear(z)) / dz, which for a linear head is the head's weight row (negated for
+    `positive=False`). Holds for any target that is linear in the logits."""
+    target = target or BinaryLogitTarget()
+    w = linear.weight
+    z = torch.zeros(1, linear.in_features, device=w.device, dtype=w.dtype, requires_grad=True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(target(linear(z)).sum(), z)
+    return grad[0].detach()
+
+
+def feature_maps(
+    model: nn.Module, x: Tensor, layer: str | None = None, relu_features: bool | None = None
+) -> tuple[Tensor, Tensor]:
+    """The features the head pools and the logits, from one forward pass in eval mode.
+
+    x (B, C, H, W) -> (features (B, K, h, w), logits (B, 1)). For a GAP + linear head,
+    `(features * cam_weights(linear)[:, None, None]).sum(1).mean((1, 2)) + bias == logit`.
+    """
+    model = _unwrap(model)
+    layer = _default_layer(model, layer)
+    features, logits = _forward(model, x, layer, requires_grad=False)
+    if _default_relu(model, layer, relu_features):
+        features = features.relu()
+    return features, logits
+
+
+def cam(
+    model: nn.Module,
+    x: Tensor,
+    layer: str | None = None,
+    linear: nn.Linear | None = None,
+    relu_features: bool | None = None,
+    target: BinaryLogitTarget | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Exact CAM for a global-pooling + linear head, the whole batch in one forward pass.
+
+    x (B, C, H, W) normalised input -> (maps (B, H, W) in [0, 1], probabilities (B,)).
+    `layer` is the dotted name of the module whose output the head pools and `linear` the
+    final one-logit layer (defaults: `pneumolib.models.feature_layer_name` and `head`).
+    `relu_features` applies ReLU to the captured map (default: on for DenseNet "features").
+    """
+    model = _unwrap(model)
+    layer = _default_layer(model, layer)
+    if linear is None:
+        from pneumolib.models import head
+
+        linear = head(model)
+    features, logits = feature_maps(model, x, layer, relu_features)
+    if features.shape[1] != linear.in_features:
+        raise ValueError(
+            f"linear: expects {linear.in_features} features, layer={layer!r} has "
+            f"{features.shape[1]} channels; pass the layer the head pools"
+        )
+    weights = cam_weights(linear, target).to(features.device).expand(len(features), -1)
+    maps = _weighted_maps(features, weights, tuple(x.shape[-2:]))
+    return maps, torch.sigmoid(logits[:, 0].float())
+
+
+def grad_cam(
+    model: nn.Module,
+    x: Tensor,
+    layer: str | None = None,
+    target: BinaryLogitTarget | None = None,
+    relu_features: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM for any convolutional layer, the whole batch in one forward pass.
+
+    x (B, C, H, W) -> (maps (B, H, W) in [0, 1], probabilities (B,)). Channel weights are the
+    spatial means of d target / d A; `layer` is a dotted module name (default: the model's last
+    feature layer). Parameters' `.grad` are left untouched.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("grad_cam needs gradients: call it outside torch.inference_mode()")
+    model = _unwrap(model)
+    layer = _default_layer(model, layer)
+    target = target or BinaryLogitTarget()
+    features, logits = _forward(model, x, layer, requires_grad=True)
+    with torch.enable_grad():
+        # Images are independent in eval mode, so one backward of the sum gives every image.
+        (grads,) = torch.autograd.grad(target(logits).sum(), features)
+    weights = grads.float().mean(dim=(2, 3))  # (B, K)
+    features = features.detach()
+    if _default_relu(model, layer, relu_features):
+        # Only for DenseNet's last block, so Grad-CAM there matches CAM as it does for ResNet.
+        features = features.relu()
+    maps = _weighted_maps(features, weights, tuple(x.shape[-2:]))
+    return maps, torch.sigmoid(logits[:, 0].detach().float())
+
+
+# --- localisation against the expert boxes -----------------------------------------------
+
+
+def _as_numpy(maps: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(maps, Tensor):
+        maps = maps.detach().float().cpu().numpy()
+    maps = np.asarray(maps, dtype=np.float64)
+    if maps.ndim != 3:
+        raise ValueError(f"maps: expected shape (B, H, W), got {maps.shape}")
+    return maps
+
+
+def _parse_boxes(boxes: Boxes | str) -> list[list[float]]:
+    """One image's boxes; a JSON string (as stored in the cache's index.csv) is parsed."""
+    if isinstance(boxes, str):
+        boxes = json.loads(boxes) if boxes.strip() else []
+    out = [list(map(float, b)) for b in boxes]
+    if any(len(b) != 4 for b in out):
+        raise ValueError(f"boxes: expected [x, y, w, h] entries, got {boxes}")
+    return out
+
+
+def scale_boxes(boxes: Boxes | str, factor: float) -> list[list[float]]:
+    """Boxes [x, y, w, h] multiplied by `factor` (e.g. model input size / cache size)."""
+    return [[v * factor for v in b] for b in _parse_boxes(boxes)]
+
+
+def box_mask(boxes: Boxes | str, height: int, width: int) -> np.ndarray:
+    """Union of the boxes as a bool mask (H, W); a pixel is inside when its centre is."""
+    mask = np.zeros((height, width), dtype=bool)
+    rows = np.arange(height) + 0.5
+    cols = np.arange(width) + 0.5
+    for x, y, w, h in _parse_boxes(boxes):
+        inside_r = (rows >= y) & (rows < y + h)
+        inside_c = (cols >= x) & (cols < x + w)
+        mask |= inside_r[:, None] & inside_c[None, :]
+    return mask
+
+
+def _check_batch(maps: np.ndarray, boxes: Sequence[Boxes | str]) -> None:
+    if len(boxes) != len(maps):
+        raise ValueError(f"boxes: got {len(boxes)} lists of boxes for {len(maps)} maps")
+
+
+def pointing_game(maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]) -> np.ndarray:
+    """Hit (B,) bool: the map's maximum lies inside one of the image's boxes. A map with no
+    maximum (constant, e.g. all zero) points nowhere and counts as a miss."""
+    maps = _as_numpy(maps)
+    _check_batch(maps, boxes)
+    hits = np.zeros(len(maps), dtype=bool)
+    for i, (m, b) in enumerate(zip(maps, boxes, strict=True)):
+        if m.max() <= m.min():
+            continue
+        r, c = np.unravel_index(np.argmax(m), m.shape)
+        hits[i] = box_mask(b, *m.shape)[r, c]
+    return hits
+
+
+def energy_in_box(maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]) -> np.ndarray:
+    """Share (B,) of each map's total mass inside the union of its boxes; 0 for an all-zero
+    map (no evidence anywhere is no evidence in the box)."""
+    maps = _as_numpy(maps)
+    _check_batch(maps, boxes)
+    out = np.zeros(len(maps))
+    for i, (m, b) in enumerate(zip(maps, boxes, strict=True)):
+        m = np.clip(m, 0, None)
+        total = m.sum()
+        if total > 0:
+            out[i] = m[box_mask(b, *m.shape)].sum() / total
+    return out
+
+
+def box_area_fraction(boxes: Sequence[Boxes | str], height: int, width: int) -> np.ndarray:
+    """Share (B,) of the image covered by the union of its boxes: the chance level of both
+    the pointing game (a random point) and energy-in-box (a uniform map)."""
+    return np.array([box_mask(b, height, width).mean() for b in boxes], dtype=np.float64)
+
+
+def localisation_scores(
+    patient_ids: Sequence[str], maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]
+) -> pd.DataFrame:
+    """Per-image scores for true positives: columns patientId, pointing_hit, energy_in_box,
+    box_area_fraction. maps (B, H, W); boxes in the maps' pixel coordinates."""
+    maps = _as_numpy(maps)
+    _check_batch(maps, boxes)
+    if len(patient_ids) != len(maps):
+        raise ValueError(f"patient_ids: got {len(patient_ids)} ids for {len(maps)} maps")
+    for pid, b in zip(patient_ids, boxes, strict=True):
+        if not _parse_boxes(b):
+            raise ValueError(f"boxes: patient {pid} has no box; score only images with boxes")
+    h, w = maps.shape[1:]
+    return pd.DataFrame(
+        {
+            "patientId": list(patient_ids),
+            "pointing_hit": pointing_game(maps, boxes),
+            "energy_in_box": energy_in_box(maps, boxes),
+            "box_area_fraction": box_area_fraction(boxes, h, w),
+        }
+    )
+
+
+def summarize_localisation(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Means with 95% percentile-bootstrap CIs (images resampled, seeded) of pointing_hit,
+    energy_in_box, box_area_fraction (chance) and the paired lifts over chance
+    (`pointing_lift` = hit - chance, `energy_lift` = energy - chance). Keys: n, then for each
+    quantity `<name>`, `<name>_ci_low`, `<name>_ci_high`; NaN when df is empty."""
+    values = {
+        "pointing_hit": df["pointing_hit"].to_numpy(dtype=np.float64),
+        "energy_in_box": df["energy_in_box"].to_numpy(dtype=np.float64),
+        "box_area_fraction": df["box_area_fraction"].to_numpy(dtype=np.float64),
+    }
+    values["pointing_lift"] = values["pointing_hit"] - values["box_area_fraction"]
+    values["energy_lift"] = values["energy_in_box"] - values["box_area_fraction"]
+    n = len(df)
+    out: dict[str, float | int] = {"n": n}
+    # One set of resampled indices for every quantity, so the lifts stay paired.
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n)) if n else None
+    for name, v in values.items():
+        if idx is None:
+            out[name] = out[f"{name}_ci_low"] = out[f"{name}_ci_high"] = float("nan")
+            continue
+        boot = v[idx].mean(axis=1)
+        out[name] = float(v.mean())
+        out[f"{name}_ci_low"] = float(np.percentile(boot, 2.5))
+        out[f"{name}_ci_high"] = float(np.percentile(boot, 97.5))
+    return out
+
+
+# --- drawing --------------------------------------------------------------------------
+
+
+def overlay(
+    image: np.ndarray | Tensor,
+    cam_map: np.ndarray | Tensor,
+    boxes: Boxes | str = (),
+    title: str | None = None,
+    ax: Axes | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.4,
+) -> Figure:
+    """The radiograph (H, W) in grey, the map (h, w) in [0, 1] on top (resized to the image
+    when the sizes differ), the expert boxes [x, y, w, h] (image pixels) as green rectangles.
+    Draws into `ax` if given, else a new pyplot-free Figure (nothing leaks between calls)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    image = np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image)
+    heat = torch.as_tensor(np.asarray(cam_map, dtype=np.float32))
+    if image.ndim != 2 or heat.ndim != 2:
+        raise ValueError(f"overlay: expected 2-D image and map, got {image.shape}, {heat.shape}")
+    if tuple(heat.shape) != image.shape:
+        heat = F.interpolate(heat[None, None], size=image.shape, mode="bilinear")[0, 0]
+    if ax is None:
+        fig = Figure(figsize=(4, 4))
+        ax = fig.add_subplot()
+    ax.imshow(image, cmap="gray")
+    ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+    for x, y, w, h in _parse_boxes(boxes):
+        ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.5))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax.figure
+
+
+def overlay_grid(
+    images: Sequence[np.ndarray] | np.ndarray,
+    maps: Tensor | np.ndarray,
+    boxes: Sequence[Boxes | str],
+    titles: Sequence[str] | None = None,
+    ncols: int = 4,
+    **kwargs: Any,
+) -> Figure:
+    """Overlays of N images in one figure, `ncols` per row (for notebooks and reports)."""
+    from matplotlib.figure import Figure
+
+    maps = _as_numpy(maps)
+    n = len(maps)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    fig = Figure(figsize=(3 * ncols, 3 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        overlay(images[i], maps[i], boxes[i], titles[i] if titles else None, ax=ax, **kwargs)
+    return fig
+
+
+def save_overlays(
+    out_dir: str | Path,
+    names: Sequence[str],
+    images: Sequence[np.ndarray] | np.ndarray,
+    maps: Tensor | np.ndarray,
+    boxes: Sequence[Boxes | str],
+    probs: Sequence[float] | np.ndarray | Tensor | None = None,
+    dpi: int = 100,
+    **kwargs: Any,
+) -> list[Path]:
+    """One PNG per image, `out_dir/<name>.png`, titled with the name and probability.
+    Each file is written under a temporary name and renamed, so none is ever half-written."""
+    maps = _as_numpy(maps)
+    if not (len(names) == len(images) == len(maps) == len(boxes)):
+        raise ValueError(
+            f"save_overlays: names/images/maps/boxes lengths differ: "
+            f"{len(names)}, {len(images)}, {len(maps)}, {len(boxes)}"
+        )
+    if isinstance(probs, Tensor):
+        probs = probs.detach().cpu().numpy()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, name in enumerate(names):
+        title = str(name) if probs is None else f"{name}  p={float(probs[i]):.2f}"
+        fig = overlay(images[i], maps[i], boxes[i], title=title, **kwargs)
+        path = out_dir / f"{name}.png"
+        tmp = path.with_name(path.name + ".tmp")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

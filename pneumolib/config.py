@@ -1,0 +1,126 @@
+"""One configuration dataclass for the whole pipeline, with a `demo` and an `rsna` preset.
+
+Override fields with `dataclasses.replace(cfg, lr=2e-4)` or on the command line
+(`python -m pneumolib train --lr 2e-4`). The config is stored whole in every run folder
+(`config.json`) and checkpoint, so a run can be rebuilt from its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Config:
+    # --- data -----------------------------------------------------------------------
+    raw: str = "data/rsna"  # RSNA raw folder (stage_2_train_images/ + label CSVs)
+    cache: str = "cache/rsna_256"  # preprocessed cache folder (images.npy, index.csv, ...)
+    out: str = "runs/resnet18"  # run folder written by train (checkpoints, metrics)
+    cache_size: int = 256  # side of the square images stored in the cache, pixels
+    split: str = "stratified"  # "stratified" (train/val/test) or "course" (24,000 train, rest val)
+    val_frac: float = 0.15  # stratified split: share of patients in val
+    test_frac: float = 0.15  # stratified split: share of patients in test
+
+    # --- model ----------------------------------------------------------------------
+    model: str = "resnet18"  # torchvision architecture name
+    mode: str = "finetune"  # finetune | feature-extraction | scratch
+    weights: str = "imagenet"  # imagenet | none | path to a state-dict file
+    image_size: int = 224  # network input side, pixels (crops are resized to this)
+
+    # --- optimisation ---------------------------------------------------------------
+    epochs: int = 10  # passes over the train split
+    batch_size: int = 64  # effective batch size (per optimiser step, all GPUs together)
+    micro_batch_size: int = 0  # batch per forward pass; 0 = batch_size (no accumulation)
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 1e-4  # decoupled weight decay (AdamW) or L2 (SGD)
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    momentum: float = 0.9  # SGD momentum
+    schedule: str = "cosine"  # none | cosine | onecycle
+    warmup_epochs: float = 0.0  # linear warm-up length (cosine), in epochs
+    pos_weight: float = 0.0  # BCE positive-class weight; 0 = negatives/positives on train
+    balanced_sampling: bool = False  # draw train batches class-balanced instead of pos_weight
+
+    # --- augmentation (course policy as reference) ----------------------------------
+    rotate_deg: float = 5.0  # random tilt, +- degrees
+    translate: float = 0.05  # random shift, fraction of the side
+    scale_min: float = 0.9  # random zoom range
+    scale_max: float = 1.1
+    crop_scale_min: float = 0.35  # random-resized-crop area range (fraction of the image)
+    crop_scale_max: float = 1.0
+    crop_ratio_min: float = 3 / 4  # random-resized-crop aspect-ratio range
+    crop_ratio_max: float = 4 / 3
+    brightness: float = 0.1  # +- additive brightness, in [0, 1] intensity units
+    contrast: float = 0.1  # +- relative contrast change
+    hflip: bool = False  # horizontal flip (off: anatomy is not left-right symmetric)
+
+    # --- speed ----------------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
+    channels_last: bool = True  # NHWC memory format on CUDA
+    compile: bool = False  # torch.compile the model
+    workers: int = -1  # loader worker processes; -1 = one per core (at most 8)
+    gpu_augment: bool = True  # on CUDA, warp whole batches on the GPU instead of in workers
+
+    # --- training control -----------------------------------------------------------
+    monitor: str = "auc"  # validation metric for best.pt and early stopping
+    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    seed: int = 0  # seeds Python, NumPy and torch, and the augmentation streams
+    deterministic: bool = False  # deterministic kernels (slower; exact resume on CPU)
+    max_steps_per_epoch: int = 0  # cap on optimiser steps per epoch; 0 = whole split
+    eval_batch_size: int = 128  # batch size for validation and prediction
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Build from a dict, ignoring unknown keys (configs from older versions still load)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def demo_config(root: str | Path = "pneumolib_demo", **changes: Any) -> Config:
+    """The 'baby' preset: synthetic data, tiny images and a tiny schedule; seconds on a CPU."""
+    root = Path(root)
+    cfg = Config(
+        raw=str(root / "raw"),
+        cache=str(root / "cache"),
+        out=str(root / "runs" / "resnet18"),
+        cache_size=64,
+        image_size=64,
+        weights="none",
+        mode="scratch",
+        epochs=4,
+        batch_size=32,
+        lr=2e-3,
+        schedule="onecycle",
+        crop_scale_min=0.7,
+        workers=0,
+        eval_batch_size=64,
+    )
+    return cfg.replace(**changes)
+
+
+def rsna_config(root: str | Path = "/content/drive/MyDrive/pneumolib", **changes: Any) -> Config:
+    """Real RSNA data at full size on a GPU (the notebooks' `rsna` profile)."""
+    root = Path(root)
+    cfg = Config(
+        raw="/content/rsna",
+        cache=str(root / "cache" / "rsna_256"),
+        out=str(root / "runs" / "resnet18_finetune"),
+    )
+    return cfg.replace(**changes)

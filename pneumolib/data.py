@@ -1,0 +1,174 @@
+"""RSNA labels (one row per patient), patient-level splits, and reading the preprocessed cache.
+
+The RSNA label file has one row per box: a positive patient with three boxes has three rows, a
+negative patient one row with empty box columns. `load_labels` collapses that to one row per
+patient and checks the file on the way (missing columns, conflicting Target, a box on a negative,
+unparsable numbers), naming file, line and column in a one-line `LabelError`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
+CLASS_COLUMNS = ("patientId", "class")
+CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
+# The course split: the first 24,000 unique patients (of 26,684) in CSV order train, rest val.
+COURSE_TRAIN_N, RSNA_N = 24_000, 26_684
+
+
+class LabelError(ValueError):
+    """A label CSV that does not say what it should; the message names file, line and column."""
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    if not path.exists():
+        raise LabelError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as e:
+        raise LabelError(f"{path}: not a readable CSV ({type(e).__name__}: {e})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise LabelError(f"{path}: missing column(s) {', '.join(missing)} (found {list(df.columns)})")
+    return df
+
+
+def _number(path: Path, line: int, column: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise LabelError(f"{path} line {line} column {column}: cannot parse {text!r} as a number") from None
+    if not math.isfinite(value):
+        raise LabelError(f"{path} line {line} column {column}: {text!r} is not a finite number")
+    return value
+
+
+def load_labels(labels_csv: str | Path, detailed_csv: str | Path | None = None) -> pd.DataFrame:
+    """Read stage_2_train_labels.csv (+ detailed class info) into one row per patient.
+
+    Returns a DataFrame in first-appearance order with columns
+    `patientId, target (0/1), class (str, "" when unknown), boxes (list of [x, y, w, h])`.
+    """
+    path = Path(labels_csv)
+    df = _read_csv(path, LABEL_COLUMNS)
+    targets: dict[str, int] = {}
+    first_line: dict[str, int] = {}
+    boxes: dict[str, list[list[float]]] = {}
+    for i, row in enumerate(df.itertuples(index=False)):
+        line = i + 2  # 1-based, after the header
+        pid = str(row.patientId).strip()
+        if not pid:
+            raise LabelError(f"{path} line {line} column patientId: empty patient id")
+        t_text = str(row.Target).strip()
+        if t_text not in ("0", "1", "0.0", "1.0"):
+            raise LabelError(f"{path} line {line} column Target: expected 0 or 1, got {t_text!r}")
+        target = int(float(t_text))
+        if pid in targets and targets[pid] != target:
+            raise LabelError(
+                f"{path} line {line} column Target: patient {pid} has Target {target} here but "
+                f"{targets[pid]} on line {first_line[pid]}"
+            )
+        targets.setdefault(pid, target)
+        first_line.setdefault(pid, line)
+        boxes.setdefault(pid, [])
+        cells = {c: str(getattr(row, c)).strip() for c in ("x", "y", "width", "height")}
+        if target == 0:
+            filled = [c for c, v in cells.items() if v not in ("", "nan", "NaN")]
+            if filled:
+                raise LabelError(f"{path} line {line} column {filled[0]}: box on a negative (Target 0)")
+            continue
+        box = [_number(path, line, c, v) for c, v in cells.items()]
+        if box[2] <= 0 or box[3] <= 0:
+            col = "width" if box[2] <= 0 else "height"
+            raise LabelError(f"{path} line {line} column {col}: box size must be positive")
+        boxes[pid].append(box)
+    for pid, t in targets.items():
+        if t == 1 and not boxes[pid]:
+            raise LabelError(f"{path} line {first_line[pid]}: patient {pid} is positive with no box")
+    out = pd.DataFrame({
+        "patientId": list(targets),
+        "target": [targets[p] for p in targets],
+        "class": "",
+        "boxes": [boxes[p] for p in targets],
+    })
+    if detailed_csv is not None and Path(detailed_csv).exists():
+        out["class"] = _load_classes(Path(detailed_csv), out)
+    return out
+
+
+def _load_classes(path: Path, labels: pd.DataFrame) -> list[str]:
+    df = _read_csv(path, CLASS_COLUMNS)
+    cls: dict[str, str] = {}
+    for i, (pid, c) in enumerate(zip(df["patientId"], df["class"], strict=True)):
+        line, pid, c = i + 2, str(pid).strip(), str(c).strip()
+        if c not in CLASSES:
+            raise LabelError(f"{path} line {line} column class: unknown class {c!r}")
+        if cls.setdefault(pid, c) != c:
+            raise LabelError(f"{path} line {line} column class: patient {pid} has two classes")
+    target = dict(zip(labels.patientId, labels.target, strict=True))
+    for pid, c in cls.items():
+        if pid in target and (c == "Lung Opacity") != bool(target[pid]):
+            raise LabelError(f"{path}: patient {pid} is class {c!r} but Target {target[pid]}")
+    return [cls.get(p, "") for p in labels.patientId]
+
+
+def make_splits(
+    labels: pd.DataFrame,
+    rule: str = "stratified",
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """Assign each patient (row) to train/val/test -> str array (N,).
+
+    `stratified`: within every (target, view) stratum, a seeded shuffle puts `test_frac` in test
+    and `val_frac` in val, so class and view proportions hold in every split.
+    `course`: the first 24,000 unique patients in CSV order train, the rest val (scaled to the
+    same 24,000/26,684 share for smaller folders such as the demo).
+    """
+    n = len(labels)
+    split = np.full(n, "train", dtype=object)
+    if rule == "course":
+        n_train = COURSE_TRAIN_N if n >= RSNA_N else round(n * COURSE_TRAIN_N / RSNA_N)
+        split[n_train:] = "val"
+        return split
+    if rule != "stratified":
+        raise ValueError(f"unknown split rule {rule!r}: use 'stratified' or 'course'")
+    rng = np.random.default_rng(seed)
+    view = labels["view"].fillna("NA") if "view" in labels else pd.Series(["NA"] * n)
+    strata = labels["target"].astype(str).values + "/" + view.astype(str).values
+    for s in sorted(set(strata)):
+        idx = np.flatnonzero(strata == s)
+        idx = idx[rng.permutation(len(idx))]
+        n_test, n_val = round(len(idx) * test_frac), round(len(idx) * val_frac)
+        split[idx[:n_test]] = "test"
+        split[idx[n_test : n_test + n_val]] = "val"
+    return split
+
+
+# --- the cache ---------------------------------------------------------------------------
+
+
+def read_index(cache: str | Path) -> pd.DataFrame:
+    """CACHE/index.csv with `boxes` parsed back into lists of [x, y, w, h] (cache pixels)."""
+    path = Path(cache) / "index.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no cache index; run `python -m pneumolib preprocess` first")
+    df = pd.read_csv(path, dtype={"patientId": str, "class": str, "sex": str, "view": str})
+    df["boxes"] = [json.loads(b) if isinstance(b, str) and b else [] for b in df["boxes"]]
+    return df
+
+
+def read_stats(cache: str | Path) -> dict:
+    return json.loads((Path(cache) / "stats.json").read_text())
+
+
+def open_images(cache: str | Path) -> np.ndarray:
+    """CACHE/images.npy memory-mapped read-only -> uint8 (N, S, S)."""
+    return np.load(Path(cache) / "images.npy", mmap_mode="r")
