@@ -1,0 +1,165 @@
+"""`python -m pneumolib <command>`: the command line over the package (see README).
+
+Each command validates its inputs, prints progress, and exits non-zero with a one-line reason
+on bad input (no traceback for the user's mistakes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from pneumolib.config import Config
+
+# Errors that are the user's input, not a bug: one line, exit 2.
+_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError,
+                                                 RuntimeError, KeyError)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One `--field-name` option per Config field (default: the Config default)."""
+    for f in dataclasses.fields(Config):
+        if f.name in skip:
+            continue
+        kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                       metavar=f.name.upper(), help=f"(default: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    base = base or Config()
+    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+               if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(base, **changes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m pneumolib", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the whole pipeline on synthetic data, minutes on a CPU")
+    p.add_argument("--out", default="pneumolib_demo", help="output folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="smaller data and fewer epochs")
+
+    p = sub.add_parser("make-demo-data", help="write an RSNA-shaped folder of phantom DICOMs")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("preprocess", help="build the packed cache from an RSNA folder")
+    p.add_argument("--raw", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=0, help="0 = one per core")
+    p.add_argument("--split", default="stratified", choices=["stratified", "course"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-frac", type=float, default=0.15)
+    p.add_argument("--test-frac", type=float, default=0.15)
+    p.add_argument("--decoder", default="opencv", choices=["opencv", "cuda", "cpu"],
+                   help="opencv (CPU, reduced-scale JPEG decode) or torchvision decode_jpeg on "
+                        "cuda (nvJPEG) / cpu")
+    p.add_argument("--full-decode", action="store_true", help="no reduced-scale JPEG decode")
+    p.add_argument("--rebuild", action="store_true", help="replace a cache made differently")
+
+    p = sub.add_parser("train", help="train or resume a run")
+    add_config_options(p)
+
+    p = sub.add_parser("evaluate", help="predictions, metrics and figures for a run")
+    p.add_argument("--run", required=True)
+    p.add_argument("--split", default="val", choices=["val", "test"])
+    p.add_argument("--tta", action="store_true", help="average over deterministic flips/shifts")
+    p.add_argument("--n-boot", type=int, default=1000)
+
+    p = sub.add_parser("cam", help="CAM / Grad-CAM overlays and localisation scores")
+    p.add_argument("--run", required=True)
+    p.add_argument("--split", default="val", choices=["val", "test"])
+    p.add_argument("--n", type=int, default=16, help="overlays to draw")
+    p.add_argument("--method", default="cam", choices=["cam", "gradcam"])
+
+    p = sub.add_parser("predict", help="score DICOM/PNG/JPEG files with a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("inputs", nargs="+", help="files, folders or globs")
+    p.add_argument("--out", help="CSV path (default: stdout)")
+    p.add_argument("--cam", help="folder for heat-map overlays")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("tune", help="batch-size x learning-rate sweep (Optuna)")
+    p.add_argument("--batch-sizes", default="16,32,64,128,256,512,1024")
+    p.add_argument("--lrs", default="1e-4,2e-4")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in OUT)")
+    p.add_argument("--study", default="grid")
+    p.add_argument("--sampler", default="grid", choices=["grid", "random", "tpe"])
+    p.add_argument("--n-trials", type=int, default=0, help="random/tpe: number of trials")
+    p.add_argument("--max-micro-batch", type=int, default=0, help="0 = pick from GPU memory")
+    add_config_options(p, skip=("batch_size", "lr"))
+    return ap
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd = args.command
+    if cmd == "demo":
+        from pneumolib.demo import run_demo
+
+        run_demo(args.out, quick=args.quick)
+    elif cmd == "make-demo-data":
+        from pneumolib.synth import make_demo_data
+
+        out = make_demo_data(args.out, n=args.n, size=args.size, seed=args.seed)
+        print(f"demo data: {out} ({args.n} DICOMs of {args.size}x{args.size})")
+    elif cmd == "preprocess":
+        from pneumolib.preprocess import build_cache
+
+        build_cache(args.raw, args.out, size=args.size, workers=args.workers or None,
+                    split=args.split, seed=args.seed, val_frac=args.val_frac,
+                    test_frac=args.test_frac, reduced=not args.full_decode,
+                    decoder=args.decoder, rebuild=args.rebuild)
+    elif cmd == "train":
+        from pneumolib.train import fit
+
+        base = Config.load(Path(args.out) / "config.json") if args.out and (
+            Path(args.out) / "config.json").exists() else None
+        fit(config_from_args(args, base))
+    elif cmd == "evaluate":
+        from pneumolib.evaluate import evaluate_run
+
+        evaluate_run(args.run, args.split, tta=args.tta, n_boot=args.n_boot)
+    elif cmd == "cam":
+        from pneumolib.cam import cam_run
+
+        cam_run(args.run, args.split, n_overlays=args.n, method=args.method)
+    elif cmd == "predict":
+        from pneumolib.predict import predict_cli
+
+        return predict_cli(args.checkpoint, args.inputs, args.out, args.cam, args.device)
+    elif cmd == "tune":
+        from pneumolib.tune import tune_cli
+
+        tune_cli(args, config_from_args(args))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as e:
+        if os.environ.get("PNEUMOLIB_DEBUG"):  # the full traceback, for bug reports
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

@@ -1,0 +1,396 @@
+"""The trainer: `fit(cfg)` trains (or resumes) a run folder; also runs under `torchrun` (DDP).
+
+Per epoch: a progress bar over optimiser steps (each step may accumulate several micro-batches
+so that an effective batch of 1,024 fits a small GPU), validation (loss, AUC, accuracy,
+precision, recall), one summary line, a row in metrics.csv, and `last.pt` / `best.pt` written
+atomically with everything needed to continue: model, optimiser, scheduler, scaler, epoch,
+RNG states and the whole config. Re-running the same call continues from `last.pt`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from pneumolib.augment import AugmentPolicy, augment_batch_torch, batch_rng, to_model_input
+from pneumolib.config import Config
+from pneumolib.data import make_loader, read_index, read_stats
+from pneumolib.models import build_model, trainable_parameters
+
+# Fields that may differ when a run is resumed (they change speed or duration, not the result).
+RESUMABLE_CHANGES = {"epochs", "device", "workers", "compile", "patience", "eval_batch_size",
+                     "out", "cache", "raw"}
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue as asked."""
+
+
+# --- small pieces ------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError("--device cuda asked for, but no CUDA GPU is visible")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it, fp16 (with a GradScaler) on older GPUs, None on CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at optimiser step `s` for 'none' or 'cosine' (+ warm-up)."""
+
+    def f(s: int) -> float:
+        if warmup_steps and s < warmup_steps:
+            return (s + 1) / warmup_steps
+        if schedule == "none":
+            return 1.0
+        t = (s - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def make_optimizer(params: list, cfg: Config) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=True)
+    raise RunError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1),
+                                                   pct_start=0.3 if not warm else warm / total)
+    if cfg.schedule in ("none", "cosine"):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, total, warm))
+    raise RunError(f"unknown schedule {cfg.schedule!r}: use none, cosine or onecycle")
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def binary_summary(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, accuracy, precision, recall at `threshold` for labels y (N,) and probabilities p (N,)."""
+    pred = p >= threshold
+    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+    fn = int((~pred & (y == 1)).sum())
+    auc = roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan")
+    return {"auc": float(auc), "accuracy": float((pred == (y == 1)).mean()),
+            "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "recall": tp / (tp + fn) if tp + fn else 0.0}
+
+
+# --- batches on the device ---------------------------------------------------------------
+
+
+def to_device_batch(batch: dict, device: torch.device, size: int, policy: AugmentPolicy,
+                    stats: dict, train: bool, seed: int, channels_last: bool) -> torch.Tensor:
+    """A loader batch -> normalised float (B, 1, size, size) on `device`.
+
+    Batches already warped in the workers are only normalised here; raw (B, S, S) uint8
+    batches are warped on the device in one `grid_sample` (the GPU path).
+    """
+    x = batch["images"].to(device, non_blocking=True)
+    gain, bias = batch.get("gain"), batch.get("bias")
+    warped_in_worker = x.shape[-1] == size and (not train or "gain" in batch)
+    if not warped_in_worker:
+        rng = batch_rng(seed, int(batch["epoch"]), int(batch["batch"])) if train else None
+        res = augment_batch_torch(x, size, policy, rng, train)
+        x, gain, bias = res["images"], res["gain"], res["bias"]
+    x = to_model_input(x, gain, bias, stats["mean"], stats["std"])
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, loader, device: torch.device, size: int, stats: dict,
+                  amp: torch.dtype | None = None, channels_last: bool = False,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run `model` over an eval loader -> (probabilities (N,), targets (N,), positions (N,))."""
+    was_training = model.training
+    model.eval()
+    probs, targets, positions = [], [], []
+    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        x = to_device_batch(batch, device, size, AugmentPolicy.identity(), stats, False, 0,
+                            channels_last)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x).float().squeeze(1)
+        probs.append(torch.sigmoid(logits).cpu().numpy())
+        targets.append(batch["target"].numpy())
+        positions.append(batch["position"].numpy())
+    model.train(was_training)
+    return np.concatenate(probs), np.concatenate(targets), np.concatenate(positions)
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def _check_resume(saved: dict, cfg: Config, out: Path) -> None:
+    diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
+            if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    if diff:
+        raise RunError(f"{out}: holds a run with other settings {diff}; choose a new --out "
+                       "or delete the folder to start over")
+
+
+def fit(cfg: Config, callback: Callable[[str, dict], None] | None = None,
+        progress: bool = True) -> dict:
+    """Train (or resume) the run in `cfg.out` on the cache `cfg.cache`; returns a summary.
+
+    `callback(event, state)` is called with "step" after each optimiser step and "epoch" after
+    each epoch (tests use it to interrupt a run). Under torchrun (RANK/WORLD_SIZE set) the model
+    is wrapped in DistributedDataParallel and only rank 0 writes the run folder.
+    """
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    device = resolve_device(cfg.device)
+    rank, world = 0, 1
+    if distributed:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    main = rank == 0
+    out = Path(cfg.out)
+    seed_everything(cfg.seed, cfg.deterministic)
+
+    index, stats = read_index(cfg.cache), read_stats(cfg.cache)
+    train_idx = index[index.split == "train"].reset_index(drop=True)
+    val_idx = index[index.split == "val"].reset_index(drop=True)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise RunError(f"{cfg.cache}: needs train and val rows (got {len(train_idx)}, {len(val_idx)})")
+    micro = cfg.micro_batch_size or cfg.batch_size
+    if cfg.batch_size % (micro * world):
+        raise RunError(f"batch size {cfg.batch_size} is not a multiple of micro-batch {micro} x "
+                       f"{world} processes")
+    accum = cfg.batch_size // (micro * world)
+    policy = AugmentPolicy.from_config(cfg)
+    gpu_warp = device.type == "cuda" and cfg.gpu_augment
+    train_loader = make_loader(cfg.cache, train_idx, micro, cfg.image_size, policy, True, cfg.seed,
+                               cfg.workers, not gpu_warp, cfg.balanced_sampling,
+                               device.type == "cuda", rank, world)
+    val_loader = make_loader(cfg.cache, val_idx, cfg.eval_batch_size, cfg.image_size, policy,
+                             False, cfg.seed, cfg.workers, not gpu_warp, False,
+                             device.type == "cuda")
+    steps_per_epoch = math.ceil(len(train_loader) / accum)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+
+    model = build_model(cfg.model, cfg.mode, cfg.weights).to(device)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(trainable_parameters(model), cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch)
+    dtype = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    pos = float(train_idx.target.mean())
+    pos_weight = cfg.pos_weight or (1.0 if cfg.balanced_sampling else (1 - pos) / max(pos, 1e-9))
+    pw = torch.tensor([pos_weight], device=device)
+
+    start_epoch, best, history = 0, -math.inf, []
+    if (out / "last.pt").exists():
+        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=True)
+        _check_resume(ckpt["config"], cfg, out)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], list(ckpt["history"])
+        if main:
+            print(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
+    elif main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.json")
+
+    net = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    writer = _tensorboard(out) if main else None
+    stale = sum(1 for _ in _since_best(history, cfg.monitor))
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.patience and stale >= cfg.patience:
+            if main:
+                print(f"early stop: {cfg.monitor} has not improved for {stale} epochs")
+            break
+        t0 = time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)
+        net.train()
+        batches = iter(train_loader)
+        run_loss, seen = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   disable=not (progress and main), leave=False)
+        for step in bar:
+            micro_batches = [b for _, b in zip(range(accum), batches, strict=False)]
+            if not micro_batches:
+                break
+            n_step = sum(len(b["target"]) for b in micro_batches)
+            opt.zero_grad(set_to_none=True)
+            for i, batch in enumerate(micro_batches):
+                x = to_device_batch(batch, device, cfg.image_size, policy, stats, True, cfg.seed,
+                                    channels_last)
+                y = batch["target"].to(device, non_blocking=True)
+                sync = i == len(micro_batches) - 1 or not distributed
+                ctx = net.no_sync() if not sync else _null()
+                with ctx, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = net(x).float().squeeze(1)
+                    # sum over the micro-batch / samples in the whole step: accumulating micro-
+                    # batches gives exactly the big batch's mean-loss gradient
+                    loss = F.binary_cross_entropy_with_logits(
+                        logits, y, pos_weight=pw, reduction="sum") / n_step
+                scaler.scale(loss).backward()
+                run_loss += loss.item() * n_step
+            seen += n_step
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            bar.set_postfix(loss=f"{run_loss / seen:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+            if callback:
+                callback("step", {"epoch": epoch, "step": step})
+        bar.close()
+        p, y, _ = predict_probs(model, val_loader, device, cfg.image_size, stats, dtype,
+                                channels_last)
+        val_loss = float(F.binary_cross_entropy(torch.from_numpy(p).double().clamp(1e-7, 1 - 1e-7),
+                                                torch.from_numpy(y).double()))
+        row = {"epoch": epoch + 1, "train_loss": run_loss / max(seen, 1),
+               "val_loss": val_loss, **{f"val_{k}": v for k, v in binary_summary(y, p).items()},
+               "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+        history.append(row)
+        score = row[f"val_{cfg.monitor}"] if cfg.monitor != "loss" else -val_loss
+        improved = score > best
+        best = max(best, score)
+        stale = 0 if improved else stale + 1
+        if main:
+            print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                  f"val_loss {val_loss:.4f}  auc {row['val_auc']:.4f}  acc {row['val_accuracy']:.3f}  "
+                  f"lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else ""))
+            ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                    "epoch": epoch, "config": cfg.to_dict(), "stats": stats_for_ckpt(stats),
+                    "metrics": row, "best": best, "history": history, "rng": rng_state()}
+            atomic_save(ckpt, out / "last.pt")
+            if improved:
+                atomic_save(ckpt, out / "best.pt")
+            write_metrics(history, out)
+            if writer:
+                for k, v in row.items():
+                    writer.add_scalar(k, v, epoch + 1)
+        if callback:
+            callback("epoch", {"epoch": epoch, "metrics": row})
+    summary = {"out": str(out), "epochs": len(history), "best": best, "monitor": cfg.monitor,
+               "history": pd.DataFrame(history)}
+    if distributed:
+        summary["rank_checksums"] = _rank_checksums(model, world)
+        if main:
+            import json
+
+            (out / "ddp_check.json").write_text(json.dumps(summary["rank_checksums"]))
+        dist.barrier()
+    if writer:
+        writer.close()
+    return summary
+
+
+def stats_for_ckpt(stats: dict) -> dict:
+    """What prediction needs to preprocess a new image exactly like the cache did."""
+    return {"mean": stats["mean"], "std": stats["std"], "size": stats["size"]}
+
+
+def write_metrics(history: list[dict], out: Path) -> None:
+    tmp = out / "metrics.csv.tmp"
+    pd.DataFrame(history).to_csv(tmp, index=False)
+    os.replace(tmp, out / "metrics.csv")
+
+
+def _since_best(history: list[dict], monitor: str):
+    """Yield the epochs after the best one (for early stopping after a resume)."""
+    if not history:
+        return
+    key = "val_loss" if monitor == "loss" else f"val_{monitor}"
+    vals = [(-r[key] if monitor == "loss" else r[key]) for r in history]
+    best_i = int(np.nanargmax(vals))
+    yield from history[best_i + 1 :]
+
+
+def _rank_checksums(model: torch.nn.Module, world: int) -> list[float]:
+    s = torch.tensor([sum(float(p.double().sum()) for p in model.state_dict().values()
+                          if p.is_floating_point())], dtype=torch.float64)
+    out = [torch.zeros_like(s) for _ in range(world)]
+    dist.all_gather(out, s)
+    return [float(t) for t in out]
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
