@@ -64,7 +64,9 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         names = [n for n, _ in model.named_children()]
-        raise ValueError(f"layer={name!r}: model has no such submodule (top level: {names})") from None
+        raise ValueError(
+            f"layer={name!r}: model has no such submodule (top level: {names})"
+        ) from None
 
 
 class FeatureHook:
@@ -151,9 +153,7 @@ def _default_relu(model: nn.Module, layer: str, relu_features: bool | None) -> b
     return isinstance(parent, DenseNet) and last == "features"
 
 
-def _forward(
-    model: nn.Module, x: Tensor, layer: str, requires_grad: bool
-) -> tuple[Tensor, Tensor]:
+def _forward(model: nn.Module, x: Tensor, layer: str, requires_grad: bool) -> tuple[Tensor, Tensor]:
     """One forward pass in eval mode recording `layer`: (features (B, K, h, w), logits (B, 1))."""
     if x.ndim != 4:
         raise ValueError(f"x: expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
@@ -178,7 +178,8 @@ def _weighted_maps(features: Tensor, weights: Tensor, size: tuple[int, int]) -> 
     """
     maps = torch.einsum("bk,bkhw->bhw", weights.float(), features.float()).relu()
     maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    peak = maps.flatten(1).amax(dim=1).clamp_min(1e-12)
+    peak = maps.flatten(1).amax(dim=1)
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     return (maps / peak[:, None, None]).clamp(0, 1)
 
 
@@ -270,7 +271,9 @@ def grad_cam(
     weights = grads.float().mean(dim=(2, 3))  # (B, K)
     features = features.detach()
     if _default_relu(model, layer, relu_features):
-        # Only for DenseNet's last block, so Grad-CAM there matches CAM as it does for ResNet.
+        # DenseNet's last block: weigh the map the head pools, as `cam` does. The weights still
+        # come from the pre-ReLU map (the model's own ReLU masks them), so unlike ResNet the
+        # two methods need not agree there.
         features = features.relu()
     maps = _weighted_maps(features, weights, tuple(x.shape[-2:]))
     return maps, torch.sigmoid(logits[:, 0].detach().float())
@@ -423,7 +426,10 @@ def overlay(
     from matplotlib.patches import Rectangle
 
     image = np.asarray(image.detach().cpu() if isinstance(image, Tensor) else image)
-    heat = torch.as_tensor(np.asarray(cam_map, dtype=np.float32))
+    if isinstance(cam_map, Tensor):
+        heat = cam_map.detach().float().cpu()
+    else:
+        heat = torch.as_tensor(np.asarray(cam_map, dtype=np.float32))
     if image.ndim != 2 or heat.ndim != 2:
         raise ValueError(f"overlay: expected 2-D image and map, got {image.shape}, {heat.shape}")
     if tuple(heat.shape) != image.shape:

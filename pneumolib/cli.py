@@ -15,8 +15,13 @@ from pathlib import Path
 from pneumolib.config import Config
 
 # Errors that are the user's input, not a bug: one line, exit 2.
-_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError,
-                                                 RuntimeError, KeyError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    ValueError,
+    RuntimeError,
+    KeyError,
+)
 
 
 def _bool(text: str) -> bool:
@@ -33,14 +38,23 @@ def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
         if f.name in skip:
             continue
         kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                       metavar=f.name.upper(), help=f"(default: {f.default})")
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=kind,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"(default: {f.default})",
+        )
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
     base = base or Config()
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-               if getattr(args, f.name, None) is not None}
+    changes = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Config)
+        if getattr(args, f.name, None) is not None
+    }
     return dataclasses.replace(base, **changes)
 
 
@@ -67,9 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-frac", type=float, default=0.15)
     p.add_argument("--test-frac", type=float, default=0.15)
-    p.add_argument("--decoder", default="opencv", choices=["opencv", "cuda", "cpu"],
-                   help="opencv (CPU, reduced-scale JPEG decode) or torchvision decode_jpeg on "
-                        "cuda (nvJPEG) / cpu")
+    p.add_argument(
+        "--decoder",
+        default="opencv",
+        choices=["opencv", "cuda", "cpu"],
+        help="opencv (CPU, reduced-scale JPEG decode) or torchvision decode_jpeg on "
+        "cuda (nvJPEG) / cpu",
+    )
     p.add_argument("--full-decode", action="store_true", help="no reduced-scale JPEG decode")
     p.add_argument("--rebuild", action="store_true", help="replace a cache made differently")
 
@@ -122,15 +140,27 @@ def run(argv: list[str] | None = None) -> int:
     elif cmd == "preprocess":
         from pneumolib.preprocess import build_cache
 
-        build_cache(args.raw, args.out, size=args.size, workers=args.workers or None,
-                    split=args.split, seed=args.seed, val_frac=args.val_frac,
-                    test_frac=args.test_frac, reduced=not args.full_decode,
-                    decoder=args.decoder, rebuild=args.rebuild)
+        build_cache(
+            args.raw,
+            args.out,
+            size=args.size,
+            workers=args.workers or None,
+            split=args.split,
+            seed=args.seed,
+            val_frac=args.val_frac,
+            test_frac=args.test_frac,
+            reduced=not args.full_decode,
+            decoder=args.decoder,
+            rebuild=args.rebuild,
+        )
     elif cmd == "train":
         from pneumolib.train import fit
 
-        base = Config.load(Path(args.out) / "config.json") if args.out and (
-            Path(args.out) / "config.json").exists() else None
+        base = (
+            Config.load(Path(args.out) / "config.json")
+            if args.out and (Path(args.out) / "config.json").exists()
+            else None
+        )
         fit(config_from_args(args, base))
     elif cmd == "evaluate":
         from pneumolib.evaluate import evaluate_run

@@ -36,8 +36,9 @@ LABEL_COLUMNS = ["patientId", "x", "y", "width", "height", "Target"]
 CLASS_COLUMNS = ["patientId", "class"]
 N_TRAIN_DICOMS = 26_684  # stage 2 training images, one per patient
 N_LABEL_ROWS = 30_227  # one row per box; negatives have one row with an empty box
-MARKER = ".pneumolib_complete.json"  # written only after a download unzipped and verified
+MARKER = ".pneumolib_complete.json"  # provenance of a download, written before the final rename
 DRIVE_FOLDER = "pneumolib"  # under MyDrive
+CACHE_FILES = ("images.npy", "index.csv", "stats.json")  # a complete cache (preprocess)
 
 
 @dataclass
@@ -53,9 +54,13 @@ class Paths:
     raw_demo: Path  # synthetic RSNA-shaped data for the `demo` profile
     drive: Path | None = None  # Drive mount point in Colab; None outside Colab
 
-    def describe(self) -> str:
-        """The paths as aligned `name: path` lines, for printing."""
-        rows = {k: v for k, v in vars(self).items() if v is not None}
+    def describe(self, profile: str = "rsna") -> str:
+        """The folders `profile` uses as aligned `name: path` lines, for printing."""
+        cfg = config_for(profile, self)
+        rows = {"raw": cfg.raw, "cache": cfg.cache, "runs": Path(cfg.out).parent}
+        rows["kaggle.json"] = self.kaggle_json
+        if self.drive is not None:
+            rows["drive"] = self.drive
         return "\n".join(f"{k:>11}: {v}" for k, v in rows.items())
 
 
@@ -122,13 +127,17 @@ def config_for(profile: str, paths: Paths, **changes: Any) -> Config:
     raise ValueError(f"profile: expected 'demo' or 'rsna', got {profile!r}")
 
 
-def mount_drive(mountpoint: str | Path = "/content/drive") -> bool:
-    """Mount Google Drive at `mountpoint` inside Colab; outside Colab skip it and say so."""
+def mount_drive(mountpoint: str | Path | None = None) -> bool:
+    """Mount Google Drive at `mountpoint` (default /content/drive) inside Colab; -> whether it did.
+
+    Outside Colab it skips the mount and says so.
+    """
     if not in_colab():
         print("not in Colab: skipping the Drive mount; local folders are used instead")
         return False
     from google.colab import drive
 
+    mountpoint = "/content/drive" if mountpoint is None else mountpoint
     drive.mount(str(mountpoint))
     print(f"Drive mounted at {mountpoint}")
     return True
@@ -164,9 +173,9 @@ def install_kaggle_credentials(src: str | Path) -> Path:
             f"kaggle.json not found at {src}: on kaggle.com open Settings > API > "
             "'Create New Token' and put the downloaded kaggle.json there"
         )
-    text = src.read_text(encoding="utf-8", errors="replace")
+    data = src.read_bytes()
     try:
-        token = json.loads(text)
+        token = json.loads(data)
     except ValueError:
         token = None  # the parser's message may quote the file: never show it
     ok = isinstance(token, dict) and all(
@@ -183,35 +192,40 @@ def install_kaggle_credentials(src: str | Path) -> Path:
     tmp = dest_dir / f".kaggle.json.tmp-{os.getpid()}"
     # Created with mode 600 from the start, so the token is never readable by others.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
     os.chmod(tmp, 0o600)
     os.replace(tmp, dest)
     print(f"Kaggle credentials installed at {dest} (mode 600)")
     return dest
 
 
-def _redact(text: str) -> str:
-    """Blank out the installed Kaggle key if a tool ever echoes it."""
+def _installed_key() -> str | None:
     try:
-        key = json.loads((kaggle_config_dir() / "kaggle.json").read_text()).get("key")
+        key = json.loads((kaggle_config_dir() / "kaggle.json").read_bytes()).get("key")
     except (OSError, ValueError, AttributeError):
-        return text
-    return text.replace(key, "***") if isinstance(key, str) and key else text
+        return None
+    return key if isinstance(key, str) and key else None
 
 
 def _run_streaming(cmd: list[str]) -> tuple[int, str]:
-    """Run `cmd`, echoing its output as it comes (Kaggle's progress bar); -> (exit code, tail)."""
+    """Run `cmd`, echoing its output as it comes (Kaggle's progress bar); -> (exit code, tail).
+
+    The installed Kaggle key is blanked out of everything echoed, should a tool ever print it.
+    """
+    key = _installed_key()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     tail = ""
     while chunk := proc.stdout.read1(4096):
-        text = _redact(decoder.decode(chunk))
+        text = decoder.decode(chunk)
+        tail = (tail + text)[-2000:]
+        if key:
+            text, tail = text.replace(key, "***"), tail.replace(key, "***")
         sys.stdout.write(text)
         sys.stdout.flush()
-        tail = (tail + text)[-2000:]
-    return proc.wait(), _redact(tail)
+    return proc.wait(), tail
 
 
 def _last_line(text: str) -> str:
@@ -219,10 +233,11 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def _count_dicoms(folder: Path) -> int:
+def _dicom_ids(folder: Path) -> set[str]:
+    """File stems of the .dcm files in `folder` (one directory listing; empty if absent)."""
     if not folder.is_dir():
-        return 0
-    return sum(1 for e in os.scandir(folder) if e.name.endswith(".dcm"))
+        return set()
+    return {e.name[:-4] for e in os.scandir(folder) if e.name.endswith(".dcm")}
 
 
 def _read_csv(path: Path, columns: list[str]) -> list[list[str]]:
@@ -231,6 +246,9 @@ def _read_csv(path: Path, columns: list[str]) -> list[list[str]]:
     if not rows or rows[0] != columns:
         got = ",".join(rows[0]) if rows else "an empty file"
         raise ValueError(f"{path}: expected columns {','.join(columns)}, got {got}")
+    bad = next((i for i, r in enumerate(rows) if len(r) != len(columns)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: line {bad + 1} has {len(rows[bad])} fields, not {len(columns)}")
     return rows[1:]
 
 
@@ -247,13 +265,14 @@ def verify_layout(raw: str | Path, expect_full: bool = False) -> dict[str, int]:
     for name in (LABELS_CSV, CLASSES_CSV):
         if not (raw / name).is_file():
             raise FileNotFoundError(f"{raw}: missing {name} (not an unzipped RSNA folder?)")
-    n_dcm = _count_dicoms(raw / TRAIN_DIR)
+    dicoms = _dicom_ids(raw / TRAIN_DIR)
+    n_dcm = len(dicoms)
     if n_dcm == 0:
         raise FileNotFoundError(f"{raw}: no .dcm files in {TRAIN_DIR}/")
     labels = _read_csv(raw / LABELS_CSV, LABEL_COLUMNS)
     classes = _read_csv(raw / CLASSES_CSV, CLASS_COLUMNS)
     patients = {r[0] for r in labels}
-    missing = [p for p in patients if not (raw / TRAIN_DIR / f"{p}.dcm").is_file()]
+    missing = sorted(patients - dicoms)
     if missing:
         raise FileNotFoundError(
             f"{raw}: {len(missing)} labelled patients have no DICOM in {TRAIN_DIR}/, "
@@ -265,7 +284,7 @@ def verify_layout(raw: str | Path, expect_full: bool = False) -> dict[str, int]:
         "class_rows": len(classes),
         "patients": len(patients),
         "positive_patients": len({r[0] for r in labels if r[5] == "1"}),
-        "test_dicoms": _count_dicoms(raw / TEST_DIR),
+        "test_dicoms": len(_dicom_ids(raw / TEST_DIR)),
     }
     if expect_full:
         if n_dcm != N_TRAIN_DICOMS:
@@ -289,13 +308,19 @@ def _verified(raw: Path, expect_full: bool) -> dict[str, int] | None:
 
 
 def choose_profile(paths: Paths, *, allow_download: bool = False, expect_full: bool = True) -> str:
-    """ "rsna" where the real data is verified at paths.raw, else "demo"; prints why.
+    """ "rsna" where the real data is verified at paths.raw or its cache is built, else "demo".
+
+    Prints the choice and why: the first line a notebook shows.
 
     With `allow_download` (notebook 00), "rsna" also where the data can be fetched: in Colab
     (a kaggle.json is then required) or where paths.kaggle_json exists.
     """
     if _verified(paths.raw, expect_full) is not None:
         print(f"profile: rsna (RSNA data verified at {paths.raw})")
+        return "rsna"
+    cache = Path(config_for("rsna", paths).cache)
+    if all((cache / f).is_file() for f in CACHE_FILES):  # a new Colab session: raw is gone
+        print(f"profile: rsna (RSNA cache found at {cache})")
         return "rsna"
     if allow_download and (paths.drive is not None or paths.kaggle_json.is_file()):
         print(f"profile: rsna (will download the RSNA data to {paths.raw})")
@@ -337,20 +362,17 @@ def download_rsna(
     Needs kaggle.json installed (`install_kaggle_credentials`).
     """
     raw = Path(raw)
-    counts = _verified(raw, expect_full)
-    if counts is not None:
-        if not (raw / MARKER).exists():  # the user put the data there: record it as complete
-            (raw / MARKER).write_text(json.dumps({"counts": counts, "source": "found"}))
-        print(f"RSNA data already at {raw} ({counts['train_dicoms']:,} DICOMs): skipping download")
-        return raw
-    if raw.exists() and any(raw.iterdir()):
-        try:
-            verify_layout(raw, expect_full)
-        except (OSError, ValueError) as e:
+    try:
+        counts = verify_layout(raw, expect_full)
+    except (OSError, ValueError) as e:
+        if raw.is_dir() and any(raw.iterdir()):  # someone else's files: never delete them
             raise RuntimeError(
                 f"{raw} exists but is not complete RSNA data ({e}); "
                 "move or delete it, or set PNEUMOLIB_RAW to another folder"
             ) from None
+    else:
+        print(f"RSNA data already at {raw} ({counts['train_dicoms']:,} DICOMs): skipping download")
+        return raw
     dl_dir = raw.parent / f".{raw.name}-download"  # survives a failed unzip: no re-download
     zip_path = dl_dir / f"{competition}.zip"
     if zipfile.is_zipfile(zip_path):
@@ -401,11 +423,15 @@ def fetch_data(
 ) -> Path:
     """Put the data of `profile` on disk and return its raw folder.
 
-    rsna: install kaggle.json from paths.kaggle_json, then `download_rsna` into paths.raw
-    (skipped, credentials included, when the data is already there).
-    demo: `pneumolib.synth.make_demo_data(paths.raw_demo, demo_n, demo_size, seed)`.
+    rsna: make the persistent cache/ and runs/ folders, install kaggle.json from
+    paths.kaggle_json, then `download_rsna` into paths.raw (skipped, credentials included,
+    when the data is already there).
+    demo: `pneumolib.synth.make_demo_data(paths.raw_demo, demo_n, demo_size, seed)`; it writes
+    nothing outside paths.demo_root.
     """
     if profile == "rsna":
+        for folder in (paths.cache, paths.runs):  # on Drive in Colab: outlive the session
+            folder.mkdir(parents=True, exist_ok=True)
         if _verified(paths.raw, expect_full) is None:
             install_kaggle_credentials(paths.kaggle_json)
         return download_rsna(paths.raw, competition, expect_full)
@@ -413,7 +439,9 @@ def fetch_data(
         raise ValueError(f"profile: expected 'demo' or 'rsna', got {profile!r}")
     from pneumolib.synth import make_demo_data
 
-    print(f"demo profile: synthetic RSNA-shaped data at {paths.raw_demo} (n={demo_n}, {demo_size}px)")
+    print(
+        f"demo profile: synthetic RSNA-shaped data at {paths.raw_demo} (n={demo_n}, {demo_size}px)"
+    )
     return make_demo_data(paths.raw_demo, n=demo_n, size=demo_size, seed=seed)
 
 
@@ -433,22 +461,25 @@ def setup(
 ) -> SetupResult:
     """Every step of notebook 00 in one call, printing what each did.
 
-    Choose the profile, mount Drive (Colab only), make the persistent folders, report the GPU,
-    fetch the data (Kaggle or demo) and verify it. `expect_full` applies to the rsna profile.
+    Choose the profile, mount Drive (Colab only), report the GPU, fetch the data (Kaggle or
+    demo) and verify it. `expect_full` applies to the rsna profile.
     """
     paths = default_paths() if paths is None else paths
     profile = choose_profile(paths, allow_download=True, expect_full=expect_full)
     if paths.drive is not None:
         mount_drive(paths.drive)
     else:
-        print(f"not in Colab: using local folders ({paths.root if profile == 'rsna' else paths.demo_root})")
-    if profile == "rsna":  # the demo profile writes only under demo_root
-        for folder in (paths.cache, paths.runs):
-            folder.mkdir(parents=True, exist_ok=True)
+        home = paths.root if profile == "rsna" else paths.demo_root
+        print(f"not in Colab: skipping the Drive mount; using local folders under {home}")
     print(gpu_report())
     raw = fetch_data(
-        paths, profile, demo_n=demo_n, demo_size=demo_size, seed=seed,
-        competition=competition, expect_full=expect_full,
+        paths,
+        profile,
+        demo_n=demo_n,
+        demo_size=demo_size,
+        seed=seed,
+        competition=competition,
+        expect_full=expect_full,
     )
     counts = verify_layout(raw, expect_full=expect_full and profile == "rsna")
     print(f"verified {raw}:\n{format_counts(counts)}")

@@ -37,7 +37,9 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise LabelError(f"{path}: not a readable CSV ({type(e).__name__}: {e})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise LabelError(f"{path}: missing column(s) {', '.join(missing)} (found {list(df.columns)})")
+        raise LabelError(
+            f"{path} line 1: missing column(s) {', '.join(missing)} (found {list(df.columns)})"
+        )
     return df
 
 
@@ -45,7 +47,9 @@ def _number(path: Path, line: int, column: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise LabelError(f"{path} line {line} column {column}: cannot parse {text!r} as a number") from None
+        raise LabelError(
+            f"{path} line {line} column {column}: cannot parse {text!r} as a number"
+        ) from None
     if not math.isfinite(value):
         raise LabelError(f"{path} line {line} column {column}: {text!r} is not a finite number")
     return value
@@ -83,8 +87,12 @@ def load_labels(labels_csv: str | Path, detailed_csv: str | Path | None = None) 
         if target == 0:
             filled = [c for c, v in cells.items() if v not in ("", "nan", "NaN")]
             if filled:
-                raise LabelError(f"{path} line {line} column {filled[0]}: box on a negative (Target 0)")
+                raise LabelError(
+                    f"{path} line {line} column {filled[0]}: box on a negative (Target 0)"
+                )
             continue
+        if all(v in ("", "nan", "NaN") for v in cells.values()):
+            raise LabelError(f"{path} line {line} column x: positive (Target 1) without a box")
         box = [_number(path, line, c, v) for c, v in cells.items()]
         if box[2] <= 0 or box[3] <= 0:
             col = "width" if box[2] <= 0 else "height"
@@ -92,13 +100,17 @@ def load_labels(labels_csv: str | Path, detailed_csv: str | Path | None = None) 
         boxes[pid].append(box)
     for pid, t in targets.items():
         if t == 1 and not boxes[pid]:
-            raise LabelError(f"{path} line {first_line[pid]}: patient {pid} is positive with no box")
-    out = pd.DataFrame({
-        "patientId": list(targets),
-        "target": [targets[p] for p in targets],
-        "class": "",
-        "boxes": [boxes[p] for p in targets],
-    })
+            raise LabelError(
+                f"{path} line {first_line[pid]}: patient {pid} is positive with no box"
+            )
+    out = pd.DataFrame(
+        {
+            "patientId": list(targets),
+            "target": [targets[p] for p in targets],
+            "class": "",
+            "boxes": [boxes[p] for p in targets],
+        }
+    )
     if detailed_csv is not None and Path(detailed_csv).exists():
         out["class"] = _load_classes(Path(detailed_csv), out)
     return out
@@ -161,7 +173,9 @@ def read_index(cache: str | Path) -> pd.DataFrame:
     """CACHE/index.csv with `boxes` parsed back into lists of [x, y, w, h] (cache pixels)."""
     path = Path(cache) / "index.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no cache index; run `python -m pneumolib preprocess` first")
+        raise FileNotFoundError(
+            f"{path}: no cache index; run `python -m pneumolib preprocess` first"
+        )
     df = pd.read_csv(path, dtype={"patientId": str, "class": str, "sex": str, "view": str})
     df["boxes"] = [json.loads(b) if isinstance(b, str) and b else [] for b in df["boxes"]]
     return df
@@ -194,8 +208,16 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     replacement. Under DDP each rank takes every `world`-th position of the same permutation.
     """
 
-    def __init__(self, targets: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
-                 balanced: bool = False, rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self,
+        targets: np.ndarray,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        balanced: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         self.targets = np.asarray(targets)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.balanced, self.rank, self.world = balanced, rank, world
@@ -235,8 +257,17 @@ class CacheBatches(torch.utils.data.Dataset):
     and the contrast `gain`/`bias` (B,) for train batches.
     """
 
-    def __init__(self, cache: str | Path, rows: np.ndarray, targets: np.ndarray, out_size: int,
-                 policy, train: bool, seed: int = 0, warp_in_worker: bool = True) -> None:
+    def __init__(
+        self,
+        cache: str | Path,
+        rows: np.ndarray,
+        targets: np.ndarray,
+        out_size: int,
+        policy,
+        train: bool,
+        seed: int = 0,
+        warp_in_worker: bool = True,
+    ) -> None:
         self.cache, self.rows, self.targets = str(cache), np.asarray(rows), np.asarray(targets)
         self.out_size, self.policy, self.train, self.seed = out_size, policy, train, seed
         self.warp_in_worker = warp_in_worker
@@ -255,8 +286,12 @@ class CacheBatches(torch.utils.data.Dataset):
         order = np.argsort(rows, kind="stable")  # read the memory map front to back
         images = np.empty((len(rows), *self._images.shape[1:]), np.uint8)
         images[order] = self._images[rows[order]]
-        out = {"target": self.targets[pos].astype(np.float32), "position": pos.astype(np.int64),
-               "epoch": epoch, "batch": b}
+        out = {
+            "target": self.targets[pos].astype(np.float32),
+            "position": pos.astype(np.int64),
+            "epoch": epoch,
+            "batch": b,
+        }
         if self.warp_in_worker:
             rng = batch_rng(self.seed, epoch, b) if self.train else None
             res = augment_batch_cpu(images, self.out_size, self.policy, rng, self.train)
@@ -275,18 +310,43 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(cache: str | Path, index: pd.DataFrame, batch_size: int, out_size: int, policy,
-                train: bool, seed: int = 0, workers: int = -1, warp_in_worker: bool = True,
-                balanced: bool = False, pin_memory: bool = False, rank: int = 0,
-                world: int = 1) -> torch.utils.data.DataLoader:
+def make_loader(
+    cache: str | Path,
+    index: pd.DataFrame,
+    batch_size: int,
+    out_size: int,
+    policy,
+    train: bool,
+    seed: int = 0,
+    workers: int = -1,
+    warp_in_worker: bool = True,
+    balanced: bool = False,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> torch.utils.data.DataLoader:
     """A DataLoader of whole uint8 batches over the given `index` rows (see `CacheBatches`)."""
     targets = index["target"].to_numpy()
-    sampler = EpochBatchSampler(targets, batch_size, shuffle=train, seed=seed,
-                                balanced=balanced and train, rank=rank, world=world)
-    ds = CacheBatches(cache, index["row"].to_numpy(), targets, out_size, policy, train, seed,
-                      warp_in_worker)
+    sampler = EpochBatchSampler(
+        targets,
+        batch_size,
+        shuffle=train,
+        seed=seed,
+        balanced=balanced and train,
+        rank=rank,
+        world=world,
+    )
+    ds = CacheBatches(
+        cache, index["row"].to_numpy(), targets, out_size, policy, train, seed, warp_in_worker
+    )
     workers = default_workers(workers)
     return torch.utils.data.DataLoader(
-        ds, sampler=sampler, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-        worker_init_fn=_worker_init if workers else None, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers else None)
+        ds,
+        sampler=sampler,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+    )

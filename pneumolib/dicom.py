@@ -27,8 +27,11 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 REDUCED_DECODE_TOLERANCE = {"mean_abs": 0.5, "p99_abs": 2.0}
 
 _JPEG_SYNTAXES = {JPEGBaseline8Bit, "1.2.840.10008.1.2.4.51"}  # baseline and extended 8-bit
-_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-                  8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_REDUCED_FLAGS = {
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
 
 
 class DicomError(ValueError):
@@ -89,7 +92,12 @@ def _to_uint8(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
         arr = cv2.cvtColor(np.ascontiguousarray(arr).astype(np.uint8), cv2.COLOR_RGB2GRAY)
         return arr
     bits = int(ds.get("BitsStored", 8))
-    if arr.dtype == np.uint8 and bits <= 8 and "RescaleSlope" not in ds and "WindowCenter" not in ds:
+    if (
+        arr.dtype == np.uint8
+        and bits <= 8
+        and "RescaleSlope" not in ds
+        and "WindowCenter" not in ds
+    ):
         out = arr
     else:
         x = apply_modality_lut(arr, ds)
@@ -124,7 +132,9 @@ def _window_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
     return 0.0, float(2**bits - 1)
 
 
-def letterbox(img: np.ndarray, size: int, orig_hw: tuple[int, int]) -> tuple[np.ndarray, float, tuple[float, float]]:
+def letterbox(
+    img: np.ndarray, size: int, orig_hw: tuple[int, int]
+) -> tuple[np.ndarray, float, tuple[float, float]]:
     """Pad (H, W) to a centred square, area-resize to (size, size).
 
     Returns the image and the original->output mapping (scale, (offset_x, offset_y)), computed
@@ -134,8 +144,9 @@ def letterbox(img: np.ndarray, size: int, orig_hw: tuple[int, int]) -> tuple[np.
     side = max(h, w)
     if h != w:
         top, left = (side - h) // 2, (side - w) // 2
-        img = cv2.copyMakeBorder(img, top, side - h - top, left, side - w - left,
-                                 cv2.BORDER_CONSTANT, value=0)
+        img = cv2.copyMakeBorder(
+            img, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0
+        )
     if side != size:
         interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
         img = cv2.resize(img, (size, size), interpolation=interp)
@@ -182,7 +193,9 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
     except DicomError:
         raise
     except Exception as e:
-        raise DicomError(f"{path}: pixel data could not be decoded ({type(e).__name__}: {e})") from None
+        raise DicomError(
+            f"{path}: pixel data could not be decoded ({type(e).__name__}: {e})"
+        ) from None
     if img.ndim != 2 or img.size == 0:
         raise DicomError(f"{path}: expected a 2-D image, got shape {img.shape}")
     scale, offset = 1.0, (0.0, 0.0)

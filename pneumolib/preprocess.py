@@ -26,7 +26,10 @@ from pneumolib.data import load_labels, make_splits
 from pneumolib.dicom import DicomError, read_dicom
 
 IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
-    "stage_2_train_images", "stage_2_train_labels.csv", "stage_2_detailed_class_info.csv")
+    "stage_2_train_images",
+    "stage_2_train_labels.csv",
+    "stage_2_detailed_class_info.csv",
+)
 _PROGRESS = "progress.jsonl"  # one JSON line per finished chunk, in CACHE.partial/
 
 
@@ -81,7 +84,10 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
     for i, p in enumerate(paths):
         try:
             ds = pydicom.dcmread(p)
-            if ds.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.4.50" or ds.SamplesPerPixel != 1:
+            if (
+                ds.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.4.50"
+                or ds.SamplesPerPixel != 1
+            ):
                 results[i] = _read_one(p, size, True)  # not RSNA-style: the general reader
                 continue
             frame = next(generate_frames(ds.PixelData, number_of_frames=1))
@@ -110,18 +116,30 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
                 px = 255 - px
             from pneumolib.dicom import parse_age
 
-            meta = {"sex": str(ds.get("PatientSex", "")).upper() or None,
-                    "age": parse_age(ds.get("PatientAge")),
-                    "view": str(ds.get("ViewPosition", "")).upper() or None,
-                    "scale": scale, "ox": off[0], "oy": off[1]}
+            meta = {
+                "sex": str(ds.get("PatientSex", "")).upper() or None,
+                "age": parse_age(ds.get("PatientAge")),
+                "view": str(ds.get("ViewPosition", "")).upper() or None,
+                "scale": scale,
+                "ox": off[0],
+                "oy": off[1],
+            }
             results[i] = (px, meta)
     return results
 
 
-def _params(raw: Path, size: int, split: str, seed: int, val_frac: float, test_frac: float,
-            reduced: bool) -> dict:
-    return {"source": str(raw.resolve()), "size": size, "split_rule": split, "seed": seed,
-            "val_frac": val_frac, "test_frac": test_frac, "reduced_decode": reduced}
+def _params(
+    raw: Path, size: int, split: str, seed: int, val_frac: float, test_frac: float, reduced: bool
+) -> dict:
+    return {
+        "source": str(raw.resolve()),
+        "size": size,
+        "split_rule": split,
+        "seed": seed,
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+        "reduced_decode": reduced,
+    }
 
 
 def build_cache(
@@ -154,8 +172,10 @@ def build_cache(
             return out
         if not rebuild:
             diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
-            raise CacheError(f"{out}: existing cache was made with other parameters {diff}; "
-                             "pass --rebuild to replace it")
+            raise CacheError(
+                f"{out}: existing cache was made with other parameters {diff}; "
+                "pass --rebuild to replace it"
+            )
     if not (raw / LABELS_CSV).exists():
         raise CacheError(f"{raw / LABELS_CSV}: label file not found (is {raw} an RSNA folder?)")
     if not (raw / IMAGES_DIR).is_dir():
@@ -163,11 +183,20 @@ def build_cache(
     labels = load_labels(raw / LABELS_CSV, raw / CLASSES_CSV)
     on_disk = {p.stem: p for p in (raw / IMAGES_DIR).glob("*.dcm")}
     has_image = labels["patientId"].isin(on_disk)
-    errors = [{"patientId": pid, "path": str(raw / IMAGES_DIR / f"{pid}.dcm"),
-               "error": "label rows but no image file"} for pid in labels.patientId[~has_image]]
+    errors = [
+        {
+            "patientId": pid,
+            "path": str(raw / IMAGES_DIR / f"{pid}.dcm"),
+            "error": "label rows but no image file",
+        }
+        for pid in labels.patientId[~has_image]
+    ]
     labelled = set(labels.patientId)
-    errors += [{"patientId": pid, "path": str(p), "error": "image has no label rows"}
-               for pid, p in sorted(on_disk.items()) if pid not in labelled]
+    errors += [
+        {"patientId": pid, "path": str(p), "error": "image has no label rows"}
+        for pid, p in sorted(on_disk.items())
+        if pid not in labelled
+    ]
     labels = labels[has_image].reset_index(drop=True)
     n = len(labels)
     if n == 0:
@@ -178,19 +207,32 @@ def build_cache(
     if part.exists() and (part / "params.json").exists():
         if json.loads((part / "params.json").read_text()) != {**params, "n": n}:
             if not rebuild:
-                raise CacheError(f"{part}: an unfinished build with other parameters is here; "
-                                 "pass --rebuild to discard it")
+                raise CacheError(
+                    f"{part}: an unfinished build with other parameters is here; "
+                    "pass --rebuild to discard it"
+                )
             shutil.rmtree(part)
     if not (part / "params.json").exists():
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True)
-        np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(n, size, size)).flush()
+        np.lib.format.open_memmap(
+            images_path, mode="w+", dtype=np.uint8, shape=(n, size, size)
+        ).flush()
         (part / "params.json").write_text(json.dumps({**params, "n": n}))
     done = _read_progress(part / _PROGRESS)
     todo = [r for r in range(n) if r not in done]
     paths = [str(on_disk[p]) for p in labels.patientId]
-    jobs = [(str(images_path), todo[i : i + chunk], [paths[r] for r in todo[i : i + chunk]],
-             size, reduced, decoder) for i in range(0, len(todo), chunk)]
+    jobs = [
+        (
+            str(images_path),
+            todo[i : i + chunk],
+            [paths[r] for r in todo[i : i + chunk]],
+            size,
+            reduced,
+            decoder,
+        )
+        for i in range(0, len(todo), chunk)
+    ]
     workers = workers or default_workers()
     if done:
         print(f"resuming {part}: {len(done)} of {n} images already done")
@@ -207,8 +249,10 @@ def build_cache(
                 bar.update(len(metas))
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise CacheError(f"{part}: disk full while writing the cache; free space and re-run "
-                             "the same command to resume") from None
+            raise CacheError(
+                f"{part}: disk full while writing the cache; free space and re-run "
+                "the same command to resume"
+            ) from None
         raise
     except KeyboardInterrupt:
         raise CacheError(f"{part}: interrupted; re-run the same command to resume") from None
@@ -218,9 +262,11 @@ def build_cache(
     _finish(part, out, labels, done, errors, params, size, split, seed, val_frac, test_frac)
     failed = sum("error" in m for m in done.values())
     rate = len(todo) / elapsed if elapsed > 0 else float("nan")
-    print(f"cache {out}: {n - failed} images of {size}x{size}, {failed} unreadable, "
-          f"{len(errors)} label/image mismatches; {rate:.0f} images/s"
-          + (f" (see {out / 'errors.csv'})" if failed or errors else ""))
+    print(
+        f"cache {out}: {n - failed} images of {size}x{size}, {failed} unreadable, "
+        f"{len(errors)} label/image mismatches; {rate:.0f} images/s"
+        + (f" (see {out / 'errors.csv'})" if failed or errors else "")
+    )
     return out
 
 
@@ -247,12 +293,30 @@ def _read_progress(path: Path) -> dict[int, dict]:
     return done
 
 
-def _finish(part: Path, out: Path, labels: pd.DataFrame, done: dict[int, dict], errors: list,
-            params: dict, size: int, split: str, seed: int, val_frac: float, test_frac: float) -> None:
+def _finish(
+    part: Path,
+    out: Path,
+    labels: pd.DataFrame,
+    done: dict[int, dict],
+    errors: list,
+    params: dict,
+    size: int,
+    split: str,
+    seed: int,
+    val_frac: float,
+    test_frac: float,
+) -> None:
     rows = sorted(done)
     ok = [r for r in rows if "error" not in done[r]]
-    errors = errors + [{"patientId": labels.patientId[r], "path": done[r].get("path", ""),
-                        "error": done[r]["error"]} for r in rows if "error" in done[r]]
+    errors = errors + [
+        {
+            "patientId": labels.patientId[r],
+            "path": done[r].get("path", ""),
+            "error": done[r]["error"],
+        }
+        for r in rows
+        if "error" in done[r]
+    ]
     idx = labels.iloc[ok].copy()
     idx["row"] = ok
     for key in ("sex", "age", "view"):
@@ -261,24 +325,41 @@ def _finish(part: Path, out: Path, labels: pd.DataFrame, done: dict[int, dict], 
 
     def to_cache(b: list[float], m: dict) -> list[float]:
         s = m["scale"]
-        return [round(b[0] * s + m["ox"], 2), round(b[1] * s + m["oy"], 2),
-                round(b[2] * s, 2), round(b[3] * s, 2)]
+        return [
+            round(b[0] * s + m["ox"], 2),
+            round(b[1] * s + m["oy"], 2),
+            round(b[2] * s, 2),
+            round(b[3] * s, 2),
+        ]
 
-    idx["boxes"] = [json.dumps([to_cache(b, done[r]) for b in bs]) for bs, r in zip(idx.boxes, ok, strict=True)]
+    idx["boxes"] = [
+        json.dumps([to_cache(b, done[r]) for b in bs]) for bs, r in zip(idx.boxes, ok, strict=True)
+    ]
     idx = idx.reset_index(drop=True)
     idx["split"] = make_splits(idx, split, val_frac, test_frac, seed)
     cols = ["patientId", "row", "target", "class", "split", "sex", "age", "view", "boxes"]
     idx[cols].to_csv(part / "index.csv", index=False)
-    pd.DataFrame(errors, columns=["patientId", "path", "error"]).to_csv(part / "errors.csv", index=False)
+    pd.DataFrame(errors, columns=["patientId", "path", "error"]).to_csv(
+        part / "errors.csv", index=False
+    )
     images = np.load(part / "images.npy", mmap_mode="r")
     mean, std = pixel_stats(images, idx.loc[idx.split == "train", "row"].to_numpy())
     from pneumolib import __version__
 
-    stats = {"mean": mean, "std": std, "size": size, "n": len(idx),
-             "n_train": int((idx.split == "train").sum()), "positive_rate": float(idx.target.mean()),
-             "source": params["source"], "split_rule": split, "seed": seed,
-             "package_version": __version__,
-             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "params": params}
+    stats = {
+        "mean": mean,
+        "std": std,
+        "size": size,
+        "n": len(idx),
+        "n_train": int((idx.split == "train").sum()),
+        "positive_rate": float(idx.target.mean()),
+        "source": params["source"],
+        "split_rule": split,
+        "seed": seed,
+        "package_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params": params,
+    }
     del images
     (part / "stats.json").write_text(json.dumps(stats, indent=2))
     (part / _PROGRESS).unlink(missing_ok=True)

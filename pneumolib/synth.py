@@ -30,7 +30,9 @@ P_NOT_NORMAL = 0.57  # among negatives: "No Lung Opacity / Not Normal" vs "Norma
 _BASE = 256  # anatomy is drawn at this side, then resized; noise is added at full size
 
 
-def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+def _ellipse(
+    yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float
+) -> np.ndarray:
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
 
 
@@ -48,7 +50,11 @@ def phantom(
     heart_r = n * (0.13 if view == "AP" else 0.11) * rng.uniform(0.9, 1.15)  # AP magnifies heart
     for side in (-1, 1):
         lcx = cx + side * n * rng.uniform(0.17, 0.2)
-        lcy, ry, rx = n * rng.uniform(0.44, 0.48), n * rng.uniform(0.25, 0.29), n * rng.uniform(0.11, 0.135)
+        lcy, ry, rx = (
+            n * rng.uniform(0.44, 0.48),
+            n * rng.uniform(0.25, 0.29),
+            n * rng.uniform(0.11, 0.135),
+        )
         e = _ellipse(yy, xx, lcy, lcx, ry, rx)
         lungs.append((lcx, lcy, rx, ry))
         img -= 70.0 * np.clip(1.4 - e, 0, 1) * (e < 1.4)  # dark lung field, soft edge
@@ -62,7 +68,12 @@ def phantom(
     img += 55.0 * np.clip(1.3 - heart, 0, 1)  # heart / mediastinum
     if not_normal:  # a non-pneumonia finding: a tube or wire line
         x0 = cx + rng.uniform(-n * 0.05, n * 0.05)
-        img += 70.0 * np.exp(-(((xx - x0 - 0.15 * (yy - n * 0.2)) / 1.2) ** 2)) * (yy > n * 0.15) * (yy < n * 0.6)
+        img += (
+            70.0
+            * np.exp(-(((xx - x0 - 0.15 * (yy - n * 0.2)) / 1.2) ** 2))
+            * (yy > n * 0.15)
+            * (yy < n * 0.6)
+        )
     boxes: list[list[float]] = []
     if positive:
         n_op = 1 if rng.random() < 0.55 else 2
@@ -79,8 +90,14 @@ def phantom(
             ys, xs = np.nonzero(mask > 0.15)
             if len(xs):
                 k = size / n
-                boxes.append([float(xs.min() * k), float(ys.min() * k),
-                              float((xs.max() - xs.min() + 1) * k), float((ys.max() - ys.min() + 1) * k)])
+                boxes.append(
+                    [
+                        float(xs.min() * k),
+                        float(ys.min() * k),
+                        float((xs.max() - xs.min() + 1) * k),
+                        float((ys.max() - ys.min() + 1) * k),
+                    ]
+                )
     img = cv2.GaussianBlur(img, (0, 0), 1.2)
     img *= rng.uniform(0.85, 1.15)  # exposure
     if size != n:
@@ -92,8 +109,11 @@ def phantom(
 def _patient(rng: np.random.Generator) -> dict:
     view = "AP" if rng.random() < P_AP else "PA"
     positive = bool(rng.random() < P_POS[view])
-    cls = "Lung Opacity" if positive else (
-        "No Lung Opacity / Not Normal" if rng.random() < P_NOT_NORMAL else "Normal")
+    cls = (
+        "Lung Opacity"
+        if positive
+        else ("No Lung Opacity / Not Normal" if rng.random() < P_NOT_NORMAL else "Normal")
+    )
     return {
         "patientId": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
         "view": view,
@@ -116,7 +136,9 @@ def make_demo_data(out: str | Path, n: int = 300, size: int = 1024, seed: int = 
     if marker.exists():
         if json.loads(marker.read_text()) == params:
             return out
-        raise FileExistsError(f"{out}: holds demo data made with {marker.read_text()}, not {params}")
+        raise FileExistsError(
+            f"{out}: holds demo data made with {marker.read_text()}, not {params}"
+        )
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: folder exists and is not pneumolib demo data")
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
@@ -129,15 +151,23 @@ def make_demo_data(out: str | Path, n: int = 300, size: int = 1024, seed: int = 
         img, boxes = phantom(rng, size, p["view"], p["positive"], p["class"] != "Normal")
         if p["positive"] and not boxes:
             p["positive"], p["class"] = False, "Normal"
-        write_dicom(tmp / "stage_2_train_images" / f"{p['patientId']}.dcm", img, p["patientId"],
-                    sex=p["sex"], age=p["age"], view=p["view"])
+        write_dicom(
+            tmp / "stage_2_train_images" / f"{p['patientId']}.dcm",
+            img,
+            p["patientId"],
+            sex=p["sex"],
+            age=p["age"],
+            view=p["view"],
+        )
         for b in boxes or [[None] * 4]:
             label_rows.append([p["patientId"], *b, int(p["positive"])])
             class_rows.append([p["patientId"], p["class"]])
     pd.DataFrame(label_rows, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
-        tmp / "stage_2_train_labels.csv", index=False)
+        tmp / "stage_2_train_labels.csv", index=False
+    )
     pd.DataFrame(class_rows, columns=["patientId", "class"]).to_csv(
-        tmp / "stage_2_detailed_class_info.csv", index=False)
+        tmp / "stage_2_detailed_class_info.csv", index=False
+    )
     (tmp / "demo_params.json").write_text(json.dumps(params))
     if out.exists():
         out.rmdir()

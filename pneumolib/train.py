@@ -9,6 +9,7 @@ RNG states and the whole config. Re-running the same call continues from `last.p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -30,8 +31,17 @@ from pneumolib.data import make_loader, read_index, read_stats
 from pneumolib.models import build_model, trainable_parameters
 
 # Fields that may differ when a run is resumed (they change speed or duration, not the result).
-RESUMABLE_CHANGES = {"epochs", "device", "workers", "compile", "patience", "eval_batch_size",
-                     "out", "cache", "raw"}
+RESUMABLE_CHANGES = {
+    "epochs",
+    "device",
+    "workers",
+    "compile",
+    "patience",
+    "eval_batch_size",
+    "out",
+    "cache",
+    "raw",
+}
 
 
 class RunError(RuntimeError):
@@ -88,8 +98,9 @@ def make_optimizer(params: list, cfg: Config) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+        )
     raise RunError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
 
 
@@ -97,8 +108,12 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
     total = cfg.epochs * steps_per_epoch
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1),
-                                                   pct_start=0.3 if not warm else warm / total)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=cfg.lr,
+            total_steps=max(total, 1),
+            pct_start=0.3 if not warm else warm / total,
+        )
     if cfg.schedule in ("none", "cosine"):
         return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, total, warm))
     raise RunError(f"unknown schedule {cfg.schedule!r}: use none, cosine or onecycle")
@@ -126,21 +141,32 @@ def set_rng_state(state: dict) -> None:
 
 
 def binary_summary(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """AUC, accuracy, precision, recall at `threshold` for labels y (N,) and probabilities p (N,)."""
+    """AUC, accuracy, precision, recall at `threshold`; labels y (N,), probabilities p (N,)."""
     pred = p >= threshold
     tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
     fn = int((~pred & (y == 1)).sum())
     auc = roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan")
-    return {"auc": float(auc), "accuracy": float((pred == (y == 1)).mean()),
-            "precision": tp / (tp + fp) if tp + fp else 0.0,
-            "recall": tp / (tp + fn) if tp + fn else 0.0}
+    return {
+        "auc": float(auc),
+        "accuracy": float((pred == (y == 1)).mean()),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+    }
 
 
 # --- batches on the device ---------------------------------------------------------------
 
 
-def to_device_batch(batch: dict, device: torch.device, size: int, policy: AugmentPolicy,
-                    stats: dict, train: bool, seed: int, channels_last: bool) -> torch.Tensor:
+def to_device_batch(
+    batch: dict,
+    device: torch.device,
+    size: int,
+    policy: AugmentPolicy,
+    stats: dict,
+    train: bool,
+    seed: int,
+    channels_last: bool,
+) -> torch.Tensor:
     """A loader batch -> normalised float (B, 1, size, size) on `device`.
 
     Batches already warped in the workers are only normalised here; raw (B, S, S) uint8
@@ -158,16 +184,24 @@ def to_device_batch(batch: dict, device: torch.device, size: int, policy: Augmen
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, loader, device: torch.device, size: int, stats: dict,
-                  amp: torch.dtype | None = None, channels_last: bool = False,
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict_probs(
+    model: torch.nn.Module,
+    loader,
+    device: torch.device,
+    size: int,
+    stats: dict,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run `model` over an eval loader -> (probabilities (N,), targets (N,), positions (N,))."""
     was_training = model.training
     model.eval()
     probs, targets, positions = [], [], []
     for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
-        x = to_device_batch(batch, device, size, AugmentPolicy.identity(), stats, False, 0,
-                            channels_last)
+        x = to_device_batch(
+            batch, device, size, AugmentPolicy.identity(), stats, False, 0, channels_last
+        )
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x).float().squeeze(1)
         probs.append(torch.sigmoid(logits).cpu().numpy())
@@ -177,19 +211,58 @@ def predict_probs(model: torch.nn.Module, loader, device: torch.device, size: in
     return np.concatenate(probs), np.concatenate(targets), np.concatenate(positions)
 
 
+def accumulate_gradients(
+    net: torch.nn.Module,
+    pairs,
+    n_step: int,
+    pos_weight: torch.Tensor,
+    scaler: torch.amp.GradScaler,
+    dtype: torch.dtype | None = None,
+    distributed: bool = False,
+) -> float:
+    """Backward over micro-batches `pairs` of (x (b, 1, H, W), y (b,)) -> summed loss.
+
+    Each micro-batch's summed loss is divided by the `n_step` samples of the whole step, so the
+    accumulated gradient equals that of one big batch's mean loss. Under DDP the gradient
+    all-reduce runs once, on the last micro-batch.
+    """
+    pairs = list(pairs) if distributed else pairs  # DDP must know which micro-batch is last
+    total, count = 0.0, len(pairs) if distributed else None
+    for i, (x, y) in enumerate(pairs):
+        ctx = net.no_sync() if distributed and i < count - 1 else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = net(x).float().squeeze(1)
+                loss = (
+                    F.binary_cross_entropy_with_logits(
+                        logits, y, pos_weight=pos_weight, reduction="sum"
+                    )
+                    / n_step
+                )
+            scaler.scale(loss).backward()
+        total += loss.item() * n_step
+    return total
+
+
 # --- the run -----------------------------------------------------------------------------
 
 
 def _check_resume(saved: dict, cfg: Config, out: Path) -> None:
-    diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items()
-            if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    diff = {
+        k: (saved.get(k), v)
+        for k, v in cfg.to_dict().items()
+        if k not in RESUMABLE_CHANGES and saved.get(k) != v
+    }
     if diff:
-        raise RunError(f"{out}: holds a run with other settings {diff}; choose a new --out "
-                       "or delete the folder to start over")
+        raise RunError(
+            f"{out}: holds a run with other settings {diff}; choose a new --out "
+            "or delete the folder to start over"
+        )
 
 
-def fit(cfg: Config, callback: Callable[[str, dict], None] | None = None,
-        progress: bool = True) -> dict:
+def fit(
+    cfg: Config, callback: Callable[[str, dict], None] | None = None, progress: bool = True
+) -> dict:
     """Train (or resume) the run in `cfg.out` on the cache `cfg.cache`; returns a summary.
 
     `callback(event, state)` is called with "step" after each optimiser step and "epoch" after
@@ -214,25 +287,52 @@ def fit(cfg: Config, callback: Callable[[str, dict], None] | None = None,
     train_idx = index[index.split == "train"].reset_index(drop=True)
     val_idx = index[index.split == "val"].reset_index(drop=True)
     if len(train_idx) == 0 or len(val_idx) == 0:
-        raise RunError(f"{cfg.cache}: needs train and val rows (got {len(train_idx)}, {len(val_idx)})")
-    micro = cfg.micro_batch_size or cfg.batch_size
+        raise RunError(
+            f"{cfg.cache}: needs train and val rows (got {len(train_idx)}, {len(val_idx)})"
+        )
+    micro = cfg.micro_batch_size or max(1, cfg.batch_size // world)
     if cfg.batch_size % (micro * world):
-        raise RunError(f"batch size {cfg.batch_size} is not a multiple of micro-batch {micro} x "
-                       f"{world} processes")
+        raise RunError(
+            f"batch size {cfg.batch_size} is not a multiple of micro-batch {micro} x "
+            f"{world} processes"
+        )
     accum = cfg.batch_size // (micro * world)
     policy = AugmentPolicy.from_config(cfg)
     gpu_warp = device.type == "cuda" and cfg.gpu_augment
-    train_loader = make_loader(cfg.cache, train_idx, micro, cfg.image_size, policy, True, cfg.seed,
-                               cfg.workers, not gpu_warp, cfg.balanced_sampling,
-                               device.type == "cuda", rank, world)
-    val_loader = make_loader(cfg.cache, val_idx, cfg.eval_batch_size, cfg.image_size, policy,
-                             False, cfg.seed, cfg.workers, not gpu_warp, False,
-                             device.type == "cuda")
+    train_loader = make_loader(
+        cfg.cache,
+        train_idx,
+        micro,
+        cfg.image_size,
+        policy,
+        True,
+        cfg.seed,
+        cfg.workers,
+        not gpu_warp,
+        cfg.balanced_sampling,
+        device.type == "cuda",
+        rank,
+        world,
+    )
+    val_loader = make_loader(
+        cfg.cache,
+        val_idx,
+        cfg.eval_batch_size,
+        cfg.image_size,
+        policy,
+        False,
+        cfg.seed,
+        cfg.workers,
+        not gpu_warp,
+        False,
+        device.type == "cuda",
+    )
     steps_per_epoch = math.ceil(len(train_loader) / accum)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
 
-    model = build_model(cfg.model, cfg.mode, cfg.weights).to(device)
+    resuming = (out / "last.pt").exists()  # then the weights come from last.pt, not a download
+    model = build_model(cfg.model, cfg.mode, "none" if resuming else cfg.weights).to(device)
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -245,7 +345,7 @@ def fit(cfg: Config, callback: Callable[[str, dict], None] | None = None,
     pw = torch.tensor([pos_weight], device=device)
 
     start_epoch, best, history = 0, -math.inf, []
-    if (out / "last.pt").exists():
+    if resuming:
         ckpt = torch.load(out / "last.pt", map_location=device, weights_only=True)
         _check_resume(ckpt["config"], cfg, out)
         model.load_state_dict(ckpt["model"])
@@ -263,7 +363,8 @@ def fit(cfg: Config, callback: Callable[[str, dict], None] | None = None,
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if cfg.compile:
         net = torch.compile(net)
     writer = _tensorboard(out) if main else None
@@ -278,28 +379,29 @@ def fit(cfg: Config, callback: Callable[[str, dict], None] | None = None,
         net.train()
         batches = iter(train_loader)
         run_loss, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   disable=not (progress and main), leave=False)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="step",
+            disable=not (progress and main),
+            leave=False,
+        )
         for step in bar:
             micro_batches = [b for _, b in zip(range(accum), batches, strict=False)]
             if not micro_batches:
                 break
             n_step = sum(len(b["target"]) for b in micro_batches)
             opt.zero_grad(set_to_none=True)
-            for i, batch in enumerate(micro_batches):
-                x = to_device_batch(batch, device, cfg.image_size, policy, stats, True, cfg.seed,
-                                    channels_last)
-                y = batch["target"].to(device, non_blocking=True)
-                sync = i == len(micro_batches) - 1 or not distributed
-                ctx = net.no_sync() if not sync else _null()
-                with ctx, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = net(x).float().squeeze(1)
-                    # sum over the micro-batch / samples in the whole step: accumulating micro-
-                    # batches gives exactly the big batch's mean-loss gradient
-                    loss = F.binary_cross_entropy_with_logits(
-                        logits, y, pos_weight=pw, reduction="sum") / n_step
-                scaler.scale(loss).backward()
-                run_loss += loss.item() * n_step
+            pairs = (
+                (
+                    to_device_batch(
+                        b, device, cfg.image_size, policy, stats, True, cfg.seed, channels_last
+                    ),
+                    b["target"].to(device, non_blocking=True),
+                )
+                for b in micro_batches
+            )
+            run_loss += accumulate_gradients(net, pairs, n_step, pw, scaler, dtype, distributed)
             seen += n_step
             scaler.step(opt)
             scaler.update()
@@ -308,26 +410,50 @@ def fit(cfg: Config, callback: Callable[[str, dict], None] | None = None,
             if callback:
                 callback("step", {"epoch": epoch, "step": step})
         bar.close()
-        p, y, _ = predict_probs(model, val_loader, device, cfg.image_size, stats, dtype,
-                                channels_last)
-        val_loss = float(F.binary_cross_entropy(torch.from_numpy(p).double().clamp(1e-7, 1 - 1e-7),
-                                                torch.from_numpy(y).double()))
-        row = {"epoch": epoch + 1, "train_loss": run_loss / max(seen, 1),
-               "val_loss": val_loss, **{f"val_{k}": v for k, v in binary_summary(y, p).items()},
-               "lr": sched.get_last_lr()[0], "seconds": time.perf_counter() - t0}
+        if distributed:  # BN running stats drift per rank after the last forward: take rank 0's
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
+        p, y, _ = predict_probs(
+            model, val_loader, device, cfg.image_size, stats, dtype, channels_last
+        )
+        val_loss = float(
+            F.binary_cross_entropy(
+                torch.from_numpy(p).double().clamp(1e-7, 1 - 1e-7), torch.from_numpy(y).double()
+            )
+        )
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": run_loss / max(seen, 1),
+            "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in binary_summary(y, p).items()},
+            "lr": sched.get_last_lr()[0],
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(row)
         score = row[f"val_{cfg.monitor}"] if cfg.monitor != "loss" else -val_loss
         improved = score > best
         best = max(best, score)
         stale = 0 if improved else stale + 1
         if main:
-            print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-                  f"val_loss {val_loss:.4f}  auc {row['val_auc']:.4f}  acc {row['val_accuracy']:.3f}  "
-                  f"lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else ""))
-            ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                    "epoch": epoch, "config": cfg.to_dict(), "stats": stats_for_ckpt(stats),
-                    "metrics": row, "best": best, "history": history, "rng": rng_state()}
+            print(
+                f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                f"val_loss {val_loss:.4f}  auc {row['val_auc']:.4f}  "
+                f"acc {row['val_accuracy']:.3f}  "
+                f"lr {row['lr']:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else "")
+            )
+            ckpt = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "config": cfg.to_dict(),
+                "stats": stats_for_ckpt(stats),
+                "metrics": row,
+                "best": best,
+                "history": history,
+                "rng": rng_state(),
+            }
             atomic_save(ckpt, out / "last.pt")
             if improved:
                 atomic_save(ckpt, out / "best.pt")
@@ -337,8 +463,13 @@ def fit(cfg: Config, callback: Callable[[str, dict], None] | None = None,
                     writer.add_scalar(k, v, epoch + 1)
         if callback:
             callback("epoch", {"epoch": epoch, "metrics": row})
-    summary = {"out": str(out), "epochs": len(history), "best": best, "monitor": cfg.monitor,
-               "history": pd.DataFrame(history)}
+    summary = {
+        "out": str(out),
+        "epochs": len(history),
+        "best": best,
+        "monitor": cfg.monitor,
+        "history": pd.DataFrame(history),
+    }
     if distributed:
         summary["rank_checksums"] = _rank_checksums(model, world)
         if main:
@@ -373,8 +504,16 @@ def _since_best(history: list[dict], monitor: str):
 
 
 def _rank_checksums(model: torch.nn.Module, world: int) -> list[float]:
-    s = torch.tensor([sum(float(p.double().sum()) for p in model.state_dict().values()
-                          if p.is_floating_point())], dtype=torch.float64)
+    s = torch.tensor(
+        [
+            sum(
+                float(p.double().sum())
+                for p in model.state_dict().values()
+                if p.is_floating_point()
+            )
+        ],
+        dtype=torch.float64,
+    )
     out = [torch.zeros_like(s) for _ in range(world)]
     dist.all_gather(out, s)
     return [float(t) for t in out]
@@ -386,11 +525,3 @@ def _tensorboard(out: Path):
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(out / "tb"))
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -1,0 +1,117 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Setup: from a fresh runtime to the RSNA data
+#
+# This notebook takes a fresh Google Colab runtime to the RSNA Pneumonia Detection Challenge
+# data on the runtime's local disk, ready for the rest of the series:
+#
+# 1. install `pneumolib` (Colab only; locally it is already importable),
+# 2. choose the profile (`rsna`: the real data; `demo`: synthetic data) and the folders,
+# 3. mount Google Drive, which keeps your `kaggle.json`, the cache and the runs between sessions,
+# 4. report the GPU,
+# 5. download the competition with the Kaggle CLI and unzip it to `/content/rsna`,
+# 6. verify the layout and the file counts.
+#
+# **Before you start (Colab):** accept the competition rules on
+# [kaggle.com/competitions/rsna-pneumonia-detection-challenge](https://www.kaggle.com/competitions/rsna-pneumonia-detection-challenge/rules),
+# make an API token (kaggle.com > Settings > API > *Create New Token*) and put the downloaded
+# `kaggle.json` in your Drive at `MyDrive/pneumolib/kaggle.json`. The token is copied to
+# `~/.kaggle/` with mode 600 and never printed. See `data_README.md` for the data itself.
+#
+# **Outside Colab** the same cells skip the Drive mount, use local folders
+# (`$PNEUMOLIB_HOME`, `./pneumolib_data`, `./pneumolib_demo`) and, without a `kaggle.json`, make
+# synthetic demo data instead of downloading; each cell says what it did.
+#
+# Re-running is cheap: data that is already there and verified is not downloaded again.
+
+# %%
+# Install the package inside Colab only. `pneumolib.colab.in_colab` cannot be used before the
+# package is installed, so the same check is written out here.
+import importlib.util
+import subprocess
+import sys
+
+try:
+    import google.colab  # noqa: F401
+
+    IN_COLAB = True
+except ImportError:
+    IN_COLAB = False
+
+if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
+    PACKAGE = "git+https://github.com/pneumolib/pneumolib"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+
+# %% [markdown]
+# ## Profile and folders
+#
+# Every folder is decided in one place, `colab.default_paths()`. In Colab: the persistent
+# folder is `/content/drive/MyDrive/pneumolib` (Drive) and the raw data goes to `/content/rsna`
+# (local disk: Drive is slow for 26,684 small files). The profile is `rsna` where the real data
+# is there or can be downloaded, `demo` otherwise.
+
+# %%
+from pneumolib import colab
+
+paths = colab.default_paths()
+profile = colab.choose_profile(paths, allow_download=True)
+print(paths.describe(profile))
+
+# %% [markdown]
+# ## Google Drive
+#
+# Mounted only inside Colab; Colab asks you to allow access the first time.
+
+# %%
+colab.mount_drive(paths.drive)
+
+# %% [markdown]
+# ## GPU
+#
+# Training on the full data wants a GPU (in Colab: *Runtime > Change runtime type > GPU*).
+# The demo profile runs on the CPU.
+
+# %%
+print(colab.gpu_report())
+
+# %% [markdown]
+# ## Data
+#
+# `rsna`: install `kaggle.json` from Drive, then `kaggle competitions download -c
+# rsna-pneumonia-detection-challenge` (about 3.7 GB, a few minutes in Colab), unzip to a
+# temporary folder, verify, and rename it to `/content/rsna` — an interrupted run never leaves a
+# half-unzipped folder behind. `demo`: write 300 synthetic RSNA-shaped DICOMs (256 px), the same
+# folder the later notebooks use.
+
+# %%
+raw = colab.fetch_data(paths, profile, demo_n=300, demo_size=256)
+
+# %% [markdown]
+# ## Verify
+#
+# The layout the rest of the series reads, and its counts. The full data has 26,684 training
+# DICOMs and 30,227 label rows (one per box) for 26,684 patients, 6,012 of them positive.
+
+# %%
+counts = colab.verify_layout(raw, expect_full=(profile == "rsna"))
+print(f"{profile} data at {raw}")
+print(colab.format_counts(counts))
+
+# %% [markdown]
+# ## Next
+#
+# The data is in place. The following notebooks start with
+# `paths = colab.default_paths(); profile = colab.choose_profile(paths)` and
+# `cfg = colab.config_for(profile, paths)`, so they pick the same profile and folders.
+# A new Colab session starts with an empty local disk, so `/content/rsna` is gone; the cache and
+# the runs on Drive remain. Once the cache is built (notebook 01), later sessions need only the
+# Drive mount; run this notebook again when you need the raw data.
