@@ -30,6 +30,7 @@ def learn_cache(tmp_path_factory) -> Path:
 
 
 def _cfg(cache: Path, out: Path, **kw):
+    kw = {"cache_size": 64, "image_size": 64} | kw
     return demo_config(out.parent, cache=str(cache), out=str(out), workers=0, **kw)
 
 
