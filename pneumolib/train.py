@@ -30,9 +30,9 @@ from pneumolib.config import Config
 from pneumolib.data import make_loader, read_index, read_stats
 from pneumolib.models import build_model, trainable_parameters
 
-# Fields that may differ when a run is resumed (they change speed or duration, not the result).
+# Fields that may differ when a run is resumed (they change speed or paths, not the result;
+# `epochs` is not one: the learning-rate schedule is laid out over the whole run).
 RESUMABLE_CHANGES = {
-    "epochs",
     "device",
     "workers",
     "compile",
