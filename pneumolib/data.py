@@ -304,9 +304,9 @@ class CacheBatches(torch.utils.data.Dataset):
 
 
 def _worker_init(_: int) -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already; threads inside would oversubscribe
+    # One process per core already; threads inside would oversubscribe. Not cv2.setNumThreads:
+    # in a forked worker it tears down the thread pool copied from the parent and hangs for good
+    # whenever the parent has run OpenCV in parallel before (cache build, eval warps).
     torch.set_num_threads(1)
 
 

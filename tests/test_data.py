@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -253,8 +254,13 @@ def test_train_batches_are_uint8_and_seeded(demo_cache: Path, index: pd.DataFram
 
 
 def test_batches_do_not_depend_on_worker_count(demo_cache: Path, index: pd.DataFrame) -> None:
+    big = np.zeros((1024, 1024), np.uint8)
+    for _ in range(5):  # OpenCV's thread pool busy in this process before the workers fork
+        cv2.resize(big, (300, 300), interpolation=cv2.INTER_AREA)
     a = batches(loader(demo_cache, index, workers=0), epoch=2)
-    b = batches(loader(demo_cache, index, workers=2), epoch=2)
+    forked = loader(demo_cache, index, workers=2)
+    forked.timeout = 60  # a worker stuck on a lock copied from this process fails, not hangs
+    b = batches(forked, epoch=2)
     assert len(a) == len(b)
     assert all(torch.equal(x["images"], y["images"]) for x, y in zip(a, b, strict=True))
 
