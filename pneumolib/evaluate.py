@@ -669,3 +669,397 @@ def evaluate_predictions(
     tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False))
     os.replace(tmp, path)  # never leave a half-written metrics file behind
     return metrics
+
+
+# --------------------------------------------------------------------------- a whole run
+TTA_SHIFT = 0.04  # test-time shifts, fraction of the side
+TTA_SCALES = (0.95, 1.05)  # test-time zooms about the centre
+SAMPLES_THRESHOLD = "youden"  # operating point the sample grid marks right/wrong (else 0.5)
+
+
+def tta_affines(in_size: int, out_size: int, hflip: bool = False) -> dict[str, np.ndarray]:
+    """Deterministic test-time variants -> {name: forward matrix (2, 3), cache pixels ->
+    input pixels}: identity (the plain validation resize), shifts of +-4% along x and y, zoom
+    0.95 and 1.05, and a horizontal flip only for runs that trained with hflip."""
+    from pneumolib.augment import compose_affines
+
+    s = TTA_SHIFT
+    spec = {"identity": (0.0, 0.0, 1.0, False)}
+    spec |= {"x+4%": (s, 0.0, 1.0, False), "x-4%": (-s, 0.0, 1.0, False)}
+    spec |= {"y+4%": (0.0, s, 1.0, False), "y-4%": (0.0, -s, 1.0, False)}
+    spec |= {f"zoom {z:g}": (0.0, 0.0, z, False) for z in TTA_SCALES}
+    if hflip:
+        spec["hflip"] = (0.0, 0.0, 1.0, True)
+    v = np.array([x[:3] for x in spec.values()], dtype=np.float64)
+    n = len(spec)
+    params = {
+        "crop": np.tile([0.0, 0.0, in_size, in_size], (n, 1)),
+        "angle": np.zeros(n),
+        "scale": v[:, 2],
+        "shift": v[:, :2],
+        "flip": np.array([x[3] for x in spec.values()]),
+    }
+    return dict(zip(spec, compose_affines(params, in_size, out_size), strict=True))
+
+
+def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_device: bool):
+    """Mean probability over the variants `mats` {name: (2, 3)} for a loader of raw uint8
+    (B, S, S) batches -> (probabilities (N,), targets (N,), positions (N,))."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from pneumolib.predict import model_input
+
+    probs, targets, positions = [], [], []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="predict (TTA)", leave=False):
+            images = batch["images"].numpy()  # (B, S, S) uint8
+            total = torch.zeros(len(images), dtype=torch.float64)
+            for m in mats.values():
+                x = model_input(
+                    images, np.repeat(m[None], len(images), 0), size, stats, device, on_device
+                )
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    total += torch.sigmoid(model(x).float().squeeze(1)).double().cpu()
+            probs.append((total / len(mats)).numpy())
+            targets.append(batch["target"].numpy())
+            positions.append(batch["position"].numpy())
+    return np.concatenate(probs), np.concatenate(targets), np.concatenate(positions)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def read_predictions(run: str | Path, split: str = "val", tta: bool = False) -> pd.DataFrame:
+    """RUN/predictions_<split>[_tta].csv as written by `evaluate_run`."""
+    path = Path(run) / f"predictions_{split}{'_tta' if tta else ''}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run `python -m pneumolib evaluate` first")
+    return pd.read_csv(path, dtype={"patientId": str, "sex": str, "view": str})
+
+
+def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
+    """Predictions table of one split: reused from RUN when its sidecar says it came from the
+    same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
+    from pneumolib.data import make_loader
+    from pneumolib.train import predict_probs
+
+    run, cache, index, tta = ctx["run"], ctx["cache"], ctx["index"], ctx["tta"]
+    tag = split + ("_tta" if tta else "")
+    csv, meta_path = run / f"predictions_{tag}.csv", run / f"predictions_{tag}.meta.json"
+    rows = index[index["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        rule = ctx["split_rule"]
+        raise ValueError(f"{cache}: no {split} rows (split rule {rule!r}); nothing to evaluate")
+    meta = {"checkpoint_sha256": ctx["sha256"], "cache": str(cache), "tta": tta, "n": len(rows)}
+    if reuse and csv.is_file() and meta_path.is_file():
+        if json.loads(meta_path.read_text()) == meta:
+            pred = read_predictions(run, split, tta)
+            if sorted(pred["patientId"]) == sorted(rows["patientId"]):
+                print(f"{split}: reusing {csv.name} (same checkpoint)")
+                return pred
+    cfg, dev = ctx["config"], ctx["device"]
+    loader = make_loader(
+        cache,
+        rows,
+        int(cfg.get("eval_batch_size", 128)),
+        ctx["size"],
+        ctx["policy"],
+        False,
+        int(cfg.get("seed", 0)),
+        ctx["workers"],
+        warp_in_worker=not (ctx["on_device"] or tta),
+        pin_memory=dev.type == "cuda",
+    )
+    if tta:
+        p, y, pos = _predict_tta(
+            ctx["model"],
+            loader,
+            dev,
+            ctx["size"],
+            ctx["stats"],
+            ctx["mats"],
+            ctx["amp"],
+            ctx["on_device"],
+        )
+    else:
+        p, y, pos = predict_probs(
+            ctx["model"], loader, dev, ctx["size"], ctx["stats"], ctx["amp"], progress=True
+        )
+    picked = rows.iloc[pos].reset_index(drop=True)
+    if not np.array_equal(picked["target"].to_numpy(), y.astype(picked["target"].dtype)):
+        raise RuntimeError(f"{cache}: loader targets do not match index.csv rows")
+    pred = picked[["patientId"]].assign(prob=np.clip(p.astype(np.float64), 0.0, 1.0))
+    pred = pred.assign(**{c: picked[c] for c in ("target", "view", "sex", "age") if c in picked})
+    meta_path.unlink(missing_ok=True)  # a CSV without its sidecar is never reused
+    tmp = csv.with_name(csv.name + ".tmp")
+    pred.to_csv(tmp, index=False)
+    os.replace(tmp, csv)
+    _write_json(meta, meta_path)
+    return pred
+
+
+def evaluate_run(
+    run: str | Path,
+    split: str = "val",
+    tta: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    *,
+    device: str = "auto",
+    cache: str | Path | None = None,
+    workers: int | None = None,
+    n_samples: int = 16,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Evaluate RUN/best.pt on one split of its cache: RUN/predictions_<split>.csv
+    (`patientId, prob, target, view, sex, age`), RUN/metrics_<split>.json and figures/*_<split>
+    (incl. `samples_<split>.png`). Thresholds are always chosen on val (for test, val
+    predictions of the same checkpoint are reused or made first) and applied unchanged.
+    `tta` averages over `tta_affines` and writes `..._<split>_tta` files instead. `cache`
+    overrides the checkpoint's cache path, `workers` its loader workers; `figures=False` skips
+    the PNGs. Returns the metrics."""
+    from pneumolib.augment import AugmentPolicy
+    from pneumolib.data import read_index, read_stats
+    from pneumolib.models import load_checkpoint_model
+    from pneumolib.predict import _warp_on_device
+    from pneumolib.train import amp_dtype, resolve_device
+
+    if split not in ("val", "test"):
+        raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
+    run = Path(run)
+    ckpt = run / "best.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no checkpoint; train first (python -m pneumolib train)")
+    dev = resolve_device(device)
+    model, config, stats = load_checkpoint_model(ckpt, map_location=dev)
+    cache = Path(cache if cache is not None else config["cache"])
+    index, cache_stats = read_index(cache), read_stats(cache)
+    if int(cache_stats["size"]) != int(stats["size"]):
+        raise ValueError(
+            f"{cache}: images are {cache_stats['size']} px, the checkpoint was trained on a "
+            f"{stats['size']} px cache; pass the run's own cache"
+        )
+    size = int(config.get("image_size", stats["size"]))
+    ctx = {
+        "run": run,
+        "cache": cache,
+        "index": index,
+        "tta": tta,
+        "split_rule": cache_stats.get("split_rule"),
+        "sha256": _sha256(ckpt),
+        "config": config,
+        "device": dev,
+        "model": model,
+        "stats": stats,
+        "size": size,
+        "policy": AugmentPolicy.identity(),
+        "workers": int(config.get("workers", 0)) if workers is None else workers,
+        "on_device": _warp_on_device(config, dev),
+        "amp": amp_dtype(dev, bool(config.get("amp", False))),
+        "mats": tta_affines(int(stats["size"]), size, bool(config.get("hflip"))) if tta else {},
+    }
+    pred = _split_predictions(ctx, split, reuse=False)
+    pred_val = pred if split == "val" else _split_predictions(ctx, "val", reuse=True)
+    tag = split + ("_tta" if tta else "")
+    metrics = evaluate_predictions(
+        pred_val, pred, tag, run, n_boot=n_boot, seed=seed, figures=figures
+    )
+    rule = ctx["split_rule"]
+    metrics |= {
+        "split": tag,
+        "cache": str(cache),
+        "split_rule": rule,
+        "checkpoint": {"path": str(ckpt), "sha256": ctx["sha256"]},
+        "tta": tta,
+        "tta_variants": list(ctx["mats"]),
+        "predictions": f"predictions_{tag}.csv",
+    }
+    if split == "val":
+        if "reference" not in metrics:
+            ref = compare_with_reference(metrics | {"split": "val"})  # TTA on val is still val
+            metrics["reference"] = _jsonable(ref.reset_index().to_dict("records"))
+        metrics["reference_comparable"] = rule == "course"
+        metrics["reference_note"] = (
+            "References: validation on the course split (first 24,000 RSNA patients train, the "
+            f"rest val) of the real data, threshold 0.5. This cache's split rule is {rule!r}"
+            + (
+                "; comparable only if it was built from the real RSNA data."
+                if rule == "course"
+                else ", so the numbers are not like for like."
+            )
+        )
+    else:
+        metrics.pop("reference", None)
+    _write_json(metrics, run / f"metrics_{tag}.json")
+    if figures:
+        fig_path = run / "figures" / f"samples_{tag}.png"
+        sample_predictions_figure(pred, cache, metrics, n_samples, seed, out=fig_path)
+    _print_summary(metrics)
+    return _jsonable(metrics)
+
+
+def metrics_table(
+    metrics: Mapping[str, Any],
+    names: Sequence[str] = ("accuracy", "precision", "recall", "specificity", "f1"),
+) -> pd.DataFrame:
+    """One row per (validation-chosen) threshold of a metrics dict: the threshold value and
+    each metric as 'value [lo, hi]' (95% bootstrap CI), for printing and notebooks."""
+
+    rows = {}
+    for name, t in metrics["thresholds"].items():
+        rows[name] = {"threshold": round(float(t["threshold"]), 4)}
+        rows[name] |= {m: _with_ci(t.get(m), t.get("ci", {}).get(m)) for m in names}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "threshold (chosen on val)"
+    return df
+
+
+def summary_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per evaluated split, e.g. {"val": metrics, "test": metrics}: n, positives,
+    ROC AUC, average precision and Brier score as 'value [lo, hi]' (95% CI), and ECE."""
+    rows = {}
+    for name, m in results.items():
+        rows[name] = {"n": m["n"], "positives": m["n_pos"]}
+        rows[name] |= {k: _with_ci(m.get(k), m.get(f"{k}_ci")) for k in RANKING_METRICS}
+        rows[name]["ece"] = _with_ci(m.get("ece"), None)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _with_ci(v: Any, ci: Any) -> str:
+    """'0.912 [0.880, 0.940]'; 'n/a' where undefined (None/NaN)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    lo, hi = ci if ci else (None, None)
+    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+
+def _print_summary(metrics: Mapping[str, Any]) -> None:
+    auc, (lo, hi) = metrics["roc_auc"], metrics["roc_auc_ci"]
+    ci = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
+    head = f"{metrics['split']}: n={metrics['n']} ({metrics['n_pos']} positive)  "
+    print(head + (f"AUC {auc:.3f}{ci}" if auc is not None else "AUC n/a (one class)"))
+    table = metrics_table(metrics, ("accuracy", "precision", "recall"))
+    print(table.to_string())
+
+
+# --------------------------------------------------------------------------- sample grid
+def pick_samples(pred: pd.DataFrame, threshold: float, n: int = 16, seed: int = 0) -> np.ndarray:
+    """Row positions of `pred` to show: up to n/2 most confident mistakes (false positives with
+    the highest probability and false negatives with the lowest, alternating), then correct
+    calls drawn at random (seeded), true positives and true negatives alike."""
+    pred = check_predictions(pred)
+    p, y = pred["prob"].to_numpy(), pred["target"].to_numpy()
+    call = p >= threshold
+    fp = np.flatnonzero(call & (y == 0))
+    fn = np.flatnonzero(~call & (y == 1))
+    fp, fn = fp[np.argsort(-p[fp], kind="stable")], fn[np.argsort(p[fn], kind="stable")]
+    mistakes = [i for pair in zip(fp, fn, strict=False) for i in pair]
+    longer = fp if len(fp) > len(fn) else fn
+    mistakes += list(longer[min(len(fp), len(fn)) :])
+    chosen = mistakes[: n // 2]
+    rng = np.random.default_rng(seed)
+    right = [np.flatnonzero(call & (y == 1)), np.flatnonzero(~call & (y == 0))]
+    right = [rng.permutation(r) for r in right]
+    extra = [i for pair in zip(*right, strict=False) for i in pair]
+    extra += list(np.concatenate(right)[len(extra) :]) if len(right[0]) != len(right[1]) else []
+    seen = set(chosen)
+    for i in extra + [i for i in mistakes if i not in seen]:
+        if len(chosen) >= n:
+            break
+        if i not in seen:
+            chosen.append(i)
+            seen.add(i)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def plot_samples(
+    images: Sequence[np.ndarray] | np.ndarray,
+    pred: pd.DataFrame,
+    threshold: float,
+    boxes: Sequence[Any] | None = None,
+    ncols: int = 4,
+    title: str | None = None,
+    out=None,
+):
+    """Grid of radiographs (H, W) with the true label, the probability and right/wrong at
+    `threshold` (green frame right, red wrong); `pred` rows match `images`; expert boxes
+    [x, y, w, h] (image pixels) in yellow. Returns the Figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    pred = check_predictions(pred)
+    n = len(pred)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, -(-n // ncols))
+    fig = Figure(figsize=(2.6 * ncols, 2.9 * nrows + 0.4), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        p, y = float(pred["prob"].iloc[i]), int(pred["target"].iloc[i])
+        ok = (p >= threshold) == bool(y)
+        ax.imshow(np.asarray(images[i]), cmap="gray", vmin=0, vmax=255)
+        for x0, y0, w, h in boxes[i] if boxes is not None else []:
+            ax.add_patch(Rectangle((x0, y0), w, h, fill=False, edgecolor="yellow", lw=1))
+        verdict = (
+            "right"
+            if ok
+            else ("WRONG: false positive" if p >= threshold else "WRONG: false negative")
+        )
+        ax.set_title(
+            f"true: {CLASS_NAMES[y]}\np = {p:.3f}  {verdict}",
+            fontsize=8,
+            color="darkgreen" if ok else "red",
+        )
+        for spine in ax.spines.values():
+            spine.set_edgecolor("green" if ok else "red")
+            spine.set_linewidth(3)
+    fig.suptitle(title or f"Sample predictions at t = {threshold:.3f}", fontsize=10)
+    return _save(fig, out)
+
+
+def sample_predictions_figure(
+    pred: pd.DataFrame,
+    cache: str | Path,
+    metrics: Mapping[str, Any],
+    n: int = 16,
+    seed: int = 0,
+    out: str | Path | None = None,
+):
+    """The cache images of `pick_samples(pred, t, n, seed)` drawn by `plot_samples`, where t is
+    the val-chosen Youden threshold of `metrics` (an `evaluate_run` result). Returns the Figure;
+    with `out`, also writes it (evaluate_run: figures/samples_<split>.png)."""
+    from pneumolib.data import open_images, read_index
+
+    thr = metrics["thresholds"]
+    name = SAMPLES_THRESHOLD if SAMPLES_THRESHOLD in thr else next(iter(thr))
+    t = float(thr[name]["threshold"])
+    picked = pred.iloc[pick_samples(pred, t, n, seed)].reset_index(drop=True)
+    rows = read_index(cache).set_index("patientId").loc[picked["patientId"].astype(str)]
+    order = np.argsort(rows["row"].to_numpy(), kind="stable")
+    images = np.empty((len(rows), *open_images(cache).shape[1:]), np.uint8)
+    images[order] = open_images(cache)[rows["row"].to_numpy()[order]]  # memory map, in order
+    title = (
+        f"{metrics.get('split', '')}: most confident mistakes first, then random correct calls "
+        f"({name} threshold {t:.3f}, chosen on val; expert boxes in yellow)"
+    )
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return plot_samples(images, picked, t, list(rows["boxes"]), title=title, out=out)

@@ -258,3 +258,155 @@ def test_bad_tables_fail_with_a_named_reason():
         ev.summarize(df.assign(prob=df["prob"] * 3), 0.5, n_boot=10)
     with pytest.raises(ValueError, match="one class"):
         ev.choose_thresholds(np.zeros(5), np.linspace(0, 1, 5))
+
+
+# --------------------------------------------------------------------------- a whole run
+PRED_COLUMNS = ["patientId", "prob", "target", "view", "sex", "age"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A demo run trained briefly on a 64 px cache (stratified train/val/test)."""
+    from pneumolib.config import demo_config
+    from pneumolib.preprocess import build_cache
+    from pneumolib.synth import make_demo_data
+    from pneumolib.train import fit
+
+    d = tmp_path_factory.mktemp("evaluate_run")
+    raw = make_demo_data(d / "raw", n=240, size=128, seed=3)
+    cache = build_cache(raw, d / "cache", size=64, workers=1, progress=False)
+    cfg = demo_config(
+        d, cache=str(cache), out=str(d / "run"), workers=0, cache_size=64, image_size=64
+    )
+    fit(cfg.replace(epochs=3), progress=False)
+    return {"run": d / "run", "cache": cache}
+
+
+def _fresh_run(trained_run, tmp_path):
+    """A copy of the trained run's checkpoint and config only (no predictions yet)."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("best.pt", "config.json"):
+        shutil.copy(trained_run["run"] / name, run / name)
+    return run
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def test_evaluate_run_val_writes_predictions_metrics_and_figures(trained_run, tmp_path, capsys):
+    from pneumolib.cli import main
+    from pneumolib.data import read_index
+
+    run = _fresh_run(trained_run, tmp_path)
+    assert main(["evaluate", "--run", str(run), "--split", "val", "--n-boot", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "AUC" in out and "youden" in out
+    pred = pd.read_csv(run / "predictions_val.csv", dtype={"patientId": str})
+    assert list(pred.columns) == PRED_COLUMNS
+    index = read_index(trained_run["cache"])
+    val = index[index["split"] == "val"]
+    assert sorted(pred["patientId"]) == sorted(val["patientId"])
+    truth = val.set_index("patientId").loc[pred["patientId"], "target"].to_numpy()
+    assert np.array_equal(pred["target"].to_numpy(), truth)
+    assert pred["prob"].between(0, 1).all() and pred["prob"].nunique() > 1
+    saved = _json(run / "metrics_val.json")
+    assert saved["roc_auc"] == pytest.approx(skm.roc_auc_score(pred["target"], pred["prob"]))
+    assert saved["n_boot"] == 100 and saved["roc_auc_ci"][0] <= saved["roc_auc"]
+    assert saved["split_rule"] == "stratified" and saved["reference_comparable"] is False
+    assert [r["source"] for r in saved["reference"]][1:] == ["course checkpoint", "tuned blog"]
+    assert "not like for like" in saved["reference_note"]
+    for kind in ("roc", "pr", "confusion", "reliability", "prob_hist", "samples"):
+        assert (run / "figures" / f"{kind}_val.png").stat().st_size > 1000, kind
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_evaluate_run_test_uses_val_thresholds_unchanged(trained_run, tmp_path, capsys):
+    run = _fresh_run(trained_run, tmp_path)
+    ev.evaluate_run(
+        run, "test", n_boot=50, workers=0, device="cpu", figures=False
+    )  # val predicted first
+    val_pred = pd.read_csv(run / "predictions_val.csv")
+    chosen = ev.choose_thresholds(val_pred["target"], val_pred["prob"])
+    test = _json(run / "metrics_test.json")
+    assert {k: v["threshold"] for k, v in test["thresholds"].items()} == pytest.approx(chosen)
+    assert test["threshold_source"] == "val" and "reference" not in test
+    test_pred = pd.read_csv(run / "predictions_test.csv")
+    assert list(test_pred.columns) == PRED_COLUMNS
+    assert ev.choose_thresholds(test_pred["target"], test_pred["prob"]) != chosen
+    ev.evaluate_run(run, "val", n_boot=50, workers=0, device="cpu", figures=False)
+    val = _json(run / "metrics_val.json")
+    for name, t in test["thresholds"].items():
+        assert val["thresholds"][name]["threshold"] == t["threshold"]
+    # A second test evaluation reuses the val predictions of the same checkpoint...
+    capsys.readouterr()
+    ev.evaluate_run(run, "test", n_boot=50, workers=0, device="cpu", figures=False)
+    assert "reusing predictions_val.csv" in capsys.readouterr().out
+    # ...but not ones whose sidecar names another checkpoint.
+    meta = run / "predictions_val.meta.json"
+    meta.write_text(meta.read_text().replace(test["checkpoint"]["sha256"], "0" * 64))
+    ev.evaluate_run(run, "test", n_boot=50, workers=0, device="cpu", figures=False)
+    assert "reusing" not in capsys.readouterr().out
+    assert test["checkpoint"]["sha256"] in meta.read_text()
+
+
+def test_evaluate_run_tta_close_to_plain(trained_run, tmp_path):
+    run = _fresh_run(trained_run, tmp_path)
+    kw = {"n_boot": 20, "workers": 0, "device": "cpu", "figures": False}
+    plain = ev.evaluate_run(run, "val", **kw)
+    tta = ev.evaluate_run(run, "val", tta=True, **kw)
+    a = pd.read_csv(run / "predictions_val.csv")
+    b = pd.read_csv(run / "predictions_val_tta.csv")
+    assert list(b.columns) == PRED_COLUMNS and (a["patientId"] == b["patientId"]).all()
+    assert b["prob"].between(0, 1).all()
+    assert not np.allclose(a["prob"], b["prob"])  # the variants did change something
+    assert np.corrcoef(a["prob"], b["prob"])[0, 1] > 0.9
+    assert (
+        tta["tta"] is True and len(tta["tta_variants"]) == 7 and "hflip" not in tta["tta_variants"]
+    )
+    assert plain["tta"] is False and (run / "metrics_val_tta.json").is_file()
+    assert not (run / "figures").exists()  # figures=False
+
+
+def test_tta_affines_identity_is_the_eval_resize():
+    from pneumolib.augment import eval_affines
+
+    mats = ev.tta_affines(64, 48)
+    np.testing.assert_allclose(mats["identity"], eval_affines(1, 64, 48)[0])
+    assert "hflip" not in mats and "hflip" in ev.tta_affines(64, 48, hflip=True)
+    # x+4% moves every output pixel 4% of the side to the right.
+    np.testing.assert_allclose(mats["x+4%"][:, 2] - mats["identity"][:, 2], [0.04 * 48, 0])
+    assert mats["zoom 1.05"][0, 0] == pytest.approx(1.05 * 48 / 64)
+
+
+def test_evaluate_run_bad_inputs(trained_run, tmp_path, capsys):
+    from pneumolib.cli import main
+
+    assert main(["evaluate", "--run", str(tmp_path / "nowhere")]) == 2
+    assert "best.pt" in capsys.readouterr().err
+    run = _fresh_run(trained_run, tmp_path)
+    with pytest.raises(ValueError, match="split"):
+        ev.evaluate_run(run, "train")
+    with pytest.raises(FileNotFoundError, match="index.csv"):
+        ev.evaluate_run(run, "val", cache=tmp_path / "no_cache")
+
+
+def test_pick_samples_puts_the_most_confident_mistakes_first():
+    pred = pd.DataFrame(
+        {
+            "prob": [0.95, 0.60, 0.05, 0.40, 0.90, 0.10, 0.80, 0.20],
+            "target": [0, 0, 1, 1, 1, 0, 1, 0],
+        }
+    )  # FP: 0 (0.95), 1 (0.60); FN: 2 (0.05), 3 (0.40); the rest right
+    idx = ev.pick_samples(pred, 0.5, n=6, seed=0)
+    assert list(idx[:3]) == [0, 2, 1]  # FP 0.95, FN 0.05, FP 0.60
+    assert len(idx) == 6 and len(set(idx)) == 6
+    assert set(idx[3:]) <= {4, 5, 6, 7}  # then correct calls
+    assert list(ev.pick_samples(pred, 0.5, n=6, seed=0)) == list(idx)
+    assert len(ev.pick_samples(pred, 0.5, n=20)) == len(pred)
+    fig = ev.plot_samples(np.zeros((3, 8, 8), np.uint8), pred.iloc[idx[:3]], 0.5, ncols=2)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert len(titles) == 3 and all("WRONG" in t for t in titles)
