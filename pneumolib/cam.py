@@ -13,6 +13,7 @@ and scaled to [0, 1]; they differ only in how the channel weights are found:
 [0, 1] are kept apart from drawing (`overlay`, `save_overlays`). Localisation against the
 expert boxes: `pointing_game`, `energy_in_box`, and `box_area_fraction`, the chance level of
 both; `localisation_scores` per image and `summarize_localisation` with bootstrap CIs.
+`cam_run` does all of it for a trained run folder (`python -m pneumolib cam --run RUN`).
 """
 
 from __future__ import annotations
@@ -504,3 +505,313 @@ def save_overlays(
         os.replace(tmp, path)
         paths.append(path)
     return paths
+
+
+# --- a whole run: maps over a split, scores, overlays -------------------------------------
+
+POSITIVE_THRESHOLD = 0.5  # a prediction is positive at prob >= this (see `cam_run`)
+METHODS = ("cam", "gradcam")
+
+
+def _method(method: str) -> str:
+    name = method.lower().replace("_", "").replace("-", "")
+    if name not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    return name
+
+
+def _run_layer(model: nn.Module, layer: str | None) -> str | None:
+    """Accept torchvision names ("layer3") for a pneumolib model, whose net is `model.net`."""
+    if layer is None or not hasattr(model, "net"):
+        return layer
+    try:
+        model.get_submodule(layer)
+    except AttributeError:
+        return "net." + layer
+    return layer
+
+
+def load_run(
+    run: str | Path,
+    device: str = "cpu",
+    cache: str | Path | None = None,
+    checkpoint: str = "best.pt",
+) -> tuple[nn.Module, Any, dict]:
+    """RUN/best.pt (or RUN/`checkpoint`) -> (model in eval mode on `device`, its Config, its
+    pixel stats). `cache` overrides the cache folder recorded in the run (a moved run)."""
+    from pneumolib.config import Config
+    from pneumolib.models import load_checkpoint_model
+    from pneumolib.train import resolve_device
+
+    path = Path(run) / checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint; train the run first")
+    model, config, stats = load_checkpoint_model(path, map_location=resolve_device(device))
+    cfg = Config.from_dict(config)
+    if cache is not None:
+        cfg = cfg.replace(cache=str(cache))
+    return model, cfg, stats
+
+
+def iter_cam_batches(
+    model: nn.Module,
+    cache: str | Path,
+    index: pd.DataFrame,
+    image_size: int,
+    stats: dict,
+    method: str = "cam",
+    layer: str | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+    desc: str = "cam",
+):
+    """Maps for the `index` rows of `cache`, one forward pass per batch, inputs made exactly as
+    for validation (plain resize to `image_size`, normalised with the checkpoint's `stats`).
+
+    Yields dicts: `rows` (the batch's slice of `index`), `images` uint8 (B, S, S) (the network
+    input, de-normalised, for drawing), `maps` float32 (B, S, S) in [0, 1], `probs` (B,).
+    """
+    from tqdm.auto import tqdm
+
+    from pneumolib.augment import AugmentPolicy
+    from pneumolib.data import make_loader
+    from pneumolib.train import to_device_batch
+
+    method = _method(method)
+    layer = _run_layer(model, layer)
+    device = next(model.parameters()).device
+    index = index.reset_index(drop=True)
+    policy = AugmentPolicy.identity()
+    warp_in_worker = device.type != "cuda"  # as in `fit`: the GPU warps its own batches
+    loader = make_loader(
+        cache, index, batch_size, image_size, policy, False, 0, workers, warp_in_worker
+    )
+    mean, std = float(stats["mean"]), float(stats["std"])
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        x = to_device_batch(batch, device, image_size, policy, stats, False, 0, False)
+        if method == "cam":
+            maps, probs = cam(model, x, layer=layer)
+        else:
+            maps, probs = grad_cam(model, x, layer=layer)
+        images = ((x[:, 0].float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+        yield {
+            "rows": index.iloc[batch["position"].numpy()],
+            "images": images.cpu().numpy(),
+            "maps": maps.cpu().numpy(),
+            "probs": probs.cpu().numpy(),
+        }
+
+
+def _box_factor(cfg: Any, cache_size: int) -> float:
+    return cfg.image_size / cache_size  # eval inputs are the whole cache image, resized
+
+
+def cam_examples(
+    run: str | Path,
+    patient_ids: Sequence[str],
+    method: str = "cam",
+    layer: str | None = None,
+    device: str = "cpu",
+    cache: str | Path | None = None,
+    checkpoint: str = "best.pt",
+) -> dict[str, Any]:
+    """Maps for a few patients of a run's cache (for notebooks): dict with `patientId`,
+    `images` uint8 (N, S, S), `maps` (N, S, S) in [0, 1], `probs` (N,), `targets` (N,) and
+    `boxes` (N lists of [x, y, w, h] in input pixels), in the order of `patient_ids`."""
+    from pneumolib.data import read_index, read_stats
+
+    if len(patient_ids) == 0:
+        raise ValueError("patient_ids: empty; pass at least one patient")
+    model, cfg, stats = load_run(run, device, cache, checkpoint)
+    index = read_index(cfg.cache).set_index("patientId", drop=False)
+    missing = [p for p in patient_ids if p not in index.index]
+    if missing:
+        raise ValueError(f"patient_ids: not in {cfg.cache}/index.csv: {missing[:3]}")
+    rows = index.loc[list(patient_ids)]
+    parts = list(
+        iter_cam_batches(
+            model, cfg.cache, rows, cfg.image_size, stats, method, layer, max(1, len(rows))
+        )
+    )
+    factor = _box_factor(cfg, int(read_stats(cfg.cache)["size"]))
+    return {
+        "patientId": list(patient_ids),
+        "images": np.concatenate([p["images"] for p in parts]),
+        "maps": np.concatenate([p["maps"] for p in parts]),
+        "probs": np.concatenate([p["probs"] for p in parts]),
+        "targets": rows["target"].to_numpy(),
+        "boxes": [scale_boxes(b, factor) for b in rows["boxes"]],
+    }
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def cam_run(
+    run: str | Path,
+    split: str = "val",
+    n_overlays: int = 16,
+    method: str = "cam",
+    batch_size: int = 64,
+    seed: int = 0,
+    layer: str | None = None,
+    threshold: float = POSITIVE_THRESHOLD,
+    n_errors: int = 4,
+    n_boot: int = 1000,
+    device: str = "auto",
+    cache: str | Path | None = None,
+    tag: str = "",
+    checkpoint: str = "best.pt",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """CAM (or Grad-CAM) over one split of a run's cache, scored against the expert boxes.
+
+    Scored images are the TRUE POSITIVES: target 1 and probability >= `threshold` (default
+    0.5, fixed rather than the threshold `evaluate` tunes, so the scored set does not depend on
+    whether evaluation ran): a map explains "why pneumonia" only where the model said so.
+    Writes (each file complete or absent):
+    - RUN/cam_<split>.csv: patientId, pointing_hit, energy_in_box, box_area_fraction;
+    - RUN/cam_<split>.json: `summarize_localisation` (means, 95% bootstrap CIs with `seed`, the
+      chance level `box_area_fraction` of both scores) plus method, layer and counts;
+    - RUN/figures/cam_<split>/: overlays with the expert boxes of the first `n_overlays` true
+      positives (`tp_<id>.png`) and of up to `n_errors` false negatives and false positives.
+    Boxes come from the cache index (cache pixels), scaled to the input size. A `tag` (e.g.
+    "gradcam_layer3") names a variant's files `cam_<split>_<tag>.*`, leaving the default ones.
+    `cache` overrides the run's cache folder, `checkpoint` the file in RUN (e.g. "last.pt").
+    Returns the summary and prints it in one line.
+    """
+    from pneumolib.data import read_index, read_stats
+
+    method = _method(method)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split: expected train, val or test, got {split!r}")
+    run = Path(run)
+    stem = f"cam_{split}_{tag}" if tag else f"cam_{split}"
+    model, cfg, stats = load_run(run, device, cache, checkpoint)
+    layer = _run_layer(model, layer)
+    cache_size = int(read_stats(cfg.cache)["size"])
+    if "size" in stats and int(stats["size"]) != cache_size:
+        raise ValueError(
+            f"{cfg.cache}: cache of {cache_size} px, but the run was trained on a "
+            f"{stats['size']} px cache; pass the run's cache"
+        )
+    index = read_index(cfg.cache)
+    index = index[index["split"] == split].reset_index(drop=True)
+    if index.empty:
+        raise ValueError(f"split={split!r}: no rows in {cfg.cache}/index.csv")
+    factor = _box_factor(cfg, cache_size)
+
+    frames: list[pd.DataFrame] = []
+    kept: dict[str, list] = {"tp": [], "fn": [], "fp": []}  # (pid, image, map, boxes, prob)
+    limits = {"tp": n_overlays, "fn": n_errors, "fp": n_errors}
+    counts = {"tp": 0, "fn": 0, "fp": 0, "tp_no_box": 0}
+    batches = iter_cam_batches(
+        model,
+        cfg.cache,
+        index,
+        cfg.image_size,
+        stats,
+        method,
+        layer,
+        batch_size,
+        cfg.workers,
+        progress,
+        f"{method} {split}",
+    )
+    for b in batches:
+        rows, probs = b["rows"], b["probs"]
+        target = rows["target"].to_numpy() == 1
+        boxes = [scale_boxes(x, factor) for x in rows["boxes"]]
+        has_box = np.array([len(x) > 0 for x in boxes], dtype=bool)
+        said = probs >= threshold
+        kinds = {"tp": target & said, "fn": target & ~said, "fp": ~target & said}
+        counts["tp_no_box"] += int((kinds["tp"] & ~has_box).sum())
+        tp = kinds["tp"] & has_box  # a positive without a box cannot be scored
+        counts["tp"] += int(tp.sum())
+        counts["fn"] += int(kinds["fn"].sum())
+        counts["fp"] += int(kinds["fp"].sum())
+        if tp.any():
+            ids = rows["patientId"].to_numpy()[tp].tolist()
+            frames.append(
+                localisation_scores(ids, b["maps"][tp], [boxes[i] for i in np.flatnonzero(tp)])
+            )
+        for kind, mask in {"tp": tp, "fn": kinds["fn"], "fp": kinds["fp"]}.items():
+            for i in np.flatnonzero(mask)[: max(0, limits[kind] - len(kept[kind]))]:
+                pid = rows["patientId"].iloc[i]
+                kept[kind].append(
+                    (f"{kind}_{pid}", b["images"][i], b["maps"][i], boxes[i], probs[i])
+                )
+
+    columns = ["patientId", "pointing_hit", "energy_in_box", "box_area_fraction"]
+    scores = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    summary: dict[str, Any] = {
+        "split": split,
+        "method": method,
+        "layer": layer or _default_layer(_unwrap(model), None),
+        "threshold": threshold,
+        "n_images": len(index),
+        "n_true_positives": counts["tp"],
+        "n_false_negatives": counts["fn"],
+        "n_false_positives": counts["fp"],
+        "n_true_positives_without_box": counts["tp_no_box"],
+        "image_size": cfg.image_size,
+        "checkpoint": checkpoint,
+        **summarize_localisation(scores, n_boot=n_boot, seed=seed),
+    }
+    _write_atomic(run / f"{stem}.csv", lambda p: scores.to_csv(p, index=False))
+    # NaN (no true positives) is not JSON: written as null.
+    plain = {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in summary.items()}
+    text = json.dumps(plain, indent=2)
+    _write_atomic(run / f"{stem}.json", lambda p: p.write_text(text))
+    _write_overlay_folder(run / "figures" / stem, kept)
+    print(format_localisation(summary))
+    return summary
+
+
+def _write_overlay_folder(out: Path, kept: dict[str, list]) -> None:
+    """Replace `out` with the overlays in `kept`; built beside it, then renamed into place."""
+    import shutil
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for items in kept.values():
+        if items:
+            names, images, maps, boxes, probs = zip(*items, strict=True)
+            save_overlays(tmp, names, images, np.stack(maps), boxes, np.asarray(probs))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+def format_localisation(s: dict[str, Any]) -> str:
+    """One line: pointing game and energy-in-box with CIs, against their chance level."""
+
+    def ci(name: str) -> str:
+        return f"{s[name]:.2f} [{s[name + '_ci_low']:.2f}, {s[name + '_ci_high']:.2f}]"
+
+    return (
+        f"{s['method']} {s['layer']} {s['split']} ({s['n']} true positives): pointing game "
+        f"{ci('pointing_hit')} vs chance {s['box_area_fraction']:.2f}; energy in box "
+        f"{ci('energy_in_box')} vs chance {ci('box_area_fraction')}"
+    )
+
+
+def localisation_table(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per named `cam_run` summary: n, pointing game, energy in box and their chance
+    level (the box area fraction), each value followed by its 95% CI as "[low, high]"."""
+    rows = {}
+    for name, s in summaries.items():
+        row: dict[str, Any] = {"n": s["n"]}
+        for key, label in (
+            ("pointing_hit", "pointing game"),
+            ("energy_in_box", "energy in box"),
+            ("box_area_fraction", "chance (box area)"),
+        ):
+            row[label] = round(float(s[key]), 3)
+            row[f"{label} 95% CI"] = f"[{s[key + '_ci_low']:.2f}, {s[key + '_ci_high']:.2f}]"
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -344,7 +344,7 @@ def fit(
     pos_weight = cfg.pos_weight or (1.0 if cfg.balanced_sampling else (1 - pos) / max(pos, 1e-9))
     pw = torch.tensor([pos_weight], device=device)
 
-    start_epoch, best, history = 0, -math.inf, []
+    start_epoch, best, best_loss, stale, history = 0, -math.inf, math.inf, 0, []
     if resuming:
         ckpt = torch.load(out / "last.pt", map_location=device, weights_only=True)
         _check_resume(ckpt["config"], cfg, out)
@@ -354,6 +354,7 @@ def fit(
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], list(ckpt["history"])
+        best_loss, stale = ckpt.get("best_loss", math.inf), ckpt.get("stale", 0)
         if main:
             print(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
     elif main:
@@ -368,7 +369,6 @@ def fit(
     if cfg.compile:
         net = torch.compile(net)
     writer = _tensorboard(out) if main else None
-    stale = sum(1 for _ in _since_best(history, cfg.monitor))
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.patience and stale >= cfg.patience:
             if main:
@@ -431,8 +431,11 @@ def fit(
         }
         history.append(row)
         score = row[f"val_{cfg.monitor}"] if cfg.monitor != "loss" else -val_loss
-        improved = score > best
-        best = max(best, score)
+        # A tie on the monitored metric (a small val split saturates AUC at 1.0 early) goes
+        # to the lower val loss, so best.pt does not freeze at an early, miscalibrated epoch.
+        improved = score > best or (score == best and val_loss < best_loss)
+        if improved:
+            best, best_loss = score, val_loss
         stale = 0 if improved else stale + 1
         if main:
             print(
@@ -451,6 +454,8 @@ def fit(
                 "stats": stats_for_ckpt(stats),
                 "metrics": row,
                 "best": best,
+                "best_loss": best_loss,
+                "stale": stale,
                 "history": history,
                 "rng": rng_state(),
             }
@@ -491,16 +496,6 @@ def write_metrics(history: list[dict], out: Path) -> None:
     tmp = out / "metrics.csv.tmp"
     pd.DataFrame(history).to_csv(tmp, index=False)
     os.replace(tmp, out / "metrics.csv")
-
-
-def _since_best(history: list[dict], monitor: str):
-    """Yield the epochs after the best one (for early stopping after a resume)."""
-    if not history:
-        return
-    key = "val_loss" if monitor == "loss" else f"val_{monitor}"
-    vals = [(-r[key] if monitor == "loss" else r[key]) for r in history]
-    best_i = int(np.nanargmax(vals))
-    yield from history[best_i + 1 :]
 
 
 def _rank_checksums(model: torch.nn.Module, world: int) -> list[float]:

@@ -296,3 +296,118 @@ def test_cam_is_exact_with_pneumolib_models_defaults(name, mode):
         g_maps, _ = grad_cam(model, x)
         torch.testing.assert_close(maps, g_maps, rtol=1e-4, atol=1e-4)
     assert model.training and all_hooks(model) == 0
+
+
+# --- a trained demo run: cam_run and the acceptance criterion ------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """A ResNet18 trained from scratch on 400 demo phantoms, demo preset (128 px), 12 epochs."""
+    from pneumolib.config import demo_config
+    from pneumolib.preprocess import build_cache
+    from pneumolib.synth import make_demo_data
+    from pneumolib.train import fit
+
+    d = tmp_path_factory.mktemp("cam_demo")
+    raw = make_demo_data(d / "raw", n=400, size=256, seed=3)
+    cache = build_cache(raw, d / "cache", size=128, workers=2, progress=False)
+    cfg = demo_config(d, cache=str(cache), out=str(d / "run"), workers=0, epochs=12)
+    fit(cfg, progress=False)
+    return cfg
+
+
+def _true_positives(cfg, split: str) -> set[str]:
+    """Ids with target 1 and prob >= 0.5, from the trainer's own prediction loop."""
+    from pneumolib.augment import AugmentPolicy
+    from pneumolib.data import make_loader, read_index
+    from pneumolib.models import load_checkpoint_model
+    from pneumolib.train import predict_probs
+
+    model, _, stats = load_checkpoint_model(f"{cfg.out}/best.pt")
+    index = read_index(cfg.cache)
+    index = index[index.split == split].reset_index(drop=True)
+    loader = make_loader(
+        cfg.cache, index, 64, cfg.image_size, AugmentPolicy.identity(), False, workers=0
+    )
+    probs, targets, positions = predict_probs(
+        model, loader, torch.device("cpu"), cfg.image_size, stats
+    )
+    ids = index.patientId.to_numpy()[positions]
+    return set(ids[(targets == 1) & (probs >= 0.5)])
+
+
+def test_cam_run_scores_every_true_positive(demo_run, capsys):
+    import json
+    from pathlib import Path
+
+    from pneumolib.cam import cam_run
+
+    run = Path(demo_run.out)
+    summary = cam_run(run, "val", n_overlays=3, n_boot=200, device="cpu", progress=False)
+    line = capsys.readouterr().out
+    assert "pointing game" in line and "chance" in line
+
+    df = pd.read_csv(run / "cam_val.csv", dtype={"patientId": str})
+    assert list(df.columns) == ["patientId", "pointing_hit", "energy_in_box", "box_area_fraction"]
+    expected = _true_positives(demo_run, "val")
+    assert len(expected) >= 5  # the run learned something; else the checks below are empty
+    assert len(df) == len(expected) == summary["n"] == summary["n_true_positives"]
+    assert set(df.patientId) == expected
+    assert df.energy_in_box.between(0, 1).all() and df.box_area_fraction.between(0, 0.5).all()
+
+    saved = json.loads((run / "cam_val.json").read_text())
+    assert saved["pointing_hit"] == pytest.approx(df.pointing_hit.mean())
+    assert saved["energy_in_box"] == pytest.approx(df.energy_in_box.mean())
+    assert saved["method"] == "cam" and saved["layer"] == "net.layer4"
+    figs = run / "figures" / "cam_val"
+    assert len(list(figs.glob("tp_*.png"))) == min(3, len(df))
+    assert not list(run.glob("*.tmp")) and not list(figs.glob("*.tmp"))
+
+
+def test_grad_cam_variant_is_written_beside_the_default(demo_run):
+    from pneumolib.cam import cam_run
+
+    s = cam_run(
+        demo_run.out, "val", 0, "gradcam", layer="layer3", tag="gc3", n_boot=10, progress=False
+    )
+    df = pd.read_csv(f"{demo_run.out}/cam_val_gc3.csv")
+    assert s["layer"] == "net.layer3" and len(df) == s["n_true_positives"]
+    with pytest.raises(ValueError, match="linear"):  # CAM exists only for the pooled layer
+        cam_run(demo_run.out, "val", 0, "cam", layer="layer3", progress=False)
+
+
+# The issue's acceptance criterion, measured with Grad-CAM on layer2 (16x16 at 128 px): CAM
+# on layer4 is a 4x4 grid on which even a perfect map hits only ~2/3 of the 15-25 px demo
+# boxes (a bilinear map peaks at a cell centre). Class-balanced training (the demo preset)
+# for 12 epochs makes the network look at the opacity rather than at missing dark lung.
+def test_pointing_game_on_demo_positives(demo_run):
+    """The map's peak lies in an expert box for >= 80% of the held-out true positives (val
+    and test pooled), and the map's mass in the boxes beats their area (chance, ~5-7%)."""
+    from pneumolib.cam import cam_run
+
+    frames = []
+    for split in ("val", "test"):
+        cam_run(demo_run.out, split, 0, "gradcam", layer="layer2", tag="gc2", progress=False)
+        frames.append(pd.read_csv(f"{demo_run.out}/cam_{split}_gc2.csv"))
+    df = pd.concat(frames)
+    assert len(df) >= 10
+    assert df.energy_in_box.mean() > df.box_area_fraction.mean()
+    assert df.pointing_hit.mean() >= 0.8, df.pointing_hit.mean()
+
+
+def test_cam_command_line(demo_run, capsys):
+    from pneumolib.cli import main
+
+    assert main(["cam", "--run", demo_run.out, "--split", "test", "--n", "1"]) == 0
+    assert "test" in capsys.readouterr().out
+    assert (pd.read_csv(f"{demo_run.out}/cam_test.csv").columns[0]) == "patientId"
+
+
+def test_cam_run_refuses_bad_input(tmp_path):
+    from pneumolib.cam import cam_run
+
+    with pytest.raises(FileNotFoundError, match="best.pt"):
+        cam_run(tmp_path, progress=False)
+    with pytest.raises(ValueError, match="method"):
+        cam_run(tmp_path, method="lime", progress=False)

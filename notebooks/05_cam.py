@@ -1,0 +1,202 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · CAM: where in the radiograph the network found its evidence
+#
+# A classifier that says "pneumonia" with a high AUC may still be looking at the wrong thing:
+# a tube, a text marker, the position of the patient. Class activation maps show **where** the
+# evidence for the positive class lies in each image, and the RSNA expert boxes let us score
+# that against where the opacities really are:
+#
+# 1. make sure a trained run exists (notebook 03 trains it as `cfg.out`),
+# 2. compute CAMs over the validation split and score the true positives against the boxes,
+# 3. look at overlays, and at Grad-CAM on an earlier, finer layer,
+# 4. read the localisation table, with confidence intervals and chance levels.
+#
+# The same from a terminal: `python -m pneumolib cam --run RUN [--split test] [--method
+# gradcam]` writes `RUN/cam_<split>.csv`, `RUN/cam_<split>.json` and overlays in
+# `RUN/figures/cam_<split>/`.
+
+# %%
+# Install the package inside Colab only (see notebook 00).
+import importlib.util
+import subprocess
+import sys
+
+try:
+    import google.colab  # noqa: F401
+
+    IN_COLAB = True
+except ImportError:
+    IN_COLAB = False
+
+if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
+    PACKAGE = "git+https://github.com/pneumolib/pneumolib"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+
+# %%
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumolib import cam, colab
+from pneumolib.data import read_index
+from pneumolib.preprocess import build_cache
+from pneumolib.synth import make_demo_data
+from pneumolib.train import fit
+
+paths = colab.default_paths()
+colab.mount_drive(paths.drive)
+profile = colab.choose_profile(paths)
+cfg = colab.config_for(profile, paths)
+run = Path(cfg.out)
+print(f"profile: {profile}; run: {run}")
+
+# %% [markdown]
+# ## The run
+#
+# Notebook 03 trains `cfg.out`. The `demo` profile makes its data, cache and run here if they
+# are missing (each call returns at once when its output is already there); the `rsna` profile
+# asks you to run notebook 03 first, since training takes a GPU and tens of minutes.
+
+# %%
+if not (run / "best.pt").exists():
+    if profile != "demo":
+        raise FileNotFoundError(f"{run / 'best.pt'}: train the run first (notebook 03)")
+    make_demo_data(cfg.raw, n=300, size=256, seed=0)  # the folder notebook 00 makes
+    build_cache(
+        cfg.raw,
+        cfg.cache,
+        size=cfg.cache_size,
+        split=cfg.split,
+        seed=cfg.seed,
+        val_frac=cfg.val_frac,
+        test_frac=cfg.test_frac,
+    )
+    fit(cfg)
+
+# %% [markdown]
+# ## CAM and Grad-CAM
+#
+# Both read the feature maps $A_k$ (channels $k$, a coarse $h \times w$ grid) of one layer in a
+# single forward pass, and draw $\mathrm{ReLU}(\sum_k w_k A_k)$, upsampled to the image and
+# scaled to [0, 1]; they differ in the channel weights $w_k$:
+#
+# - **CAM** (Zhou et al., 2016) needs a global-average-pooling + linear head, as ResNet has.
+#   The weights are the head's own: the map is the logit spread over the image (its mean plus
+#   the bias *is* the logit). It exists only for the last layer (`layer4`: 1/32 of the input
+#   side, 7×7 at 224 px, 4×4 on the 128 px demo).
+# - **Grad-CAM** (Selvaraju et al., 2017) takes the weights from the gradient of the logit,
+#   averaged over the map, so it works on **any** convolutional layer. On `layer4` of a ResNet
+#   it equals CAM; on `layer3` (1/16) or `layer2` (1/8) the map is finer but its units see less
+#   of the image and are further from the decision.
+#
+# Only the **positive** part is drawn: evidence *for* pneumonia. We score the **true
+# positives** (target 1 and probability ≥ 0.5, a fixed threshold so the scored set does not
+# depend on notebook 04), where "why did it say pneumonia?" has an answer to check.
+#
+# Two scores per image, each with its chance level, the fraction of the image the boxes cover
+# (what a map that knew nothing would get on average):
+#
+# - **pointing game**: does the map's maximum lie inside an expert box?
+# - **energy in box**: the share of the map's total mass inside the boxes.
+
+# %%
+summary = cam.cam_run(run, "val", n_overlays=16)
+
+# %% [markdown]
+# ## True positives, with the expert boxes
+#
+# Green: the radiologists' boxes; colour: the map (red = strongest evidence). The title has
+# the predicted probability and whether the map's peak hit a box.
+
+# %%
+ids = pd.read_csv(run / "cam_val.csv", dtype={"patientId": str}).patientId.head(8).tolist()
+if not ids:  # a run that predicts no positive: show the first positives instead
+    index = read_index(cfg.cache)
+    ids = index[(index.split == "val") & (index.target == 1)].patientId.head(8).tolist()
+ex = cam.cam_examples(run, ids)
+hits = cam.pointing_game(ex["maps"], ex["boxes"])
+titles = [f"p={p:.2f}  {'hit' if h else 'miss'}" for p, h in zip(ex["probs"], hits, strict=True)]
+cam.overlay_grid(ex["images"], ex["maps"], ex["boxes"], titles, ncols=4)
+
+# %% [markdown]
+# ## One image, three layers
+#
+# Grad-CAM on `layer4` (the CAM layer), `layer3` and `layer2` of the same network and image.
+# Deeper maps are coarser; earlier ones are sharper but show what a smaller patch looks like,
+# not yet what the network concluded.
+
+# %%
+pid = ids[0]
+layers = ["layer4", "layer3", "layer2"]
+per_layer = [cam.cam_examples(run, [pid], method="gradcam", layer=name) for name in layers]
+cam.overlay_grid(
+    [per_layer[0]["images"][0]] * len(layers),
+    np.concatenate([e["maps"] for e in per_layer]),
+    per_layer[0]["boxes"] * len(layers),
+    [f"Grad-CAM {name}" for name in layers],
+    ncols=len(layers),
+)
+
+# %% [markdown]
+# ## The localisation table
+#
+# Means over the validation true positives with 95% bootstrap confidence intervals (images
+# resampled). A score means something only against its chance level in the same row; with a
+# few dozen images (the demo) the intervals are wide. Grad-CAM variants are written beside
+# the default files (`cam_val_gradcam_layer3.csv`, ...).
+#
+# Resolution limits the pointing game too: an upsampled map peaks near the centre of its
+# strongest cell, so a box that holds no cell centre cannot be hit. On the 128 px demo,
+# `layer4` is a 4×4 grid of 32 px cells and the opacities' boxes are 15–25 px: even a perfect
+# 4×4 map would hit only about two thirds of them. At 224 px on RSNA (7×7 grid, larger
+# boxes) this matters much less.
+
+# %%
+summaries = {"CAM layer4": summary}
+for name in ("layer3", "layer2"):
+    summaries[f"Grad-CAM {name}"] = cam.cam_run(
+        run, "val", n_overlays=0, method="gradcam", layer=name, tag=f"gradcam_{name}"
+    )
+cam.localisation_table(summaries)
+
+# %% [markdown]
+# ## What "looks in the right place" means, and what it does not
+#
+# - A hit means the **strongest** evidence lies inside a box. It says nothing about evidence
+#   elsewhere: a map can hit the box and still light up a tube or the image border; energy in
+#   box is the score that sees the rest of the map.
+# - The boxes are coarse rectangles around opacities, drawn by different radiologists; a map
+#   that covers the opacity but not the box's corners is not wrong. Large boxes make hits easy,
+#   which is why every score stands next to its chance level.
+# - Only the positive evidence is drawn. A network may decide "pneumonia" mostly from the
+#   *absence* of normal-looking lung (evidence against, which the ReLU removes); then the
+#   positive map can point anywhere, even at the border, while the AUC is excellent. A low
+#   pointing game is therefore a warning about what the network uses, not a verdict on its
+#   accuracy, and a high one does not prove that it reasons like a radiologist.
+# - Maps are coarse (1/32 of the side for CAM) and their look depends on the layer (see above).
+#   Compare methods and layers on the same images before trusting one picture.
+# - Only true positives are scored: false negatives have no "why pneumonia" to check. The
+#   overlays of a few false negatives and false positives are in `figures/cam_val/`
+#   (`fn_*.png`, `fp_*.png`).
+
+# %% [markdown]
+# ## Next
+#
+# Notebook 06 tunes batch size and learning rate. For a report on the test split run
+# `python -m pneumolib cam --run RUN --split test`.
