@@ -54,16 +54,19 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
     metrics = {split: evaluate_run(run, split, n_boot=1000) for split in ("val", "test")}
     times["evaluate"] = time.perf_counter() - t
 
-    t = _step("5. class activation maps against the boxes")
-    loc = cam_run(run, "test", n_overlays=8)
+    t = _step("5. Grad-CAM (layer2) on test true positives, scored against the boxes")
+    loc = cam_run(run, "test", n_overlays=8, method="gradcam", layer="layer2")
     times["cam"] = time.perf_counter() - t
 
     t = _step("6. tiny batch-size x learning-rate sweep")
+    sweep_epochs = 1 if quick else 2
     table = sweep(
-        cfg.replace(epochs=1 if quick else 2, out=str(out / "sweep")),
+        cfg.replace(epochs=sweep_epochs, out=str(out / "sweep")),
         batch_sizes=[16, 32, 64],
         lrs=[1e-3, 2e-3],
-    )
+        study=f"demo_e{sweep_epochs}",  # a --quick and a full demo may share one folder
+        progress=False,
+    ).drop(columns="run_dir")
     plot_heatmap(table, "val_auc").savefig(out / "sweep" / "heatmap.png", dpi=100)
     times["sweep"] = time.perf_counter() - t
 
@@ -74,6 +77,9 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
 
 
 def _fmt(x: object) -> str:
+    """3 decimals for numbers; "–" for undefined ones (e.g. precision with no positive call)."""
+    if x is None:
+        return "–"
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
@@ -97,13 +103,13 @@ def _report(cfg, summary, metrics, loc, table, times, run: Path, out: Path) -> s
         "",
         "| metric | value | 95% CI |",
         "| --- | --- | --- |",
-        f"| ROC AUC | {test['roc_auc']:.3f} | {_ci(test.get('roc_auc_ci'))} |",
-        f"| average precision | {test['average_precision']:.3f} | "
+        f"| ROC AUC | {_fmt(test['roc_auc'])} | {_ci(test.get('roc_auc_ci'))} |",
+        f"| average precision | {_fmt(test['average_precision'])} | "
         f"{_ci(test.get('average_precision_ci'))} |",
     ]
     for m in ("accuracy", "precision", "recall", "specificity"):
-        lines.append(f"| {m} @ 0.5 | {thr[m]:.3f} | {_ci(thr.get('ci', {}).get(m))} |")
-    lines += ["", "## Where the network looks (CAM on test true positives)", ""]
+        lines.append(f"| {m} @ 0.5 | {_fmt(thr[m])} | {_ci(thr.get('ci', {}).get(m))} |")
+    lines += ["", "## Where the network looks (Grad-CAM layer2, test true positives)", ""]
     lines += [f"- {k}: {_fmt(v)}" for k, v in loc.items() if not k.endswith(("_low", "_high"))]
     lines += [
         "",

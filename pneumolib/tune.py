@@ -1097,11 +1097,11 @@ def tune_cli(args, cfg: Config) -> None:
         sampler=args.sampler,
         n_trials=args.n_trials,
         max_micro_batch=args.max_micro_batch,
-        lr_scaling=getattr(args, "lr_scaling", "none"),
-        ref_batch_size=getattr(args, "ref_batch_size", 64),
-        prune=getattr(args, "prune", False),
-        heartbeat=getattr(args, "heartbeat", 15.0),
-        grace=getattr(args, "grace", 60.0),
+        lr_scaling=args.lr_scaling,
+        ref_batch_size=args.ref_batch_size,
+        prune=args.prune,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
     )
     with pd.option_context("display.width", 160, "display.max_columns", 30):
         print(table.drop(columns=["run_dir"]).to_string(index=False))
