@@ -1,0 +1,195 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Augmentation: what each transform does to a radiograph
+#
+# Training sees every radiograph slightly differently each epoch: tilted, shifted, zoomed,
+# cropped, brighter or darker. This notebook shows exactly what each of those does to a cached
+# radiograph and to its expert box, then the whole policy on a training batch, and checks the
+# two properties the trainer relies on: the evaluation transform never changes, and the CPU
+# warp (in loader workers) and the GPU warp (whole batches on the GPU) give the same image.
+#
+# The policy is the course's, written as `Config` fields:
+#
+# | transform | course (torchvision) | `Config` fields |
+# | --- | --- | --- |
+# | tilt | `RandomAffine(degrees=5)` | `rotate_deg` |
+# | translation | `RandomAffine(translate=(0.05, 0.05))` | `translate` |
+# | scale | `RandomAffine(scale=(0.9, 1.1))` | `scale_min`, `scale_max` |
+# | crop | `RandomResizedCrop(224, scale=(0.35, 1))` | `crop_scale_*`, `crop_ratio_*` |
+# | intensity | (none) | `brightness`, `contrast` |
+#
+# The course chains these transforms, resampling the image once per transform. `pneumolib`
+# composes the geometric ones into one affine matrix per image (`pneumolib.augment`) and
+# resamples once, on uint8 pixels, so nothing blurs twice and a whole batch costs one call.
+
+# %%
+# Install the package inside Colab only (see notebook 00).
+import importlib.util
+import subprocess
+import sys
+
+try:
+    import google.colab  # noqa: F401
+
+    IN_COLAB = True
+except ImportError:
+    IN_COLAB = False
+
+if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
+    PACKAGE = "git+https://github.com/pneumolib/pneumolib"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+
+# %%
+# %matplotlib inline
+# The package's figure functions return matplotlib Figures without touching pyplot; the inline
+# backend renders each one a cell ends with.
+import numpy as np
+import torch
+
+from pneumolib import augment, colab, figures
+from pneumolib.data import open_images, read_index
+from pneumolib.preprocess import build_cache
+from pneumolib.synth import make_demo_data
+
+paths = colab.default_paths()
+colab.mount_drive(paths.drive)
+profile = colab.choose_profile(paths)
+cfg = colab.config_for(profile, paths)
+
+# %% [markdown]
+# ## The cache
+#
+# The images come from the cache of notebook 01: radiographs decoded from the DICOMs (JPEG
+# compressed, like RSNA's), resized to `cfg.cache_size` pixels and stored as uint8. The `demo`
+# profile makes its synthetic data and cache here if they are missing; both calls return at
+# once when the data is already there.
+
+# %%
+if profile == "demo":
+    make_demo_data(cfg.raw, n=300, size=256, seed=0)  # the folder notebook 00 makes
+build_cache(
+    cfg.raw,
+    cfg.cache,
+    size=cfg.cache_size,
+    split=cfg.split,
+    seed=cfg.seed,
+    val_frac=cfg.val_frac,
+    test_frac=cfg.test_frac,
+)
+index, images = read_index(cfg.cache), open_images(cfg.cache)
+policy = augment.AugmentPolicy.from_config(cfg)
+print(f"{len(index):,} images of {images.shape[1]} px; network input {cfg.image_size} px")
+print(policy)
+
+# %% [markdown]
+# ## Each transform alone
+#
+# One positive training radiograph with its expert box (red). Each row keeps one transform of
+# the policy and switches every other one off (`figures.single_transforms`); the first column
+# is the evaluation transform (the whole image, resized), the others are random draws, with
+# the drawn parameter above each panel. The box is warped with the same matrix as the image
+# (`augment.warp_boxes`: the four corners warped, then their enclosing box), so it stays on
+# the opacity. The last row is the full policy, every transform at once, as training uses it.
+
+# %%
+positives = index[(index.target == 1) & (index.split == "train")]
+example = positives.iloc[0]
+image = np.asarray(images[example.row])
+print(f"patient {example.patientId}: boxes {example.boxes} (cache pixels)")
+figures.show_transforms(image, example.boxes, policy, cfg.image_size, seed=cfg.seed)
+
+# %% [markdown]
+# Reading the rows: the **tilt** of at most ±5° is about what a patient leaning in the
+# stand gives; **translation** moves the chest by up to 5% of the side; **scale** zooms by
+# ±10% about the centre (black borders appear when it zooms out); the **crop** keeps a random
+# part of the image (here between `crop_scale_min` and 100% of its area, at a slightly
+# changed aspect ratio) and stretches it to the network input, which both zooms in and shifts;
+# **intensity** changes contrast and brightness about mid-grey, as different exposures do.
+# None flips left and right (`hflip=False`): the heart is on the left, and the network may use it.
+
+# %% [markdown]
+# ## The policy on a training batch
+#
+# The same function the loader runs (`augment.augment_batch_cpu`) on six positive
+# radiographs: each image gets its own draw. The random stream belongs to the batch
+# (`augment.batch_rng(seed, epoch, batch)`), so a batch is the same whatever the number of
+# loader workers and whether it is warped on the CPU or on the GPU.
+
+# %%
+batch = positives.iloc[:6]
+rows = batch.row.to_numpy()
+figures.show_policy_grid(images[rows], list(batch.boxes), policy, cfg.image_size, seed=cfg.seed)
+
+# %% [markdown]
+# The boxes in numbers, for the first image of that batch: the warp matrix maps cache pixels
+# to network-input pixels, and `warp_boxes` gives the box the network would see (boxes that
+# leave the image entirely are dropped, the rest are clipped to it).
+
+# %%
+res = augment.augment_batch_cpu(
+    np.asarray(images[rows]), cfg.image_size, policy, augment.batch_rng(cfg.seed, 0, 0), True
+)
+print("matrix (cache px -> input px):\n", np.round(res["mats"][0], 3))
+print("box before:", batch.boxes.iloc[0])
+print(
+    "box after: ",
+    np.round(augment.warp_boxes(batch.boxes.iloc[0], res["mats"][0], cfg.image_size), 1).tolist(),
+)
+
+# %% [markdown]
+# ## Evaluation is deterministic, training is reproducible
+#
+# Validation, test and prediction use the evaluation transform: the whole image resized to the
+# network input, no randomness. Training draws are random but repeat exactly for the same
+# (seed, epoch, batch), which is what makes an interrupted run resume to the same result.
+
+# %%
+sample = np.asarray(images[rows])
+ev1 = augment.augment_batch_cpu(sample, cfg.image_size, policy, None, train=False)
+ev2 = augment.augment_batch_cpu(sample, cfg.image_size, policy, None, train=False)
+tr1 = augment.augment_batch_cpu(sample, cfg.image_size, policy, augment.batch_rng(0, 3, 7), True)
+tr2 = augment.augment_batch_cpu(sample, cfg.image_size, policy, augment.batch_rng(0, 3, 7), True)
+tr3 = augment.augment_batch_cpu(sample, cfg.image_size, policy, augment.batch_rng(0, 4, 7), True)
+print("eval twice, identical:              ", np.array_equal(ev1["images"], ev2["images"]))
+print("train, same (seed, epoch, batch):   ", np.array_equal(tr1["images"], tr2["images"]))
+print("train, next epoch, different draw:  ", not np.array_equal(tr1["images"], tr3["images"]))
+
+# %% [markdown]
+# ## CPU warp and GPU warp agree
+#
+# On a CPU the loader workers warp with OpenCV (`cv2.warpAffine`, uint8 out); on a GPU the
+# trainer warps whole batches with `torch.nn.functional.grid_sample` (float out). Both read
+# the same matrices; the only difference is OpenCV rounding its output to whole grey levels,
+# so they differ by at most about half a grey level. (Without a GPU the torch path runs on the
+# CPU: same code, same numbers.)
+
+# %%
+device = "cuda" if torch.cuda.is_available() else "cpu"
+agreement = figures.warp_agreement(sample, policy, cfg.image_size, seed=cfg.seed, device=device)
+print(
+    f"torch path on {device}: max difference {agreement['max']:.2f} grey levels, "
+    f"mean {agreement['mean']:.3f}, pixels off by more than 1: {agreement['frac_over_1']:.1%}, "
+    f"same matrices: {agreement['same_matrices']}"
+)
+figures.compare_warps(image, policy, cfg.image_size, seed=cfg.seed)
+
+# %% [markdown]
+# ## Next
+#
+# Notebook 03 trains a ResNet18 with this policy (`python -m pneumolib train`, or `fit(cfg)`).
+# To try another policy, change the fields, e.g. `cfg.replace(rotate_deg=10, crop_scale_min=0.5)`,
+# and re-run the cells above to see it before spending a training run on it.

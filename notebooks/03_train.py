@@ -1,0 +1,214 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Train: ResNet18 by fine-tuning, feature extraction and from scratch
+#
+# This notebook trains a ResNet18 to tell pneumonia (lung opacity) from no pneumonia on the
+# cache of notebook 01, in the three transfer modes the original study compares:
+#
+# | mode (`Config.mode`) | starts from | trains |
+# | --- | --- | --- |
+# | `finetune` | ImageNet weights | every layer |
+# | `feature-extraction` | ImageNet weights | the final layer only (backbone and BN stats frozen) |
+# | `scratch` | random weights | every layer (the course's baseline) |
+#
+# Each run writes a **run folder** (`config.json`, `metrics.csv`, `last.pt`, `best.pt`) that
+# notebooks 04 and 05 evaluate. `fit(cfg)` shows a progress bar per epoch and one line per
+# epoch (loss, validation AUC, accuracy, learning rate, seconds), and saves a complete
+# checkpoint after every epoch, so **nothing is lost when Colab disconnects**: reconnect, run
+# the notebook from the top, and each run continues after its last finished epoch (a finished
+# run does nothing). In Colab the runs live on Drive.
+#
+# The same training runs from a terminal: `python -m pneumolib train --cache CACHE --out RUN
+# --mode finetune --epochs 10`, and on several GPUs with
+# `torchrun --nproc-per-node 4 -m pneumolib train --cache CACHE --out RUN ...` (the effective
+# batch size stays `--batch-size`, split over the GPUs).
+
+# %%
+# Install the package inside Colab only (see notebook 00).
+import importlib.util
+import subprocess
+import sys
+
+try:
+    import google.colab  # noqa: F401
+
+    IN_COLAB = True
+except ImportError:
+    IN_COLAB = False
+
+if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
+    PACKAGE = "git+https://github.com/pneumolib/pneumolib"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+
+# %%
+# %matplotlib inline
+# The package's figure functions return matplotlib Figures without touching pyplot; the inline
+# backend renders each one a cell ends with.
+from pathlib import Path
+
+from pneumolib import colab, figures
+from pneumolib.preprocess import build_cache
+from pneumolib.synth import make_demo_data
+from pneumolib.train import fit
+
+paths = colab.default_paths()
+colab.mount_drive(paths.drive)
+profile = colab.choose_profile(paths)
+cfg = colab.config_for(profile, paths)
+print(colab.gpu_report())
+
+# %% [markdown]
+# ## The cache
+#
+# Made by notebook 01; the `demo` profile makes its synthetic data and cache here if they are
+# missing. Both calls return at once when the data is already there.
+
+# %%
+if profile == "demo":
+    make_demo_data(cfg.raw, n=300, size=256, seed=0)  # the folder notebook 00 makes
+cache = build_cache(
+    cfg.raw,
+    cfg.cache,
+    size=cfg.cache_size,
+    split=cfg.split,
+    seed=cfg.seed,
+    val_frac=cfg.val_frac,
+    test_frac=cfg.test_frac,
+)
+
+# %% [markdown]
+# ## The runs
+#
+# Each run is a `Config` that differs from the profile's preset in a few fields; `cfg.out` is
+# the run that notebooks 04–06 evaluate.
+#
+# **rsna** (GPU): fine-tuning from ImageNet weights is the main run; feature extraction
+# starts from the same weights with a larger learning rate (only the last layer learns);
+# scratch starts from random weights. 10 epochs each, about a minute per epoch on a Colab T4.
+#
+# **demo** (CPU, no network, so no ImageNet weights): the scratch run comes first and is the
+# main run (6 epochs on 128 px synthetic radiographs, a few seconds per epoch). Its best
+# checkpoint then **stands in for the ImageNet weights**: fine-tuning and feature extraction
+# start from it for 3 epochs each. That shows the mechanics of both modes (`weights` accepts a
+# pneumolib checkpoint as well as `"imagenet"`), not the effect of ImageNet pre-training: the
+# stand-in was trained on the same task and data, so those two runs start almost where the
+# scratch run ended.
+
+# %%
+runs_dir = Path(cfg.out).parent
+if profile == "demo":
+    pretrained = str(Path(cfg.out) / "best.pt")  # stands in for ImageNet weights
+    runs = {
+        "scratch": cfg,
+        "finetune": cfg.replace(
+            mode="finetune",
+            weights=pretrained,
+            epochs=3,
+            lr=5e-4,
+            out=str(runs_dir / "resnet18_finetune"),
+        ),
+        "feature-extraction": cfg.replace(
+            mode="feature-extraction",
+            weights=pretrained,
+            epochs=3,
+            out=str(runs_dir / "resnet18_feature_extraction"),
+        ),
+    }
+else:
+    runs = {
+        "finetune": cfg,
+        "feature-extraction": cfg.replace(
+            mode="feature-extraction",
+            lr=1e-3,
+            out=str(runs_dir / "resnet18_feature_extraction"),
+        ),
+        "scratch": cfg.replace(
+            mode="scratch", weights="none", out=str(runs_dir / "resnet18_scratch")
+        ),
+    }
+for name, c in runs.items():
+    print(
+        f"{name:>18}: {c.out}  (mode {c.mode}, weights {c.weights}, {c.epochs} epochs, lr {c.lr:g})"
+    )
+
+# %% [markdown]
+# ## The main run
+#
+# Watch the bar for the current epoch and the line each epoch ends with; a `*` marks a new
+# best validation AUC (that epoch is saved as `best.pt`).
+
+# %%
+main = next(iter(runs))
+summary = fit(runs[main])
+
+# %% [markdown]
+# ## After a disconnect: run the cell again
+#
+# This is what re-running a training cell prints after Colab dropped the connection: it
+# finds `last.pt` in the run folder and continues after the last finished epoch. The run is
+# finished here, so it has nothing left to do. To train longer, raise `epochs` and run it
+# again; changing a setting that would change the result (the learning rate, say) is refused
+# with a message that asks for a new run folder instead.
+
+# %%
+summary = fit(runs[main])
+print(f"{summary['epochs']} epochs in {summary['out']}; best val AUC {summary['best']:.4f}")
+
+# %% [markdown]
+# ## The other modes
+
+# %%
+for name, c in list(runs.items())[1:]:
+    print(f"--- {name}")
+    fit(c)
+
+# %% [markdown]
+# ## Curves and comparison
+#
+# Loss (train solid, validation dashed) and validation AUC per epoch; the star marks each
+# run's best epoch, the one kept in `best.pt`. The training loss weighs positives up
+# (`pos_weight`, about 3.5 on RSNA) and the validation loss does not, so follow each curve over
+# the epochs rather than comparing the two. The table has the validation metrics at that
+# epoch (accuracy, precision and recall at a 0.5 threshold; notebook 04 picks thresholds
+# properly and reports the test split with confidence intervals) and the training time.
+
+# %%
+folders = {name: c.out for name, c in runs.items()}
+figures.plot_history(folders)
+
+# %%
+figures.compare_runs(folders).round(3)
+
+# %% [markdown]
+# ## The run folder
+#
+# Everything needed to evaluate the run or to continue it: the whole config, the metrics per
+# epoch and two complete checkpoints (`last.pt` to resume, `best.pt` to evaluate). Checkpoints
+# load with `torch.load(path, weights_only=True)`; `pneumolib.models.load_checkpoint_model`
+# rebuilds the model from one.
+
+# %%
+for f in sorted(Path(cfg.out).iterdir()):
+    if f.is_file():
+        print(f"{f.name:>12}  {f.stat().st_size / 1e6:6.2f} MB")
+
+# %% [markdown]
+# ## Next
+#
+# Notebook 04 evaluates `cfg.out` on the test split (`python -m pneumolib evaluate --run RUN`),
+# notebook 05 shows where the network looks (CAM), notebook 06 tunes batch size and learning
+# rate.

@@ -1,0 +1,324 @@
+"""Figures and small tables for the augmentation and training notebooks (02 and 03).
+
+`show_transforms` draws what each augmentation does to one radiograph and its expert box,
+`show_policy_grid` the whole policy on several images, `compare_warps` the CPU (cv2) and the
+GPU-style (torch grid_sample) warp side by side; `plot_history` draws loss and AUC curves of
+one or more runs and `compare_runs` tabulates their best epochs. Every function returns a
+matplotlib Figure (or a DataFrame) and touches no pyplot global state, so a notebook shows it
+and a script saves it (`fig.savefig(path)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
+
+from pneumolib.augment import (
+    AugmentPolicy,
+    augment_batch_cpu,
+    augment_batch_torch,
+    batch_rng,
+    compose_affines,
+    sample_intensity,
+    sample_params,
+    to_model_input,
+    warp_boxes,
+    warp_cpu,
+)
+
+Boxes = Sequence[Sequence[float]]  # [[x, y, w, h], ...] in pixels of the image they belong to
+
+
+# --- augmentation ------------------------------------------------------------------------
+
+
+def single_transforms(policy: AugmentPolicy) -> dict[str, AugmentPolicy]:
+    """One policy per augmentation, each with only that parameter of `policy` active.
+
+    Keys: tilt, translation, scale, crop, intensity (and flip when `policy.hflip`); every
+    other parameter is the identity's (whole image, no jitter).
+    """
+    ident, p = AugmentPolicy.identity(), policy
+    out = {
+        "tilt": dataclasses.replace(ident, rotate_deg=p.rotate_deg),
+        "translation": dataclasses.replace(ident, translate=p.translate),
+        "scale": dataclasses.replace(ident, scale_min=p.scale_min, scale_max=p.scale_max),
+        "crop": dataclasses.replace(
+            ident,
+            crop_scale_min=p.crop_scale_min,
+            crop_scale_max=p.crop_scale_max,
+            crop_ratio_min=p.crop_ratio_min,
+            crop_ratio_max=p.crop_ratio_max,
+        ),
+        "intensity": dataclasses.replace(ident, brightness=p.brightness, contrast=p.contrast),
+    }
+    if p.hflip:
+        out["flip"] = dataclasses.replace(ident, hflip=True)
+    return out
+
+
+def augment_samples(
+    image: np.ndarray,
+    boxes: Boxes,
+    policy: AugmentPolicy,
+    out_size: int,
+    rng: np.random.Generator | None,
+    n: int,
+) -> dict:
+    """`n` augmented copies of one uint8 image (S, S), as the trainer makes them.
+
+    Draws in the order of `augment.augment_batch_cpu` (same rng, same result) but keeps the
+    sampled parameters for the panel titles. `rng=None` gives the eval transform (plain resize).
+    Returns dict(images=float32 (n, out, out) in [0, 1] after contrast/brightness,
+    boxes=list of n warped box lists, params=dict of (n, ...) arrays or None, gain, bias).
+    """
+    image = np.asarray(image)
+    if image.ndim != 2 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"image: expected a square (S, S) array, got shape {image.shape}")
+    batch = np.repeat(image[None].astype(np.uint8), n, axis=0)
+    s = image.shape[0]
+    if rng is None:
+        res = augment_batch_cpu(batch, out_size, policy, None, train=False)
+        mats, gain, bias, params = res["mats"], None, None, None
+        warped = res["images"]
+    else:
+        params = sample_params(n, s, policy, rng)
+        mats = compose_affines(params, s, out_size)
+        gain, bias = sample_intensity(n, policy, rng)
+        warped = warp_cpu(batch, mats, out_size)
+    x = to_model_input(torch.from_numpy(warped), gain, bias, 0.0, 1.0)  # mean 0, std 1: [0, 1]
+    return {
+        "images": x[:, 0].numpy(),
+        "boxes": [warp_boxes([list(b) for b in boxes], m, out_size) for m in mats],
+        "params": params,
+        "gain": gain,
+        "bias": bias,
+        "mats": mats,
+    }
+
+
+def _draw(ax, img: np.ndarray, boxes: Boxes, title: str = "") -> None:
+    """Grey image in [0, 1] (or uint8) with its boxes outlined; no ticks."""
+    vmax = 255 if img.dtype == np.uint8 else 1.0
+    ax.imshow(img, cmap="gray", vmin=0, vmax=vmax, interpolation="nearest")
+    for x, y, w, h in boxes:
+        # imshow puts pixel centres at integer coords, so pixel-edge boxes start at -0.5.
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec="#ff3b30", lw=1.2))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def _describe(name: str, params: dict, gain, bias, i: int, in_size: int) -> str:
+    """Short label of sample `i` for the panel title of transform `name`."""
+    if name == "tilt":
+        return f"{params['angle'][i]:+.1f}°"
+    if name == "translation":
+        dx, dy = params["shift"][i]
+        return f"shift {dx:+.1%}, {dy:+.1%}"
+    if name == "scale":
+        return f"zoom ×{params['scale'][i]:.2f}"
+    if name == "crop":
+        w, h = params["crop"][i, 2:]
+        return f"crop {w * h / in_size**2:.0%} area, w/h {w / h:.2f}"
+    if name == "intensity":
+        return f"contrast ×{gain[i]:.2f}, bright {bias[i]:+.2f}"
+    if name == "flip":
+        return "flipped" if params["flip"][i] else "not flipped"
+    w, h = params["crop"][i, 2:]
+    return f"{params['angle'][i]:+.1f}°, ×{params['scale'][i]:.2f}, crop {w * h / in_size**2:.0%}"
+
+
+def show_transforms(
+    image: np.ndarray,
+    boxes: Boxes,
+    policy: AugmentPolicy,
+    out_size: int,
+    seed: int = 0,
+    n: int = 4,
+) -> Figure:
+    """One row per augmentation alone (`single_transforms`) and a last row with the whole
+    `policy`, `n` random draws each, beside the eval transform; the boxes warped along.
+
+    `image` uint8 (S, S), `boxes` [[x, y, w, h], ...] in its pixels. Rows x (n + 1) axes.
+    """
+    rows = {**single_transforms(policy), "full policy": policy}
+    fig = Figure(figsize=(1.9 * (n + 1), 2.0 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), n + 1, squeeze=False)
+    ev = augment_samples(image, boxes, policy, out_size, None, 1)
+    s = np.asarray(image).shape[0]
+    for r, (name, pol) in enumerate(rows.items()):
+        _draw(axes[r, 0], ev["images"][0], ev["boxes"][0], "eval (resize only)" if r == 0 else "")
+        axes[r, 0].set_ylabel(name, fontsize=10)
+        res = augment_samples(image, boxes, pol, out_size, np.random.default_rng([seed, r]), n)
+        for i in range(n):
+            title = _describe(name, res["params"], res["gain"], res["bias"], i, s)
+            _draw(axes[r, i + 1], res["images"][i], res["boxes"][i], title)
+    fig.suptitle(f"augmentation, {s} px cache image -> {out_size} px network input (box in red)")
+    return fig
+
+
+def show_policy_grid(
+    images: np.ndarray,
+    boxes: Sequence[Boxes],
+    policy: AugmentPolicy,
+    out_size: int,
+    seed: int = 0,
+) -> Figure:
+    """A batch through the trainer's own batch function (`augment.augment_batch_cpu`, one
+    random stream per batch): eval transform on the top row, `policy` below, boxes warped.
+
+    `images` uint8 (B, S, S); `boxes` one box list per image. 2 x B axes.
+    """
+    images = np.asarray(images, dtype=np.uint8)
+    if len(boxes) != len(images):
+        raise ValueError(
+            f"boxes: expected one box list per image ({len(images)}), got {len(boxes)}"
+        )
+    ev = augment_batch_cpu(images, out_size, policy, None, train=False)
+    tr = augment_batch_cpu(images, out_size, policy, batch_rng(seed, 0, 0), train=True)
+    shown = to_model_input(torch.from_numpy(tr["images"]), tr["gain"], tr["bias"], 0.0, 1.0)
+    fig = Figure(figsize=(2.0 * len(images), 4.3), layout="constrained")
+    axes = fig.subplots(2, len(images), squeeze=False)
+    for i, b in enumerate(boxes):
+        _draw(axes[0, i], ev["images"][i], warp_boxes(b, ev["mats"][i], out_size))
+        _draw(axes[1, i], shown[i, 0].numpy(), warp_boxes(b, tr["mats"][i], out_size))
+    axes[0, 0].set_ylabel("eval", fontsize=10)
+    axes[1, 0].set_ylabel("train policy", fontsize=10)
+    fig.suptitle("one training batch: each image its own draw from the policy")
+    return fig
+
+
+def warp_agreement(
+    images: np.ndarray,
+    policy: AugmentPolicy,
+    out_size: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Warp uint8 (B, S, S) with the CPU path (cv2, uint8 out) and the GPU path (torch
+    grid_sample, float out, on `device`) from the same random stream. Returns the differences
+    in grey levels (0-255): max, mean, share of pixels off by more than 1; and whether both
+    paths drew the same matrices."""
+    images = np.array(images, dtype=np.uint8)  # a writable copy: torch refuses a read-only map
+    cpu = augment_batch_cpu(images, out_size, policy, batch_rng(seed, 0, 0), train=True)
+    gpu = augment_batch_torch(
+        torch.from_numpy(images).to(device), out_size, policy, batch_rng(seed, 0, 0), train=True
+    )
+    diff = np.abs(cpu["images"].astype(np.float32) - gpu["images"][:, 0].cpu().numpy() * 255.0)
+    return {
+        "max": float(diff.max()),
+        "mean": float(diff.mean()),
+        "frac_over_1": float((diff > 1.0).mean()),
+        "same_matrices": bool(np.allclose(cpu["mats"], gpu["mats"])),
+    }
+
+
+def compare_warps(image: np.ndarray, policy: AugmentPolicy, out_size: int, seed: int = 0) -> Figure:
+    """cv2 warp, torch grid_sample warp and their difference for one random draw: 3 axes
+    (+ a colour bar). `image` uint8 (S, S)."""
+    batch = np.asarray(image, dtype=np.uint8)[None]
+    rng = batch_rng(seed, 0, 0)
+    cpu = augment_batch_cpu(batch, out_size, policy, rng, train=True)["images"][0]
+    gpu = augment_batch_torch(
+        torch.from_numpy(batch.copy()), out_size, policy, batch_rng(seed, 0, 0), True
+    )
+    g = gpu["images"][0, 0].numpy() * 255.0
+    diff = np.abs(cpu.astype(np.float32) - g)
+    fig = Figure(figsize=(9, 3.3), layout="constrained")
+    axes = fig.subplots(1, 3)
+    _draw(axes[0], cpu, [], "CPU: cv2.warpAffine (uint8)")
+    _draw(axes[1], g / 255.0, [], "GPU path: grid_sample (float)")
+    im = axes[2].imshow(diff, cmap="magma", vmin=0, vmax=max(2.0, float(diff.max())))
+    axes[2].set_xticks([])
+    axes[2].set_yticks([])
+    axes[2].set_title(f"|difference|: max {diff.max():.2f}, mean {diff.mean():.3f}", fontsize=8)
+    fig.colorbar(im, ax=axes[2], shrink=0.8, label="grey levels")
+    return fig
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+def _history(h: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A metrics table: the DataFrame itself, or RUN/metrics.csv for a run folder."""
+    if isinstance(h, pd.DataFrame):
+        return h
+    path = Path(h) / "metrics.csv" if Path(h).is_dir() else Path(h)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics.csv (has this run finished an epoch?)")
+    return pd.read_csv(path)
+
+
+def plot_history(histories: Mapping[str, pd.DataFrame | str | Path]) -> Figure:
+    """Loss (train solid, val dashed) and validation AUC per epoch, one colour per run; the
+    best-AUC epoch of each run is marked. Values: metrics DataFrames or run folders. 2 axes."""
+    if not histories:
+        raise ValueError("histories: expected at least one run")
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_loss, ax_auc = fig.subplots(1, 2)
+    for i, (name, h) in enumerate(histories.items()):
+        df, color = _history(h), f"C{i}"
+        ax_loss.plot(df["epoch"], df["train_loss"], "-o", color=color, ms=3, label=name)
+        ax_loss.plot(df["epoch"], df["val_loss"], "--o", color=color, ms=3)
+        ax_auc.plot(df["epoch"], df["val_auc"], "-o", color=color, ms=3, label=name)
+        if df["val_auc"].notna().any():
+            best = df.loc[df["val_auc"].idxmax()]
+            ax_auc.plot(best["epoch"], best["val_auc"], "*", color=color, ms=13, mec="k")
+    ax_loss.set(xlabel="epoch", ylabel="BCE loss", title="loss (train: solid, val: dashed)")
+    ax_auc.set(xlabel="epoch", ylabel="ROC AUC", title="validation AUC (star: best epoch)")
+    for ax in (ax_loss, ax_auc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def _run_name(run: str | Path) -> str:
+    return Path(run).name
+
+
+def compare_runs(run_dirs: Sequence[str | Path] | Mapping[str, str | Path]) -> pd.DataFrame:
+    """One row per run folder (or {name: folder}): its settings and its best epoch.
+
+    The best epoch is chosen as the trainer chooses best.pt: highest val_<monitor> (lowest
+    val_loss when monitor is "loss"), the first one on ties, NaN epochs never best.
+    Columns: mode, weights, epochs (trained), best_epoch, val_auc, val_accuracy,
+    val_precision, val_recall, val_loss (at the best epoch), minutes (all epochs), s_per_epoch.
+    """
+    runs = dict(run_dirs) if isinstance(run_dirs, Mapping) else {_run_name(r): r for r in run_dirs}
+    rows = []
+    for name, run in runs.items():
+        run = Path(run)
+        df = _history(run)
+        cfg_path = run / "config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        monitor = cfg.get("monitor", "auc")
+        score = -df["val_loss"] if monitor == "loss" else df[f"val_{monitor}"]
+        weights = str(cfg.get("weights", ""))
+        if weights not in ("", "imagenet", "none"):  # a file: its run folder and name suffice
+            weights = "/".join(Path(weights).parts[-2:])
+        row = {"run": name, "mode": cfg.get("mode", ""), "weights": weights}
+        row["epochs"] = len(df)
+        if score.notna().any():
+            best = df.iloc[int(np.nanargmax(score.to_numpy(dtype=float)))]
+            row["best_epoch"] = int(best["epoch"])
+            for k in ("val_auc", "val_accuracy", "val_precision", "val_recall", "val_loss"):
+                row[k] = float(best[k])
+        else:
+            row["best_epoch"] = None
+        seconds = df["seconds"].sum() if "seconds" in df else float("nan")
+        row["minutes"] = seconds / 60
+        row["s_per_epoch"] = seconds / max(len(df), 1)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("run")
