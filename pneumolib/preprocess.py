@@ -30,7 +30,8 @@ IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
     "stage_2_train_labels.csv",
     "stage_2_detailed_class_info.csv",
 )
-_PROGRESS = "progress.jsonl"  # one JSON line per finished chunk, in CACHE.partial/
+_PROGRESS = "progress.jsonl"
+_LEVELS = np.arange(256, dtype=np.int64)  # one JSON line per finished chunk, in CACHE.partial/
 
 
 class CacheError(RuntimeError):
@@ -53,6 +54,9 @@ def _process_chunk(args: tuple) -> list[dict]:
     for row, path, (pixels, meta) in zip(rows, paths, results, strict=True):
         if pixels is not None:
             images[row] = pixels
+            # exact integer moments, so the train mean/std need no second pass over the cache
+            hist = np.bincount(pixels.ravel(), minlength=256)
+            meta = {**meta, "sum": int(hist @ _LEVELS), "sumsq": int(hist @ _LEVELS**2)}
         out.append({"row": row, **meta, **({"path": path} if "error" in meta else {})})
     images.flush()
     del images
@@ -342,8 +346,8 @@ def _finish(
     pd.DataFrame(errors, columns=["patientId", "path", "error"]).to_csv(
         part / "errors.csv", index=False
     )
-    images = np.load(part / "images.npy", mmap_mode="r")
-    mean, std = pixel_stats(images, idx.loc[idx.split == "train", "row"].to_numpy())
+    train_rows = idx.loc[idx.split == "train", "row"].to_numpy()
+    mean, std = pixel_stats([done[r] for r in train_rows], size * size)
     from pneumolib import __version__
 
     stats = {
@@ -360,7 +364,6 @@ def _finish(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "params": params,
     }
-    del images
     (part / "stats.json").write_text(json.dumps(stats, indent=2))
     (part / _PROGRESS).unlink(missing_ok=True)
     (part / "params.json").unlink(missing_ok=True)
@@ -374,17 +377,12 @@ def _finish(
         part.rename(out)
 
 
-def pixel_stats(images: np.ndarray, rows: np.ndarray, block: int = 512) -> tuple[float, float]:
-    """Mean and std of images[rows] scaled to [0, 1], in float64 blocks (memory stays flat)."""
-    if len(rows) == 0:
+def pixel_stats(moments: list[dict], pixels_per_image: int) -> tuple[float, float]:
+    """Mean and std of pixels scaled to [0, 1] from per-image integer `sum` and `sumsq`."""
+    if not moments:
         raise CacheError("no train images to compute normalisation statistics from")
-    rows = np.sort(rows)
-    total = sq = 0.0
-    count = 0
-    for i in range(0, len(rows), block):
-        x = np.asarray(images[rows[i : i + block]], dtype=np.float64) / 255.0
-        total += x.sum()
-        sq += np.square(x).sum()
-        count += x.size
+    count = len(moments) * pixels_per_image
+    total = sum(m["sum"] for m in moments) / 255.0
+    sq = sum(m["sumsq"] for m in moments) / 255.0**2
     mean = total / count
     return float(mean), float(np.sqrt(max(sq / count - mean**2, 0.0)))
