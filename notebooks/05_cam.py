@@ -48,6 +48,7 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
 
 # %%
+# %matplotlib inline
 from pathlib import Path
 
 import numpy as np

@@ -63,6 +63,7 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
 
 # %%
+# %matplotlib inline
 from pathlib import Path
 
 from pneumolib import colab, tune
