@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{n} images of {stats['size']} px -> ({BATCH}, 1, {args.out_size}, "
             f"{args.out_size}) float32, {WORKERS} workers each, {os.cpu_count()} cores, "
-            f"torch {torch.__version__}"
+            f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}"
         )
 
         root = write_npy_folders(cache, n, work / f"npy_{n}_{stats['size']}")
@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             course.append(measure(batches, out, args.images))
             print(f"run {r + 1}: package {pkg[-1]:,.0f} img/s, course {course[-1]:,.0f} img/s")
         best_pkg, best_course = max(pkg), max(course)  # best of: the least disturbed run
+        print(f"load average after: {os.getloadavg()[0]:.1f} (other work slows both pipelines)")
         print(
             f"loader: package {best_pkg:,.0f} img/s, course {best_course:,.0f} img/s, "
             f"ratio {best_pkg / best_course:.1f}x"

@@ -17,6 +17,7 @@ couple of minutes.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"ResNet18, {size} px, batch {batch}, {steps} timed steps after {warmup}; {name}; "
             f"amp {dtype}, channels_last {channels_last}, warp on "
-            f"{'GPU' if gpu_warp else f'CPU in {workers} workers'}"
+            f"{'GPU' if gpu_warp else f'CPU in {workers} workers'}; "
+            f"load average {os.getloadavg()[0]:.1f}"
         )
         pipeline = timed(pipeline_step, steps, warmup, device)
         print(f"pipeline:   {pipeline:,.1f} img/s")

@@ -101,7 +101,7 @@ cache = build_cache(
 # scratch starts from random weights. 10 epochs each, about a minute per epoch on a Colab T4.
 #
 # **demo** (CPU, no network, so no ImageNet weights): the scratch run comes first and is the
-# main run (6 epochs on 128 px synthetic radiographs, a few seconds per epoch). Its best
+# main run (the preset's epochs on 128 px synthetic radiographs, seconds each). Its best
 # checkpoint then **stands in for the ImageNet weights**: fine-tuning and feature extraction
 # start from it for 3 epochs each. That shows the mechanics of both modes (`weights` accepts a
 # pneumolib checkpoint as well as `"imagenet"`), not the effect of ImageNet pre-training: the
@@ -149,7 +149,8 @@ for name, c in runs.items():
 # ## The main run
 #
 # Watch the bar for the current epoch and the line each epoch ends with; a `*` marks a new
-# best validation AUC (that epoch is saved as `best.pt`).
+# best epoch, saved as `best.pt`: a higher validation AUC, or the same AUC at a lower
+# validation loss (a small validation split reaches AUC 1.0 early).
 
 # %%
 main = next(iter(runs))
@@ -160,9 +161,10 @@ summary = fit(runs[main])
 #
 # This is what re-running a training cell prints after Colab dropped the connection: it
 # finds `last.pt` in the run folder and continues after the last finished epoch. The run is
-# finished here, so it has nothing left to do. To train longer, raise `epochs` and run it
-# again; changing a setting that would change the result (the learning rate, say) is refused
-# with a message that asks for a new run folder instead.
+# finished here, so it has nothing left to do. A run cannot be changed afterwards: a config
+# that differs in anything that changes the result (the learning rate, or the number of
+# epochs, over which the learning-rate schedule is laid out) is refused with a message that
+# asks for a new run folder (`cfg.replace(out=...)`).
 
 # %%
 summary = fit(runs[main])
@@ -180,11 +182,13 @@ for name, c in list(runs.items())[1:]:
 # ## Curves and comparison
 #
 # Loss (train solid, validation dashed) and validation AUC per epoch; the star marks each
-# run's best epoch, the one kept in `best.pt`. The training loss weighs positives up
-# (`pos_weight`, about 3.5 on RSNA) and the validation loss does not, so follow each curve over
-# the epochs rather than comparing the two. The table has the validation metrics at that
-# epoch (accuracy, precision and recall at a 0.5 threshold; notebook 04 picks thresholds
-# properly and reports the test split with confidence intervals) and the training time.
+# run's best epoch, the one kept in `best.pt`. The training loss is measured on augmented
+# batches, with positives weighted up (`pos_weight`, about 3.5 on RSNA; the demo draws
+# class-balanced batches instead), the validation loss on plain images at their real class
+# mix, so follow each curve over the epochs rather than comparing the two. The table has the
+# validation metrics at that epoch (accuracy, precision and recall at a 0.5 threshold;
+# notebook 04 picks thresholds properly and reports the test split with confidence intervals)
+# and the training time.
 
 # %%
 folders = {name: c.out for name, c in runs.items()}

@@ -3,9 +3,9 @@
 `show_transforms` draws what each augmentation does to one radiograph and its expert box,
 `show_policy_grid` the whole policy on several images, `compare_warps` the CPU (cv2) and the
 GPU-style (torch grid_sample) warp side by side; `plot_history` draws loss and AUC curves of
-one or more runs and `compare_runs` tabulates their best epochs. Every function returns a
-matplotlib Figure (or a DataFrame) and touches no pyplot global state, so a notebook shows it
-and a script saves it (`fig.savefig(path)`).
+one or more runs and `compare_runs` tabulates their best epochs, picked as the trainer picks
+best.pt. Every function returns a matplotlib Figure (or a DataFrame) and touches no pyplot
+global state, so a notebook shows it and a script saves it (`fig.savefig(path)`).
 """
 
 from __future__ import annotations
@@ -260,9 +260,32 @@ def _history(h: pd.DataFrame | str | Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _monitor(h: pd.DataFrame | str | Path) -> str:
+    """The run's `monitor` from RUN/config.json; "auc" for a bare table or an older run."""
+    cfg = Path(h) / "config.json" if not isinstance(h, pd.DataFrame) else None
+    return json.loads(cfg.read_text()).get("monitor", "auc") if cfg and cfg.is_file() else "auc"
+
+
+def best_epoch_index(history: pd.DataFrame, monitor: str = "auc") -> int | None:
+    """Row of the epoch the trainer keeps as best.pt, or None when no epoch qualifies.
+
+    The trainer's rule, replayed epoch by epoch: a higher val_<monitor> (lower val_loss for
+    "loss") wins, a tie goes to the lower val_loss, a full tie to the earlier epoch; an epoch
+    with an undefined (NaN) metric never wins.
+    """
+    loss = history["val_loss"].to_numpy(dtype=float)
+    score = -loss if monitor == "loss" else history[f"val_{monitor}"].to_numpy(dtype=float)
+    best, best_loss, index = -np.inf, np.inf, None
+    for i, (s, v) in enumerate(zip(score, loss, strict=True)):
+        if s > best or (s == best and v < best_loss):
+            best, best_loss, index = s, v, i
+    return index
+
+
 def plot_history(histories: Mapping[str, pd.DataFrame | str | Path]) -> Figure:
-    """Loss (train solid, val dashed) and validation AUC per epoch, one colour per run; the
-    best-AUC epoch of each run is marked. Values: metrics DataFrames or run folders. 2 axes."""
+    """Loss (train solid, val dashed) and validation AUC per epoch, one colour per run; each
+    run's best epoch (`best_epoch_index`) is starred. Values: metrics DataFrames or run
+    folders. 2 axes."""
     if not histories:
         raise ValueError("histories: expected at least one run")
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -272,9 +295,10 @@ def plot_history(histories: Mapping[str, pd.DataFrame | str | Path]) -> Figure:
         ax_loss.plot(df["epoch"], df["train_loss"], "-o", color=color, ms=3, label=name)
         ax_loss.plot(df["epoch"], df["val_loss"], "--o", color=color, ms=3)
         ax_auc.plot(df["epoch"], df["val_auc"], "-o", color=color, ms=3, label=name)
-        if df["val_auc"].notna().any():
-            best = df.loc[df["val_auc"].idxmax()]
-            ax_auc.plot(best["epoch"], best["val_auc"], "*", color=color, ms=13, mec="k")
+        best = best_epoch_index(df, _monitor(h))
+        if best is not None:
+            row = df.iloc[best]
+            ax_auc.plot(row["epoch"], row["val_auc"], "*", color=color, ms=13, mec="k")
     ax_loss.set(xlabel="epoch", ylabel="BCE loss", title="loss (train: solid, val: dashed)")
     ax_auc.set(xlabel="epoch", ylabel="ROC AUC", title="validation AUC (star: best epoch)")
     for ax in (ax_loss, ax_auc):
@@ -284,39 +308,30 @@ def plot_history(histories: Mapping[str, pd.DataFrame | str | Path]) -> Figure:
     return fig
 
 
-def _run_name(run: str | Path) -> str:
-    return Path(run).name
-
-
 def compare_runs(run_dirs: Sequence[str | Path] | Mapping[str, str | Path]) -> pd.DataFrame:
     """One row per run folder (or {name: folder}): its settings and its best epoch.
 
-    The best epoch is chosen as the trainer chooses best.pt: highest val_<monitor> (lowest
-    val_loss when monitor is "loss"), the first one on ties, NaN epochs never best.
-    Columns: mode, weights, epochs (trained), best_epoch, val_auc, val_accuracy,
+    The best epoch is the one the trainer kept as best.pt (`best_epoch_index`, with the run's
+    `monitor`). Columns: mode, weights, epochs (trained), best_epoch, val_auc, val_accuracy,
     val_precision, val_recall, val_loss (at the best epoch), minutes (all epochs), s_per_epoch.
     """
-    runs = dict(run_dirs) if isinstance(run_dirs, Mapping) else {_run_name(r): r for r in run_dirs}
+    if isinstance(run_dirs, Mapping):
+        runs = dict(run_dirs)
+    else:
+        runs = {Path(r).name: r for r in run_dirs}
     rows = []
     for name, run in runs.items():
-        run = Path(run)
-        df = _history(run)
-        cfg_path = run / "config.json"
+        df = _history(Path(run))
+        cfg_path = Path(run) / "config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        monitor = cfg.get("monitor", "auc")
-        score = -df["val_loss"] if monitor == "loss" else df[f"val_{monitor}"]
         weights = str(cfg.get("weights", ""))
         if weights not in ("", "imagenet", "none"):  # a file: its run folder and name suffice
             weights = "/".join(Path(weights).parts[-2:])
-        row = {"run": name, "mode": cfg.get("mode", ""), "weights": weights}
-        row["epochs"] = len(df)
-        if score.notna().any():
-            best = df.iloc[int(np.nanargmax(score.to_numpy(dtype=float)))]
-            row["best_epoch"] = int(best["epoch"])
-            for k in ("val_auc", "val_accuracy", "val_precision", "val_recall", "val_loss"):
-                row[k] = float(best[k])
-        else:
-            row["best_epoch"] = None
+        row = {"run": name, "mode": cfg.get("mode", ""), "weights": weights, "epochs": len(df)}
+        best = best_epoch_index(df, cfg.get("monitor", "auc"))
+        row["best_epoch"] = None if best is None else int(df["epoch"].iloc[best])
+        for k in ("val_auc", "val_accuracy", "val_precision", "val_recall", "val_loss"):
+            row[k] = float("nan") if best is None else float(df[k].iloc[best])
         seconds = df["seconds"].sum() if "seconds" in df else float("nan")
         row["minutes"] = seconds / 60
         row["s_per_epoch"] = seconds / max(len(df), 1)

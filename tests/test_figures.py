@@ -127,11 +127,30 @@ def _write_run(folder: Path, rows: list[dict], monitor: str = "auc", **cfg) -> P
     return folder
 
 
+def test_best_epoch_index_replays_the_trainers_rule():
+    nan = float("nan")
+    df = pd.DataFrame(
+        {
+            "val_auc": [0.7, nan, 0.9, 0.9, 0.9, 0.8],
+            "val_loss": [0.5, 0.1, 0.6, 0.4, 0.4, 0.2],
+        }
+    )
+    assert figures.best_epoch_index(df) == 3  # AUC tie -> lower val loss; full tie -> earlier
+    assert figures.best_epoch_index(df, "loss") == 1  # lowest val loss, whatever its AUC
+    assert figures.best_epoch_index(df.assign(val_auc=nan)) is None
+
+
 def test_compare_runs_picks_the_best_epoch_like_the_trainer(tmp_path):
     nan = float("nan")
     a = _write_run(
         tmp_path / "a",
-        [{"val_auc": 0.7}, {"val_auc": nan}, {"val_auc": 0.9, "val_recall": 0.8}, {"val_auc": 0.9}],
+        [
+            {"val_auc": 0.7},
+            {"val_auc": nan, "val_loss": 0.1},
+            {"val_auc": 0.9, "val_loss": 0.8},
+            {"val_auc": 0.9, "val_loss": 0.5, "val_recall": 0.8},
+            {"val_auc": 0.9, "val_loss": 0.5},
+        ],
         weights="/somewhere/runs/scratch/best.pt",
     )
     b = _write_run(
@@ -143,13 +162,13 @@ def test_compare_runs_picks_the_best_epoch_like_the_trainer(tmp_path):
     c = _write_run(tmp_path / "c", [{"val_auc": nan}])
     table = figures.compare_runs([a, b, c])
     assert list(table.index) == ["a", "b", "c"]
-    assert table.loc["a", "best_epoch"] == 3  # first of the tied maxima, NaN skipped
+    assert table.loc["a", "best_epoch"] == 4  # AUC tie -> lower val loss -> earlier; NaN skipped
     assert table.loc["a", "val_recall"] == pytest.approx(0.8)
     assert table.loc["a", "weights"] == "scratch/best.pt"
-    assert table.loc["a", "minutes"] == pytest.approx(4 * 30 / 60)
+    assert table.loc["a", "minutes"] == pytest.approx(5 * 30 / 60)
     assert table.loc["b", "best_epoch"] == 2  # monitor "loss": lowest val_loss
     assert table.loc["b", "val_auc"] == pytest.approx(0.6)
-    assert pd.isna(table.loc["c", "best_epoch"])
+    assert pd.isna(table.loc["c", "best_epoch"]) and pd.isna(table.loc["c", "val_auc"])
     named = figures.compare_runs({"first": a})
     assert list(named.index) == ["first"]
 
@@ -164,15 +183,17 @@ def test_compare_runs_and_plot_history_name_a_missing_metrics_file(tmp_path):
 
 
 def test_plot_history_two_axes_one_curve_set_per_run(tmp_path):
-    a = _write_run(tmp_path / "a", [{"val_auc": 0.6}, {"val_auc": 0.8}, {"val_auc": 0.7}])
-    df = pd.read_csv(a / "metrics.csv")
+    rows = [{"val_auc": 0.6}, {"val_auc": 0.8}, {"val_auc": 0.8, "val_loss": 0.2}]
+    a = _write_run(tmp_path / "a", rows)
+    df = pd.read_csv(a / "metrics.csv").assign(val_loss=[0.1, 0.3, 0.9])
     fig = figures.plot_history({"a": a, "b": df})
     assert len(fig.axes) == 2
     ax_loss, ax_auc = fig.axes
     assert len(ax_loss.lines) == 2 * 2  # train + val per run
     assert len(ax_auc.lines) == 2 * 2  # curve + best-epoch star per run
-    star = ax_auc.lines[1]
-    assert list(star.get_xdata()) == [2] and list(star.get_ydata()) == [0.8]
+    star_a, star_b = ax_auc.lines[1], ax_auc.lines[3]
+    assert list(star_a.get_xdata()) == [3]  # the AUC tie goes to the lower val loss
+    assert list(star_b.get_xdata()) == [2] and list(star_b.get_ydata()) == [0.8]
     fig.savefig(tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 1000
 
