@@ -62,8 +62,6 @@ import torch
 
 from pneumolib import augment, colab, figures
 from pneumolib.data import open_images, read_index
-from pneumolib.preprocess import build_cache
-from pneumolib.synth import make_demo_data
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -79,17 +77,7 @@ cfg = colab.config_for(profile, paths)
 # once when the data is already there.
 
 # %%
-if profile == "demo":
-    make_demo_data(cfg.raw, n=300, size=256, seed=0)  # the folder notebook 00 makes
-build_cache(
-    cfg.raw,
-    cfg.cache,
-    size=cfg.cache_size,
-    split=cfg.split,
-    seed=cfg.seed,
-    val_frac=cfg.val_frac,
-    test_frac=cfg.test_frac,
-)
+colab.ensure_cache(cfg, profile)
 index, images = read_index(cfg.cache), open_images(cfg.cache)
 policy = augment.AugmentPolicy.from_config(cfg)
 print(f"{len(index):,} images of {images.shape[1]} px; network input {cfg.image_size} px")

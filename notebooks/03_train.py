@@ -61,8 +61,6 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 from pathlib import Path
 
 from pneumolib import colab, figures
-from pneumolib.preprocess import build_cache
-from pneumolib.synth import make_demo_data
 from pneumolib.train import fit
 
 paths = colab.default_paths()
@@ -78,17 +76,7 @@ print(colab.gpu_report())
 # missing. Both calls return at once when the data is already there.
 
 # %%
-if profile == "demo":
-    make_demo_data(cfg.raw, n=300, size=256, seed=0)  # the folder notebook 00 makes
-cache = build_cache(
-    cfg.raw,
-    cfg.cache,
-    size=cfg.cache_size,
-    split=cfg.split,
-    seed=cfg.seed,
-    val_frac=cfg.val_frac,
-    test_frac=cfg.test_frac,
-)
+cache = colab.ensure_cache(cfg, profile)
 
 # %% [markdown]
 # ## The runs

@@ -59,9 +59,6 @@ import pandas as pd
 from IPython.display import display
 
 from pneumolib import colab, evaluate
-from pneumolib.preprocess import build_cache
-from pneumolib.synth import make_demo_data
-from pneumolib.train import fit
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -78,20 +75,7 @@ print(f"profile: {profile}\n    run: {run}\n  cache: {cfg.cache}")
 # finished run is not trained again); in `rsna`, train it in notebook 03 first.
 
 # %%
-if not (run / "best.pt").exists():
-    if profile != "demo":
-        raise FileNotFoundError(f"{run / 'best.pt'} not found: train the run in notebook 03")
-    make_demo_data(cfg.raw, n=300, size=256, seed=0)  # the folder notebook 00 makes
-    build_cache(
-        cfg.raw,
-        cfg.cache,
-        size=cfg.cache_size,
-        split=cfg.split,
-        seed=cfg.seed,
-        val_frac=cfg.val_frac,
-        test_frac=cfg.test_frac,
-    )
-    fit(cfg)
+colab.ensure_run(cfg, profile)
 print(sorted(f.name for f in run.iterdir()))
 
 # %% [markdown]

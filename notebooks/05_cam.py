@@ -56,9 +56,6 @@ import pandas as pd
 
 from pneumolib import cam, colab
 from pneumolib.data import read_index
-from pneumolib.preprocess import build_cache
-from pneumolib.synth import make_demo_data
-from pneumolib.train import fit
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -75,20 +72,7 @@ print(f"profile: {profile}; run: {run}")
 # asks you to run notebook 03 first, since training takes a GPU and tens of minutes.
 
 # %%
-if not (run / "best.pt").exists():
-    if profile != "demo":
-        raise FileNotFoundError(f"{run / 'best.pt'}: train the run first (notebook 03)")
-    make_demo_data(cfg.raw, n=300, size=256, seed=0)  # the folder notebook 00 makes
-    build_cache(
-        cfg.raw,
-        cfg.cache,
-        size=cfg.cache_size,
-        split=cfg.split,
-        seed=cfg.seed,
-        val_frac=cfg.val_frac,
-        test_frac=cfg.test_frac,
-    )
-    fit(cfg)
+colab.ensure_run(cfg, profile)
 
 # %% [markdown]
 # ## CAM and Grad-CAM

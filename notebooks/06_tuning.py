@@ -68,8 +68,6 @@ from pathlib import Path
 
 from pneumolib import colab, tune
 from pneumolib.config import Config
-from pneumolib.preprocess import build_cache
-from pneumolib.synth import make_demo_data
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -84,17 +82,7 @@ print(colab.gpu_report())
 # missing. Both calls return at once when the data is already there.
 
 # %%
-if profile == "demo":
-    make_demo_data(cfg.raw, n=300, size=256, seed=0)  # the folder notebook 00 makes
-build_cache(
-    cfg.raw,
-    cfg.cache,
-    size=cfg.cache_size,
-    split=cfg.split,
-    seed=cfg.seed,
-    val_frac=cfg.val_frac,
-    test_frac=cfg.test_frac,
-)
+colab.ensure_cache(cfg, profile)
 
 # %% [markdown]
 # ## The study

@@ -484,3 +484,43 @@ def setup(
     counts = verify_layout(raw, expect_full=expect_full and profile == "rsna")
     print(f"verified {raw}:\n{format_counts(counts)}")
     return SetupResult(profile=profile, raw=raw, paths=paths, counts=counts)
+
+
+# --- what the later notebooks need before they start -------------------------------------
+
+DEMO_DATA = {"n": 300, "size": 256, "seed": 0}  # the demo folder notebook 00 makes
+
+
+def ensure_cache(cfg: Config, profile: str) -> Path:
+    """The cache notebook 01 builds; in `demo` its data and cache are made here if missing.
+
+    Both steps return at once when their output is already there, so every notebook can call
+    this first and still be run on its own.
+    """
+    from pneumolib.preprocess import build_cache
+    from pneumolib.synth import make_demo_data
+
+    if profile == "demo":
+        make_demo_data(cfg.raw, **DEMO_DATA)
+    return build_cache(
+        cfg.raw,
+        cfg.cache,
+        size=cfg.cache_size,
+        split=cfg.split,
+        seed=cfg.seed,
+        val_frac=cfg.val_frac,
+        test_frac=cfg.test_frac,
+    )
+
+
+def ensure_run(cfg: Config, profile: str) -> Path:
+    """The run notebook 03 trains at `cfg.out`; in `demo` it is trained here if missing."""
+    from pneumolib.train import fit
+
+    run = Path(cfg.out)
+    if not (run / "best.pt").exists():
+        if profile != "demo":
+            raise FileNotFoundError(f"{run / 'best.pt'} not found: train the run in notebook 03")
+        ensure_cache(cfg, profile)
+        fit(cfg)
+    return run

@@ -282,3 +282,16 @@ def _token(env: Path) -> Path:
     src = env / "token.json"
     src.write_text(json.dumps({"username": "ada", "key": KEY}))
     return src
+
+
+def test_ensure_cache_makes_demo_data_once_and_ensure_run_refuses_missing_rsna_run(tmp_path):
+    from pneumolib.config import demo_config
+
+    cfg = demo_config(tmp_path, cache_size=32)
+    cache = colab.ensure_cache(cfg, "demo")
+    assert (cache / "images.npy").exists() and (Path(cfg.raw) / "demo_params.json").exists()
+    before = (cache / "stats.json").stat().st_mtime_ns
+    assert colab.ensure_cache(cfg, "demo") == cache  # second call: nothing rebuilt
+    assert (cache / "stats.json").stat().st_mtime_ns == before
+    with pytest.raises(FileNotFoundError, match="notebook 03"):
+        colab.ensure_run(cfg, "rsna")
