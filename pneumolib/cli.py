@@ -121,13 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="grid", choices=["grid", "random", "tpe"])
     p.add_argument("--n-trials", type=int, default=0, help="random/tpe: number of trials")
     p.add_argument("--max-micro-batch", type=int, default=0, help="0 = pick from GPU memory")
-    p.add_argument("--lr-scaling", default="none", choices=["none", "linear", "sqrt"],
-                   help="scale each lr with batch size relative to --ref-batch-size")
+    p.add_argument(
+        "--lr-scaling",
+        default="none",
+        choices=["none", "linear", "sqrt"],
+        help="scale each lr with batch size relative to --ref-batch-size",
+    )
     p.add_argument("--ref-batch-size", type=int, default=64)
     p.add_argument("--prune", action="store_true", help="median pruning (random/tpe only)")
     p.add_argument("--heartbeat", type=float, default=15.0, help="seconds between heartbeats")
-    p.add_argument("--grace", type=float, default=60.0,
-                   help="seconds without a heartbeat before a trial counts as dead")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="seconds without a heartbeat before a trial counts as dead",
+    )
     add_config_options(p, skip=("batch_size", "lr"))
     return ap
 

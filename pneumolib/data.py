@@ -98,11 +98,6 @@ def load_labels(labels_csv: str | Path, detailed_csv: str | Path | None = None) 
             col = "width" if box[2] <= 0 else "height"
             raise LabelError(f"{path} line {line} column {col}: box size must be positive")
         boxes[pid].append(box)
-    for pid, t in targets.items():
-        if t == 1 and not boxes[pid]:
-            raise LabelError(
-                f"{path} line {first_line[pid]}: patient {pid} is positive with no box"
-            )
     out = pd.DataFrame(
         {
             "patientId": list(targets),

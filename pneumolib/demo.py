@@ -135,4 +135,3 @@ def _ci(ci: object) -> str:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, float) for v in ci):
         return f"{ci[0]:.3f}–{ci[1]:.3f}"
     return "–"
-

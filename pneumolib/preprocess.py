@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from pneumolib.data import load_labels, make_splits
-from pneumolib.dicom import DicomError, read_dicom
+from pneumolib.dicom import DicomError, parse_age, read_dicom
 
 IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
     "stage_2_train_images",
@@ -118,8 +118,6 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
                 px, scale, off = letterbox(img[0].cpu().numpy(), size, (h, w))
             if ds.get("PhotometricInterpretation") == "MONOCHROME1":
                 px = 255 - px
-            from pneumolib.dicom import parse_age
-
             meta = {
                 "sex": str(ds.get("PatientSex", "")).upper() or None,
                 "age": parse_age(ds.get("PatientAge")),

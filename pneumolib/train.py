@@ -10,6 +10,7 @@ RNG states and the whole config. Re-running the same call continues from `last.p
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -478,8 +479,6 @@ def fit(
     if distributed:
         summary["rank_checksums"] = _rank_checksums(model, world)
         if main:
-            import json
-
             (out / "ddp_check.json").write_text(json.dumps(summary["rank_checksums"]))
         dist.barrier()
     if writer:
