@@ -94,7 +94,7 @@ class Config:
 
 
 def demo_config(root: str | Path = "pneumolib_demo", **changes: Any) -> Config:
-    """The 'baby' preset: synthetic data, tiny images and a tiny schedule; seconds on a CPU."""
+    """The 'baby' preset: synthetic data, tiny images, a short schedule; ~2 min on 2 CPU cores."""
     root = Path(root)
     cfg = Config(
         raw=str(root / "raw"),
@@ -104,7 +104,10 @@ def demo_config(root: str | Path = "pneumolib_demo", **changes: Any) -> Config:
         image_size=128,
         weights="none",
         mode="scratch",
-        epochs=8,
+        # Classification saturates within ~5 epochs, but where the network looks settles
+        # later: Grad-CAM's peak landed in an expert box for 0.47-1.00 of the true positives
+        # after 12 epochs (varying with the seed), 0.88-1.00 after 20 (7 seeds).
+        epochs=20,
         batch_size=32,
         balanced_sampling=True,  # the demo's few positives: balanced batches localise better
         lr=2e-3,

@@ -31,8 +31,9 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
     from pneumolib.tune import plot_heatmap, sweep
 
     out = Path(out)
-    n, epochs = (200, 3) if quick else (400, 8)
-    cfg: Config = demo_config(out, epochs=epochs, raw=str(out / f"raw_{n}"))
+    cfg: Config = demo_config(out)
+    n, epochs = (200, 3) if quick else (400, cfg.epochs)
+    cfg = cfg.replace(epochs=epochs, raw=str(out / f"raw_{n}"))
     times: dict[str, float] = {}
 
     t = _step(f"1. demo data: {n} phantom DICOMs, 1024x1024 JPEG Baseline")
@@ -54,8 +55,11 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
     metrics = {split: evaluate_run(run, split, n_boot=1000) for split in ("val", "test")}
     times["evaluate"] = time.perf_counter() - t
 
-    t = _step("5. Grad-CAM (layer2) on test true positives, scored against the boxes")
-    loc = cam_run(run, "test", n_overlays=8, method="gradcam", layer="layer2")
+    t = _step("5. Grad-CAM (layer2) on val and test true positives, scored against the boxes")
+    loc = {
+        split: cam_run(run, split, n_overlays=8, method="gradcam", layer="layer2")
+        for split in ("val", "test")
+    }
     times["cam"] = time.perf_counter() - t
 
     t = _step("6. tiny batch-size x learning-rate sweep")
@@ -84,6 +88,8 @@ def _fmt(x: object) -> str:
 
 
 def _report(cfg, summary, metrics, loc, table, times, run: Path, out: Path) -> str:
+    from pneumolib.cam import localisation_table
+
     hist = summary["history"]
     test = metrics["test"]
     thr = test["thresholds"]["0.5"]
@@ -109,8 +115,11 @@ def _report(cfg, summary, metrics, loc, table, times, run: Path, out: Path) -> s
     ]
     for m in ("accuracy", "precision", "recall", "specificity"):
         lines.append(f"| {m} @ 0.5 | {_fmt(thr[m])} | {_ci(thr.get('ci', {}).get(m))} |")
-    lines += ["", "## Where the network looks (Grad-CAM layer2, test true positives)", ""]
-    lines += [f"- {k}: {_fmt(v)}" for k, v in loc.items() if not k.endswith(("_low", "_high"))]
+    lines += ["", "## Where the network looks (Grad-CAM layer2, true positives)", ""]
+    lines += ["```", localisation_table(loc).to_string(), "```"]
+    if not all(s["n"] for s in loc.values()):
+        lines += ["", "A split without true positives has nothing to score (NaN): the model called"]
+        lines += ["no positive there at 0.5. `--quick` trains too briefly; the full demo learns."]
     lines += [
         "",
         "## Sweep (val AUC)",

@@ -303,7 +303,8 @@ def test_cam_is_exact_with_pneumolib_models_defaults(name, mode):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
-    """A ResNet18 trained from scratch on 400 demo phantoms, demo preset (128 px), 12 epochs."""
+    """A ResNet18 trained on 400 demo phantoms with the demo preset as it is (128 px, scratch,
+    its 20 epochs): "after demo training" in the acceptance criterion below."""
     from pneumolib.config import demo_config
     from pneumolib.preprocess import build_cache
     from pneumolib.synth import make_demo_data
@@ -312,7 +313,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("cam_demo")
     raw = make_demo_data(d / "raw", n=400, size=256, seed=3)
     cache = build_cache(raw, d / "cache", size=128, workers=2, progress=False)
-    cfg = demo_config(d, cache=str(cache), out=str(d / "run"), workers=0, epochs=12)
+    cfg = demo_config(d, cache=str(cache), out=str(d / "run"), workers=0)
     fit(cfg, progress=False)
     return cfg
 
@@ -377,14 +378,12 @@ def test_grad_cam_variant_is_written_beside_the_default(demo_run):
         cam_run(demo_run.out, "val", 0, "cam", layer="layer3", progress=False)
 
 
-# Where the network looks, measured with Grad-CAM on layer2 (16x16 at 128 px): CAM on layer4 is
-# a 4x4 grid on which even a perfect map hits only ~2/3 of the 15-25 px demo boxes. The issue
-# asks for a pointing game >= 0.8; runs of this fixture gave 0.59 to 0.92 depending on tiny
-# numerical differences in training (about 30 true positives), so that bar is not asserted
-# here. What holds in every run seen: the peak lands in a box far more often than chance, and
-# the map's mass in the boxes beats their share of the image.
-def test_grad_cam_localises_demo_positives_well_above_chance(demo_run):
-
+# The acceptance criterion: pointing game >= 0.8 on the demo positives after demo training.
+# Measured with Grad-CAM on layer2 (16x16 at 128 px): CAM on layer4 is a 4x4 grid on which even
+# a perfect map hits only ~2/3 of the 15-25 px demo boxes. Val and test true positives are
+# pooled (~32 images; one miss moves the score by ~0.03). Runs of this fixture over training
+# seeds 0-6 scored 0.88-1.00 (after 12 epochs, before the preset trained 20: 0.47-1.00).
+def test_grad_cam_points_into_the_boxes_on_demo_positives(demo_run):
     from pneumolib.cam import cam_run
 
     frames = []
@@ -392,10 +391,10 @@ def test_grad_cam_localises_demo_positives_well_above_chance(demo_run):
         cam_run(demo_run.out, split, 0, "gradcam", layer="layer2", tag="gc2", progress=False)
         frames.append(pd.read_csv(f"{demo_run.out}/cam_{split}_gc2.csv"))
     df = pd.concat(frames)
-    assert len(df) >= 10
+    assert len(df) >= 20
     chance = df.box_area_fraction.mean()
-    assert df.energy_in_box.mean() > chance
-    assert df.pointing_hit.mean() >= max(0.3, 5 * chance), (df.pointing_hit.mean(), chance)
+    assert df.pointing_hit.mean() >= 0.8, (df.pointing_hit.mean(), chance)
+    assert df.energy_in_box.mean() > 3 * chance, (df.energy_in_box.mean(), chance)
 
 
 def test_cam_command_line(demo_run, capsys):

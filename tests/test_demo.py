@@ -1,0 +1,37 @@
+"""`python -m pneumolib demo --quick`: every stage runs and the report shows its results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pneumolib.cli import main
+
+
+def test_quick_demo_runs_every_stage_and_resumes(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    run = out / "runs" / "resnet18"
+
+    for heading in ("## Test split", "## Where the network looks", "## Sweep", "## Seconds"):
+        assert heading in report
+    assert "3 epochs" in report and "raw_200" in report
+    table = report.split("## Where the network looks")[1].split("## Sweep")[0]
+    assert "pointing game" in table and "chance (box area)" in table
+    assert all(f"\n{split} " in table for split in ("val", "test"))
+    for name in ("metrics_val.json", "metrics_test.json", "cam_val.csv", "cam_test.csv"):
+        assert (run / name).is_file(), name
+    assert (run / "figures" / "roc_test.png").is_file()
+    assert (run / "figures" / "cam_test").is_dir()  # overlays (3 epochs may find no positive)
+    assert (out / "sweep" / "heatmap.png").is_file()
+    assert report.count(" complete ") == 6  # 3 batch sizes x 2 learning rates
+    times = json.loads((out / "report.json").read_text())["times"]
+    assert set(times) == {"data", "preprocess", "train", "evaluate", "cam", "sweep"}
+
+    # Run again: every stage finds its output and nothing is trained again.
+    best = (run / "best.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert (run / "best.pt").stat().st_mtime_ns == best
+    assert json.loads((out / "report.json").read_text())["times"]["train"] < times["train"]
