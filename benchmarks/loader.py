@@ -78,7 +78,10 @@ def measure(batches: Iterator[torch.Tensor], out_size: int, images: int, warmup:
 def package_batches(cache: Path, n: int, out_size: int, policy: AugmentPolicy) -> Iterator:
     index = read_index(cache).head(n)
     stats = read_stats(cache)
-    loader = make_loader(cache, index, BATCH, out_size, policy, True, 0, WORKERS, True)
+    normalise = (stats["mean"], stats["std"])
+    loader = make_loader(
+        cache, index, BATCH, out_size, policy, True, 0, WORKERS, True, normalise=normalise
+    )
     cpu = torch.device("cpu")
     for batch in forever(loader):
         yield to_device_batch(batch, cpu, out_size, policy, stats, True, 0, False)

@@ -104,8 +104,20 @@ def main(argv: list[str] | None = None) -> int:
         policy = AugmentPolicy.from_config(cfg)
         gpu_warp = cuda and cfg.gpu_augment
         workers = default_workers(args.workers)
+        normalise = None if cuda else (stats["mean"], stats["std"])  # as train.fit does
         loader = make_loader(
-            cache, index, batch, size, policy, True, 0, workers, not gpu_warp, False, cuda
+            cache,
+            index,
+            batch,
+            size,
+            policy,
+            True,
+            0,
+            workers,
+            not gpu_warp,
+            False,
+            cuda,
+            normalise=normalise,
         )
 
         model = build_model("resnet18", "finetune", "none").to(device)

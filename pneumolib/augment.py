@@ -6,7 +6,8 @@ they compose into a single 2x3 matrix per sample, and each image is resampled ex
 matrices are sampled on the CPU from a NumPy Generator seeded by (seed, epoch, batch), so a
 batch is the same whatever the number of workers or the device. The warp runs where the
 batch lives: one batched `affine_grid` + `grid_sample` on the GPU, or `cv2.warpAffine` on
-uint8 in CPU loader workers; contrast/brightness and normalisation follow in `to_model_input`.
+uint8 in CPU loader workers; contrast/brightness and normalisation follow in `to_model_input`
+(or, on the CPU, the same arithmetic as one lookup table per image: `intensity_luts`).
 
 Matrices map source pixel coordinates (cache image, side `in_size`) to output pixel
 coordinates (side `out_size`), OpenCV convention: pixel centres at integer coordinates.
@@ -247,6 +248,33 @@ def to_model_input(
     # (x * unit - 0.5) * g + 0.5 + b  ==  x * (unit * g) + (0.5 - 0.5 * g + b)
     y = torch.mul(x, g * unit).add_(0.5 - 0.5 * g + b).clamp_(0.0, 1.0)
     return y.sub_(mean).div_(std)
+
+
+def intensity_luts(
+    n: int,
+    gain: np.ndarray | None,
+    bias: np.ndarray | None,
+    mean: float,
+    std: float,
+) -> np.ndarray:
+    """float32 (n, 256): row i maps a uint8 value of image i to exactly what `to_model_input`
+    makes of it (same arithmetic: the table is `to_model_input` applied to the values 0-255)."""
+    values = torch.arange(256, dtype=torch.uint8).expand(n, 1, 256)
+    return to_model_input(values, gain, bias, mean, std).reshape(n, 256).numpy()
+
+
+def apply_luts(images: np.ndarray, luts: np.ndarray) -> np.ndarray:
+    """uint8 (B, H, W) and float32 tables (B, 256) -> float32 (B, 1, H, W), one `cv2.LUT` per
+    image: contrast, brightness and normalisation in one pass over the pixels, no temporaries."""
+    if images.dtype != np.uint8 or images.ndim != 3 or luts.shape != (len(images), 256):
+        raise ValueError(
+            f"apply_luts: expected uint8 (B, H, W) and (B, 256) tables, got {images.dtype} "
+            f"{images.shape} and {luts.shape}"
+        )
+    out = np.empty((len(images), 1, *images.shape[1:]), np.float32)
+    for i, (img, lut) in enumerate(zip(images, luts.astype(np.float32), strict=True)):
+        cv2.LUT(img, lut, dst=out[i, 0])
+    return out
 
 
 # --- whole batches -------------------------------------------------------------------

@@ -249,7 +249,11 @@ class CacheBatches(torch.utils.data.Dataset):
 
     `dataset[(epoch, b, positions)]` -> dict with `images` uint8 (B, S, S) (or warped to
     (B, out, out) when `warp_in_worker`), `target` float32 (B,), `position` int64 (B,),
-    and the contrast `gain`/`bias` (B,) for train batches.
+    and the contrast `gain`/`bias` (B,) for train batches. With `normalise=(mean, std)` (and
+    `warp_in_worker`) the worker turns contrast, brightness and normalisation into one lookup
+    table per image, `luts` float32 (B, 256), instead of `gain`/`bias`: uint8 still crosses
+    to the main process (a quarter of float32's bytes), where one `cv2.LUT` pass per image
+    finishes the input (`train.to_device_batch`).
     """
 
     def __init__(
@@ -262,17 +266,18 @@ class CacheBatches(torch.utils.data.Dataset):
         train: bool,
         seed: int = 0,
         warp_in_worker: bool = True,
+        normalise: tuple[float, float] | None = None,
     ) -> None:
         self.cache, self.rows, self.targets = str(cache), np.asarray(rows), np.asarray(targets)
         self.out_size, self.policy, self.train, self.seed = out_size, policy, train, seed
-        self.warp_in_worker = warp_in_worker
+        self.warp_in_worker, self.normalise = warp_in_worker, normalise
         self._images = None  # opened lazily, once per worker process
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, key: tuple[int, int, np.ndarray]) -> dict:
-        from pneumolib.augment import augment_batch_cpu, batch_rng
+        from pneumolib.augment import augment_batch_cpu, batch_rng, intensity_luts
 
         epoch, b, pos = key
         if self._images is None:
@@ -290,9 +295,13 @@ class CacheBatches(torch.utils.data.Dataset):
         if self.warp_in_worker:
             rng = batch_rng(self.seed, epoch, b) if self.train else None
             res = augment_batch_cpu(images, self.out_size, self.policy, rng, self.train)
-            out["images"] = res["images"]
-            if self.train:
-                out["gain"], out["bias"] = res["gain"], res["bias"]
+            if self.normalise is not None:
+                luts = intensity_luts(len(images), res["gain"], res["bias"], *self.normalise)
+                out["images"], out["luts"] = res["images"], luts
+            else:
+                out["images"] = res["images"]
+                if self.train:
+                    out["gain"], out["bias"] = res["gain"], res["bias"]
         else:
             out["images"] = images
         return out
@@ -319,8 +328,10 @@ def make_loader(
     pin_memory: bool = False,
     rank: int = 0,
     world: int = 1,
+    normalise: tuple[float, float] | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader of whole uint8 batches over the given `index` rows (see `CacheBatches`)."""
+    """A DataLoader of whole uint8 batches over the given `index` rows (see `CacheBatches`;
+    `normalise=(mean, std)` adds each image's intensity lookup table)."""
     targets = index["target"].to_numpy()
     sampler = EpochBatchSampler(
         targets,
@@ -332,7 +343,15 @@ def make_loader(
         world=world,
     )
     ds = CacheBatches(
-        cache, index["row"].to_numpy(), targets, out_size, policy, train, seed, warp_in_worker
+        cache,
+        index["row"].to_numpy(),
+        targets,
+        out_size,
+        policy,
+        train,
+        seed,
+        warp_in_worker,
+        normalise if warp_in_worker else None,
     )
     workers = default_workers(workers)
     return torch.utils.data.DataLoader(

@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
-from pneumolib.augment import AugmentPolicy, augment_batch_torch, batch_rng, to_model_input
+from pneumolib.augment import (
+    AugmentPolicy,
+    apply_luts,
+    augment_batch_torch,
+    batch_rng,
+    to_model_input,
+)
 from pneumolib.config import Config
 from pneumolib.data import make_loader, read_index, read_stats
 from pneumolib.models import build_model, trainable_parameters
@@ -170,9 +176,15 @@ def to_device_batch(
 ) -> torch.Tensor:
     """A loader batch -> normalised float (B, 1, size, size) on `device`.
 
-    Batches already warped in the workers are only normalised here; raw (B, S, S) uint8
-    batches are warped on the device in one `grid_sample` (the GPU path).
+    Batches warped in the workers are normalised here: through their per-image lookup tables
+    (`luts`, one `cv2.LUT` pass on the CPU) when the loader made them, else with `gain`/`bias`
+    on the device; raw (B, S, S) uint8 batches are warped on the device in one `grid_sample`
+    (the GPU path). All three give the same numbers.
     """
+    if "luts" in batch:
+        x = torch.from_numpy(apply_luts(batch["images"].numpy(), batch["luts"].numpy()))
+        x = x.to(device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
     x = batch["images"].to(device, non_blocking=True)
     gain, bias = batch.get("gain"), batch.get("bias")
     warped_in_worker = x.shape[-1] == size and (not train or "gain" in batch)
@@ -300,6 +312,9 @@ def fit(
     accum = cfg.batch_size // (micro * world)
     policy = AugmentPolicy.from_config(cfg)
     gpu_warp = device.type == "cuda" and cfg.gpu_augment
+    # On the CPU, intensity and normalisation become one lookup table per image (made in the
+    # workers, applied by cv2.LUT); on a GPU they are a few fused-size ops on the device.
+    normalise = (stats["mean"], stats["std"]) if device.type == "cpu" else None
     train_loader = make_loader(
         cfg.cache,
         train_idx,
@@ -314,6 +329,7 @@ def fit(
         device.type == "cuda",
         rank,
         world,
+        normalise,
     )
     val_loader = make_loader(
         cfg.cache,
@@ -327,6 +343,7 @@ def fit(
         not gpu_warp,
         False,
         device.type == "cuda",
+        normalise=normalise,
     )
     steps_per_epoch = math.ceil(len(train_loader) / accum)
     if cfg.max_steps_per_epoch:

@@ -9,11 +9,13 @@ import torch
 
 from pneumolib.augment import (
     AugmentPolicy,
+    apply_luts,
     augment_batch_cpu,
     augment_batch_torch,
     batch_rng,
     compose_affines,
     eval_affines,
+    intensity_luts,
     sample_affines,
     sample_intensity,
     sample_params,
@@ -214,6 +216,26 @@ def test_to_model_input_normalises_and_applies_intensity():
     v = torch.tensor([0.75, 0.25]).view(2, 1, 1, 1).expand(2, 1, 2, 2)
     y = to_model_input(v, np.array([2.0, 1.0]), np.array([0.1, -0.1]), 0.0, 1.0)
     assert torch.allclose(y[:, 0, 0, 0], torch.tensor([1.0, 0.15]))
+
+
+@pytest.mark.parametrize("intensity", [True, False])
+def test_lookup_tables_give_exactly_to_model_input(intensity: bool):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (5, 24, 24), dtype=np.uint8)
+    x[0, 0, :4] = [0, 1, 254, 255]  # both ends, where the clamp acts
+    gain, bias = rng.uniform(0.5, 1.5, 5), rng.uniform(-0.3, 0.3, 5)
+    if not intensity:
+        gain = bias = None
+    want = to_model_input(torch.from_numpy(x), gain, bias, 0.4, 0.2)
+    luts = intensity_luts(5, gain, bias, 0.4, 0.2)
+    assert luts.shape == (5, 256) and luts.dtype == np.float32
+    got = apply_luts(x, luts)
+    assert got.shape == (5, 1, 24, 24) and got.dtype == np.float32
+    assert torch.equal(torch.from_numpy(got), want)  # the same numbers, bit for bit
+    with pytest.raises(ValueError, match="uint8"):
+        apply_luts(x.astype(np.float32), luts)
+    with pytest.raises(ValueError, match=r"\(B, 256\)"):
+        apply_luts(x, luts[:4])
 
 
 def test_hflip_flag_flips():

@@ -253,6 +253,28 @@ def test_train_batches_are_uint8_and_seeded(demo_cache: Path, index: pd.DataFram
     assert not all(torch.equal(x["images"], y["images"]) for x, y in zip(a, other, strict=True))
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_lookup_table_batches_give_the_same_model_input(
+    demo_cache: Path, index: pd.DataFrame, train: bool
+) -> None:
+    """`normalise=(mean, std)`: the workers send tables instead of gain/bias, and the trainer's
+    batch function turns both into the same input, bit for bit (1 worker vs in-process too)."""
+    from pneumolib.train import to_device_batch
+
+    stats, policy, cpu = {"mean": 0.45, "std": 0.22}, AugmentPolicy(), torch.device("cpu")
+    plain = batches(loader(demo_cache, index, train=train), epoch=1)
+    tables = batches(
+        loader(demo_cache, index, train=train, workers=1, normalise=(0.45, 0.22)), epoch=1
+    )
+    assert len(plain) == len(tables) > 1
+    for a, b in zip(plain, tables, strict=True):
+        assert "gain" not in b and b["luts"].shape == (len(b["target"]), 256)
+        assert b["images"].dtype == torch.uint8
+        xa = to_device_batch(a, cpu, 48, policy, stats, train, 0, False)
+        xb = to_device_batch(b, cpu, 48, policy, stats, train, 0, False)
+        assert xb.shape == (len(b["target"]), 1, 48, 48) and torch.equal(xa, xb)
+
+
 def test_batches_do_not_depend_on_worker_count(demo_cache: Path, index: pd.DataFrame) -> None:
     big = np.zeros((1024, 1024), np.uint8)
     for _ in range(5):  # OpenCV's thread pool busy in this process before the workers fork
