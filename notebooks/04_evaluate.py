@@ -58,7 +58,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
-from pneumolib import colab, evaluate
+from pneumolib import colab, evaluate, evaluate_figures
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -153,8 +153,8 @@ pred_val = evaluate.read_predictions(run, "val")
 pred_test = evaluate.read_predictions(run, "test")
 thresholds = {k: v["threshold"] for k, v in val["thresholds"].items()}
 y, p = pred_test["target"].to_numpy(), pred_test["prob"].to_numpy()
-display(evaluate.plot_roc(y, p, thresholds))
-display(evaluate.plot_pr(y, p, thresholds))
+display(evaluate_figures.plot_roc(y, p, thresholds))
+display(evaluate_figures.plot_pr(y, p, thresholds))
 
 # %% [markdown]
 # ## Confusion matrices (test)
@@ -163,7 +163,7 @@ display(evaluate.plot_pr(y, p, thresholds))
 # of the lower row is specificity, then sensitivity).
 
 # %%
-evaluate.plot_confusion_grid(y, p, thresholds)
+evaluate_figures.plot_confusion_grid(y, p, thresholds)
 
 # %% [markdown]
 # ## Calibration and the spread of the probabilities (test)
@@ -175,8 +175,8 @@ evaluate.plot_confusion_grid(y, p, thresholds)
 # chosen on validation correct the decision, not the probabilities.
 
 # %%
-display(evaluate.plot_reliability(y, p))
-display(evaluate.plot_prob_hist(y, p, thresholds))
+display(evaluate_figures.plot_reliability(y, p))
+display(evaluate_figures.plot_prob_hist(y, p, thresholds))
 
 # %% [markdown]
 # ## Subgroups: AP vs PA view, sex, age band (test)
@@ -192,7 +192,7 @@ cols += ["sensitivity", "specificity"]
 sub[sub["threshold_name"] == "youden"][cols].round(3)
 
 # %%
-evaluate.plot_subgroups(sub, "roc_auc", "youden", overall=test["roc_auc"])
+evaluate_figures.plot_subgroups(sub, "roc_auc", "youden", overall=test["roc_auc"])
 
 # %% [markdown]
 # ## Sample predictions (test)
@@ -203,7 +203,7 @@ evaluate.plot_subgroups(sub, "roc_auc", "youden", overall=test["roc_auc"])
 # label noise, devices and unusual films.
 
 # %%
-evaluate.sample_predictions_figure(pred_test, cfg.cache, test, n=12)
+evaluate_figures.sample_predictions_figure(pred_test, cfg.cache, test, n=12)
 
 # %% [markdown]
 # ## Test-time augmentation (optional)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn import metrics as skm
-from test_metrics import _scores, _table
+from test_metrics import _table
 
 from pneumolib import evaluate as ev
 from pneumolib import metrics
@@ -51,16 +51,6 @@ def test_evaluate_predictions_writes_json_and_figures(tmp_path):
         png = tmp_path / "figures" / f"{kind}_test.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", kind
     assert not list(tmp_path.rglob("*.tmp"))
-
-
-def test_plot_functions_return_figures_on_given_axes():
-    from matplotlib.figure import Figure
-
-    y, p = _scores(200, 15)
-    fig = Figure()
-    ax = fig.add_subplot()
-    assert ev.plot_roc(y, p, {"0.5": 0.5}, ax=ax) is fig
-    assert len(ax.lines) == 3  # curve, chance line, one operating point
 
 
 # --------------------------------------------------------------------------- a whole run
@@ -195,21 +185,3 @@ def test_evaluate_run_bad_inputs(trained_run, tmp_path, capsys):
         ev.evaluate_run(run, "train")
     with pytest.raises(FileNotFoundError, match="index.csv"):
         ev.evaluate_run(run, "val", cache=tmp_path / "no_cache")
-
-
-def test_pick_samples_puts_the_most_confident_mistakes_first():
-    pred = pd.DataFrame(
-        {
-            "prob": [0.95, 0.60, 0.05, 0.40, 0.90, 0.10, 0.80, 0.20],
-            "target": [0, 0, 1, 1, 1, 0, 1, 0],
-        }
-    )  # FP: 0 (0.95), 1 (0.60); FN: 2 (0.05), 3 (0.40); the rest right
-    idx = ev.pick_samples(pred, 0.5, n=6, seed=0)
-    assert list(idx[:3]) == [0, 2, 1]  # FP 0.95, FN 0.05, FP 0.60
-    assert len(idx) == 6 and len(set(idx)) == 6
-    assert set(idx[3:]) <= {4, 5, 6, 7}  # then correct calls
-    assert list(ev.pick_samples(pred, 0.5, n=6, seed=0)) == list(idx)
-    assert len(ev.pick_samples(pred, 0.5, n=20)) == len(pred)
-    fig = ev.plot_samples(np.zeros((3, 8, 8), np.uint8), pred.iloc[idx[:3]], 0.5, ncols=2)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert len(titles) == 3 and all("WRONG" in t for t in titles)
