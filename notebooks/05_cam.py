@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumolib import cam, colab
+from pneumolib import cam, colab, localisation
 from pneumolib.data import read_index
 
 paths = colab.default_paths()
@@ -115,7 +115,7 @@ if not ids:  # a run that predicts no positive: show the first positives instead
     index = read_index(cfg.cache)
     ids = index[(index.split == "val") & (index.target == 1)].patientId.head(8).tolist()
 ex = cam.cam_examples(run, ids)
-hits = cam.pointing_game(ex["maps"], ex["boxes"])
+hits = localisation.pointing_game(ex["maps"], ex["boxes"])
 titles = [f"p={p:.2f}  {'hit' if h else 'miss'}" for p, h in zip(ex["probs"], hits, strict=True)]
 cam.overlay_grid(ex["images"], ex["maps"], ex["boxes"], titles, ncols=4)
 
@@ -158,7 +158,7 @@ for name in ("layer3", "layer2"):
     summaries[f"Grad-CAM {name}"] = cam.cam_run(
         run, "val", n_overlays=0, method="gradcam", layer=name, tag=f"gradcam_{name}"
     )
-cam.localisation_table(summaries)
+localisation.localisation_table(summaries)
 
 # %% [markdown]
 # ## What "looks in the right place" means, and what it does not

@@ -10,10 +10,9 @@ and scaled to [0, 1]; they differ only in how the channel weights are found:
   means of the target's gradient. On the last layer of a GAP + linear head it equals `cam`.
 
 "What to explain" is a target object (`BinaryLogitTarget`), kept apart from "how". Maps in
-[0, 1] are kept apart from drawing (`overlay`, `save_overlays`). Localisation against the
-expert boxes: `pointing_game`, `energy_in_box`, and `box_area_fraction`, the chance level of
-both; `localisation_scores` per image and `summarize_localisation` with bootstrap CIs.
-`cam_run` does all of it for a trained run folder (`python -m pneumolib cam --run RUN`).
+[0, 1] are kept apart from drawing (`overlay`, `save_overlays`) and from scoring them against
+the expert boxes (`pneumolib.localisation`). `cam_run` does all of it for a trained run
+folder (`python -m pneumolib cam --run RUN`).
 """
 
 from __future__ import annotations
@@ -30,12 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pneumolib.localisation import (
+    Boxes,
+    as_numpy,
+    format_localisation,
+    localisation_scores,
+    parse_boxes,
+    scale_boxes,
+    summarize_localisation,
+)
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-Box = Sequence[float]  # [x, y, w, h] in image pixels
-Boxes = Sequence[Box]  # all boxes of one image
 
 
 # --- what to explain ----------------------------------------------------------------
@@ -280,134 +286,6 @@ def grad_cam(
     return maps, torch.sigmoid(logits[:, 0].detach().float())
 
 
-# --- localisation against the expert boxes -----------------------------------------------
-
-
-def _as_numpy(maps: Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(maps, Tensor):
-        maps = maps.detach().float().cpu().numpy()
-    maps = np.asarray(maps, dtype=np.float64)
-    if maps.ndim != 3:
-        raise ValueError(f"maps: expected shape (B, H, W), got {maps.shape}")
-    return maps
-
-
-def _parse_boxes(boxes: Boxes | str) -> list[list[float]]:
-    """One image's boxes; a JSON string (as stored in the cache's index.csv) is parsed."""
-    if isinstance(boxes, str):
-        boxes = json.loads(boxes) if boxes.strip() else []
-    out = [list(map(float, b)) for b in boxes]
-    if any(len(b) != 4 for b in out):
-        raise ValueError(f"boxes: expected [x, y, w, h] entries, got {boxes}")
-    return out
-
-
-def scale_boxes(boxes: Boxes | str, factor: float) -> list[list[float]]:
-    """Boxes [x, y, w, h] multiplied by `factor` (e.g. model input size / cache size)."""
-    return [[v * factor for v in b] for b in _parse_boxes(boxes)]
-
-
-def box_mask(boxes: Boxes | str, height: int, width: int) -> np.ndarray:
-    """Union of the boxes as a bool mask (H, W); a pixel is inside when its centre is."""
-    mask = np.zeros((height, width), dtype=bool)
-    rows = np.arange(height) + 0.5
-    cols = np.arange(width) + 0.5
-    for x, y, w, h in _parse_boxes(boxes):
-        inside_r = (rows >= y) & (rows < y + h)
-        inside_c = (cols >= x) & (cols < x + w)
-        mask |= inside_r[:, None] & inside_c[None, :]
-    return mask
-
-
-def _check_batch(maps: np.ndarray, boxes: Sequence[Boxes | str]) -> None:
-    if len(boxes) != len(maps):
-        raise ValueError(f"boxes: got {len(boxes)} lists of boxes for {len(maps)} maps")
-
-
-def pointing_game(maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]) -> np.ndarray:
-    """Hit (B,) bool: the map's maximum lies inside one of the image's boxes. A map with no
-    maximum (constant, e.g. all zero) points nowhere and counts as a miss."""
-    maps = _as_numpy(maps)
-    _check_batch(maps, boxes)
-    hits = np.zeros(len(maps), dtype=bool)
-    for i, (m, b) in enumerate(zip(maps, boxes, strict=True)):
-        if m.max() <= m.min():
-            continue
-        r, c = np.unravel_index(np.argmax(m), m.shape)
-        hits[i] = box_mask(b, *m.shape)[r, c]
-    return hits
-
-
-def energy_in_box(maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]) -> np.ndarray:
-    """Share (B,) of each map's total mass inside the union of its boxes; 0 for an all-zero
-    map (no evidence anywhere is no evidence in the box)."""
-    maps = _as_numpy(maps)
-    _check_batch(maps, boxes)
-    out = np.zeros(len(maps))
-    for i, (m, b) in enumerate(zip(maps, boxes, strict=True)):
-        m = np.clip(m, 0, None)
-        total = m.sum()
-        if total > 0:
-            out[i] = m[box_mask(b, *m.shape)].sum() / total
-    return out
-
-
-def box_area_fraction(boxes: Sequence[Boxes | str], height: int, width: int) -> np.ndarray:
-    """Share (B,) of the image covered by the union of its boxes: the chance level of both
-    the pointing game (a random point) and energy-in-box (a uniform map)."""
-    return np.array([box_mask(b, height, width).mean() for b in boxes], dtype=np.float64)
-
-
-def localisation_scores(
-    patient_ids: Sequence[str], maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]
-) -> pd.DataFrame:
-    """Per-image scores for true positives: columns patientId, pointing_hit, energy_in_box,
-    box_area_fraction. maps (B, H, W); boxes in the maps' pixel coordinates."""
-    maps = _as_numpy(maps)
-    _check_batch(maps, boxes)
-    if len(patient_ids) != len(maps):
-        raise ValueError(f"patient_ids: got {len(patient_ids)} ids for {len(maps)} maps")
-    for pid, b in zip(patient_ids, boxes, strict=True):
-        if not _parse_boxes(b):
-            raise ValueError(f"boxes: patient {pid} has no box; score only images with boxes")
-    h, w = maps.shape[1:]
-    return pd.DataFrame(
-        {
-            "patientId": list(patient_ids),
-            "pointing_hit": pointing_game(maps, boxes),
-            "energy_in_box": energy_in_box(maps, boxes),
-            "box_area_fraction": box_area_fraction(boxes, h, w),
-        }
-    )
-
-
-def summarize_localisation(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Means with 95% percentile-bootstrap CIs (images resampled, seeded) of pointing_hit,
-    energy_in_box, box_area_fraction (chance) and the paired lifts over chance
-    (`pointing_lift` = hit - chance, `energy_lift` = energy - chance). Keys: n, then for each
-    quantity `<name>`, `<name>_ci_low`, `<name>_ci_high`; NaN when df is empty."""
-    values = {
-        "pointing_hit": df["pointing_hit"].to_numpy(dtype=np.float64),
-        "energy_in_box": df["energy_in_box"].to_numpy(dtype=np.float64),
-        "box_area_fraction": df["box_area_fraction"].to_numpy(dtype=np.float64),
-    }
-    values["pointing_lift"] = values["pointing_hit"] - values["box_area_fraction"]
-    values["energy_lift"] = values["energy_in_box"] - values["box_area_fraction"]
-    n = len(df)
-    out: dict[str, float | int] = {"n": n}
-    # One set of resampled indices for every quantity, so the lifts stay paired.
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n)) if n else None
-    for name, v in values.items():
-        if idx is None:
-            out[name] = out[f"{name}_ci_low"] = out[f"{name}_ci_high"] = float("nan")
-            continue
-        boot = v[idx].mean(axis=1)
-        out[name] = float(v.mean())
-        out[f"{name}_ci_low"] = float(np.percentile(boot, 2.5))
-        out[f"{name}_ci_high"] = float(np.percentile(boot, 97.5))
-    return out
-
-
 # --- drawing --------------------------------------------------------------------------
 
 
@@ -440,7 +318,7 @@ def overlay(
         ax = fig.add_subplot()
     ax.imshow(image, cmap="gray")
     ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
-    for x, y, w, h in _parse_boxes(boxes):
+    for x, y, w, h in parse_boxes(boxes):
         ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="lime", linewidth=1.5))
     ax.set_axis_off()
     if title:
@@ -459,7 +337,7 @@ def overlay_grid(
     """Overlays of N images in one figure, `ncols` per row (for notebooks and reports)."""
     from matplotlib.figure import Figure
 
-    maps = _as_numpy(maps)
+    maps = as_numpy(maps)
     n = len(maps)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
@@ -485,7 +363,7 @@ def save_overlays(
 ) -> list[Path]:
     """One PNG per image, `out_dir/<name>.png`, titled with the name and probability.
     Each file is written under a temporary name and renamed, so none is ever half-written."""
-    maps = _as_numpy(maps)
+    maps = as_numpy(maps)
     if not (len(names) == len(images) == len(maps) == len(boxes)):
         raise ValueError(
             f"save_overlays: names/images/maps/boxes lengths differ: "
@@ -785,33 +663,3 @@ def _write_overlay_folder(out: Path, kept: dict[str, list]) -> None:
             save_overlays(tmp, names, images, np.stack(maps), boxes, np.asarray(probs))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-
-
-def format_localisation(s: dict[str, Any]) -> str:
-    """One line: pointing game and energy-in-box with CIs, against their chance level."""
-
-    def ci(name: str) -> str:
-        return f"{s[name]:.2f} [{s[name + '_ci_low']:.2f}, {s[name + '_ci_high']:.2f}]"
-
-    return (
-        f"{s['method']} {s['layer']} {s['split']} ({s['n']} true positives): pointing game "
-        f"{ci('pointing_hit')} vs chance {s['box_area_fraction']:.2f}; energy in box "
-        f"{ci('energy_in_box')} vs chance {ci('box_area_fraction')}"
-    )
-
-
-def localisation_table(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per named `cam_run` summary: n, pointing game, energy in box and their chance
-    level (the box area fraction), each value followed by its 95% CI as "[low, high]"."""
-    rows = {}
-    for name, s in summaries.items():
-        row: dict[str, Any] = {"n": s["n"]}
-        for key, label in (
-            ("pointing_hit", "pointing game"),
-            ("energy_in_box", "energy in box"),
-            ("box_area_fraction", "chance (box area)"),
-        ):
-            row[label] = round(float(s[key]), 3)
-            row[f"{label} 95% CI"] = f"[{s[key + '_ci_low']:.2f}, {s[key + '_ci_high']:.2f}]"
-        rows[name] = row
-    return pd.DataFrame.from_dict(rows, orient="index")

@@ -88,7 +88,7 @@ def _fmt(x: object) -> str:
 
 
 def _report(cfg, summary, metrics, loc, table, times, run: Path, out: Path) -> str:
-    from pneumolib.cam import localisation_table
+    from pneumolib.localisation import localisation_table
 
     hist = summary["history"]
     test = metrics["test"]
