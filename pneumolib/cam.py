@@ -540,6 +540,7 @@ def cam_run(
     threshold: float = POSITIVE_THRESHOLD,
     n_errors: int = 4,
     n_boot: int = 1000,
+    tolerance: float = 0.0,
     device: str = "auto",
     cache: str | Path | None = None,
     tag: str = "",
@@ -560,6 +561,8 @@ def cam_run(
     Boxes come from the cache index (cache pixels), scaled to the input size. A `tag` (e.g.
     "gradcam_layer3") names a variant's files `cam_<split>_<tag>.*`, leaving the default ones.
     `cache` overrides the run's cache folder, `checkpoint` the file in RUN (e.g. "last.pt").
+    `tolerance` (pixels at the input size) lets the pointing game count a peak that near a
+    box as a hit (`localisation.pointing_game`); 0, the default, demands it inside.
     Returns the summary and prints it in one line.
     """
     from pneumolib.data import read_index, read_stats
@@ -615,7 +618,9 @@ def cam_run(
         if tp.any():
             ids = rows["patientId"].to_numpy()[tp].tolist()
             frames.append(
-                localisation_scores(ids, b["maps"][tp], [boxes[i] for i in np.flatnonzero(tp)])
+                localisation_scores(
+                    ids, b["maps"][tp], [boxes[i] for i in np.flatnonzero(tp)], tolerance
+                )
             )
         for kind, mask in {"tp": tp, "fn": kinds["fn"], "fp": kinds["fp"]}.items():
             for i in np.flatnonzero(mask)[: max(0, limits[kind] - len(kept[kind]))]:
@@ -631,6 +636,7 @@ def cam_run(
         "method": method,
         "layer": layer or _default_layer(_unwrap(model), None),
         "threshold": threshold,
+        "tolerance": tolerance,
         "n_images": len(index),
         "n_true_positives": counts["tp"],
         "n_false_negatives": counts["fn"],

@@ -66,9 +66,23 @@ def _check_batch(maps: np.ndarray, boxes: Sequence[Boxes | str]) -> None:
         raise ValueError(f"boxes: got {len(boxes)} lists of boxes for {len(maps)} maps")
 
 
-def pointing_game(maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]) -> np.ndarray:
-    """Hit (B,) bool: the map's maximum lies inside one of the image's boxes. A map with no
-    maximum (constant, e.g. all zero) points nowhere and counts as a miss."""
+def box_distance(boxes: Boxes | str, x: float, y: float) -> float:
+    """Distance in pixels from the point (x, y) to the nearest box; 0 inside one, inf if none."""
+    best = np.inf
+    for bx, by, bw, bh in parse_boxes(boxes):
+        dx = max(bx - x, 0.0, x - (bx + bw))
+        dy = max(by - y, 0.0, y - (by + bh))
+        best = min(best, float(np.hypot(dx, dy)))
+    return best
+
+
+def pointing_game(
+    maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str], tolerance: float = 0.0
+) -> np.ndarray:
+    """Hit (B,) bool: the map's maximum lies inside one of the image's boxes, or with
+    `tolerance` > 0 within that many pixels of one (Zhang et al. 2018 allow 15 px at their
+    input size: the peak of a coarse map is only known to within a cell). A map with no maximum
+    (constant, e.g. all zero) points nowhere and counts as a miss."""
     maps = as_numpy(maps)
     _check_batch(maps, boxes)
     hits = np.zeros(len(maps), dtype=bool)
@@ -76,7 +90,10 @@ def pointing_game(maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]) -> np
         if m.max() <= m.min():
             continue
         r, c = np.unravel_index(np.argmax(m), m.shape)
-        hits[i] = box_mask(b, *m.shape)[r, c]
+        if tolerance > 0:
+            hits[i] = box_distance(b, c + 0.5, r + 0.5) <= tolerance  # from the pixel's centre
+        else:
+            hits[i] = box_mask(b, *m.shape)[r, c]
     return hits
 
 
@@ -101,10 +118,14 @@ def box_area_fraction(boxes: Sequence[Boxes | str], height: int, width: int) -> 
 
 
 def localisation_scores(
-    patient_ids: Sequence[str], maps: Tensor | np.ndarray, boxes: Sequence[Boxes | str]
+    patient_ids: Sequence[str],
+    maps: Tensor | np.ndarray,
+    boxes: Sequence[Boxes | str],
+    tolerance: float = 0.0,
 ) -> pd.DataFrame:
     """Per-image scores for true positives: columns patientId, pointing_hit, energy_in_box,
-    box_area_fraction. maps (B, H, W); boxes in the maps' pixel coordinates."""
+    box_area_fraction. maps (B, H, W); boxes in the maps' pixel coordinates; `tolerance` is the
+    pointing game's, in pixels (0: the peak must lie inside a box)."""
     maps = as_numpy(maps)
     _check_batch(maps, boxes)
     if len(patient_ids) != len(maps):
@@ -116,7 +137,7 @@ def localisation_scores(
     return pd.DataFrame(
         {
             "patientId": list(patient_ids),
-            "pointing_hit": pointing_game(maps, boxes),
+            "pointing_hit": pointing_game(maps, boxes, tolerance),
             "energy_in_box": energy_in_box(maps, boxes),
             "box_area_fraction": box_area_fraction(boxes, h, w),
         }

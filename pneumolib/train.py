@@ -313,7 +313,7 @@ def fit(
     policy = AugmentPolicy.from_config(cfg)
     gpu_warp = device.type == "cuda" and cfg.gpu_augment
     # On the CPU, intensity and normalisation become one lookup table per image (made in the
-    # workers, applied by cv2.LUT); on a GPU they are a few fused-size ops on the device.
+    # workers, applied by cv2.LUT); on a GPU, uint8 crosses and `to_model_input` runs there.
     normalise = (stats["mean"], stats["std"]) if device.type == "cpu" else None
     train_loader = make_loader(
         cfg.cache,

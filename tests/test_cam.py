@@ -328,20 +328,35 @@ def test_grad_cam_variant_is_written_beside_the_default(demo_run):
 # The acceptance criterion: pointing game >= 0.8 on the demo positives after demo training.
 # Measured with Grad-CAM on layer2 (16x16 at 128 px): CAM on layer4 is a 4x4 grid on which even
 # a perfect map hits only ~2/3 of the 15-25 px demo boxes. Val and test true positives are
-# pooled (~32 images; one miss moves the score by ~0.03). Runs of this fixture over training
-# seeds 0-6 scored 0.88-1.00 (after 12 epochs, before the preset trained 20: 0.47-1.00).
+# pooled (~32 images; one miss moves the score by ~0.03). This recipe over training seeds 0-9
+# scored 0.97 1.00 0.90 0.94 0.91 1.00 0.88 0.97 0.59 0.88 (after 12 epochs, before the preset
+# trained 20: 0.47-1.00). Seed 8's misses all peaked 1-6 px outside a box, within one 8 px
+# layer2 cell; with the pointing game's usual tolerance (Zhang et al.: 15 px at 224, here
+# 8.6 px) all ten seeds scored 0.94-1.00. This fixture is seed 0; if a numerical change ever
+# drops the strict score, the tolerant one tells a map that drifted off the lesion (fail)
+# from a peak on its edge.
 def test_grad_cam_points_into_the_boxes_on_demo_positives(demo_run):
     from pneumolib.cam import cam_run
 
-    frames = []
-    for split in ("val", "test"):
-        cam_run(demo_run.out, split, 0, "gradcam", layer="layer2", tag="gc2", progress=False)
-        frames.append(pd.read_csv(f"{demo_run.out}/cam_{split}_gc2.csv"))
-    df = pd.concat(frames)
+    tolerance = 15 * demo_run.image_size / 224
+    scores = {}
+    for tol, tag in ((0.0, "gc2"), (tolerance, "gc2tol")):
+        frames = []
+        for split in ("val", "test"):
+            kw = {"layer": "layer2", "tag": tag, "tolerance": tol, "progress": False}
+            s = cam_run(demo_run.out, split, 0, "gradcam", **kw)
+            assert s["tolerance"] == tol
+            frames.append(pd.read_csv(f"{demo_run.out}/cam_{split}_{tag}.csv"))
+        scores[tag] = pd.concat(frames)
+    df = scores["gc2"]
     assert len(df) >= 20
     chance = df.box_area_fraction.mean()
     assert df.pointing_hit.mean() >= 0.8, (df.pointing_hit.mean(), chance)
     assert df.energy_in_box.mean() > 3 * chance, (df.energy_in_box.mean(), chance)
+    assert scores["gc2tol"].pointing_hit.mean() >= 0.9
+    tolerant, strict = scores["gc2tol"], df  # same images in the same order
+    assert (tolerant.patientId.to_numpy() == strict.patientId.to_numpy()).all()
+    assert (tolerant.pointing_hit.to_numpy() >= strict.pointing_hit.to_numpy()).all()
 
 
 def test_cam_command_line(demo_run, capsys):

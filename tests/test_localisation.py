@@ -8,6 +8,7 @@ import torch
 
 from pneumolib.localisation import (
     box_area_fraction,
+    box_distance,
     box_mask,
     energy_in_box,
     localisation_scores,
@@ -37,6 +38,22 @@ def test_pointing_energy_and_area_known_values():
     np.testing.assert_allclose(energy_in_box(maps, boxes), [1.0, 0.5 / 1.5, 0.09])
     np.testing.assert_allclose(box_area_fraction(boxes, 10, 10), [0.09] * 3)
     np.testing.assert_allclose(energy_in_box(np.zeros((1, 10, 10)), boxes[:1]), [0.0])
+
+
+def test_pointing_tolerance_counts_near_misses_by_distance():
+    maps = np.zeros((3, 20, 20))
+    maps[0, 5, 9] = 1.0  # centre (9.5, 5.5): 1.5 px right of the box [2, 2, 6, 6]
+    maps[1, 12, 12] = 1.0  # centre (12.5, 12.5): 4.5 px right, 4.5 px below: 6.36 px away
+    maps[2, 4, 4] = 1.0  # inside
+    boxes = [[[2, 2, 6, 6]]] * 3
+    assert pointing_game(maps, boxes).tolist() == [False, False, True]
+    assert pointing_game(maps, boxes, tolerance=0.0).tolist() == [False, False, True]
+    assert pointing_game(maps, boxes, tolerance=1.5).tolist() == [True, False, True]
+    assert pointing_game(maps, boxes, tolerance=6.4).tolist() == [True, True, True]
+    assert box_distance("[[2, 2, 6, 6]]", 12.5, 12.5) == pytest.approx(4.5 * 2**0.5)
+    assert box_distance([], 0, 0) == np.inf
+    df = localisation_scores(["a", "b", "c"], maps, boxes, tolerance=1.5)
+    assert df["pointing_hit"].tolist() == [True, False, True]
 
 
 def test_localisation_table_and_summary():
