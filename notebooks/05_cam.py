@@ -27,8 +27,9 @@
 # 4. read the localisation table, with confidence intervals and chance levels.
 #
 # The same from a terminal: `python -m pneumolib cam --run RUN [--split test] [--method
-# gradcam]` writes `RUN/cam_<split>.csv`, `RUN/cam_<split>.json` and overlays in
-# `RUN/figures/cam_<split>/`.
+# gradcam --layer layer2] [--tolerance PX] [--tag NAME]` writes `RUN/cam_<split>.csv`,
+# `RUN/cam_<split>.json` and overlays in `RUN/figures/cam_<split>/` (`cam_<split>_NAME.*`
+# with a tag).
 
 # %%
 # Install the package inside Colab only (see notebook 00).

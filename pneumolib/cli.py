@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--n", type=int, default=16, help="overlays to draw")
     p.add_argument("--method", default="cam", choices=["cam", "gradcam"])
+    p.add_argument("--layer", default=None, help="Grad-CAM layer, e.g. layer2 (default: last)")
+    p.add_argument(
+        "--tolerance", type=float, default=0.0, help="pointing-game tolerance, px (default 0)"
+    )
+    p.add_argument("--tag", default="", help="name the output files cam_<split>_<tag>.*")
 
     p = sub.add_parser("predict", help="score DICOM/PNG/JPEG files with a checkpoint")
     p.add_argument("--checkpoint", required=True)
@@ -184,7 +189,15 @@ def run(argv: list[str] | None = None) -> int:
     elif cmd == "cam":
         from pneumolib.cam import cam_run
 
-        cam_run(args.run, args.split, n_overlays=args.n, method=args.method)
+        cam_run(
+            args.run,
+            args.split,
+            n_overlays=args.n,
+            method=args.method,
+            layer=args.layer,
+            tolerance=args.tolerance,
+            tag=args.tag,
+        )
     elif cmd == "predict":
         from pneumolib.predict import predict_cli
 

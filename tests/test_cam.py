@@ -360,11 +360,18 @@ def test_grad_cam_points_into_the_boxes_on_demo_positives(demo_run):
 
 
 def test_cam_command_line(demo_run, capsys):
+    import json
+    from pathlib import Path
+
     from pneumolib.cli import main
 
     assert main(["cam", "--run", demo_run.out, "--split", "test", "--n", "1"]) == 0
     assert "test" in capsys.readouterr().out
     assert (pd.read_csv(f"{demo_run.out}/cam_test.csv").columns[0]) == "patientId"
+    args = ["--method", "gradcam", "--layer", "layer2", "--tolerance", "8.5", "--tag", "cli"]
+    assert main(["cam", "--run", demo_run.out, "--split", "test", "--n", "0", *args]) == 0
+    saved = json.loads(Path(demo_run.out, "cam_test_cli.json").read_text())
+    assert (saved["method"], saved["layer"], saved["tolerance"]) == ("gradcam", "net.layer2", 8.5)
 
 
 def test_cam_run_refuses_bad_input(tmp_path):
