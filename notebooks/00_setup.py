@@ -93,7 +93,7 @@ print(colab.gpu_report())
 # folder the later notebooks use.
 
 # %%
-raw = colab.fetch_data(paths, profile, demo_n=300, demo_size=256)
+raw = colab.fetch_data(paths, profile)  # demo: colab.DEMO_DATA (300 DICOMs, 256 px)
 
 # %% [markdown]
 # ## Verify

@@ -73,7 +73,7 @@ colab.mount_drive(paths.drive)
 profile = colab.choose_profile(paths)
 cfg = colab.config_for(profile, paths)
 if profile == "demo":
-    make_demo_data(paths.raw_demo, n=300, size=256, seed=0)
+    make_demo_data(paths.raw_demo, **colab.DEMO_DATA)
 print(f"raw: {cfg.raw}\ncache: {cfg.cache} ({cfg.cache_size} px)")
 
 # %% [markdown]

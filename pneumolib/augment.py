@@ -272,7 +272,7 @@ def apply_luts(images: np.ndarray, luts: np.ndarray) -> np.ndarray:
             f"{images.shape} and {luts.shape}"
         )
     out = np.empty((len(images), 1, *images.shape[1:]), np.float32)
-    for i, (img, lut) in enumerate(zip(images, luts.astype(np.float32), strict=True)):
+    for i, (img, lut) in enumerate(zip(images, luts.astype(np.float32, copy=False), strict=True)):
         cv2.LUT(img, lut, dst=out[i, 0])
     return out
 

@@ -39,6 +39,7 @@ N_LABEL_ROWS = 30_227  # one row per box; negatives have one row with an empty b
 MARKER = ".pneumolib_complete.json"  # provenance of a download, written before the final rename
 DRIVE_FOLDER = "pneumolib"  # under MyDrive
 CACHE_FILES = ("images.npy", "index.csv", "stats.json")  # a complete cache (preprocess)
+DEMO_DATA = {"n": 300, "size": 256, "seed": 0}  # the demo folder every notebook uses
 
 
 @dataclass
@@ -415,9 +416,9 @@ def fetch_data(
     paths: Paths,
     profile: str,
     *,
-    demo_n: int = 300,
-    demo_size: int = 256,
-    seed: int = 0,
+    demo_n: int = DEMO_DATA["n"],
+    demo_size: int = DEMO_DATA["size"],
+    seed: int = DEMO_DATA["seed"],
     competition: str = COMPETITION,
     expect_full: bool = True,
 ) -> Path:
@@ -453,9 +454,9 @@ def format_counts(counts: dict[str, int]) -> str:
 def setup(
     paths: Paths | None = None,
     *,
-    demo_n: int = 300,
-    demo_size: int = 256,
-    seed: int = 0,
+    demo_n: int = DEMO_DATA["n"],
+    demo_size: int = DEMO_DATA["size"],
+    seed: int = DEMO_DATA["seed"],
     competition: str = COMPETITION,
     expect_full: bool = True,
 ) -> SetupResult:
@@ -487,8 +488,6 @@ def setup(
 
 
 # --- what the later notebooks need before they start -------------------------------------
-
-DEMO_DATA = {"n": 300, "size": 256, "seed": 0}  # the demo folder notebook 00 makes
 
 
 def ensure_cache(cfg: Config, profile: str) -> Path:

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pneumolib.augment import augment_batch_cpu, batch_rng, intensity_luts
+
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
@@ -277,8 +279,6 @@ class CacheBatches(torch.utils.data.Dataset):
         return len(self.rows)
 
     def __getitem__(self, key: tuple[int, int, np.ndarray]) -> dict:
-        from pneumolib.augment import augment_batch_cpu, batch_rng, intensity_luts
-
         epoch, b, pos = key
         if self._images is None:
             self._images = open_images(self.cache)
@@ -351,7 +351,7 @@ def make_loader(
         train,
         seed,
         warp_in_worker,
-        normalise if warp_in_worker else None,
+        normalise,
     )
     workers = default_workers(workers)
     return torch.utils.data.DataLoader(
