@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -69,10 +74,11 @@ print(paths.describe(profile))
 # %% [markdown]
 # ## Google Drive
 #
-# Mounted only inside Colab; Colab asks you to allow access the first time.
+# Mounted only inside Colab; Colab asks you to allow access the first time. Outside Colab
+# the cell says that it skipped the mount.
 
 # %%
-colab.mount_drive(paths.drive)
+mounted = colab.mount_drive(paths.drive)  # True where Drive was mounted
 
 # %% [markdown]
 # ## GPU
@@ -100,11 +106,16 @@ raw = colab.fetch_data(paths, profile)  # demo: colab.DEMO_DATA (300 DICOMs, 256
 #
 # The layout the rest of the series reads, and its counts. The full data has 26,684 training
 # DICOMs and 30,227 label rows (one per box) for 26,684 patients, 6,012 of them positive.
+# `test_dicoms` counts Kaggle's unlabelled test images (`stage_2_test_images/`): the series
+# does not use them (its val and test splits are made from the labelled training images),
+# and the demo data has none. The last line says so, and whether `kaggle.json` is needed
+# (only the `rsna` profile reads it; its content is never printed).
 
 # %%
 counts = colab.verify_layout(raw, expect_full=(profile == "rsna"))
 print(f"{profile} data at {raw}")
 print(colab.format_counts(counts))
+print(colab.counts_note(counts, profile, paths))
 
 # %% [markdown]
 # ## Next

@@ -59,7 +59,9 @@ class Paths:
         """The folders `profile` uses as aligned `name: path` lines, for printing."""
         cfg = config_for(profile, self)
         rows = {"raw": cfg.raw, "cache": cfg.cache, "runs": Path(cfg.out).parent}
-        rows["kaggle.json"] = self.kaggle_json
+        rows["kaggle.json"] = f"{self.kaggle_json}" + (
+            " (not used by the demo profile)" if profile == "demo" else ""
+        )
         if self.drive is not None:
             rows["drive"] = self.drive
         return "\n".join(f"{k:>11}: {v}" for k, v in rows.items())
@@ -451,6 +453,19 @@ def format_counts(counts: dict[str, int]) -> str:
     return "\n".join(f"{k:>17}: {v:,}" for k, v in counts.items())
 
 
+def counts_note(counts: dict[str, int], profile: str, paths: Paths) -> str:
+    """One line that explains `test_dicoms` and kaggle.json for `profile` (paths only, never
+    the token's content)."""
+    test = (
+        f"test_dicoms {counts.get('test_dicoms', 0):,}: Kaggle's unlabelled "
+        f"{TEST_DIR}/ (the demo has none) is not used; the val and test splits come from "
+        "the labelled training images"
+    )
+    if profile == "demo":
+        return f"{test}. kaggle.json ({paths.kaggle_json}) is needed only for the rsna profile."
+    return f"{test}. kaggle.json ({paths.kaggle_json}) is read only to download the data."
+
+
 def setup(
     paths: Paths | None = None,
     *,
@@ -483,7 +498,7 @@ def setup(
         expect_full=expect_full,
     )
     counts = verify_layout(raw, expect_full=expect_full and profile == "rsna")
-    print(f"verified {raw}:\n{format_counts(counts)}")
+    print(f"verified {raw}:\n{format_counts(counts)}\n{counts_note(counts, profile, paths)}")
     return SetupResult(profile=profile, raw=raw, paths=paths, counts=counts)
 
 

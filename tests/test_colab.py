@@ -248,7 +248,22 @@ def test_outside_colab_falls_back_to_demo(kaggle_cli: Path, env: Path, monkeypat
     assert not paths.cache.exists() and not paths.raw.exists()  # demo writes under raw_demo only
     assert colab.choose_profile(paths) == "demo"
     assert colab.config_for("demo", paths).raw == str(paths.raw_demo)
-    assert str(paths.raw_demo) in paths.describe("demo") and "rsna" not in paths.describe("demo")
+    described = paths.describe("demo")
+    assert str(paths.raw_demo) in described and "rsna" not in described
+    assert "not used by the demo" in described.splitlines()[-1]  # kaggle.json: rsna only
+    assert result.counts["test_dicoms"] == 0
+    note = colab.counts_note(result.counts, "demo", paths)
+    assert "\n" not in note and colab.TEST_DIR in note and "only for the rsna profile" in note
+    assert note in out  # setup prints it after the counts
+
+
+def test_counts_note_names_the_token_file_never_its_content(env: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PNEUMOLIB_HOME", str(env / "work"))
+    paths = colab.default_paths()
+    paths.kaggle_json.parent.mkdir(parents=True)
+    _token(env).replace(paths.kaggle_json)
+    note = colab.counts_note({"test_dicoms": 3000}, "rsna", paths)
+    assert str(paths.kaggle_json) in note and "3,000" in note and KEY not in note
 
 
 def test_profile_is_rsna_where_only_the_cache_is_left(env: Path, monkeypatch, capsys) -> None:
