@@ -42,3 +42,13 @@ def test_ruff_clean():
         [sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True, cwd=ROOT
     )
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_notebook_extras_include_ipywidgets():
+    """tqdm.auto draws its bars as widgets in a notebook; without ipywidgets every notebook
+    shows a TqdmWarning ("IProgress not found")."""
+    import re
+
+    test_extra = re.search(r"^test = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S)
+    assert test_extra and '"ipywidgets' in test_extra.group(1)  # tomllib: Python >= 3.11 only
+    assert "ipywidgets" in (ROOT / "requirements-test.txt").read_text()
