@@ -9,9 +9,12 @@ efficiency = pipeline / model only: 1.0 means the input pipeline costs nothing.
 
 Usage: python benchmarks/train_step.py [--size 224] [--batch 256] [--steps 30]
        [--device auto|cpu|cuda] [--n N] [--workers -1] [--work DIR] [--cache CACHE]
+       [--model resnet18] [--compile]
 Defaults on CUDA: --size 224 --batch 256 --steps 30; on a CPU (small, minutes):
 --size 128 --batch 16 --steps 5. `--size 224 --batch 16 --steps 5` runs on 2 CPU cores in a
-couple of minutes.
+couple of minutes. `--compile` wraps the model in `torch.compile` for both measurements (the
+warm-up steps absorb the compilation). On CUDA the run also prints the peak GPU memory
+(`torch.cuda.max_memory_allocated`) over all its steps.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=-1, help="loader workers (-1: one per core)")
     ap.add_argument("--work", type=Path, default=None, help="folder for data (default: temp)")
     ap.add_argument("--cache", type=Path, default=None, help="use this cache instead")
+    ap.add_argument("--model", default="resnet18", help="torchvision architecture name")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -120,18 +125,19 @@ def main(argv: list[str] | None = None) -> int:
             normalise=normalise,
         )
 
-        model = build_model("resnet18", "finetune", "none").to(device)
+        model = build_model(args.model, "finetune", "none").to(device)
         channels_last = cuda and cfg.channels_last
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = make_optimizer(trainable_parameters(model), cfg)
+        net = torch.compile(model) if args.compile else model  # as train.fit does
         dtype = amp_dtype(device, cfg.amp)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         pw = torch.tensor([3.0], device=device)
 
         def train_step(x: torch.Tensor, y: torch.Tensor) -> int:
             opt.zero_grad(set_to_none=True)
-            accumulate_gradients(model, [(x, y)], len(y), pw, scaler, dtype)
+            accumulate_gradients(net, [(x, y)], len(y), pw, scaler, dtype)
             scaler.step(opt)
             scaler.update()
             return len(y)
@@ -154,16 +160,21 @@ def main(argv: list[str] | None = None) -> int:
             else f"CPU, {torch.get_num_threads()} threads"
         )
         print(
-            f"ResNet18, {size} px, batch {batch}, {steps} timed steps after {warmup}; {name}; "
-            f"amp {dtype}, channels_last {channels_last}, warp on "
-            f"{'GPU' if gpu_warp else f'CPU in {workers} workers'}; "
+            f"{args.model}, {size} px, batch {batch}, {steps} timed steps after {warmup}; "
+            f"{name}; amp {dtype}, channels_last {channels_last}, compile {args.compile}, "
+            f"warp on {'GPU' if gpu_warp else f'CPU in {workers} workers'}; "
             f"load average {os.getloadavg()[0]:.1f}"
         )
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         pipeline = timed(pipeline_step, steps, warmup, device)
         print(f"pipeline:   {pipeline:,.1f} img/s")
         full.close()  # stops the loader workers: the model alone gets every core
         model_only = timed(lambda: train_step(x0, y0), steps, warmup, device)
         print(f"model only: {model_only:,.1f} img/s")
+        if cuda:
+            peak = torch.cuda.max_memory_allocated(device)
+            print(f"peak GPU memory: {peak / 2**30:.2f} GiB (max_memory_allocated, both runs)")
         print(
             f"train_step: pipeline {pipeline:,.1f} img/s, model-only {model_only:,.1f} img/s, "
             f"efficiency {pipeline / model_only:.2f}"
