@@ -176,14 +176,26 @@ display(explore.box_heatmap_figure(heat, len(positives), background=mean_positiv
 #
 # The cache keeps the grey levels of the DICOMs as they were (0..255, bright = dense), only
 # resized. The same grey ramp is used for every image below, so differences in exposure and
-# contrast between images show as they are.
+# contrast between images show as they are. Every figure of the series colours the classes
+# the same way (`pneumolib.figures.CLASS_COLOURS`): pneumonia ("Lung Opacity", positive) red,
+# "Normal" and the negatives blue, "No Lung Opacity / Not Normal" purple.
 
 # %%
 display(explore.class_examples_figure(images, index, per_class=4))
 
 # %% [markdown]
 # The histograms pool the pixels of up to 500 images per class (a seeded sample); the right
-# panel shows how bright each image is on average, i.e. how much the exposure varies.
+# panel shows how bright each image is on average, i.e. how much the exposure varies, as one
+# outline per class over the same bins (they span the range of the means, not all of 0..255).
+#
+# Two spikes stand out in the pixel histogram. In the `demo` profile, the tall peak near grey
+# level **12** is the air around the body: the phantoms (`pneumolib.synth`) start from a
+# background of 12, which each film's exposure (x0.85 to x1.15) and the noise spread into a
+# narrow hump. The spike at **255** is saturation: down the spine, where the ribs and the heart
+# add to it, the phantom exceeds 255 and is clipped, so every brighter value lands on 255.
+# In real radiographs the dark peak is the air and the collimated border around the patient,
+# and a spike at 255 comes from burned-in markers and text and from regions clipped when the
+# DICOM was windowed to 8 bits.
 
 # %%
 display(explore.intensity_histograms_figure(images, index, by="class", max_per_group=500))
@@ -229,6 +241,7 @@ display(explore.mean_image_figure(means, reference="Normal"))
 # %% [markdown]
 # ## Next
 #
-# The cache is built and understood. Notebook 02 trains a first model on it: batches come
-# straight from `images.npy`, are augmented and z-scored with `stats.json`, and the split made
-# here decides which patients train, validate and test.
+# The cache is built and understood. Notebook 02 shows the augmentation every training batch
+# gets, and notebook 03 trains a first model on the cache: batches come straight from
+# `images.npy`, are augmented and z-scored with `stats.json`, and the split made here decides
+# which patients train, validate and test.

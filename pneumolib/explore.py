@@ -19,12 +19,15 @@ The five scalings take one uint8 (H, W) image and return float32 (H, W):
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pandas as pd
+
+from pneumolib.figures import class_colour
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -166,13 +169,13 @@ def _figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, 
 def _stacked_bars(ax, table: pd.DataFrame, title: str) -> None:
     """negative/positive stacked bars of a _by_target table, positive rate written on top."""
     x = np.arange(len(table))
-    ax.bar(x, table["negative"], label="negative", color="tab:blue")
-    ax.bar(x, table["positive"], bottom=table["negative"], label="positive", color="tab:red")
+    ax.bar(x, table["negative"], label="negative", color=class_colour("negative"))
+    pos = table["positive"]
+    ax.bar(x, pos, bottom=table["negative"], label="positive", color=class_colour("positive"))
     for i, (total, rate) in enumerate(zip(table["total"], table["positive_rate"], strict=True)):
         ax.text(i, total, f"{rate:.0%}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [str(v) for v in table.index])
-    ax.set_title(title)
-    ax.set_ylabel("patients")
+    ax.set(title=title, ylabel="patients")
     ax.legend(fontsize=8)
 
 
@@ -182,17 +185,15 @@ def overview_figure(index: pd.DataFrame) -> Figure:
     fig, axes = _figure(1, 4, (16, 3.8))
     ax = axes[0, 0]
     balance = tables["class_balance"]
-    ax.bar(balance.index, balance["count"], color=["tab:blue", "tab:red"])
+    ax.bar(balance.index, balance["count"], color=[class_colour(c) for c in balance.index])
     for i, (c, f) in enumerate(zip(balance["count"], balance["fraction"], strict=True)):
         ax.text(i, c, f"{c:,} ({f:.0%})", ha="center", va="bottom", fontsize=8)
-    ax.set_title("target")
-    ax.set_ylabel("patients")
+    ax.set(title="target", ylabel="patients")
     ax = axes[0, 1]
     classes = tables["classes"]
-    ax.barh(classes.index, classes["count"], color="tab:gray")
+    ax.barh(classes.index, classes["count"], color=[class_colour(c) for c in classes.index])
     ax.invert_yaxis()
-    ax.set_title("detailed class")
-    ax.set_xlabel("patients")
+    ax.set(title="detailed class", xlabel="patients")
     _stacked_bars(axes[0, 2], tables["view_target"], "view position x target")
     _stacked_bars(axes[0, 3], tables["split_target"], "split x target")
     return fig
@@ -206,10 +207,9 @@ def demographics_figure(index: pd.DataFrame) -> Figure:
     bins = np.arange(0, 101, 5)
     for t, name in TARGET_NAMES.items():
         a = age[index["target"] == t].dropna().clip(upper=100)
-        ax.hist(a, bins=bins, density=True, alpha=0.5, label=f"{name} (n={len(a):,})")
-    ax.set_xlabel("age, years (over 100 shown at 100)")
-    ax.set_ylabel("density")
-    ax.set_title("age")
+        label, colour = f"{name} (n={len(a):,})", class_colour(name)
+        ax.hist(a, bins=bins, density=True, histtype="step", lw=1.8, color=colour, label=label)
+    ax.set(xlabel="age, years (over 100 shown at 100)", ylabel="density", title="age")
     ax.legend(fontsize=8)
     _stacked_bars(axes[0, 1], dataset_overview(index)["sex_target"], "sex x target")
     return fig
@@ -235,18 +235,12 @@ def box_size_figure(index: pd.DataFrame, size: int) -> Figure:
     for view, group in boxes.groupby(boxes["view"].fillna("unknown")):
         ax.scatter(group["w"], group["h"], s=6, alpha=0.4, label=f"{view} ({len(group):,})")
     lim = min(float(size), 1.1 * float(max(boxes["w"].max(), boxes["h"].max(), 1.0)))
-    ax.set_xlim(0, lim)
-    ax.set_ylim(0, lim)
-    ax.set_aspect("equal")
-    ax.set_xlabel("width, px")
-    ax.set_ylabel("height, px")
+    ax.set(xlim=(0, lim), ylim=(0, lim), aspect="equal", xlabel="width, px", ylabel="height, px")
     ax.set_title(f"{len(boxes):,} boxes ({size} px images)")
     ax.legend(fontsize=8, title="view")
     ax = axes[0, 1]
     ax.hist(100 * boxes["area"] / size**2, bins=30, color="tab:red", alpha=0.7)
-    ax.set_xlabel("box area, % of the image")
-    ax.set_ylabel("boxes")
-    ax.set_title("box area")
+    ax.set(xlabel="box area, % of the image", ylabel="boxes", title="box area")
     return fig
 
 
@@ -319,7 +313,8 @@ def class_examples_figure(
             ax.imshow(images[int(row["row"])], cmap="gray", vmin=0, vmax=255)
             for x, y, w, h in _boxes(group.iloc[[pick[c]]])[0]:
                 ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="red", lw=1.2))
-            ax.set_title(f"{cls[:22]}\n{row['view']} {row['sex']} {row['age']}", fontsize=8)
+            name = textwrap.fill(cls, 18)  # "No Lung Opacity /\nNot Normal": never cut
+            ax.set_title(f"{name}\n{row['view']} {row['sex']} {row['age']}", fontsize=8)
     return fig
 
 
@@ -382,32 +377,39 @@ def intensity_histograms_figure(
     by: str = "class",
     max_per_group: int | None = 500,
     seed: int = 0,
+    bins: int | None = None,
 ) -> Figure:
     """Grey-level distribution per group (pixels, and per-image means) of raw cache images.
 
-    At most `max_per_group` images per group (a seeded sample). Two axes.
+    At most `max_per_group` images per group (a seeded sample). The per-image means are step
+    histograms with bins shared by all groups and spanning the means' own range (not 0..255,
+    where they would fill a handful of bins); `bins=None` gives 2 sqrt(n) of the smallest group,
+    10 to 40. Colours: `figures.CLASS_COLOURS`. 2 axes.
     """
     fig, axes = _figure(1, 2, (12, 3.8))
-    levels = np.arange(256)
-    for name, rows in _groups(index, by, max_per_group, seed).items():
-        counts = np.zeros(256, np.int64)
+    groups = _groups(index, by, max_per_group, seed)
+    counts, means = {}, {}
+    for name, rows in groups.items():
+        counts[name] = np.zeros(256, np.int64)
         per_image = []
         for part in _chunks(rows, 256):
             x = np.asarray(images[part])
-            counts += np.bincount(x.ravel(), minlength=256)
+            counts[name] += np.bincount(x.ravel(), minlength=256)
             per_image.append(x.mean(axis=(1, 2)))
-        axes[0, 0].plot(levels, counts / counts.sum(), label=f"{name} ({len(rows):,})", lw=1)
-        axes[0, 1].hist(
-            np.concatenate(per_image), bins=30, range=(0, 255), alpha=0.5, density=True, label=name
-        )
-    axes[0, 0].set_xlabel("grey level (uint8)")
-    axes[0, 0].set_ylabel("share of pixels")
-    axes[0, 0].set_title("pixel intensities")
-    axes[0, 0].legend(fontsize=8)
-    axes[0, 1].set_xlabel("mean grey level of an image")
-    axes[0, 1].set_ylabel("density")
-    axes[0, 1].set_title("exposure: per-image mean")
-    axes[0, 1].legend(fontsize=8)
+        means[name] = np.concatenate(per_image)
+    pooled = np.concatenate(list(means.values()))
+    smallest = min(len(m) for m in means.values())
+    bins = bins or int(np.clip(2 * np.sqrt(smallest), 10, 40))
+    edges = np.linspace(pooled.min() - 0.5, pooled.max() + 0.5, bins + 1)
+    for name, rows in groups.items():
+        label, colour = f"{name} ({len(rows):,})", class_colour(name)
+        axes[0, 0].plot(np.arange(256), counts[name] / counts[name].sum(), lw=1.2, color=colour)
+        axes[0, 1].hist(means[name], edges, density=True, histtype="step", lw=1.8, color=colour)
+        axes[0, 1].plot([], [], color=colour, lw=1.8, label=label)  # a line, not a box, in the key
+    axes[0, 0].set(xlabel="grey level (uint8)", ylabel="share of pixels", title="pixel intensities")
+    axes[0, 1].set(xlabel="mean grey level of an image", ylabel="density")
+    axes[0, 1].set_title(f"exposure: per-image mean ({bins} bins)")
+    fig.legend(*axes[0, 1].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     return fig
 
 

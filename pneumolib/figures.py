@@ -37,6 +37,26 @@ from pneumolib.augment import (
 
 Boxes = Sequence[Sequence[float]]  # [[x, y, w, h], ...] in pixels of the image they belong to
 
+# The one class -> colour mapping of every figure that colours classes (notebooks 01-06):
+# pneumonia red, the negatives blue ("Normal") and purple (another finding), unknown grey.
+CLASS_COLOURS = {
+    "positive": "tab:red",  # target 1
+    "negative": "tab:blue",  # target 0
+    "Lung Opacity": "tab:red",  # RSNA's detailed classes
+    "Normal": "tab:blue",
+    "No Lung Opacity / Not Normal": "tab:purple",
+    "pneumonia": "tab:red",  # metrics.CLASS_NAMES
+    "no pneumonia": "tab:blue",
+    "unknown": "tab:gray",
+}
+
+
+def class_colour(name: str | int) -> str:
+    """Colour of a class name, a target (0/1) or a metrics class name; grey when unknown."""
+    if not isinstance(name, str):
+        name = "positive" if int(name) == 1 else "negative"
+    return CLASS_COLOURS.get(name, CLASS_COLOURS["unknown"])
+
 
 # --- augmentation ------------------------------------------------------------------------
 

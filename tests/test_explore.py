@@ -201,3 +201,44 @@ def test_figures_have_the_expected_axes(cache) -> None:
     assert len(hist_ax.get_lines()) == n_classes  # one curve per class
     with pytest.raises(ValueError, match="reference"):
         explore.mean_image_figure(means, reference="nope")
+
+
+def test_class_titles_are_wrapped_not_cut(cache) -> None:
+    index, images, _ = cache
+    index = index.assign(**{"class": np.where(index.target == 1, "Lung Opacity", "")})
+    index.loc[index.target == 0, "class"] = "No Lung Opacity / Not Normal"
+    fig = explore.class_examples_figure(images, index, per_class=2)
+    titles = [" ".join(ax.get_title().splitlines()[:-1]) for ax in fig.axes if ax.get_title()]
+    assert "No Lung Opacity / Not Normal" in titles and "Lung Opacity" in titles
+
+
+def test_figures_colour_classes_with_the_one_mapping(cache) -> None:
+    from matplotlib.colors import to_rgba
+
+    from pneumolib.figures import CLASS_COLOURS
+
+    index, images, _ = cache
+    classes = sorted(index["class"].unique())
+    hist = explore.intensity_histograms_figure(images, index, max_per_group=20)
+    colours = [to_rgba(line.get_color()) for line in hist.axes[0].get_lines()]
+    assert colours == [to_rgba(CLASS_COLOURS[c]) for c in classes]
+    bars = explore.overview_figure(index).axes[0].patches  # target: negative, positive
+    assert [to_rgba(b.get_facecolor()) for b in bars] == [
+        to_rgba(CLASS_COLOURS["negative"]),
+        to_rgba(CLASS_COLOURS["positive"]),
+    ]
+
+
+def test_exposure_histogram_bins_span_the_per_image_means(cache) -> None:
+    index, images, _ = cache
+    fig = explore.intensity_histograms_figure(images, index, max_per_group=None)
+    ax = fig.axes[1]
+    means = np.asarray(images[index["row"].to_numpy()]).mean(axis=(1, 2))
+    steps = list(ax.patches)  # one step outline per class
+    assert len(steps) == index["class"].nunique()
+    xs = np.concatenate([p.get_xy()[:, 0] for p in steps])
+    assert xs.min() == pytest.approx(means.min() - 0.5) and xs.max() == pytest.approx(
+        means.max() + 0.5
+    )
+    n_bins = len(np.unique(xs)) - 1
+    assert n_bins >= 10 and f"({n_bins} bins)" in ax.get_title()
