@@ -107,7 +107,11 @@ figures.show_transforms(image, example.boxes, policy, cfg.image_size, seed=cfg.s
 # part of the image (here between `crop_scale_min` and 100% of its area, at a slightly
 # changed aspect ratio) and stretches it to the network input, which both zooms in and shifts;
 # **intensity** changes contrast and brightness about mid-grey, as different exposures do.
-# None flips left and right (`hflip=False`): the heart is on the left, and the network may use it.
+# The full-policy titles list every drawn parameter: tilt, zoom and crop on the first line,
+# the shift on the second, contrast and brightness on the third.
+# None flips left and right (`hflip=False`): the heart lies on the patient's left, which is
+# the right-hand side of the image (radiographs are shown as if facing the patient), and the
+# network may use that.
 
 # %% [markdown]
 # ## The policy on a training batch
@@ -163,17 +167,18 @@ print("train, next epoch, different draw:  ", not np.array_equal(tr1["images"], 
 # trainer warps whole batches with `torch.nn.functional.grid_sample` (float out). Both read
 # the same matrices; the only difference is OpenCV rounding its output to whole grey levels,
 # so they differ by at most about half a grey level. (Without a GPU the torch path runs on the
-# CPU: same code, same numbers.)
+# CPU: same code, same numbers; the figure names the device it ran on.) One call warps the
+# six images both ways; the printed numbers and the figure's title both come from it.
 
 # %%
 device = "cuda" if torch.cuda.is_available() else "cpu"
 agreement = figures.warp_agreement(sample, policy, cfg.image_size, seed=cfg.seed, device=device)
 print(
-    f"torch path on {device}: max difference {agreement['max']:.2f} grey levels, "
+    f"torch path on {agreement['device']}: max difference {agreement['max']:.2f} grey levels, "
     f"mean {agreement['mean']:.3f}, pixels off by more than 1: {agreement['frac_over_1']:.1%}, "
     f"same matrices: {agreement['same_matrices']}"
 )
-figures.compare_warps(image, policy, cfg.image_size, seed=cfg.seed)
+figures.compare_warps(agreement, index=0)
 
 # %% [markdown]
 # ## Next

@@ -2,7 +2,7 @@
 
 `show_transforms` draws what each augmentation does to one radiograph and its expert box,
 `show_policy_grid` the whole policy on several images, `compare_warps` the CPU (cv2) and the
-GPU-style (torch grid_sample) warp side by side; `plot_history` draws loss and AUC curves of
+torch (grid_sample, the GPU code) warp side by side; `plot_history` draws loss and AUC curves of
 one or more runs and `compare_runs` tabulates their best epochs, picked as the trainer picks
 best.pt. Every function returns a matplotlib Figure (or a DataFrame) and touches no pyplot
 global state, so a notebook shows it and a script saves it (`fig.savefig(path)`).
@@ -155,8 +155,14 @@ def _describe(name: str, params: dict, gain, bias, i: int, in_size: int) -> str:
         return f"contrast ×{gain[i]:.2f}, bright {bias[i]:+.2f}"
     if name == "flip":
         return "flipped" if params["flip"][i] else "not flipped"
+    # the full policy: every drawn parameter, geometry on the first line, the rest below
     w, h = params["crop"][i, 2:]
-    return f"{params['angle'][i]:+.1f}°, ×{params['scale'][i]:.2f}, crop {w * h / in_size**2:.0%}"
+    (dx, dy), flip = params["shift"][i], " flip" if params["flip"][i] else ""
+    line1 = f"{params['angle'][i]:+.1f}°, ×{params['scale'][i]:.2f}, crop {w * h / in_size**2:.0%}"
+    lines = [line1, f"shift {dx:+.1%}, {dy:+.1%}{flip}"]
+    if gain is not None:
+        lines.append(f"contrast ×{gain[i]:.2f}, bright {bias[i]:+.2f}")
+    return "\n".join(lines)
 
 
 def show_transforms(
@@ -225,45 +231,54 @@ def warp_agreement(
     out_size: int,
     seed: int = 0,
     device: str | torch.device = "cpu",
-) -> dict[str, float]:
-    """Warp uint8 (B, S, S) with the CPU path (cv2, uint8 out) and the GPU path (torch
-    grid_sample, float out, on `device`) from the same random stream. Returns the differences
-    in grey levels (0-255): max, mean, share of pixels off by more than 1; and whether both
-    paths drew the same matrices."""
+) -> dict:
+    """Warp uint8 (B, S, S) with the CPU path (cv2, uint8 out) and the torch path (grid_sample,
+    float out; the GPU code, run on `device`) from the same random stream.
+
+    Returns the differences in grey levels (0-255): max, mean, frac_over_1 (share of pixels off
+    by more than 1); same_matrices (both paths drew the same matrices); device (where the
+    torch path ran); cpu (uint8 (B, out, out)) and torch (float32 (B, out, out), grey levels),
+    which `compare_warps` draws.
+    """
     images = np.array(images, dtype=np.uint8)  # a writable copy: torch refuses a read-only map
+    device = torch.device(device)
     cpu = augment_batch_cpu(images, out_size, policy, batch_rng(seed, 0, 0), train=True)
-    gpu = augment_batch_torch(
+    tor = augment_batch_torch(
         torch.from_numpy(images).to(device), out_size, policy, batch_rng(seed, 0, 0), train=True
     )
-    diff = np.abs(cpu["images"].astype(np.float32) - gpu["images"][:, 0].cpu().numpy() * 255.0)
+    warped = tor["images"][:, 0].cpu().numpy() * 255.0
+    diff = np.abs(cpu["images"].astype(np.float32) - warped)
     return {
         "max": float(diff.max()),
         "mean": float(diff.mean()),
         "frac_over_1": float((diff > 1.0).mean()),
-        "same_matrices": bool(np.allclose(cpu["mats"], gpu["mats"])),
+        "same_matrices": bool(np.allclose(cpu["mats"], np.asarray(tor["mats"]))),
+        "device": device.type,
+        "cpu": cpu["images"],
+        "torch": warped.astype(np.float32),
     }
 
 
-def compare_warps(image: np.ndarray, policy: AugmentPolicy, out_size: int, seed: int = 0) -> Figure:
-    """cv2 warp, torch grid_sample warp and their difference for one random draw: 3 axes
-    (+ a colour bar). `image` uint8 (S, S)."""
-    batch = np.asarray(image, dtype=np.uint8)[None]
-    rng = batch_rng(seed, 0, 0)
-    cpu = augment_batch_cpu(batch, out_size, policy, rng, train=True)["images"][0]
-    gpu = augment_batch_torch(
-        torch.from_numpy(batch.copy()), out_size, policy, batch_rng(seed, 0, 0), True
-    )
-    g = gpu["images"][0, 0].numpy() * 255.0
-    diff = np.abs(cpu.astype(np.float32) - g)
-    fig = Figure(figsize=(9, 3.3), layout="constrained")
+def compare_warps(agreement: Mapping, index: int = 0) -> Figure:
+    """Image `index` of a `warp_agreement` result: the cv2 warp, the torch warp (labelled with
+    the device it ran on) and their difference; the title gives the numbers of the whole batch,
+    the same ones `warp_agreement` returned. 3 axes (+ a colour bar)."""
+    cpu, tor = agreement["cpu"][index], agreement["torch"][index]
+    diff = np.abs(cpu.astype(np.float32) - tor)
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
     axes = fig.subplots(1, 3)
-    _draw(axes[0], cpu, [], "CPU: cv2.warpAffine (uint8)")
-    _draw(axes[1], g / 255.0, [], "GPU path: grid_sample (float)")
+    _draw(axes[0], cpu, [], "CPU path: cv2.warpAffine (uint8)")
+    _draw(axes[1], tor / 255.0, [], f"torch path: grid_sample on {agreement['device']} (float)")
     im = axes[2].imshow(diff, cmap="magma", vmin=0, vmax=max(2.0, float(diff.max())))
     axes[2].set_xticks([])
     axes[2].set_yticks([])
-    axes[2].set_title(f"|difference|: max {diff.max():.2f}, mean {diff.mean():.3f}", fontsize=8)
+    axes[2].set_title(f"|difference|, image {index} of {len(agreement['cpu'])}", fontsize=8)
     fig.colorbar(im, ax=axes[2], shrink=0.8, label="grey levels")
+    fig.suptitle(
+        f"all {len(agreement['cpu'])} images: |difference| max {agreement['max']:.2f}, "
+        f"mean {agreement['mean']:.3f} grey levels",
+        fontsize=9,
+    )
     return fig
 
 

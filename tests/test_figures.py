@@ -90,6 +90,18 @@ def test_show_transforms_one_row_per_transform_plus_full_policy(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 1000
     flip = figures.show_transforms(_image(), BOX, AugmentPolicy(hflip=True), 32, n=2)
     assert len(flip.axes) == 7 * 3
+    full = fig.axes[4 * 5 + 1].get_title()  # the full policy names every drawn parameter
+    assert all(word in full for word in ("°", "×", "crop", "shift", "contrast", "bright"))
+
+
+def test_class_colour_is_one_mapping_for_names_targets_and_metrics_names():
+    from pneumolib.metrics import CLASS_NAMES
+
+    assert figures.class_colour(1) == figures.class_colour("positive") == "tab:red"
+    assert figures.class_colour(CLASS_NAMES[1]) == figures.class_colour("Lung Opacity")
+    assert figures.class_colour(np.int64(0)) == figures.class_colour(CLASS_NAMES[0])
+    assert figures.class_colour("Normal") != figures.class_colour("No Lung Opacity / Not Normal")
+    assert figures.class_colour("something else") == figures.CLASS_COLOURS["unknown"]
 
 
 def test_show_policy_grid_two_rows_and_checks_boxes(demo_cache, tmp_path):
@@ -110,8 +122,12 @@ def test_cpu_and_torch_warps_agree_to_rounding(demo_cache):
     assert res["same_matrices"]
     assert res["max"] <= 0.51  # cv2 rounds to whole grey levels; nothing else differs
     assert res["frac_over_1"] == 0.0
-    fig = figures.compare_warps(images[0], AugmentPolicy(), 56, seed=3)
+    assert res["device"] == "cpu" and res["cpu"].shape == res["torch"].shape == (8, 56, 56)
+    fig = figures.compare_warps(res, index=1)
     assert len(fig.axes) == 4  # cv2, grid_sample, difference, colour bar
+    assert "on cpu" in fig.axes[1].get_title() and "GPU" not in fig.axes[1].get_title()
+    # the title quotes the numbers warp_agreement returned: same input, one computation
+    assert f"max {res['max']:.2f}, mean {res['mean']:.3f}" in fig._suptitle.get_text()
 
 
 # --- training ----------------------------------------------------------------------------
