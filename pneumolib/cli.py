@@ -71,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--realism",
+        default="rsna",
+        choices=["rsna", "easy"],
+        help="rsna: as hard as the real task (default); easy: a crisp signal",
+    )
+    p.add_argument("--shortcut", action="store_true", help="burn a PORTABLE marker into AP films")
 
     p = sub.add_parser("preprocess", help="build the packed cache from an RSNA folder")
     p.add_argument("--raw", required=True)
@@ -155,8 +162,15 @@ def run(argv: list[str] | None = None) -> int:
     elif cmd == "make-demo-data":
         from pneumolib.synth import make_demo_data
 
-        out = make_demo_data(args.out, n=args.n, size=args.size, seed=args.seed)
-        print(f"demo data: {out} ({args.n} DICOMs of {args.size}x{args.size})")
+        out = make_demo_data(
+            args.out,
+            n=args.n,
+            size=args.size,
+            seed=args.seed,
+            realism=args.realism,
+            shortcut=args.shortcut,
+        )
+        print(f"demo data: {out} ({args.n} DICOMs of {args.size}x{args.size}, {args.realism})")
     elif cmd == "preprocess":
         from pneumolib.preprocess import build_cache
 

@@ -25,6 +25,8 @@ class Config:
     val_frac: float = 0.15  # stratified split: share of patients in val
     test_frac: float = 0.15  # stratified split: share of patients in test
 
+    label: str = "pneumonia"  # what the model learns: pneumonia (Target) | view (AP = 1, PA = 0)
+
     # --- model ----------------------------------------------------------------------
     model: str = "resnet18"  # torchvision architecture name
     mode: str = "finetune"  # finetune | feature-extraction | scratch

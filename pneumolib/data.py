@@ -178,6 +178,21 @@ def read_index(cache: str | Path) -> pd.DataFrame:
     return df
 
 
+LABELS = ("pneumonia", "view")  # what a model can learn from a cache (Config.label)
+
+
+def with_label(index: pd.DataFrame, label: str) -> pd.DataFrame:
+    """`index` with `target` set to what the model learns: "pneumonia" (the RSNA Target, as
+    read) or "view" (1 = AP, 0 = PA; a pretext task: the demo pre-trains on it)."""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}: choose one of {', '.join(LABELS)}")
+    if label == "pneumonia":
+        return index
+    if not index["view"].isin(["AP", "PA"]).all():
+        raise ValueError("label 'view' needs every image's view to be AP or PA")
+    return index.assign(target=(index["view"] == "AP").astype(int))
+
+
 def read_stats(cache: str | Path) -> dict:
     return json.loads((Path(cache) / "stats.json").read_text())
 

@@ -34,7 +34,7 @@ from pneumolib.augment import (
     to_model_input,
 )
 from pneumolib.config import Config
-from pneumolib.data import make_loader, read_index, read_stats
+from pneumolib.data import make_loader, read_index, read_stats, with_label
 from pneumolib.models import build_model, trainable_parameters
 
 # Fields that may differ when a run is resumed (they change speed or paths, not the result;
@@ -296,7 +296,7 @@ def fit(
     out = Path(cfg.out)
     seed_everything(cfg.seed, cfg.deterministic)
 
-    index, stats = read_index(cfg.cache), read_stats(cfg.cache)
+    index, stats = with_label(read_index(cfg.cache), cfg.label), read_stats(cfg.cache)
     train_idx = index[index.split == "train"].reset_index(drop=True)
     val_idx = index[index.split == "val"].reset_index(drop=True)
     if len(train_idx) == 0 or len(val_idx) == 0:

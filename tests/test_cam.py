@@ -258,7 +258,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     from pneumolib.train import fit
 
     d = tmp_path_factory.mktemp("cam_demo")
-    raw = make_demo_data(d / "raw", n=400, size=256, seed=3)
+    raw = make_demo_data(d / "raw", n=400, size=256, seed=3, realism="easy")  # crisp signal
     cache = build_cache(raw, d / "cache", size=128, workers=2, progress=False)
     cfg = demo_config(d, cache=str(cache), out=str(d / "run"), workers=0)
     fit(cfg, progress=False)

@@ -346,3 +346,16 @@ def test_balanced_loader_on_demo_cache(demo_cache: Path, index: pd.DataFrame) ->
         [torch.cat([b["target"] for b in batches(dl, e)]).numpy() for e in range(10)]
     )
     assert drawn.mean() == pytest.approx(0.5, abs=0.1)
+
+
+def test_with_label_view_is_a_pretext_target() -> None:
+    from pneumolib.data import with_label
+
+    index = pd.DataFrame({"target": [1, 0, 0, 1], "view": ["AP", "PA", "AP", "PA"]})
+    assert with_label(index, "pneumonia") is index
+    view = with_label(index, "view")
+    assert view.target.tolist() == [1, 0, 1, 0] and index.target.tolist() == [1, 0, 0, 1]
+    with pytest.raises(ValueError, match="unknown label 'sex'"):
+        with_label(index, "sex")
+    with pytest.raises(ValueError, match="AP or PA"):
+        with_label(index.assign(view=["AP", "", "PA", "PA"]), "view")

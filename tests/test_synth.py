@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pydicom
@@ -12,7 +13,14 @@ import pytest
 
 from pneumolib.data import load_labels
 from pneumolib.dicom import read_dicom
-from pneumolib.synth import make_demo_data, phantom
+from pneumolib.synth import (
+    REALISM,
+    as_realism,
+    make_demo_data,
+    marker_box,
+    phantom,
+    read_truth,
+)
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 IMAGES, LABELS, CLASSES = (
@@ -157,3 +165,117 @@ def test_phantom_boxes_scale_with_size(size: int) -> None:
     k = size / 256
     for b, r in zip(boxes, ref_boxes, strict=True):
         assert b == pytest.approx([v * k for v in r], abs=0.1)
+
+
+# --- realism: as hard as RSNA, for the reasons RSNA is hard -------------------------------
+
+
+@pytest.fixture(scope="module")
+def truth(demo400: Path) -> pd.DataFrame:
+    return read_truth(demo400)
+
+
+def test_default_realism_is_rsna_with_label_noise_on_hard_cases(truth: pd.DataFrame) -> None:
+    assert (truth.label != truth.opacity).sum() == (truth.label_noise != "").sum() > 0
+    drawn = truth[truth.opacity == 1]
+    missed = (drawn.label_noise == "missed").mean()
+    assert 0.03 <= missed <= 0.25  # REALISM["rsna"].missed = 0.12
+    over = truth[truth.label_noise == "overcalled"]
+    assert len(over) > 0 and (over.mimic != "").mean() > (truth.mimic != "").mean()  # on mimics
+    assert truth.faint.sum() > 0 and truth.small.sum() > 0
+    assert (truth.mimic[truth.opacity == 0] != "").mean() > 0.15
+    assert not truth.marker.any()  # the shortcut is off by default
+
+
+def test_no_reader_matches_every_label(truth: pd.DataFrame) -> None:
+    """A reader who sees every drawn opacity still disagrees with some labels: AUC < 0.95."""
+    from sklearn.metrics import roc_auc_score
+
+    ceiling = roc_auc_score(truth.label, truth.opacity)
+    assert 0.8 < ceiling < 0.95
+
+
+def test_truth_matches_the_label_csv(demo400: Path, table: pd.DataFrame, truth) -> None:
+    merged = table.merge(truth, on="patientId")
+    assert len(merged) == len(table) == len(truth)
+    assert (merged.target == merged.label).all()
+    assert (merged.view_x == merged.view_y).all()
+    # a missed opacity is labelled "not normal", not "normal"
+    missed = merged[merged.label_noise == "missed"]
+    assert (missed["class"] == "No Lung Opacity / Not Normal").all()
+
+
+def test_easy_preset_has_no_ambiguity(tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    t = read_truth(make_demo_data(tmp_path / "easy", n=120, size=SIZE, realism="easy"))
+    assert (t.label == t.opacity).all() and (t.label_noise == "").all()
+    assert not t.faint.any() and not t.small.any() and (t.mimic == "").all()
+    assert roc_auc_score(t.label, t.opacity) == 1.0
+
+
+def test_easy_phantom_is_the_default_phantom() -> None:
+    a, boxes_a = phantom(np.random.default_rng(4), 96, "AP", True, True)
+    b, boxes_b = phantom(np.random.default_rng(4), 96, "AP", True, True, realism=REALISM["easy"])
+    np.testing.assert_array_equal(a, b)
+    assert boxes_a == boxes_b
+
+
+def _film(view: str, seed: int, **kw) -> np.ndarray:
+    img, _ = phantom(np.random.default_rng(seed), 256, view, False, realism=REALISM["rsna"], **kw)
+    return img.astype(np.float32)
+
+
+def test_portable_ap_films_are_flatter_and_noisier() -> None:
+    """Same anatomy and exposure draws; only the view differs (the heart size draw aside)."""
+    flat, noisy = [], []
+    for seed in range(6):
+        ap, pa = _film("AP", seed), _film("PA", seed)
+        flat.append(ap.std() / pa.std())
+        hf = [np.std(x - cv2.GaussianBlur(x, (0, 0), 3)) for x in (ap, pa)]
+        noisy.append(hf[0] / hf[1])
+    assert np.mean(flat) < 0.9 and np.mean(noisy) > 1.2
+
+
+def test_mimic_draws_an_opacity_like_finding_with_a_box() -> None:
+    for kind in ("band", "overlap"):
+        base, no_box = phantom(np.random.default_rng(2), 128, "PA", False, True)
+        img, boxes = phantom(np.random.default_rng(2), 128, "PA", False, True, mimic=kind)
+        assert no_box == [] and len(boxes) == 1
+        x, y, w, h = boxes[0]
+        sl = np.s_[int(y) : int(y + h), int(x) : int(x + w)]
+        assert img[sl].astype(float).mean() > base[sl].astype(float).mean() + 5
+
+
+def test_shortcut_marks_only_ap_films(tmp_path: Path) -> None:
+    raw = make_demo_data(tmp_path / "sc", n=40, size=SIZE, seed=2, shortcut=True)
+    t = read_truth(raw)
+    assert (t.marker == (t.view == "AP")).all() and t.marker.any()
+    corner = {
+        pid: read_dicom(raw / IMAGES / f"{pid}.dcm").pixels[: SIZE // 8, : SIZE // 3].max()
+        for pid in t.patientId
+    }
+    ap = [corner[p] for p in t.patientId[t.view == "AP"]]
+    pa = [corner[p] for p in t.patientId[t.view == "PA"]]
+    assert min(ap) > max(pa)  # the burned-in text is the brightest thing in that corner
+    with pytest.raises(FileExistsError, match="demo"):  # another realism: refused
+        make_demo_data(raw, n=40, size=SIZE, seed=2)
+
+
+def test_realism_names_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown realism 'hard'"):
+        make_demo_data(tmp_path / "x", n=2, size=32, realism="hard")
+    assert as_realism("easy", shortcut=True).shortcut
+    with pytest.raises(FileNotFoundError, match="demo folders"):
+        read_truth(tmp_path)
+
+
+def test_marker_box_holds_the_burned_in_text() -> None:
+    r = as_realism("rsna", shortcut=True)
+    for size in (128, 256):
+        with_text, _ = phantom(np.random.default_rng(1), size, "AP", False, realism=r)
+        plain, _ = phantom(np.random.default_rng(1), size, "AP", False, realism=REALISM["rsna"])
+        changed = np.abs(with_text.astype(int) - plain.astype(int)) > 60
+        x, y, w, h = marker_box(size)
+        inside = changed[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))].sum()
+        assert changed.sum() > 20 and inside / changed.sum() > 0.95

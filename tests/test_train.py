@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def learn_cache(tmp_path_factory) -> Path:
     """A demo cache big enough to learn from: 400 phantoms, 64 px."""
     d = tmp_path_factory.mktemp("learn")
-    raw = make_demo_data(d / "raw", n=400, size=128, seed=3)
+    raw = make_demo_data(d / "raw", n=400, size=128, seed=3, realism="easy")  # crisp signal
     return build_cache(raw, d / "cache", size=64, workers=2, progress=False)
 
 
