@@ -84,13 +84,14 @@ print(sorted(f.name for f in run.iterdir()))
 # Each call predicts every patient of the split (the same deterministic resize as validation
 # during training), bootstraps 1,000 resamples for the intervals, and writes predictions,
 # metrics and figures into the run folder. The test call takes its thresholds from the
-# validation predictions of the same checkpoint.
+# validation predictions of the same checkpoint. Each prints a one-line summary; the tables
+# follow below (`print_table=False`: the command line prints them instead).
 
 # %%
-val = evaluate.evaluate_run(run, "val", cache=cfg.cache)
+val = evaluate.evaluate_run(run, "val", cache=cfg.cache, print_table=False)
 
 # %%
-test = evaluate.evaluate_run(run, "test", cache=cfg.cache)
+test = evaluate.evaluate_run(run, "test", cache=cfg.cache, print_table=False)
 
 # %% [markdown]
 # ## Ranking and calibration, with 95% confidence intervals
@@ -146,7 +147,9 @@ pd.DataFrame(val["reference"]).set_index("source")[
 # %% [markdown]
 # ## ROC and precision-recall curves (test)
 #
-# The markers are the validation-chosen operating points, placed where they land on test.
+# The markers are the validation-chosen operating points, placed where they land on test;
+# the legend gives each point's coordinates. Thresholds that land on the same point are drawn
+# as nested outlines of different shapes, and the legend says which ones coincide.
 
 # %%
 pred_val = evaluate.read_predictions(run, "val")
@@ -172,7 +175,9 @@ evaluate_figures.plot_confusion_grid(y, p, thresholds)
 # probability, bin by bin: on the diagonal, a probability can be read as a risk. Training
 # with a positive-class weight (`pos_weight`, the default) or balanced sampling shifts the
 # prevalence the model sees, so its probabilities are rarely on the diagonal; the thresholds
-# chosen on validation correct the decision, not the probabilities.
+# chosen on validation correct the decision, not the probabilities. The bins hold equal
+# numbers of cases (with confident predictions, equal-width bins would be nearly all empty);
+# the figure says how many bins there are and why, when there are few.
 
 # %%
 display(evaluate_figures.plot_reliability(y, p))
@@ -183,7 +188,8 @@ display(evaluate_figures.plot_prob_hist(y, p, thresholds))
 #
 # In the RSNA data, AP films (often bedside, sicker patients) carry far more pneumonia than
 # PA films, so a model can score well overall partly by recognising the view. Per-view AUC
-# shows how well it ranks *within* each kind of film. Small groups have wide intervals.
+# shows how well it ranks *within* each kind of film. Small groups have wide intervals; "n/a"
+# marks a group where the metric is undefined (e.g. AUC with only one class in the group).
 
 # %%
 sub = pd.DataFrame(test["subgroups"])
@@ -197,8 +203,8 @@ evaluate_figures.plot_subgroups(sub, "roc_auc", "youden", overall=test["roc_auc"
 # %% [markdown]
 # ## Sample predictions (test)
 #
-# The most confident mistakes first (false positives with the highest probability, false
-# negatives with the lowest), then correct calls at random; right/wrong at the
+# The most confident mistakes first, if there are any (false positives with the highest
+# probability, false negatives with the lowest), then correct calls at random; right/wrong at the
 # validation-chosen Youden threshold, expert boxes in yellow. Mistakes are where to look for
 # label noise, devices and unusual films.
 

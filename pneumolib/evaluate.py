@@ -219,6 +219,7 @@ def evaluate_run(
     workers: int | None = None,
     n_samples: int = 16,
     figures: bool = True,
+    print_table: bool = True,
 ) -> dict[str, Any]:
     """Evaluate RUN/best.pt on one split of its cache: RUN/predictions_<split>.csv
     (`patientId, prob, target, view, sex, age`), RUN/metrics_<split>.json and figures/*_<split>
@@ -226,7 +227,9 @@ def evaluate_run(
     predictions of the same checkpoint are reused or made first) and applied unchanged.
     `tta` averages over `tta_affines` and writes `..._<split>_tta` files instead. `cache`
     overrides the checkpoint's cache path, `workers` its loader workers; `figures=False` skips
-    the PNGs. Returns the metrics."""
+    the PNGs. Prints a one-line summary and, with `print_table` (the command line), the metrics
+    per threshold; a notebook that shows `metrics_table` itself passes False. Returns the
+    metrics."""
     from pneumolib.augment import AugmentPolicy
     from pneumolib.data import read_index, read_stats
     from pneumolib.models import load_checkpoint_model
@@ -303,7 +306,7 @@ def evaluate_run(
     if figures:
         fig_path = run / "figures" / f"samples_{tag}.png"
         sample_predictions_figure(pred, cache, metrics, n_samples, seed, out=fig_path)
-    _print_summary(metrics)
+    _print_summary(metrics, print_table)
     return jsonable(metrics)
 
 
@@ -342,10 +345,10 @@ def _with_ci(v: Any, ci: Any) -> str:
     return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
 
 
-def _print_summary(metrics: Mapping[str, Any]) -> None:
+def _print_summary(metrics: Mapping[str, Any], table: bool = True) -> None:
     auc, (lo, hi) = metrics["roc_auc"], metrics["roc_auc_ci"]
     ci = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
     head = f"{metrics['split']}: n={metrics['n']} ({metrics['n_pos']} positive)  "
     print(head + (f"AUC {auc:.3f}{ci}" if auc is not None else "AUC n/a (one class)"))
-    table = metrics_table(metrics, ("accuracy", "precision", "recall"))
-    print(table.to_string())
+    if table:
+        print(metrics_table(metrics, ("accuracy", "precision", "recall")).to_string())

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from pneumolib.figures import class_colour
 from pneumolib.metrics import (
     CLASS_NAMES,
     as_thresholds,
@@ -55,9 +56,22 @@ def _save(fig: Any, out: str | Path | None) -> Any:
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
-def _operating_points(y: np.ndarray, p: np.ndarray, thresholds: Mapping[str, float] | None):
-    for (name, t), marker in zip((thresholds or {}).items(), _MARKERS * 4, strict=False):
-        yield name, t, marker, binary_metrics(y, p, t)
+def _mark_points(ax: Any, y: np.ndarray, p: np.ndarray, thresholds, xy: tuple[str, str]) -> None:
+    """Each threshold's operating point (x, y = metrics named `xy`) as a hollow marker of its
+    own shape and colour, larger for earlier thresholds, so points that coincide stay visible
+    as nested outlines; the legend gives each point's coordinates and names coinciding ones."""
+    seen: dict[tuple[float, float], str] = {}
+    for i, (name, t) in enumerate((thresholds or {}).items()):
+        m = binary_metrics(y, p, t)
+        pt = (1 - m["specificity"] if xy[0] == "fpr" else m[xy[0]], m[xy[1]])
+        label = f"{name} (t={t:.3f}): ({pt[0]:.2f}, {pt[1]:.2f})"
+        key = (round(pt[0], 9), round(pt[1], 9))
+        if key in seen:
+            label += f", same as {seen[key]}"
+        seen.setdefault(key, name)
+        ms = max(14 - 2.5 * i, 5)
+        style = dict(ms=ms, mfc="none", mew=1.8, color=f"C{i + 1}", ls="none", label=label)
+        ax.plot(*pt, _MARKERS[i % len(_MARKERS)], **style)
 
 
 def _one_class(y: np.ndarray, ax: Any) -> bool:
@@ -77,10 +91,9 @@ def plot_roc(y: Any, p: Any, thresholds: Mapping[str, float] | None = None, ax=N
     fpr, tpr, _ = skm.roc_curve(y, p)
     ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC = {skm.roc_auc_score(y, p):.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="chance")
-    for name, t, marker, m in _operating_points(y, p, thresholds):
-        ax.plot(1 - m["specificity"], m["sensitivity"], marker, ms=8, label=f"{name} (t={t:.3f})")
+    _mark_points(ax, y, p, thresholds, ("fpr", "sensitivity"))
     ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title="ROC curve")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7, title="operating point: (FPR, TPR)", title_fontsize=7)
     return _save(fig, out)
 
 
@@ -93,11 +106,12 @@ def plot_pr(y: Any, p: Any, thresholds: Mapping[str, float] | None = None, ax=No
     prec, rec, _ = skm.precision_recall_curve(y, p)
     ax.plot(rec, prec, lw=2, label=f"PR (AP = {skm.average_precision_score(y, p):.3f})")
     ax.axhline(y.mean(), ls="--", c="grey", lw=1, label=f"prevalence {y.mean():.3f}")
-    for name, t, marker, m in _operating_points(y, p, thresholds):
-        ax.plot(m["recall"], m["precision"], marker, ms=8, label=f"{name} (t={t:.3f})")
+    _mark_points(ax, y, p, thresholds, ("recall", "precision"))
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall curve")
     ax.set_ylim(0, 1.02)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(
+        loc="lower left", fontsize=7, title="operating point: (recall, precision)", title_fontsize=7
+    )
     return _save(fig, out)
 
 
@@ -137,21 +151,35 @@ def plot_confusion_grid(y: Any, p: Any, thresholds: Mapping[str, float], out=Non
     return _save(fig, out)
 
 
-def plot_reliability(y: Any, p: Any, n_bins: int = 10, ax=None, out=None):
-    """Reliability diagram (observed frequency vs mean predicted) over bin-count bars."""
-    table = reliability(y, p, n_bins)
+def reliability_bins(n: int) -> int:
+    """Equal-count bins for a reliability diagram of n cases: about 10 cases a bin, 2 to 10."""
+    return int(np.clip(n // 10, 2, 10))
+
+
+def plot_reliability(y: Any, p: Any, n_bins: int | None = None, ax=None, out=None):
+    """Reliability diagram: observed frequency against mean predicted probability in
+    equal-count bins (`reliability_bins(n)` unless `n_bins`; a confident model would leave
+    equal-width bins nearly all empty), over the histogram of the predictions. The title's
+    ECE uses the summary's 10 equal-width bins; the axes say how many bins and cases."""
+    y, p = check_arrays(y, p)
+    wanted = n_bins or reliability_bins(len(y))
+    table = reliability(y, p, wanted, strategy="quantile")
     fig, ax = _fig_ax(ax)
-    width = table["hi"] - table["lo"]
-    share = table["count"] / table["count"].sum()
-    ax.bar(table["lo"], share, width=width, align="edge", color="lightgrey", label="share of cases")
+    ax.hist(p, bins=np.linspace(0, 1, 21), weights=np.full(len(p), 1 / len(p)),
+            color="lightgrey", label="share of cases")  # fmt: skip
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
     used = table[table["count"] > 0]
     ax.plot(used["mean_pred"], used["observed"], "o-", lw=2, label="model")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability")
     ax.set(ylabel="observed frequency of pneumonia")
-    ax.set_title(
-        f"Reliability (Brier {brier(y, p):.3f}, ECE {expected_calibration_error(table):.3f})"
-    )
+    ece = expected_calibration_error(reliability(y, p))
+    ax.set_title(f"Reliability (Brier {brier(y, p):.3f}, ECE {ece:.3f})")
+    k = len(used)
+    note = f"{k} equal-count bins, ~{len(y) // max(k, 1)} cases each"
+    why = [f"only {len(y)} cases"] if n_bins is None and wanted < 5 else []
+    why += ["tied probabilities share a bin"] if k < wanted else []
+    note += f"\n(few bins: {'; '.join(why)})" if why else ""
+    ax.text(0.98, 0.03, note, ha="right", va="bottom", fontsize=7, transform=ax.transAxes)
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, out)
 
@@ -159,16 +187,18 @@ def plot_reliability(y: Any, p: Any, n_bins: int = 10, ax=None, out=None):
 def plot_prob_hist(
     y: Any, p: Any, thresholds: Mapping[str, float] | None = None, bins: int = 30, ax=None, out=None
 ):
-    """Histograms of predicted probability for each true class, thresholds as vertical lines."""
+    """Histograms of predicted probability for each true class (`figures.CLASS_COLOURS`),
+    thresholds as vertical lines; the legend sits outside the axes, clear of the bars."""
     y, p = check_arrays(y, p)
-    fig, ax = _fig_ax(ax)
+    fig, ax = _fig_ax(ax, (7, 4))
     edges = np.linspace(0, 1, bins + 1)
-    for cls, color in ((0, "tab:blue"), (1, "tab:red")):
-        ax.hist(p[y == cls], bins=edges, alpha=0.5, color=color, label=f"true {CLASS_NAMES[cls]}")
+    for cls in (0, 1):
+        label, colour = f"true {CLASS_NAMES[cls]}", class_colour(CLASS_NAMES[cls])
+        ax.hist(p[y == cls], bins=edges, alpha=0.5, color=colour, label=label)
     for (name, t), ls in zip((thresholds or {}).items(), ("-", "--", ":", "-.") * 3, strict=False):
         ax.axvline(t, c="k", ls=ls, lw=1, label=f"{name} (t={t:.3f})")
     ax.set(xlabel="predicted probability", ylabel="cases", title="Predicted probability by class")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     return _save(fig, out)
 
 
@@ -197,10 +227,14 @@ def plot_subgroups(
         m = codes == i
         err = [np.maximum(lo[m], 0), np.maximum(hi[m], 0)]
         ax.bar(x[m], np.nan_to_num(val[m]), yerr=err, color=f"C{i}", capsize=3, label=var)
+    for xi in x[np.isnan(val)]:  # undefined here (e.g. AUC of a one-class group): say so
+        ax.text(xi, 0.02, "n/a", ha="center", va="bottom", fontsize=7, color="0.3")
     if overall is not None:
         ax.axhline(overall, c="k", ls="--", lw=1, label=f"overall {overall:.3f}")
     ax.legend(fontsize=7, loc="upper center", ncols=len(variables) + 1)
     labels = [f"{r.group}\nn={r.n}" for r in sub.itertuples()]
+    if np.isnan(val).any():
+        ax.set_xlabel("n/a: undefined in that group (e.g. only one class)", fontsize=7)
     ax.set_xticks(x, labels, fontsize=7)
     ax.set(ylabel=metric, ylim=(0, 1.15), title=f"{metric} by subgroup (95% CI)")
     return _save(fig, out)
@@ -342,8 +376,14 @@ def sample_predictions_figure(
     order = np.argsort(rows["row"].to_numpy(), kind="stable")
     images = np.empty((len(rows), *open_images(cache).shape[1:]), np.uint8)
     images[order] = open_images(cache)[rows["row"].to_numpy()[order]]  # memory map, in order
+    wrong = int(((picked["prob"] >= t) != picked["target"].astype(bool)).sum())
+    order = (
+        f"{wrong} mistake{'s' * (wrong != 1)}, most confident first, then random correct calls"
+        if wrong
+        else "no mistakes at this threshold: random correct calls"
+    )
     title = (
-        f"{metrics.get('split', '')}: most confident mistakes first, then random correct calls "
+        f"{metrics.get('split', '')}: {order} "
         f"({name} threshold {t:.3f}, chosen on val; expert boxes in yellow)"
     )
     if out is not None:

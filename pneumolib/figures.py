@@ -318,9 +318,9 @@ def best_epoch_index(history: pd.DataFrame, monitor: str = "auc") -> int | None:
 
 
 def plot_history(histories: Mapping[str, pd.DataFrame | str | Path]) -> Figure:
-    """Loss (train solid, val dashed) and validation AUC per epoch, one colour per run; each
-    run's best epoch (`best_epoch_index`) is starred. Values: metrics DataFrames or run
-    folders. 2 axes."""
+    """Loss (train solid, val dashed; log scale) and validation AUC per epoch, one colour per
+    run; each run's best epoch (`best_epoch_index`) is starred. Values: metrics DataFrames or
+    run folders. 2 axes."""
     if not histories:
         raise ValueError("histories: expected at least one run")
     fig = Figure(figsize=(11, 4), layout="constrained")
@@ -334,12 +334,17 @@ def plot_history(histories: Mapping[str, pd.DataFrame | str | Path]) -> Figure:
         if best is not None:
             row = df.iloc[best]
             ax_auc.plot(row["epoch"], row["val_auc"], "*", color=color, ms=13, mec="k")
-    ax_loss.set(xlabel="epoch", ylabel="BCE loss", title="loss (train: solid, val: dashed)")
+    # log scale: one bad epoch (a val-loss spike of a confidently wrong model) would otherwise
+    # flatten every other point of the curves into the bottom of the axes
+    ax_loss.set_yscale("log")
+    ax_loss.set(
+        xlabel="epoch", ylabel="BCE loss (log scale)", title="loss (train: solid, val: dashed)"
+    )
     ax_auc.set(xlabel="epoch", ylabel="ROC AUC", title="validation AUC (star: best epoch)")
     for ax in (ax_loss, ax_auc):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     return fig
 
 

@@ -120,11 +120,19 @@ def binary_metrics(y: Any, p: Any, threshold: float = 0.5) -> dict[str, float]:
     return _point_metrics(y, p, [threshold])[0]
 
 
-def reliability(y: Any, p: Any, n_bins: int = 10) -> pd.DataFrame:
-    """Reliability table over `n_bins` equal-width bins of [0, 1] (bins as in sklearn's
-    calibration_curve): bin, lo, hi, count, mean_pred, observed (NaN for empty bins)."""
+def reliability(y: Any, p: Any, n_bins: int = 10, strategy: str = "uniform") -> pd.DataFrame:
+    """Reliability table over `n_bins` bins of [0, 1], as sklearn's calibration_curve: equal
+    width ("uniform"), or equal count ("quantile": edges at quantiles of p; tied quantiles merge,
+    so fewer bins can come back). Columns bin, lo, hi, count, mean_pred, observed (NaN for
+    empty bins)."""
     y, p = check_arrays(y, p)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    if strategy == "quantile":
+        edges = np.unique(np.r_[0.0, np.quantile(p, np.linspace(0, 1, n_bins + 1))[1:-1], 1.0])
+        n_bins = len(edges) - 1
+    elif strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    else:
+        raise ValueError(f"strategy: expected 'uniform' or 'quantile', got {strategy!r}")
     ids = np.searchsorted(edges[1:-1], p)
     count = np.bincount(ids, minlength=n_bins)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -136,8 +136,12 @@ def test_evaluate_run_test_uses_val_thresholds_unchanged(trained_run, tmp_path, 
         assert val["thresholds"][name]["threshold"] == t["threshold"]
     # A second test evaluation reuses the val predictions of the same checkpoint...
     capsys.readouterr()
-    ev.evaluate_run(run, "test", n_boot=50, workers=0, device="cpu", figures=False)
-    assert "reusing predictions_val.csv" in capsys.readouterr().out
+    ev.evaluate_run(
+        run, "test", n_boot=50, workers=0, device="cpu", figures=False, print_table=False
+    )
+    out = capsys.readouterr().out
+    assert "reusing predictions_val.csv" in out and "AUC" in out
+    assert "youden" not in out  # the notebook shows the table itself: printed once
     # ...but not ones whose sidecar names another checkpoint.
     meta = run / "predictions_val.meta.json"
     meta.write_text(meta.read_text().replace(test["checkpoint"]["sha256"], "0" * 64))

@@ -206,6 +206,7 @@ def test_plot_history_two_axes_one_curve_set_per_run(tmp_path):
     assert len(fig.axes) == 2
     ax_loss, ax_auc = fig.axes
     assert len(ax_loss.lines) == 2 * 2  # train + val per run
+    assert ax_loss.get_yscale() == "log" and "log" in ax_loss.get_ylabel()  # spikes don't flatten
     assert len(ax_auc.lines) == 2 * 2  # curve + best-epoch star per run
     star_a, star_b = ax_auc.lines[1], ax_auc.lines[3]
     assert list(star_a.get_xdata()) == [3]  # the AUC tie goes to the lower val loss

@@ -80,6 +80,20 @@ def test_reliability_matches_sklearn_calibration_curve():
     assert 0 <= ev.expected_calibration_error(table) <= 1
 
 
+def test_quantile_reliability_bins_hold_equal_counts_like_sklearn():
+    y, p = _scores(400, 5, shift=4.0)  # a confident model: most p near 1
+    table = ev.reliability(y, p, n_bins=8, strategy="quantile")
+    assert len(table) == 8 and set(table["count"]) == {50}
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=8, strategy="quantile")
+    np.testing.assert_allclose(table["observed"], prob_true)
+    np.testing.assert_allclose(table["mean_pred"], prob_pred)
+    assert (table["count"] > 0).sum() > (ev.reliability(y, p, 8)["count"] > 0).sum()
+    tied = ev.reliability([0, 0, 1, 1, 1, 1], [0.1, 0.1, 0.9, 0.9, 0.9, 0.9], 4, "quantile")
+    assert len(tied) < 4 and list(tied.loc[tied["count"] > 0, "count"]) == [2, 4]  # ties merge
+    with pytest.raises(ValueError, match="strategy"):
+        ev.reliability(y, p, 4, strategy="kmeans")
+
+
 # --------------------------------------------------------------------------- bootstrap
 def test_bootstrap_is_seeded():
     y, p = _scores(400, 4)
