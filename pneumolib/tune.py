@@ -46,6 +46,7 @@ import optuna
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
@@ -853,6 +854,16 @@ def _fig_ax(ax, figsize: tuple[float, float]):
     return fig, fig.add_subplot()
 
 
+def _batch_size_axis(ax, sizes, which: str = "x") -> None:
+    """Make the `which` ("x"/"y") axis of `ax` a log2 batch-size axis ticked at the batch sizes
+    themselves, as plain integers (16, 32, 64; not 2x10^1)."""
+    sizes = sorted({int(s) for s in sizes if pd.notna(s)})
+    getattr(ax, f"set_{which}scale")("log", base=2)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_ticks(sizes, [str(s) for s in sizes])
+    axis.set_minor_locator(NullLocator())
+
+
 def plot_heatmap(table: pd.DataFrame, metric: str = "val_accuracy", ax=None) -> Figure:
     """Batch size (rows) x learning rate (columns) coloured and labelled by `metric`; a
     scatter on log axes when the lr is not on a grid (random/TPE). Missing cells are blank."""
@@ -862,8 +873,8 @@ def plot_heatmap(table: pd.DataFrame, metric: str = "val_accuracy", ax=None) -> 
     if table[lr_col].nunique() > 12:  # continuous lr: no grid to draw
         fig, ax = _fig_ax(ax, (5.5, 4))
         pts = ax.scatter(table[lr_col], table["batch_size"], c=table[metric], cmap="viridis", s=60)
-        ax.set(xscale="log", yscale="log", xlabel=lr_col, ylabel="batch size")
-        ax.yaxis.set_major_formatter("{x:g}")
+        ax.set(xscale="log", xlabel=lr_col, ylabel="batch size")
+        _batch_size_axis(ax, table["batch_size"], "y")
         fig.colorbar(pts, ax=ax, label=metric)
         ax.set_title(f"{metric} by batch size and {lr_col}")
         return fig
@@ -901,8 +912,8 @@ def plot_slices(table: pd.DataFrame, metric: str = "val_accuracy") -> Figure:
         ax1.plot(g["batch_size"], g[metric], "o-", label=f"{lr_col} {lr:g}")
     for bs, g in table.sort_values(lr_col).groupby("batch_size"):
         ax2.plot(g[lr_col], g[metric], "o-", label=f"batch {bs}")
-    ax1.set(xscale="log", xlabel="batch size", ylabel=metric, title=f"{metric} along batch size")
-    ax1.xaxis.set_major_formatter("{x:g}")
+    ax1.set(xlabel="batch size", ylabel=metric, title=f"{metric} along batch size")
+    _batch_size_axis(ax1, table["batch_size"])
     ax2.set(xscale="log", xlabel=lr_col, title=f"{metric} along {lr_col}")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
@@ -927,7 +938,8 @@ def _point_order(name: str) -> tuple[float, float]:
 
 def plot_curves(source, metrics: Sequence[str] = ("train_loss", "val_loss", "val_auc")) -> Figure:
     """Learning curves of all trials on one figure, one panel per metric; colour = batch
-    size, line style = lr. `source`: a study, {run: history}, or a study folder."""
+    size, line style = lr; markers on every epoch up to 30 (so a one-epoch trial shows as a
+    point), integer epoch ticks. `source`: a study, {run: history}, or a study folder."""
     hist = _histories(source)
     names = sorted(hist, key=_point_order)
     sizes = sorted({_point_order(n)[0] for n in names})
@@ -942,9 +954,12 @@ def plot_curves(source, metrics: Sequence[str] = ("train_loss", "val_loss", "val
         for ax, m in zip(axes, metrics, strict=True):
             if m in hist[name]:
                 h = hist[name]
-                ax.plot(h["epoch"], h[m], styles[lrs.index(lr) % 4], color=color, label=name)
+                marker = "o" if len(h) <= 30 else None
+                ls = styles[lrs.index(lr) % 4]
+                ax.plot(h["epoch"], h[m], ls=ls, marker=marker, ms=4, color=color, label=name)
     for ax, m in zip(axes, metrics, strict=True):
         ax.set(xlabel="epoch", title=m)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
     if names:
         axes[-1].legend(fontsize=6, ncol=2)

@@ -243,6 +243,30 @@ def test_heatmap_and_curves_show_every_point(small_sweep):
     assert len(flat) == 2 and (flat.iloc[:, 1] >= 0).all()
 
 
+def test_one_epoch_curves_draw_markers_on_integer_epoch_ticks():
+    one = pd.DataFrame({"epoch": [1], "train_loss": [0.7], "val_loss": [0.6], "val_auc": [0.8]})
+    fig = tune.plot_curves({"bs16_lr0.001": one, "bs32_lr0.001": one.assign(val_auc=0.7)})
+    for ax in fig.axes:
+        assert [ln.get_marker() for ln in ax.lines] == ["o", "o"]  # a single point shows
+        fig.draw_without_rendering()
+        assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def test_batch_size_axis_is_log2_with_the_batch_sizes_as_plain_labels():
+    table = pd.DataFrame({"batch_size": [16, 32, 64] * 2, "lr": [1e-3] * 3 + [3e-3] * 3}).assign(
+        val_accuracy=np.linspace(0.6, 0.8, 6)
+    )
+    fig = tune.plot_slices(table, "val_accuracy")
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "32", "64"]
+    assert not ax.xaxis.get_minorticklocs().size  # no 2x10^1, 3x10^1 minor labels
+    many = pd.DataFrame({"batch_size": [16, 32, 64] * 5, "lr": np.geomspace(1e-4, 1e-2, 15)})
+    scatter = tune.plot_heatmap(many.assign(val_accuracy=0.7), "val_accuracy").axes[0]
+    assert [t.get_text() for t in scatter.get_yticklabels()] == ["16", "32", "64"]
+
+
 def test_write_best_gives_a_loadable_config_of_the_best_point(small_sweep, tmp_path):
     cfg, table, out = small_sweep
     best = table.loc[table.val_auc.idxmax()]
