@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from pneumolib.cli import main
 
 
@@ -14,8 +16,13 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path: Path, capsys) -> None
     report = (out / "report.md").read_text()
     run = out / "runs" / "resnet18"
 
-    for heading in ("## Test split", "## Where the network looks", "## Sweep", "## Seconds"):
+    headings = ["## The data", "## Training", "## Test split", "## AP and PA apart"]
+    headings += ["## Most confident mistakes", "## Where the network looks", "## Sweep"]
+    for heading in [*headings, "## Seconds"]:
         assert heading in report
+    assert report.index("## The data") < report.index("## Sweep")
+    assert "labels disagree with their image" in report
+    assert "| AP |" in report and "| PA |" in report  # the views reported apart
     assert "3 epochs" in report and "raw_200" in report
     table = report.split("## Where the network looks")[1].split("## Sweep")[0]
     assert "pointing game" in table and "chance (box area)" in table
@@ -25,9 +32,13 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path: Path, capsys) -> None
     assert (run / "figures" / "roc_test.png").is_file()
     assert (run / "figures" / "cam_test").is_dir()  # overlays (3 epochs may find no positive)
     assert (out / "sweep" / "heatmap.png").is_file()
-    assert report.count(" complete ") == 6  # 3 batch sizes x 2 learning rates
+    seeds = pd.read_csv(out / "sweep" / "seeds.csv")
+    assert len(seeds) == 12 and set(seeds.seed) == {0, 1, 2}  # 2 x 2 grid, once per seed
+    assert (seeds.state == "complete").all()
+    sweep = report.split("## Sweep")[1]
+    assert "within noise" in sweep or "holds" in sweep  # a verdict, with the spread
     times = json.loads((out / "report.json").read_text())["times"]
-    assert set(times) == {"data", "preprocess", "train", "evaluate", "cam", "sweep"}
+    assert set(times) == {"data + preprocess", "train", "evaluate", "cam", "sweep"}
 
     # Run again: every stage finds its output and nothing is trained again.
     best = (run / "best.pt").stat().st_mtime_ns
