@@ -823,6 +823,37 @@ def flatness(table: pd.DataFrame, metric: str = "val_accuracy") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["direction", f"mean range of {metric}", "largest range"])
 
 
+def seed_agreement(tables: Mapping[int, pd.DataFrame], metric: str = "val_auc") -> dict:
+    """Does a sweep's best point hold over seeds? `tables`: seed -> results table (one sweep of
+    the same grid per training seed).
+
+    Returns `points` (one row per grid point: the metric's mean, std and range over seeds),
+    `best` (seed -> run name of that seed's best point), `same_best` (one point wins on every
+    seed), `spread` (the mean over points of the seed-to-seed range) and `gap` (the best
+    point's mean minus the runner-up's). The differences are within noise when the winner
+    changes with the seed or `gap` < `spread`.
+    """
+    if len(tables) < 2:
+        raise ValueError(f"need sweeps over at least 2 seeds, got {len(tables)}")
+    rows = pd.concat([t.assign(seed=s) for s, t in tables.items()], ignore_index=True)
+    rows = rows[rows[metric].notna()]
+    points = rows.groupby("run")[metric].agg(["mean", "std", "min", "max", "count"])
+    points = points.assign(range=points["max"] - points["min"]).sort_values("mean", ascending=False)
+    best = {s: _best_row(t, metric)["run"] for s, t in tables.items()}
+    means = points["mean"].to_numpy()
+    gap = float(means[0] - means[1]) if len(means) > 1 else float("nan")
+    spread = float(points["range"].mean())
+    same = len(set(best.values())) == 1
+    return {
+        "points": points,
+        "best": best,
+        "same_best": same,
+        "gap": gap,
+        "spread": spread,
+        "within_noise": (not same) or gap < spread,
+    }
+
+
 def write_report(study_dir: Path, table: pd.DataFrame, study, base: Config, metric: str) -> None:
     """results.csv, best_config.json and the heat map, slices and curves PNGs in `study_dir`."""
     tmp = study_dir / f"results.csv.{os.getpid()}.tmp"

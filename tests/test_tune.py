@@ -423,3 +423,32 @@ def test_killed_worker_resumes_without_redoing_finished_points(demo_cache, tmp_p
     metrics = pd.read_csv(grid_dir / killed / "metrics.csv")
     assert metrics.epoch.tolist() == [1, 2, 3]  # continued after epoch 1, not from scratch
     assert metrics.train_loss.iloc[0] == epoch1.train_loss.iloc[0]
+
+
+def _seed_table(values: dict[str, float]) -> pd.DataFrame:
+    rows = [
+        {"batch_size": int(r[2:4]), "lr": 1e-3, "val_auc": v, "state": "complete", "run": r}
+        for r, v in values.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_seed_agreement_tells_a_result_that_holds_from_noise():
+    from pneumolib.tune import seed_agreement
+
+    holds = {s: _seed_table({"bs16": 0.90 + 0.01 * s, "bs64": 0.70 + 0.01 * s}) for s in range(3)}
+    a = seed_agreement(holds)
+    assert a["same_best"] and not a["within_noise"]
+    assert a["best"] == {0: "bs16", 1: "bs16", 2: "bs16"}
+    assert a["gap"] == pytest.approx(0.2) and a["spread"] == pytest.approx(0.02)
+    assert list(a["points"].index) == ["bs16", "bs64"]
+
+    flips = {0: _seed_table({"bs16": 0.8, "bs64": 0.7}), 1: _seed_table({"bs16": 0.7, "bs64": 0.8})}
+    b = seed_agreement(flips)
+    assert not b["same_best"] and b["within_noise"] and b["best"] == {0: "bs16", 1: "bs64"}
+
+    close = {s: _seed_table({"bs16": 0.80 + 0.05 * s, "bs64": 0.79 + 0.05 * s}) for s in range(3)}
+    c = seed_agreement(close)  # same winner, but its lead (0.01) is below the spread (0.1)
+    assert c["same_best"] and c["within_noise"]
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        seed_agreement({0: holds[0]})
