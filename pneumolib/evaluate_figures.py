@@ -64,7 +64,7 @@ def _mark_points(ax: Any, y: np.ndarray, p: np.ndarray, thresholds, xy: tuple[st
     for i, (name, t) in enumerate((thresholds or {}).items()):
         m = binary_metrics(y, p, t)
         pt = (1 - m["specificity"] if xy[0] == "fpr" else m[xy[0]], m[xy[1]])
-        label = f"{name} (t={t:.3f}): ({pt[0]:.2f}, {pt[1]:.2f})"
+        label = f"{name} (t={t:.4g}): ({pt[0]:.2f}, {pt[1]:.2f})"
         key = (round(pt[0], 9), round(pt[1], 9))
         if key in seen:
             label += f", same as {seen[key]}"
@@ -196,7 +196,7 @@ def plot_prob_hist(
         label, colour = f"true {CLASS_NAMES[cls]}", class_colour(CLASS_NAMES[cls])
         ax.hist(p[y == cls], bins=edges, alpha=0.5, color=colour, label=label)
     for (name, t), ls in zip((thresholds or {}).items(), ("-", "--", ":", "-.") * 3, strict=False):
-        ax.axvline(t, c="k", ls=ls, lw=1, label=f"{name} (t={t:.3f})")
+        ax.axvline(t, c="k", ls=ls, lw=1, label=f"{name} (t={t:.4g})")
     ax.set(xlabel="predicted probability", ylabel="cases", title="Predicted probability by class")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     return _save(fig, out)

@@ -239,7 +239,7 @@ def box_size_figure(index: pd.DataFrame, size: int) -> Figure:
     ax.set_title(f"{len(boxes):,} boxes ({size} px images)")
     ax.legend(fontsize=8, title="view")
     ax = axes[0, 1]
-    ax.hist(100 * boxes["area"] / size**2, bins=30, color="tab:red", alpha=0.7)
+    ax.hist(100 * boxes["area"] / size**2, bins=30, color=class_colour("positive"), alpha=0.7)
     ax.set(xlabel="box area, % of the image", ylabel="boxes", title="box area")
     return fig
 
