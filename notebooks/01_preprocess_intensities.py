@@ -191,8 +191,10 @@ display(explore.class_examples_figure(images, index, per_class=4))
 # Two spikes stand out in the pixel histogram. In the `demo` profile, the tall peak near grey
 # level **12** is the air around the body: the phantoms (`pneumolib.synth`) start from a
 # background of 12, which each film's exposure (x0.85 to x1.15) and the noise spread into a
-# narrow hump. The spike at **255** is saturation: down the spine, where the ribs and the heart
-# add to it, the phantom exceeds 255 and is clipped, so every brighter value lands on 255.
+# hump; portable AP films, with their lower contrast, lift their air towards grey (more of
+# them are positive, hence a lower, wider peak for "Lung Opacity"). The spike at **255** is
+# saturation: down the spine, where the ribs and the heart add to it, the phantom exceeds 255
+# and is clipped, so every brighter value lands on 255.
 # In real radiographs the dark peak is the air and the collimated border around the patient,
 # and a spike at 255 comes from burned-in markers and text and from regions clipped when the
 # DICOM was windowed to 8 bits.
