@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=0.0, help="pointing-game tolerance, px (default 0)"
     )
     p.add_argument("--tag", default="", help="name the output files cam_<split>_<tag>.*")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="a true positive is target 1 with probability >= this (default 0.5)",
+    )
 
     p = sub.add_parser("predict", help="score DICOM/PNG/JPEG files with a checkpoint")
     p.add_argument("--checkpoint", required=True)
@@ -211,6 +217,7 @@ def run(argv: list[str] | None = None) -> int:
             layer=args.layer,
             tolerance=args.tolerance,
             tag=args.tag,
+            threshold=args.threshold,
         )
     elif cmd == "predict":
         from pneumolib.predict import predict_cli

@@ -372,6 +372,14 @@ def test_cam_command_line(demo_run, capsys):
     assert main(["cam", "--run", demo_run.out, "--split", "test", "--n", "0", *args]) == 0
     saved = json.loads(Path(demo_run.out, "cam_test_cli.json").read_text())
     assert (saved["method"], saved["layer"], saved["tolerance"]) == ("gradcam", "net.layer2", 8.5)
+    # --threshold 0: every positive with a box counts as a true positive and is scored
+    args = ["--threshold", "0", "--tag", "all"]
+    assert main(["cam", "--run", demo_run.out, "--split", "test", "--n", "0", *args]) == 0
+    every = json.loads(Path(demo_run.out, "cam_test_all.json").read_text())
+    index = pd.read_csv(f"{demo_run.cache}/index.csv")
+    boxed = index[(index.split == "test") & (index.target == 1) & (index.boxes != "[]")]
+    assert every["threshold"] == 0.0 and every["n_true_positives"] == len(boxed) > 0
+    assert len(pd.read_csv(f"{demo_run.out}/cam_test_all.csv")) == len(boxed)
 
 
 def test_cam_run_refuses_bad_input(tmp_path):
