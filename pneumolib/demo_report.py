@@ -15,7 +15,7 @@ from pneumolib.evaluate import metrics_table
 from pneumolib.figures import best_epoch_index
 from pneumolib.localisation import localisation_table
 from pneumolib.synth import read_truth
-from pneumolib.tune import seed_agreement
+from pneumolib.tune import seed_agreement, seed_verdict
 
 
 def _f(x: Any) -> str:
@@ -197,24 +197,12 @@ def sweep_section(tables: Mapping[int, pd.DataFrame]) -> list[str]:
     agree = seed_agreement(tables)
     pts = agree["points"]
     shown = pts[["mean", "std", "min", "max"]].round(3).to_string()
-    best = ", ".join(f"seed {s}: {r}" for s, r in agree["best"].items())
-    if agree["within_noise"]:
-        verdict = (
-            f"The differences are within noise: the best point changes with the seed ({best}) "
-            if not agree["same_best"]
-            else f"The best point is the same on every seed ({best}) but leads by "
-            f"{agree['gap']:.3f}, less than "
-        )
-        verdict += (
-            f"and a point's val AUC moves by {agree['spread']:.3f} between seeds on average. "
-            "At this budget the grid cannot pick a setting; notebook 06 shows what a real "
-            "sweep needs (more epochs, more data, repeated seeds)."
-        )
-    else:
-        verdict = (
-            f"The best point holds: {best}, ahead of the runner-up by {agree['gap']:.3f}, more "
-            f"than the seed-to-seed range of a point ({agree['spread']:.3f})."
-        )
+    verdict = seed_verdict(agree) + (
+        " At this budget the grid cannot pick a setting; notebook 06 shows what a real sweep "
+        "needs (more epochs, more data, repeated seeds)."
+        if agree["within_noise"]
+        else ""
+    )
     return [
         "## Sweep: val AUC per grid point over seeds",
         "",

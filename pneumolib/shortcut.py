@@ -1,11 +1,12 @@
 """Catching a shortcut: the same patients with a "PORTABLE" marker burned into every AP film.
 
 Real portable (AP) films carry such text, and AP films are far more often positive, so a
-network can score the text instead of the lungs. `shortcut_run` trains the demo's model on a
-copy of the demo data that differs only by the marker (`synth.make_demo_data(...,
-shortcut=True)` draws the same phantoms, labels and split); `shortcut_table` sets it beside the
-clean run: AUC overall and within each view, and the share of Grad-CAM's evidence that lies on
-the marker of AP films (`marker_energy`). Notebook 05 shows it.
+network can score the text instead of the lungs. Here the marker is planted so that reading it
+pays (every positive AP film carries it, a quarter of the negative ones). `shortcut_run`
+trains the demo's model on a copy of the demo data that differs only by the marker
+(`synth.make_demo_data(..., shortcut=True)` draws the same phantoms, labels and split);
+`shortcut_table` catches it: the marker model scored again with the marker removed, and the
+share of its Grad-CAM evidence on the marker. Notebook 05 shows it.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from sklearn.metrics import roc_auc_score
 from pneumolib.cam import cam_examples
 from pneumolib.config import Config
 from pneumolib.data import read_index
-from pneumolib.evaluate import evaluate_run
 from pneumolib.localisation import energy_in_box
 from pneumolib.preprocess import build_cache
-from pneumolib.synth import make_demo_data, marker_box
+from pneumolib.synth import make_demo_data, marker_box, read_truth
 from pneumolib.train import fit
 
 
@@ -49,43 +49,52 @@ def shortcut_run(cfg: Config, data: dict, root: str | Path) -> Path:
     return Path(sc.out)
 
 
-def marker_energy(run: str | Path, split: str = "test") -> pd.DataFrame:
-    """Per AP film of `split`: patientId, target, prob and `marker_energy`, the share of the
-    Grad-CAM (layer2) map inside the marker's box (where the text is, or would be)."""
-    run = Path(run)
-    cfg = Config.load(run / "config.json")
-    index = read_index(cfg.cache)
-    ids = index.patientId[(index.split == split) & (index.view == "AP")].tolist()
-    ex = cam_examples(run, ids, method="gradcam", layer="layer2")
+def _scores(run: Path, cache: str | Path, index: pd.DataFrame) -> pd.DataFrame:
+    """Per patient of `index`: view, target, prob and `marker_energy` (share of the Grad-CAM
+    layer2 map inside the marker's box), for `run`'s model on the images of `cache`."""
+    ex = cam_examples(run, index.patientId.tolist(), method="gradcam", layer="layer2", cache=cache)
     size = ex["maps"].shape[-1]
-    energy = energy_in_box(ex["maps"], [[marker_box(size)]] * len(ids))
-    return pd.DataFrame(
-        {"patientId": ids, "target": ex["targets"], "prob": ex["probs"], "marker_energy": energy}
+    energy = energy_in_box(ex["maps"], [[marker_box(size)]] * len(index))
+    return index[["patientId", "view"]].assign(
+        target=ex["targets"], prob=ex["probs"], marker_energy=energy
     )
 
 
-def _view_auc(pred: pd.DataFrame, view: str) -> float:
-    sub = pred[pred.view == view]
-    return float(roc_auc_score(sub.target, sub.prob)) if sub.target.nunique() == 2 else np.nan
+def _auc(df: pd.DataFrame) -> float:
+    return float(roc_auc_score(df.target, df.prob)) if df.target.nunique() == 2 else np.nan
 
 
-def shortcut_table(runs: dict[str, str | Path], split: str = "test") -> pd.DataFrame:
-    """One row per named run: ROC AUC overall, on AP and on PA films, and the mean share of
-    Grad-CAM evidence on the marker's box of AP films, beside that box's share of the image
-    (what a map that ignored it would put there on average)."""
+def shortcut_table(
+    clean_run: str | Path, shortcut_run: str | Path, split: str = "test"
+) -> pd.DataFrame:
+    """Catch the shortcut: one row per (model, films) on `split`. The clean model on clean
+    films, the marker model on films with the marker, and the marker model on the same films
+    with the marker removed (the clean cache: same patients, same pixels otherwise). Columns:
+    ROC AUC overall, on AP and on PA films, and the mean share of Grad-CAM evidence inside
+    the marker's box on the AP films that carry it (or would), beside the box's share of the
+    image (what a map that ignored it would put there)."""
+    clean_run, shortcut_run = Path(clean_run), Path(shortcut_run)
+    clean_cache = Config.load(clean_run / "config.json").cache
+    marker_cache = Config.load(shortcut_run / "config.json").cache
+    truth = read_truth(Config.load(shortcut_run / "config.json").raw)[["patientId", "marker"]]
+    index = read_index(clean_cache)
+    index = index[index.split == split].reset_index(drop=True)
+    marked = set(truth.patientId[truth.marker.astype(bool)])
+    cases = {
+        "clean model, clean films": (clean_run, clean_cache),
+        "marker model, films with marker": (shortcut_run, marker_cache),
+        "marker model, marker removed": (shortcut_run, clean_cache),
+    }
     rows = {}
-    for name, run in runs.items():
-        run = Path(run)
-        metrics = evaluate_run(run, split, n_boot=200, figures=False)
-        pred = pd.read_csv(run / f"predictions_{split}.csv", dtype={"patientId": str})
-        energy = marker_energy(run, split)
+    for name, (run, cache) in cases.items():
+        df = _scores(run, cache, index)
         size = int(Config.load(run / "config.json").image_size)
         _, _, w, h = marker_box(size)
         rows[name] = {
-            "ROC AUC": metrics["roc_auc"],
-            "AUC on AP": _view_auc(pred, "AP"),
-            "AUC on PA": _view_auc(pred, "PA"),
-            "evidence on marker (AP)": float(energy.marker_energy.mean()),
+            "ROC AUC": _auc(df),
+            "AUC on AP": _auc(df[df.view == "AP"]),
+            "AUC on PA": _auc(df[df.view == "PA"]),
+            "evidence on marker": float(df.marker_energy[df.patientId.isin(marked)].mean()),
             "marker's share of image": w * h / size**2,
         }
     return pd.DataFrame.from_dict(rows, orient="index").round(3)

@@ -12,9 +12,11 @@ How hard the task is is a `Realism` (presets in `REALISM`). `"rsna"`, the demo's
 it hard for the reasons RSNA is hard: faint and small opacities, opacity-like findings on
 negatives, labels that disagree with the image about as often as RSNA's readers disagreed, and
 portable AP films that look different (lower contrast, noisier, magnified heart). `"easy"` has
-none of that (crisp signal, for tests that need one). `shortcut=True` burns a "PORTABLE" marker
-into AP films, a planted shortcut for notebook 05 to catch. What each image really shows, and
-which labels are noisy, is written beside the data in `demo_truth.csv` (not part of RSNA).
+none of that (crisp signal, for tests that need one). `shortcut=True` burns a "PORTABLE"
+marker into the AP films of the sickest patients (every AP film labelled positive, a quarter
+of the negative ones), a planted shortcut that pays to read, for notebook 05 to catch. What
+each image really shows, and which labels are noisy, is written beside the data in
+`demo_truth.csv` (not part of RSNA).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ P_AP = 0.46  # share of AP views in RSNA (12,173 / 26,684)
 P_POS = {"AP": 0.38, "PA": 0.09}  # P(positive | view)
 P_NOT_NORMAL = 0.57  # among negatives: "No Lung Opacity / Not Normal" vs "Normal"
 _BASE = 256  # anatomy is drawn at this side, then resized; noise is added at full size
-GENERATOR = "pneumolib.synth v2"
+GENERATOR = "pneumolib.synth v3"
 TRUTH_CSV = "demo_truth.csv"  # what each phantom really shows (beside the RSNA-shaped files)
 
 
@@ -54,7 +56,7 @@ class Realism:
     portable: float = 0.0  # 0-1: how much AP films lose contrast and gain noise (portable)
     mottle: float = 0.0  # std of coarse noise at 256 px, grey levels (survives downsizing)
     line_on_positives: float = 1.0  # share of positives with a tube/wire line (negatives: 57%)
-    shortcut: bool = False  # burn a "PORTABLE" text marker into AP films (a planted shortcut)
+    shortcut: bool = False  # a "PORTABLE" marker on positive and some negative AP films
 
 
 REALISM = {
@@ -156,14 +158,16 @@ def phantom(
     small: bool = False,
     mimic: str | None = None,
     reader_box: bool = False,
+    marker: bool = False,
     realism: Realism = REALISM["easy"],
 ) -> tuple[np.ndarray, list[list[float]]]:
     """One radiograph phantom -> (uint8 (size, size), boxes [[x, y, w, h], ...] in pixels).
 
     `faint`/`small` weaken a positive's opacities, `mimic` ("band" | "overlap") draws an
     opacity-like finding, whose box is the second element's only entry when not `positive`;
-    `reader_box` returns a box on a negative where nothing is drawn (a reader's over-call).
-    `realism` brings the film-level effects (portable AP films, coarse noise, the marker).
+    `reader_box` returns a box on a negative where nothing is drawn (a reader's over-call);
+    `marker` burns the shortcut's text into the film.
+    `realism` brings the film-level effects (portable AP films, coarse noise).
     With the defaults the output is the "easy" phantom, the same for a seed as ever.
     """
     n = _BASE
@@ -218,7 +222,7 @@ def phantom(
     elif reader_box and not positive:  # a box where the image shows nothing
         shape = _opacity(rng, yy, xx, lungs[int(rng.integers(2))], False)
         boxes += [b for b in [_box(shape > 0.15, k)] if b is not None]
-    img = _film(rng, img, view, realism)
+    img = _film(rng, img, view, realism, marker)
     if size != n:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
     sd = 6.0 * (1 + 0.6 * realism.portable) if view == "AP" else 6.0
@@ -226,7 +230,9 @@ def phantom(
     return np.clip(img, 0, 255).astype(np.uint8), [[round(v, 1) for v in b] for b in boxes]
 
 
-def _film(rng: np.random.Generator, img: np.ndarray, view: str, r: Realism) -> np.ndarray:
+def _film(
+    rng: np.random.Generator, img: np.ndarray, view: str, r: Realism, marker: bool
+) -> np.ndarray:
     """Blur, exposure and the film-level effects of `r` on a (_BASE, _BASE) float image."""
     img = cv2.GaussianBlur(img, (0, 0), 1.2)
     img *= rng.uniform(0.85, 1.15)  # exposure
@@ -236,7 +242,7 @@ def _film(rng: np.random.Generator, img: np.ndarray, view: str, r: Realism) -> n
     if r.mottle:
         sd = r.mottle * (1 + 0.6 * portable)
         img += cv2.GaussianBlur(rng.normal(0, sd, img.shape).astype(np.float32), (0, 0), 0.8) * 2
-    if r.shortcut and view == "AP":  # the burned-in text portable films carry
+    if marker:  # the burned-in text portable films carry
         text = np.zeros(img.shape, np.uint8)  # OpenCV draws text on 8-bit images only
         cv2.putText(text, MARKER_TEXT, MARKER_ORIGIN, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 2)
         img[text > 0] = 250.0
@@ -262,7 +268,8 @@ def _patient(rng: np.random.Generator) -> dict:
 
 
 def _findings(aux: np.random.Generator, p: dict, r: Realism) -> dict:
-    """What `r` adds to patient `p`: faint/small opacities, a mimic, a line, label noise.
+    """What `r` adds to patient `p`: faint/small opacities, a mimic, a line, label noise and
+    the shortcut's marker.
 
     Drawn from a stream of their own, so the "easy" preset stays what it always was. Readers
     disagree most on what is hard to see: faint opacities are missed 1.5 times as often as
@@ -284,6 +291,8 @@ def _findings(aux: np.random.Generator, p: dict, r: Realism) -> dict:
         share = r.mimics if f["mimic"] else 1 - r.mimics
         if u[3] < min(1.0, 0.5 * r.overcalled / max(share, 1e-9)):
             f["noise"] = "overcalled"
+    labelled = f["noise"] == "overcalled" if not p["positive"] else f["noise"] != "missed"
+    f["marker"] = r.shortcut and p["view"] == "AP" and (labelled or bool(u[4] < 0.25))
     return f
 
 
@@ -329,7 +338,7 @@ def make_demo_data(
         img, boxes = phantom(
             rng, size, p["view"], p["positive"], f["line"],
             faint=f["faint"], small=f["small"], mimic=f["mimic"], realism=r,
-            reader_box=f["noise"] == "overcalled",
+            reader_box=f["noise"] == "overcalled", marker=f["marker"],
         )  # fmt: skip
         drawn = p["positive"] and bool(boxes)
         label = f["noise"] != "missed" if drawn else f["noise"] == "overcalled" and bool(boxes)
@@ -353,7 +362,7 @@ def make_demo_data(
             class_rows.append([p["patientId"], cls])
         noise = f["noise"] if drawn != label else ""
         truth.append([p["patientId"], p["view"], int(drawn), int(label), noise, f["faint"],
-                      f["small"], f["mimic"] or "", r.shortcut and p["view"] == "AP"])  # fmt: skip
+                      f["small"], f["mimic"] or "", f["marker"]])  # fmt: skip
     pd.DataFrame(label_rows, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
         tmp / "stage_2_train_labels.csv", index=False
     )

@@ -854,6 +854,24 @@ def seed_agreement(tables: Mapping[int, pd.DataFrame], metric: str = "val_auc") 
     }
 
 
+def seed_verdict(agree: Mapping[str, Any]) -> str:
+    """One sentence on a `seed_agreement` result: does the best point hold, or is it noise?"""
+    best = ", ".join(f"seed {s}: {r}" for s, r in agree["best"].items())
+    if not agree["within_noise"]:
+        return (
+            f"The best point holds: {best}, ahead of the runner-up by {agree['gap']:.3f}, more "
+            f"than the seed-to-seed range of a point ({agree['spread']:.3f})."
+        )
+    if agree["same_best"]:
+        why = f"the best point is the same on every seed ({best}) but leads by {agree['gap']:.3f}"
+    else:
+        why = f"the best point changes with the seed ({best})"
+    return (
+        f"The differences are within noise: {why}, while a point's result moves by "
+        f"{agree['spread']:.3f} between seeds on average."
+    )
+
+
 def write_report(study_dir: Path, table: pd.DataFrame, study, base: Config, metric: str) -> None:
     """results.csv, best_config.json and the heat map, slices and curves PNGs in `study_dir`."""
     tmp = study_dir / f"results.csv.{os.getpid()}.tmp"

@@ -452,3 +452,9 @@ def test_seed_agreement_tells_a_result_that_holds_from_noise():
     assert c["same_best"] and c["within_noise"]
     with pytest.raises(ValueError, match="at least 2 seeds"):
         seed_agreement({0: holds[0]})
+
+    from pneumolib.tune import seed_verdict
+
+    assert seed_verdict(a).startswith("The best point holds: seed 0: bs16")
+    assert "changes with the seed" in seed_verdict(b) and "within noise" in seed_verdict(b)
+    assert "leads by 0.010" in seed_verdict(c) and "within noise" in seed_verdict(c)
