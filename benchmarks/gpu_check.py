@@ -36,6 +36,7 @@ RESULTS, FIGURES = "results.tsv", "figures.json"
 COLUMNS = ("stage", "setting", "figure", "target/ratio")
 EFFICIENCY_TARGET, EPOCH_TARGET_S = 0.95, 6.0
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+TEMPLATE_DRAW = 128  # side of the phantoms drawn only for their labels and headers
 # build_cache's last line, e.g. "cache X: 1998 images of 256x256, 2 unreadable, 0 label/image
 # mismatches; 893 images/s"
 CACHE_LINE = re.compile(r"cache .*: (\d+) images of (\d+)x\d+, (\d+) unreadable.*; (\S+) images/s")
@@ -108,13 +109,13 @@ def verdict(ok: bool) -> str:
 def cmd_env(a: argparse.Namespace) -> int:
     """Versions and the GPU; exit 0 with a CUDA GPU, 3 without."""
     import platform
+    from importlib.metadata import version
 
     import torch
-    import torchvision
 
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, torchvision "
-        f"{torchvision.__version__}, CUDA (torch build) {torch.version.cuda}, "
+        f"{version('torchvision')}, CUDA (torch build) {torch.version.cuda}, "
         f"cuDNN {torch.backends.cudnn.version()}"
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -135,14 +136,23 @@ def cmd_env(a: argparse.Namespace) -> int:
 
 
 def _shard(job: tuple) -> None:
+    import pandas as pd
     import pydicom
 
     from pneumolib.synth import make_demo_data
 
     out, n, size, seed, template = job
-    raw = make_demo_data(out, n=n, size=size, seed=seed)
     if template is None:
+        make_demo_data(out, n=n, size=size, seed=seed)
         return
+    # The template's frame replaces the phantom's pixels: draw small phantoms (a quarter of
+    # the time) and scale their boxes to the template's pixels.
+    raw = make_demo_data(out, n=n, size=TEMPLATE_DRAW, seed=seed)
+    labels = raw / "stage_2_train_labels.csv"
+    df = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    for col in ("x", "y", "width", "height"):
+        df[col] = [f"{float(v) * size / TEMPLATE_DRAW:.1f}" if v else "" for v in df[col]]
+    df.to_csv(labels, index=False)
     t = pydicom.dcmread(template)
     for f in sorted((raw / "stage_2_train_images").glob("*.dcm")):
         ds = pydicom.dcmread(f)  # keep the phantom's patient, labels and header; real pixels
