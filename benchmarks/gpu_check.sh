@@ -70,6 +70,7 @@ trap cleanup EXIT
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TQDM_MININTERVAL=60
 BUDGET=${GPU_CHECK_BUDGET:-460}
 T0=$SECONDS
+STATUS=0  # 1 once a stage fails or is skipped for want of time
 HELPER=("$PY" "$HERE/gpu_check.py")  # an array, not a function: `timeout` runs it
 row() { "${HELPER[@]}" row --report "$REPORT" "$@" > /dev/null; }
 
@@ -83,6 +84,7 @@ stage() {
     if [ "$left" -lt 20 ]; then
         row "$label" "$setting" "SKIPPED: time budget ($BUDGET s) spent" "–"
         echo "=== $name: SKIPPED (time budget spent)"
+        STATUS=1
         return
     fi
     local limit=$((cap < left ? cap : left)) before after rc t=$SECONDS
@@ -96,7 +98,10 @@ stage() {
     elif [ "$rc" != 0 ] && [ "$after" = "$before" ]; then
         row "$label" "$setting" "FAILED: exit $rc: $(grep -v '^\s*$' "$REPORT/logs/$name.log" | tail -n 1 | cut -c1-300)" "–"
     fi
-    [ "$rc" = 0 ] || echo "=== $name: FAILED (exit $rc), see $REPORT/logs/$name.log"
+    if [ "$rc" != 0 ]; then
+        echo "=== $name: FAILED (exit $rc), see $REPORT/logs/$name.log"
+        STATUS=1
+    fi
     echo "=== $name: $((SECONDS - t)) s"
 }
 
@@ -115,7 +120,11 @@ if [ "$rc" = 0 ]; then
 else
     GPU=0
     N=${GPU_CHECK_N:-200}
-    [ "$rc" = 3 ] || echo "env: FAILED (exit $rc): torch not importable or CUDA init hung"
+    if [ "$rc" != 3 ]; then
+        echo "env: FAILED (exit $rc): torch not importable, or CUDA init failed or hung"
+        row env "import torch, CUDA init" "FAILED: exit $rc (see above)" "–"
+        STATUS=1
+    fi
     echo "no CUDA GPU found: GPU stages skipped"
 fi
 
@@ -181,8 +190,9 @@ fi
 echo
 echo "=== gpu_check: results ($((SECONDS - T0)) s in all; logs in $REPORT/logs)"
 [ "$GPU" = 1 ] || echo "no CUDA GPU found: GPU stages skipped"
-"${HELPER[@]}" table --report "$REPORT" || { echo "table: FAILED; raw rows:"; cat "$REPORT/results.tsv"; }
-if grep -q $'\t\(FAILED\|SKIPPED\)' "$REPORT/results.tsv"; then
-    exit 1
+if ! "${HELPER[@]}" table --report "$REPORT"; then
+    echo "table: FAILED; the raw rows:"
+    cat "$REPORT/results.tsv"
+    STATUS=1
 fi
-exit 0
+exit $STATUS
