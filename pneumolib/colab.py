@@ -511,20 +511,12 @@ def ensure_cache(cfg: Config, profile: str) -> Path:
     Both steps return at once when their output is already there, so every notebook can call
     this first and still be run on its own.
     """
-    from pneumolib.preprocess import build_cache
+    from pneumolib.preprocess import cache_for
     from pneumolib.synth import make_demo_data
 
     if profile == "demo":
         make_demo_data(cfg.raw, **DEMO_DATA)
-    return build_cache(
-        cfg.raw,
-        cfg.cache,
-        size=cfg.cache_size,
-        split=cfg.split,
-        seed=cfg.seed,
-        val_frac=cfg.val_frac,
-        test_frac=cfg.test_frac,
-    )
+    return cache_for(cfg)
 
 
 def ensure_run(cfg: Config, profile: str) -> Path:

@@ -24,7 +24,7 @@ from pneumolib.config import Config, demo_config
 from pneumolib.demo_report import write_report
 from pneumolib.evaluate import evaluate_run
 from pneumolib.figures import plot_history
-from pneumolib.preprocess import build_cache
+from pneumolib.preprocess import cache_for
 from pneumolib.synth import make_demo_data
 from pneumolib.train import fit
 from pneumolib.tune import plot_heatmap, seed_agreement, sweep
@@ -43,16 +43,7 @@ def make_cache(cfg: Config, *, n: int, size: int, seed: int = 0, progress: bool 
     """Demo data (`n` phantoms of `size` px, data seed `seed`) at `cfg.raw` and its cache at
     `cfg.cache`, both made only when missing; returns the cache."""
     make_demo_data(cfg.raw, n=n, size=size, seed=seed)
-    return build_cache(
-        cfg.raw,
-        cfg.cache,
-        size=cfg.cache_size,
-        split=cfg.split,
-        seed=cfg.seed,
-        val_frac=cfg.val_frac,
-        test_frac=cfg.test_frac,
-        progress=progress,
-    )
+    return cache_for(cfg, progress=progress)
 
 
 def pretext_weights(root: str | Path, *, n: int = 300, epochs: int = 6) -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from pneumolib.config import Config
 from pneumolib.data import load_labels, make_splits
 from pneumolib.dicom import DicomError, parse_age, read_dicom
 
@@ -142,6 +143,21 @@ def _params(
         "test_frac": test_frac,
         "reduced_decode": reduced,
     }
+
+
+def cache_for(cfg: Config, *, progress: bool = True) -> Path:
+    """The cache of `cfg` (`cfg.raw` -> `cfg.cache` at `cfg.cache_size`, its split rule, seed
+    and fractions): the one way from a config to a cache. Returns at once when it exists."""
+    return build_cache(
+        cfg.raw,
+        cfg.cache,
+        size=cfg.cache_size,
+        split=cfg.split,
+        seed=cfg.seed,
+        val_frac=cfg.val_frac,
+        test_frac=cfg.test_frac,
+        progress=progress,
+    )
 
 
 def build_cache(

@@ -21,7 +21,7 @@ from pneumolib.cam import cam_examples
 from pneumolib.config import Config
 from pneumolib.data import read_index
 from pneumolib.localisation import box_mask, energy_in_box
-from pneumolib.preprocess import build_cache
+from pneumolib.preprocess import cache_for
 from pneumolib.synth import make_demo_data, marker_box, read_truth
 from pneumolib.train import fit
 
@@ -36,16 +36,7 @@ def shortcut_run(cfg: Config, data: dict, root: str | Path) -> Path:
         raw=str(root / "raw"), cache=str(root / "cache"), out=str(root / "runs" / "resnet18")
     )
     make_demo_data(sc.raw, **data, shortcut=True)
-    build_cache(
-        sc.raw,
-        sc.cache,
-        size=sc.cache_size,
-        split=sc.split,
-        seed=sc.seed,
-        val_frac=sc.val_frac,
-        test_frac=sc.test_frac,
-        progress=False,
-    )
+    cache_for(sc, progress=False)
     if not (Path(sc.out) / "best.pt").is_file():
         fit(sc)
     return Path(sc.out)
