@@ -222,6 +222,12 @@ display(explore.intensity_histograms_figure(images, index, by="class", max_per_g
 # picture looks like, and differently for each image: two patients' lungs no longer share a
 # grey level. `pneumolib` trains on z-scored /255 values and leaves contrast changes to the
 # augmentation (notebook 02).
+#
+# **On the demo** min-max barely changes a film: on every phantom the spine reaches 255 and
+# the air lies near 0, so the extremes are already set (a real film's borders and markers do
+# the same). The percentile scaling visibly stretches the flatter, noisier portable (AP) films,
+# the very difference between views that a model could otherwise learn; CLAHE brings out lung
+# texture and noise alike.
 
 # %%
 rng = np.random.default_rng(0)
