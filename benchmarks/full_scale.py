@@ -13,14 +13,15 @@ class under their own id (every link is still read and decoded as its own file; 
 header keeps the phantom's patient id, sex and age). 3- and 4-box patients get a phantom's
 boxes split in halves.
 
-Then each stage runs as its own `python -m pneumolib ...` subprocess (with the same
-niceness): preprocess (cache 256 px, all cores) -> train (the rsna Config defaults except
-weights none / scratch, device cpu, 1 epoch of `--steps` steps, then validation on the whole
-val split) -> evaluate val -> evaluate test (whole splits) -> cam on test (maps for the whole
-split; every true positive at the threshold `evaluate` chose on val for 90% sensitivity is
-scored, as a few steps from scratch rarely reach 0.5; `--n` only limits overlays) -> predict
-on `--predict-n` DICOMs -> a 2-point tune (batch sizes 32 and 64, 1 epoch of `--steps`
-steps).
+Then each stage runs as its own subprocess (`python -m pneumolib ...`, same niceness):
+preprocess (cache 256 px, all cores) -> train (the rsna Config defaults except weights none /
+scratch, device cpu, 1 epoch of `--steps` steps, then validation on the whole val split) ->
+loader epoch (one whole train epoch of the trainer's input pipeline without the model: every
+train row read from the memory map once, as a real epoch does and the few steps do not) ->
+evaluate val -> evaluate test (whole splits) -> cam on test (maps for the whole split; every
+true positive at the threshold `evaluate` chose on val for 90% sensitivity is scored, as a few
+steps from scratch rarely reach 0.5; `--n` only limits overlays) -> predict on `--predict-n`
+DICOMs -> a 2-point tune (batch sizes 32 and 64, 1 epoch of `--steps` steps).
 
 Memory: a thread polls /proc every 0.2 s for the stage's whole process tree (loader and pool
 workers included) and records the peak of the summed RSS (an upper bound: pages a forked
@@ -195,6 +196,41 @@ def make_rsna_like(
     return out
 
 
+def loader_epoch(cache: Path, image_size: int) -> int:
+    """One whole epoch of the trainer's CPU input pipeline over the train split, no model:
+    augmented uint8 batches from the memory map in the loader workers, lookup tables applied
+    here (what `fit` feeds the network) -> images seen. The 5-step train stage reads a few
+    hundred rows; this reads every train row once, as a real epoch does."""
+    import torch
+
+    from pneumolib.augment import AugmentPolicy
+    from pneumolib.config import Config
+    from pneumolib.data import make_loader, read_index, read_stats
+    from pneumolib.train import to_device_batch
+
+    cfg = Config(image_size=image_size)
+    index, stats = read_index(cache), read_stats(cache)
+    train = index[index.split == "train"].reset_index(drop=True)
+    policy = AugmentPolicy.from_config(cfg)
+    loader = make_loader(
+        cache,
+        train,
+        batch_size=cfg.batch_size,
+        out_size=image_size,
+        policy=policy,
+        train=True,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        normalise=(stats["mean"], stats["std"]),
+    )
+    seen, t0 = 0, time.perf_counter()
+    for batch in loader:
+        x = to_device_batch(batch, torch.device("cpu"), image_size, policy, stats, True, 0, False)
+        seen += len(x)
+    print(f"loader epoch: {seen} images in {time.perf_counter() - t0:.1f} s")
+    return seen
+
+
 # --- measuring a stage -----------------------------------------------------------------------
 
 
@@ -351,25 +387,25 @@ def table(rows: list[dict], header: str) -> str:
 
 
 def compare(rows: list[dict], n: int, other: dict) -> str:
-    """Per-file seconds and peak RSS of this run against another results.json."""
+    """Per-file CPU time and peak PSS of this run against another results.json."""
     theirs = {r["stage"]: r for r in other["rows"]}
     m = other["n"]
     lines = [
-        f"Scaling: this run (n={n}) against {other['work']} (n={m}); per-file ms use each "
-        "stage's own file count.",
+        f"Scaling: n={n} (this run) against n={m} ({other['work']}): CPU ms per file, each "
+        "stage over its own file count (CPU time, as the wall clock depends on other load).",
         "",
-        f"| stage | files {m} | files {n} | ms/file {m} | ms/file {n} | ratio | "
-        f"peak RSS GB {m} | peak RSS GB {n} |",
+        f"| stage | files {m} | files {n} | CPU ms/file {m} | CPU ms/file {n} | ratio | "
+        f"peak PSS GB {m} | peak PSS GB {n} |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         o = theirs.get(r["stage"])
         if not o:
             continue
-        a, b = 1e3 * o["seconds"] / o["n_files"], 1e3 * r["seconds"] / r["n_files"]
+        a, b = 1e3 * o["cpu_seconds"] / o["n_files"], 1e3 * r["cpu_seconds"] / r["n_files"]
         lines.append(
-            f"| {r['stage']} | {o['n_files']} | {r['n_files']} | {a:.1f} | {b:.1f} | "
-            f"{b / a:.2f} | {o['peak_rss_gb']:.2f} | {r['peak_rss_gb']:.2f} |"
+            f"| {r['stage']} | {o['n_files']:,} | {r['n_files']:,} | {a:.1f} | {b:.1f} | "
+            f"{b / a:.2f} | {o['peak_pss_gb']:.2f} | {r['peak_pss_gb']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -390,12 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", type=Path, help="a results.json of another run to compare with")
     p.add_argument("--only-data", action="store_true", help="make the DICOMs in WORK and stop")
+    p.add_argument(
+        "--loader-epoch", action="store_true", help="one train epoch of WORK/cache's loader, stop"
+    )
     args = p.parse_args(argv)
     if args.n < 60 or args.distinct < 6 or args.predict_n < 1 or args.steps < 1:
         p.error("--n must be >= 60, --distinct >= 6, --predict-n and --steps >= 1")
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="pneumolib_full_"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.loader_epoch:
+        loader_epoch(work / "cache", args.image_size)
+        return 0
     if args.only_data:
         raw = make_rsna_like(
             work / "raw", args.n, args.distinct, args.dicom_size, args.seed, args.workers
@@ -452,6 +494,15 @@ def main(argv: list[str] | None = None) -> int:
             pl + ["train", "--cache", cache, "--out", run, "--epochs", "1"] + common,
             f"{n_train:,} train + {n_val:,} val",
             n_train + n_val,
+        )
+    if ok:
+        n_epoch = int((index.split == "train").sum())
+        ok = stage(
+            "loader epoch",
+            [py, here, "--loader-epoch", "--work", str(work)]
+            + ["--image-size", str(args.image_size)],
+            f"{n_epoch:,} train (input pipeline only, no model)",
+            n_epoch,
         )
     for split in ("val", "test"):
         if ok:

@@ -12,6 +12,7 @@ STAGES = (
     "data",
     "preprocess",
     "train",
+    "loader epoch",
     "evaluate val",
     "evaluate test",
     "cam test",
