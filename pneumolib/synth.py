@@ -220,7 +220,7 @@ def phantom(
         if not positive and (b := _box(mask > 0.3, k)) is not None:
             boxes.append(b)  # where a reader who over-calls it would draw the box
     elif reader_box and not positive:  # a box where the image shows nothing
-        shape = _opacity(rng, yy, xx, lungs[int(rng.integers(2))], False)
+        shape = _opacity(rng, yy, xx, lungs[int(rng.integers(2))], small=False)
         boxes += [b for b in [_box(shape > 0.15, k)] if b is not None]
     img = _film(rng, img, view, realism, marker)
     if size != n:
