@@ -124,7 +124,7 @@ def demo_sweep(cfg: Config, folder: Path, *, epochs: int) -> dict[int, pd.DataFr
         tables[seed] = sweep(
             cfg.replace(epochs=epochs, seed=seed, out=str(folder)),
             **SWEEP_GRID,
-            study=f"demo_e{epochs}_s{seed}",  # a --quick and a full demo may share one folder
+            study=f"demo_{Path(cfg.raw).name}_s{seed}",  # --quick and full differ in raw_N
             progress=False,
         ).drop(columns="run_dir")
     every = pd.concat([t.assign(seed=s) for s, t in tables.items()], ignore_index=True)
