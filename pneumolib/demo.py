@@ -27,7 +27,7 @@ from pneumolib.figures import plot_history
 from pneumolib.preprocess import cache_for
 from pneumolib.synth import make_demo_data
 from pneumolib.train import fit
-from pneumolib.tune import plot_heatmap, seed_agreement, sweep
+from pneumolib.tune import plot_heatmap, sweep
 
 DEMO_N, DEMO_SIZE = 500, 1024  # 500 patients (75 in test) in DICOMs as large as RSNA's
 SWEEP_SEEDS = (0, 1, 2)  # the sweep is repeated per training seed: does its best point hold?
@@ -129,7 +129,5 @@ def demo_sweep(cfg: Config, folder: Path, *, epochs: int) -> dict[int, pd.DataFr
         ).drop(columns="run_dir")
     every = pd.concat([t.assign(seed=s) for s, t in tables.items()], ignore_index=True)
     every.to_csv(folder / "seeds.csv", index=False)
-    mean = every.groupby(["batch_size", "lr"], as_index=False)["val_auc"].mean()
-    plot_heatmap(mean, "val_auc").savefig(folder / "heatmap.png", dpi=100)
-    seed_agreement(tables)  # fails here, not in the report, on a sweep without results
+    plot_heatmap(every, "val_auc").savefig(folder / "heatmap.png", dpi=100)  # seeds' mean
     return tables

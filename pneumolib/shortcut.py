@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from pneumolib.cam import cam_examples
 from pneumolib.config import Config
 from pneumolib.data import read_index
 from pneumolib.localisation import box_mask, energy_in_box
+from pneumolib.metrics import binary_metrics
 from pneumolib.preprocess import cache_for
 from pneumolib.synth import make_demo_data, marker_box, read_truth
 from pneumolib.train import fit
@@ -61,7 +60,8 @@ def _scores(run: Path, cache: str | Path, index: pd.DataFrame) -> pd.DataFrame:
 
 
 def _auc(df: pd.DataFrame) -> float:
-    return float(roc_auc_score(df.target, df.prob)) if df.target.nunique() == 2 else np.nan
+    """ROC AUC of a scores table (NaN with one class), as `metrics` defines it."""
+    return binary_metrics(df.target, df.prob)["roc_auc"]
 
 
 def shortcut_table(

@@ -222,25 +222,30 @@ def phantom(
     elif reader_box and not positive:  # a box where the image shows nothing
         shape = _opacity(rng, yy, xx, lungs[int(rng.integers(2))], small=False)
         boxes += [b for b in [_box(shape > 0.15, k)] if b is not None]
-    img = _film(rng, img, view, realism, marker)
+    portable = realism.portable if view == "AP" else 0.0  # bedside films only
+    img = _film(rng, img, realism, portable=portable, marker=marker)
     if size != n:
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    sd = 6.0 * (1 + 0.6 * realism.portable) if view == "AP" else 6.0
+    sd = 6.0 * _noise_gain(portable)
     img += rng.normal(0, sd, (size, size)).astype(np.float32)  # quantum noise
     return np.clip(img, 0, 255).astype(np.uint8), [[round(v, 1) for v in b] for b in boxes]
 
 
+def _noise_gain(portable: float) -> float:
+    """How much noisier a film is at this portable level (a small detector dose)."""
+    return 1 + 0.6 * portable
+
+
 def _film(
-    rng: np.random.Generator, img: np.ndarray, view: str, r: Realism, marker: bool
+    rng: np.random.Generator, img: np.ndarray, r: Realism, *, portable: float, marker: bool
 ) -> np.ndarray:
     """Blur, exposure and the film-level effects of `r` on a (_BASE, _BASE) float image."""
     img = cv2.GaussianBlur(img, (0, 0), 1.2)
     img *= rng.uniform(0.85, 1.15)  # exposure
-    portable = r.portable if view == "AP" else 0.0
     if portable:  # bedside film: scatter lowers contrast, a small detector dose adds noise
         img = img.mean() + (img - img.mean()) * (1 - 0.2 * portable)
     if r.mottle:
-        sd = r.mottle * (1 + 0.6 * portable)
+        sd = r.mottle * _noise_gain(portable)
         img += cv2.GaussianBlur(rng.normal(0, sd, img.shape).astype(np.float32), (0, 0), 0.8) * 2
     if marker:  # the burned-in text portable films carry
         text = np.zeros(img.shape, np.uint8)  # OpenCV draws text on 8-bit images only
@@ -276,8 +281,8 @@ def _findings(aux: np.random.Generator, p: dict, r: Realism) -> dict:
     the rest, and half the over-calls fall on mimics; the rest are boxes on nothing visible.
     """
     u = aux.random(6)
-    f = {"faint": False, "small": False, "mimic": None, "line": p["class"] != "Normal"}
-    f["noise"] = ""
+    f = {"faint": False, "small": False, "mimic": None, "noise": ""}
+    f["line"] = p["class"] != "Normal"
     if p["positive"]:
         f["faint"], f["small"] = bool(u[0] < r.faint), bool(u[1] < r.small)
         p_faint = min(1.0, 1.5 * r.missed)
