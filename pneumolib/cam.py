@@ -38,6 +38,7 @@ from pneumolib.localisation import (
     scale_boxes,
     summarize_localisation,
 )
+from pneumolib.progress import bar as progress_bar
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -450,8 +451,6 @@ def iter_cam_batches(
     Yields dicts: `rows` (the batch's slice of `index`), `images` uint8 (B, S, S) (the network
     input, de-normalised, for drawing), `maps` float32 (B, S, S) in [0, 1], `probs` (B,).
     """
-    from tqdm.auto import tqdm
-
     from pneumolib.augment import AugmentPolicy
     from pneumolib.data import make_loader
     from pneumolib.train import to_device_batch
@@ -466,7 +465,7 @@ def iter_cam_batches(
         cache, index, batch_size, image_size, policy, False, 0, workers, warp_in_worker
     )
     mean, std = float(stats["mean"]), float(stats["std"])
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         x = to_device_batch(batch, device, image_size, policy, stats, False, 0, False)
         if method == "cam":
             maps, probs = cam(model, x, layer=layer)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumolib.config import Config, demo_config, rsna_config
+from pneumolib.progress import bar as progress_bar
 
 COMPETITION = "rsna-pneumonia-detection-challenge"
 TRAIN_DIR = "stage_2_train_images"
@@ -346,11 +347,10 @@ def _data_root(folder: Path) -> Path:
 
 
 def _unzip(zip_path: Path, dest: Path) -> None:
-    from tqdm.auto import tqdm
 
     with zipfile.ZipFile(zip_path) as zf:
         members = zf.infolist()
-        for m in tqdm(members, desc=f"unzip {zip_path.name}", unit="file", mininterval=1):
+        for m in progress_bar(members, desc=f"unzip {zip_path.name}", unit="file"):
             zf.extract(m, dest)  # zipfile strips absolute paths and '..' from member names
 
 

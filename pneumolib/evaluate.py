@@ -26,6 +26,7 @@ from pneumolib.metrics import (
     jsonable,
     summarize,
 )
+from pneumolib.progress import bar as progress_bar
 
 
 # --------------------------------------------------------------------------- driver
@@ -101,13 +102,12 @@ def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_de
     """Mean probability over the variants `mats` {name: (2, 3)} for a loader of raw uint8
     (B, S, S) batches -> (probabilities (N,), targets (N,), positions (N,))."""
     import torch
-    from tqdm.auto import tqdm
 
     from pneumolib.predict import model_input
 
     probs, targets, positions = [], [], []
     with torch.no_grad():
-        for batch in tqdm(loader, desc="predict (TTA)", leave=False):
+        for batch in progress_bar(loader, desc="predict (TTA)", leave=False):
             images = batch["images"].numpy()  # (B, S, S) uint8
             total = torch.zeros(len(images), dtype=torch.float64)
             for m in mats.values():

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pneumolib.progress import bar as progress_bar
+
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_BATCH = 32
@@ -144,7 +146,6 @@ def predict_files(
     in input order, one error line per unreadable file or empty input). With `cam_dir`, also
     writes one CAM overlay PNG per scored file there (`cam.cam`, default layer). `reduced`
     keeps the cache's reduced-scale JPEG decode (as `preprocess` does by default)."""
-    from tqdm.auto import tqdm
 
     from pneumolib.augment import eval_affines
     from pneumolib.dicom import DicomError
@@ -159,7 +160,9 @@ def predict_files(
     files, errors = expand_inputs(inputs)
     rows: list[dict] = []
     batches = range(0, len(files), max(1, batch_size))
-    for start in tqdm(batches, desc="predict", leave=False, disable=not progress, file=sys.stderr):
+    for start in progress_bar(
+        batches, desc="predict", leave=False, disable=not progress, file=sys.stderr
+    ):
         ok, images = [], []
         for f in files[start : start + batch_size]:
             try:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from pneumolib.config import Config
 from pneumolib.data import load_labels, make_splits
 from pneumolib.dicom import DicomError, parse_age, read_dicom
+from pneumolib.progress import bar as progress_bar
 
 IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
     "stage_2_train_images",
@@ -255,7 +255,9 @@ def build_cache(
     if done:
         print(f"resuming {part}: {len(done)} of {n} images already done")
     t0 = time.perf_counter()
-    bar = tqdm(total=n, initial=len(done), desc="preprocess", unit="img", disable=not progress)
+    bar = progress_bar(
+        total=n, initial=len(done), desc="preprocess", unit="img", disable=not progress
+    )
     try:
         with open(part / _PROGRESS, "a") as log:
             for metas in _run(jobs, workers, decoder):

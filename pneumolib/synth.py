@@ -32,9 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from pneumolib.dicom import write_dicom
+from pneumolib.progress import bar as progress_bar
 
 P_AP = 0.46  # share of AP views in RSNA (12,173 / 26,684)
 P_POS = {"AP": 0.38, "PA": 0.09}  # P(positive | view)
@@ -337,7 +337,7 @@ def make_demo_data(
     (tmp / "stage_2_train_images").mkdir(parents=True)
     rng, aux = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     label_rows, class_rows, truth = [], [], []
-    for _ in tqdm(range(n), desc="demo DICOMs", unit="img", leave=False):
+    for _ in progress_bar(range(n), desc="demo DICOMs", unit="img", leave=False):
         p = _patient(rng)
         f = _findings(aux, p, r)
         img, boxes = phantom(

@@ -24,7 +24,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from tqdm.auto import tqdm
 
 from pneumolib.augment import (
     AugmentPolicy,
@@ -36,6 +35,7 @@ from pneumolib.augment import (
 from pneumolib.config import Config
 from pneumolib.data import make_loader, read_index, read_stats, with_label
 from pneumolib.models import build_model, trainable_parameters
+from pneumolib.progress import bar as progress_bar
 
 # Fields that may differ when a run is resumed (they change speed or paths, not the result;
 # `epochs` is not one: the learning-rate schedule is laid out over the whole run).
@@ -211,7 +211,7 @@ def predict_probs(
     was_training = model.training
     model.eval()
     probs, targets, positions = [], [], []
-    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
+    for batch in progress_bar(loader, desc="predict", leave=False, disable=not progress):
         x = to_device_batch(
             batch, device, size, AugmentPolicy.identity(), stats, False, 0, channels_last
         )
@@ -387,24 +387,28 @@ def fit(
     if cfg.compile:
         net = torch.compile(net)
     writer = _tensorboard(out) if main else None
+    # One bar for the whole run (not one per epoch): its ETA is the run's, and its redraws stay
+    # bounded however many epochs there are (see pneumolib.progress).
+    bar = progress_bar(
+        total=cfg.epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        desc="train",
+        unit="step",
+        disable=not (progress and main),
+        leave=False,
+    )
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.patience and stale >= cfg.patience:
             if main:
-                print(f"early stop: {cfg.monitor} has not improved for {stale} epochs")
+                bar.write(f"early stop: {cfg.monitor} has not improved for {stale} epochs")
             break
         t0 = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
         net.train()
         batches = iter(train_loader)
         run_loss, seen = 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="step",
-            disable=not (progress and main),
-            leave=False,
-        )
-        for step in bar:
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}", refresh=False)
+        for step in range(steps_per_epoch):
             micro_batches = [b for _, b in zip(range(accum), batches, strict=False)]
             if not micro_batches:
                 break
@@ -424,10 +428,12 @@ def fit(
             scaler.step(opt)
             scaler.update()
             sched.step()
-            bar.set_postfix(loss=f"{run_loss / seen:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+            bar.update()
+            bar.set_postfix(
+                loss=f"{run_loss / seen:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False
+            )
             if callback:
                 callback("step", {"epoch": epoch, "step": step})
-        bar.close()
         if distributed:  # BN running stats drift per rank after the last forward: take rank 0's
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
@@ -456,7 +462,7 @@ def fit(
             best, best_loss = score, val_loss
         stale = 0 if improved else stale + 1
         if main:
-            print(
+            bar.write(
                 f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
                 f"val_loss {val_loss:.4f}  auc {row['val_auc']:.4f}  "
                 f"acc {row['val_accuracy']:.3f}  "
@@ -486,6 +492,7 @@ def fit(
                     writer.add_scalar(k, v, epoch + 1)
         if callback:
             callback("epoch", {"epoch": epoch, "metrics": row})
+    bar.close()
     summary = {
         "out": str(out),
         "epochs": len(history),

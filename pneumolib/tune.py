@@ -48,13 +48,13 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from pneumolib import train
 from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
 from pneumolib.data import make_loader, read_index, read_stats
 from pneumolib.models import build_model, trainable_parameters
+from pneumolib.progress import bar as progress_bar
 
 ORIGINAL_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 ORIGINAL_LRS = (1e-4, 2e-4)
@@ -1073,7 +1073,9 @@ def lr_range_test(
     pw = cfg.pos_weight or (1.0 if cfg.balanced_sampling else (1 - pos) / max(pos, 1e-9))
     pw = torch.tensor([pw], device=device)
     batches, rows, avg, lowest = _endless(loader), [], None, math.inf
-    for lr in tqdm(np.geomspace(start, end, steps), desc="lr range test", disable=not progress):
+    for lr in progress_bar(
+        np.geomspace(start, end, steps), desc="lr range test", disable=not progress
+    ):
         for g in opt.param_groups:
             g["lr"] = float(lr)
         micro_batches = [next(batches) for _ in range(cfg.batch_size // micro)]
