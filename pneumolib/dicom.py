@@ -7,24 +7,37 @@ letterboxed (padded to a square, centred) and area-resized. For JPEG Baseline fi
 image) the JPEG frame is decoded by OpenCV directly, at a reduced DCT scale where that still
 leaves at least the target size; this stays within `REDUCED_DECODE_TOLERANCE` of a full decode +
 area resize (tested) and is the single largest saving when building the cache.
+
+Grey values follow the DICOM standard (PS3.3): modality rescale/LUT, then the VOI LUT (scaled
+by its own output depth) or window; colour and palette images become luma; samples scale by
+their stored bit depth. An image that decodes to almost a single grey level is refused
+(`check_informative`), and every failure is a one-line DicomError naming the file.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pydicom
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 # Reduced-scale decode + area resize against full decode + area resize, in grey levels.
 REDUCED_DECODE_TOLERANCE = {"mean_abs": 0.5, "p99_abs": 2.0}
+# check_informative: an image with at least FLAT_FRACTION of its pixels within FLAT_LEVELS grey
+# levels of its median is refused (a real radiograph has ~10-50% there; see the tests).
+FLAT_FRACTION = 0.99
+FLAT_LEVELS = 2
 
 _JPEG_SYNTAXES = {JPEGBaseline8Bit, "1.2.840.10008.1.2.4.51"}  # baseline and extended 8-bit
 _REDUCED_FLAGS = {
@@ -55,6 +68,21 @@ class DicomImage:
         return {"sex": self.sex, "age": self.age, "view": self.view}
 
 
+@dataclass(frozen=True)
+class _Header:
+    """The numeric header fields the decoder relies on, parsed once at the boundary."""
+
+    rows: int
+    columns: int
+    samples: int  # SamplesPerPixel: 1 grey / palette, 3 colour
+    frames: int
+    bits_stored: int
+    signed: bool  # PixelRepresentation 1
+    photometric: str
+    rescale: tuple[float, float] | None  # (slope, intercept) when either is in the header
+    window: bool  # WindowCenter and WindowWidth present (and numeric)
+
+
 def parse_age(value: object) -> int | None:
     """'062Y', '62', 62 -> 62; months/weeks/days count as 0 years; junk -> None."""
     if value is None:
@@ -64,6 +92,90 @@ def parse_age(value: object) -> int | None:
         return None
     n, unit = int(m.group(1)), m.group(2) or "Y"
     return n if unit == "Y" else 0
+
+
+def _header_number(
+    ds: pydicom.Dataset, keyword: str, path: Path, default: float | None, kind: type = int
+) -> Any:
+    """Header `keyword` as `kind` (its first value if several); `default` when absent or empty.
+
+    Raises DicomError "FILE: header KEYWORD = VALUE is not a number" when any value is not.
+    """
+    try:
+        with warnings.catch_warnings():  # pydicom warns on an invalid IS/DS, then keeps the text
+            warnings.simplefilter("ignore")
+            value = ds.get(keyword)
+    except Exception as e:  # pydicom set to raise on invalid values
+        raise DicomError(f"{path}: header {keyword} is not readable ({type(e).__name__})") from None
+    values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    if all(v is None or v == "" for v in values):  # absent or empty
+        return default
+    try:
+        numbers = [kind(v) for v in values]
+        if not all(math.isfinite(n) for n in numbers):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise DicomError(f"{path}: header {keyword} = {value!r} is not a number") from None
+    return numbers[0]
+
+
+def _read_header(ds: pydicom.Dataset, path: Path) -> _Header:
+    """Parse and check the header fields decoding relies on; DicomError (one line) if bad."""
+    num = partial(_header_number, ds, path=path)
+    for keyword in ("BitsAllocated", "HighBit", "PlanarConfiguration"):  # pydicom reads these
+        num(keyword, default=None)
+    bits = num("BitsStored", default=8)
+    if not 1 <= bits <= 32:
+        raise DicomError(f"{path}: header BitsStored = {bits} is outside 1..32")
+    slope, icpt = (num(k, default=None, kind=float) for k in ("RescaleSlope", "RescaleIntercept"))
+    center, width = (num(k, default=None, kind=float) for k in ("WindowCenter", "WindowWidth"))
+    rescale = None
+    if slope is not None or icpt is not None:
+        rescale = (1.0 if slope is None else slope, icpt or 0.0)
+    return _Header(
+        rows=num("Rows", default=0),
+        columns=num("Columns", default=0),
+        samples=num("SamplesPerPixel", default=1),
+        frames=num("NumberOfFrames", default=1),
+        bits_stored=bits,
+        signed=num("PixelRepresentation", default=0) == 1,
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
+        rescale=rescale,
+        window=center is not None and width is not None,
+    )
+
+
+def _pixel_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """(row, column) mm per pixel; None when absent, unparsable or not positive (0\\0)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            row, col = (float(v) for v in ds.get("PixelSpacing"))
+    except Exception:  # absent (None), one value, text...
+        return None
+    return (row, col) if all(math.isfinite(v) and v > 0 for v in (row, col)) else None
+
+
+def check_informative(pixels: np.ndarray, path: str | Path) -> None:
+    """Refuse an 8-bit image that is almost a single grey level: a wrong window or LUT, a
+    blank export, never a radiograph.
+
+    Rule: DicomError when at least FLAT_FRACTION (99%) of the pixels of the uint8 (H, W)
+    image lie within FLAT_LEVELS (2) grey levels of its median.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"check_informative expects uint8 pixels, got {pixels.dtype}")
+    if pixels.size == 0:
+        raise DicomError(f"{path}: empty image")
+    hist = np.bincount(pixels.ravel(), minlength=256)
+    median = int(np.searchsorted(np.cumsum(hist), (pixels.size + 1) // 2))
+    share = hist[max(median - FLAT_LEVELS, 0) : median + FLAT_LEVELS + 1].sum() / pixels.size
+    if share >= FLAT_FRACTION:
+        raise DicomError(
+            f"{path}: almost a single grey level ({math.floor(share * 1000 + 1e-6) / 10:.1f}% of "
+            f"pixels within {FLAT_LEVELS} levels of {median}); check the window/LUT"
+        )
 
 
 def _reduced_factor(height: int, width: int, size: int) -> int:
@@ -76,9 +188,9 @@ def _reduced_factor(height: int, width: int, size: int) -> int:
     return best
 
 
-def _decode_jpeg(ds: pydicom.Dataset, path: Path, size: int | None) -> np.ndarray:
+def _decode_jpeg(ds: pydicom.Dataset, h: _Header, path: Path, size: int | None) -> np.ndarray:
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    factor = _reduced_factor(int(ds.Rows), int(ds.Columns), size) if size else 1
+    factor = _reduced_factor(h.rows, h.columns, size) if size else 1
     flag = _REDUCED_FLAGS.get(factor, cv2.IMREAD_GRAYSCALE)
     img = cv2.imdecode(np.frombuffer(frame, np.uint8), flag)
     if img is None:
@@ -86,50 +198,106 @@ def _decode_jpeg(ds: pydicom.Dataset, path: Path, size: int | None) -> np.ndarra
     return img
 
 
-def _to_uint8(ds: pydicom.Dataset, arr: np.ndarray) -> np.ndarray:
-    """Any stored pixel data -> uint8 grey, MONOCHROME2 orientation."""
-    if arr.ndim == 3:  # RGB / YBR already converted to RGB by pydicom
-        arr = cv2.cvtColor(np.ascontiguousarray(arr).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+def _scale_bits(arr: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned samples of `bits` bits, 0..2**bits - 1 -> uint8 0..255 (rounded)."""
+    if bits == 8 and arr.dtype == np.uint8:
         return arr
-    bits = int(ds.get("BitsStored", 8))
-    if (
-        arr.dtype == np.uint8
-        and bits <= 8
-        and "RescaleSlope" not in ds
-        and "WindowCenter" not in ds
-    ):
-        out = arr
+    top = 2**bits - 1
+    x = np.clip(arr, 0, top).astype(np.float32) * np.float32(255.0 / top)
+    return np.rint(x).astype(np.uint8)
+
+
+def _colour_to_grey(rgb: np.ndarray, bits: int) -> np.ndarray:
+    """RGB (H, W, 3) of `bits` bits per sample -> uint8 grey (luma 0.299/0.587/0.114)."""
+    rgb8 = _scale_bits(np.asarray(rgb), bits)
+    return cv2.cvtColor(np.ascontiguousarray(rgb8), cv2.COLOR_RGB2GRAY)
+
+
+def _decode(ds: pydicom.Dataset, h: _Header, path: Path, size: int | None) -> np.ndarray:
+    """The pixel data -> uint8 grey (H, W), bright = dense. `size` allows a reduced JPEG decode."""
+    tsyntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    if h.photometric == "PALETTE COLOR":
+        depth = int(ds.RedPaletteColorLookupTableDescriptor[2])  # bits per palette entry
+        rgb = apply_color_lut(ds.pixel_array, ds)
+        return _colour_to_grey(rgb, max(depth, int(rgb.max()).bit_length()))
+    if h.samples == 3:
+        if h.photometric in ("YBR_FULL", "YBR_FULL_422") and not tsyntax.is_compressed:
+            ds.pixel_array_options(as_rgb=False)  # pydicom converts 8-bit samples only
+            return _scale_bits(ds.pixel_array[..., 0], h.bits_stored)  # Y is the luma
+        return _colour_to_grey(ds.pixel_array, h.bits_stored)
+    mono = h.photometric in ("MONOCHROME1", "MONOCHROME2")
+    if tsyntax in _JPEG_SYNTAXES and mono and h.bits_stored <= 8:
+        plain = h.rescale is None and not h.window and not ds.get("VOILUTSequence")
+        return _grey_to_uint8(ds, h, _decode_jpeg(ds, h, path, size if plain else None), path)
+    return _grey_to_uint8(ds, h, ds.pixel_array, path)
+
+
+def _grey_to_uint8(ds: pydicom.Dataset, h: _Header, arr: np.ndarray, path: Path) -> np.ndarray:
+    """Stored grey samples (H, W) -> uint8, MONOCHROME2 orientation.
+
+    Order of PS3.3 C.11: modality rescale/LUT, then the VOI LUT (preferred) or window, whose
+    output range becomes 0..255; with neither, 8 bits or fewer scale from their stored range
+    and deeper data from its own min..max.
+    """
+    voi_lut = bool(ds.get("VOILUTSequence"))
+    modality = h.rescale is not None or "ModalityLUTSequence" in ds
+    if not (modality or voi_lut or h.window or h.signed) and h.bits_stored <= 8:
+        out = _scale_bits(arr, h.bits_stored)
     else:
         x = apply_modality_lut(arr, ds)
-        if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            x = apply_voi_lut(x, ds, prefer_lut=True)
-            lo, hi = 0.0, float(2 ** int(ds.get("BitsStored", bits)) - 1)
-            if "VOILUTSequence" not in ds:  # a linear window maps onto the stored range
-                lo, hi = _window_output_range(ds)
+        if voi_lut:
+            x, (lo, hi) = _apply_voi_lut_sequence(x, ds, path)
+        elif h.window:
+            x = apply_voi_lut(x, ds, prefer_lut=False)
+            lo, hi = _window_output_range(h)
         else:  # no window: use the data's own range
             lo, hi = float(np.min(x)), float(np.max(x))
         x = (np.asarray(x, np.float64) - lo) / max(hi - lo, 1e-9)
         out = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-    if ds.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        out = 255 - out
-    return out
+    return 255 - out if h.photometric == "MONOCHROME1" else out
 
 
-def _window_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
+def _apply_voi_lut_sequence(
+    x: np.ndarray, ds: pydicom.Dataset, path: Path
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """The first VOI LUT of the sequence applied to `x` -> (values, output range).
+
+    PS3.3 C.11.2.1.1: LUT Descriptor = (entries, 0 meaning 65536; first mapped input value;
+    bits per entry). Inputs below the first mapped value take the first entry, inputs past the
+    end the last; the output range is 0..2**bits - 1 of the LUT itself, not of the image.
+    """
+    item = ds.VOILUTSequence[0]
+    try:
+        entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    except Exception:
+        value = item.get("LUTDescriptor")
+        raise DicomError(f"{path}: VOI LUT Descriptor = {value!r} is not 3 numbers") from None
+    entries = entries or 65536
+    data = item.get("LUTData")
+    if isinstance(data, bytes):  # OW: 16-bit words in the file's byte order
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        lut = np.frombuffer(data, "<u2" if little else ">u2")
+    else:  # US: a number or a list of numbers
+        lut = np.atleast_1d(np.asarray(data, np.int64))
+    if lut.size < entries:
+        raise DicomError(f"{path}: VOI LUT has {lut.size} entries, its descriptor says {entries}")
+    lut = lut[:entries]
+    idx = np.clip(np.rint(np.asarray(x, np.float64)) - first, 0, entries - 1).astype(np.intp)
+    bits = max(bits, int(lut.max()).bit_length())  # an understated depth must not wrap
+    return lut[idx], (0.0, float(2**bits - 1))
+
+
+def _window_output_range(h: _Header) -> tuple[float, float]:
     # pydicom's linear VOI maps into [y_min, y_max] of the stored bit depth (or of the
     # modality-rescaled range); recover that range so the window becomes 0..255.
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        bits = int(ds.get("BitsStored", 16))
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
-        lo = -(2 ** (bits - 1)) if signed else 0
-        hi = (2 ** (bits - 1) - 1) if signed else 2**bits - 1
-        slope, icpt = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
-        a, b = lo * slope + icpt, hi * slope + icpt
-        return min(a, b), max(a, b)
-    bits = int(ds.get("BitsStored", 16))
-    if int(ds.get("PixelRepresentation", 0)) == 1:
-        return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    return 0.0, float(2**bits - 1)
+    bits = h.bits_stored
+    lo = -(2 ** (bits - 1)) if h.signed else 0
+    hi = (2 ** (bits - 1) - 1) if h.signed else 2**bits - 1
+    if h.rescale is None:
+        return float(lo), float(hi)
+    slope, icpt = h.rescale
+    a, b = lo * slope + icpt, hi * slope + icpt
+    return min(a, b), max(a, b)
 
 
 def letterbox(
@@ -160,9 +328,51 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
     """Read one DICOM file -> DicomImage with uint8 pixels (H, W), or (size, size) if given.
 
     `reduced=False` forces a full-resolution JPEG decode before resizing.
-    Raises DicomError (one line naming the file) for anything unreadable.
+    Raises DicomError (one line naming the file) for anything unreadable, for a header value
+    that is not a number, for a multi-frame file, and for an image that decodes to almost a
+    single grey level (`check_informative`).
     """
     path = Path(path)
+    ds = _read_dataset(path)
+    if "PixelData" not in ds:
+        raise DicomError(f"{path}: DICOM has no pixel data")
+    h = _read_header(ds, path)
+    if h.samples not in (1, 3):
+        raise DicomError(f"{path}: expected 1 or 3 samples per pixel, got {h.samples}")
+    if h.frames != 1:
+        raise DicomError(
+            f"{path}: {h.frames} frames; a radiograph has one frame "
+            "(multi-frame files are not supported)"
+        )
+    try:
+        img = _decode(ds, h, path, size if reduced else None)
+    except DicomError:
+        raise
+    except Exception as e:
+        raise DicomError(f"{path}: pixel data could not be decoded ({_one_line(e)})") from None
+    if img.ndim != 2 or img.size == 0:
+        raise DicomError(f"{path}: expected a 2-D image, got shape {img.shape}")
+    check_informative(img, path)
+    scale, offset = 1.0, (0.0, 0.0)
+    if size is not None:
+        img, scale, offset = letterbox(
+            img, size, (h.rows or img.shape[0], h.columns or img.shape[1])
+        )
+    return DicomImage(
+        pixels=np.ascontiguousarray(img),
+        sex=(str(ds.get("PatientSex", "")).strip().upper() or None),
+        age=parse_age(ds.get("PatientAge")),
+        view=(str(ds.get("ViewPosition", "")).strip().upper() or None),
+        pixel_spacing=_pixel_spacing(ds),
+        rows=h.rows,
+        columns=h.columns,
+        scale=scale,
+        offset=offset,
+    )
+
+
+def _read_dataset(path: Path) -> pydicom.Dataset:
+    """pydicom.dcmread with its failures (missing, truncated, not DICOM) as one-line DicomErrors."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -175,44 +385,13 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
     except FileNotFoundError:
         raise DicomError(f"{path}: file not found") from None
     except Exception as e:  # pydicom raises many types for bad files
-        raise DicomError(f"{path}: not a readable DICOM ({type(e).__name__}: {e})") from None
-    if "PixelData" not in ds:
-        raise DicomError(f"{path}: DICOM has no pixel data")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    spp = int(ds.get("SamplesPerPixel", 1))
-    if spp not in (1, 3):
-        raise DicomError(f"{path}: expected 1 or 3 samples per pixel, got {spp}")
-    tsyntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
-    try:
-        if tsyntax in _JPEG_SYNTAXES and spp == 1 and int(ds.get("BitsStored", 8)) <= 8:
-            img = _decode_jpeg(ds, path, size if reduced else None)
-            if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-                img = 255 - img
-        else:
-            img = _to_uint8(ds, ds.pixel_array)
-    except DicomError:
-        raise
-    except Exception as e:
-        raise DicomError(
-            f"{path}: pixel data could not be decoded ({type(e).__name__}: {e})"
-        ) from None
-    if img.ndim != 2 or img.size == 0:
-        raise DicomError(f"{path}: expected a 2-D image, got shape {img.shape}")
-    scale, offset = 1.0, (0.0, 0.0)
-    if size is not None:
-        img, scale, offset = letterbox(img, size, (rows or img.shape[0], cols or img.shape[1]))
-    spacing = ds.get("PixelSpacing")
-    return DicomImage(
-        pixels=np.ascontiguousarray(img),
-        sex=(str(ds.get("PatientSex", "")).strip().upper() or None),
-        age=parse_age(ds.get("PatientAge")),
-        view=(str(ds.get("ViewPosition", "")).strip().upper() or None),
-        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
-        rows=rows,
-        columns=cols,
-        scale=scale,
-        offset=offset,
-    )
+        raise DicomError(f"{path}: not a readable DICOM ({_one_line(e)})") from None
+    return ds
+
+
+def _one_line(e: Exception) -> str:
+    """'Type: message' on one line (pydicom's and OpenCV's messages can span several)."""
+    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def write_dicom(
