@@ -4,14 +4,15 @@ CACHE/images.npy (N, S, S) uint8, CACHE/index.csv (one row per patient), CACHE/s
 (train-only mean/std) and CACHE/errors.csv (files that could not be read). The build happens in
 CACHE.partial/ and is renamed into place only when whole. Rows are written by worker processes
 straight into the memory map in chunks; every finished chunk is logged, so an interrupted build
-(Ctrl-C, a Colab disconnect, a full disk) resumes where it stopped and yields the identical cache.
+(Ctrl-C, a Colab disconnect, a full disk, a killed worker) resumes where it stopped and yields
+the identical cache. Free space is checked and images.npy allocated before any image is read
+(`cache_partial`); stats.json records a fingerprint of the inputs, so a cache is not reused
+after its label files or images change.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -21,22 +22,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumolib.cache_partial import (
+    PROGRESS,
+    CacheError,
+    fill,
+    fingerprint_changes,
+    input_fingerprint,
+    open_partial,
+    read_progress,
+)
 from pneumolib.config import Config
-from pneumolib.data import load_labels, make_splits
-from pneumolib.dicom import DicomError, parse_age, read_dicom
-from pneumolib.progress import bar as progress_bar
+from pneumolib.data import SplitError, check_splittable, load_labels, make_splits
+from pneumolib.dicom import DicomError, check_informative, parse_age, read_dicom
 
 IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
     "stage_2_train_images",
     "stage_2_train_labels.csv",
     "stage_2_detailed_class_info.csv",
 )
-_PROGRESS = "progress.jsonl"
-_LEVELS = np.arange(256, dtype=np.int64)  # one JSON line per finished chunk, in CACHE.partial/
+_LEVELS = np.arange(256, dtype=np.int64)  # pixel values, for exact moments from a histogram
 
 
-class CacheError(RuntimeError):
-    """The cache cannot be built as asked; the message says why and what to do."""
+__all__ = ["CacheError", "build_cache", "cache_for", "default_workers", "pixel_stats"]
 
 
 def default_workers() -> int:
@@ -110,6 +117,11 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
             if img is None:
                 results[i] = _read_one(paths[i], size, True)
                 continue
+            try:  # the rule read_dicom applies, on the decoded image
+                check_informative(img[0].cpu().numpy(), paths[i])
+            except DicomError as e:
+                results[i] = (None, {"error": str(e)})
+                continue
             h, w = img.shape[-2:]
             if h == w:
                 x = F.interpolate(img[None].float(), size=(size, size), mode="area")
@@ -178,28 +190,94 @@ def build_cache(
     """Build CACHE from an RSNA-shaped RAW folder; returns the cache path.
 
     `decoder`: "opencv" (CPU, default), or "cuda" / "cpu" for torchvision's batched decode_jpeg
-    (nvJPEG on a GPU). A finished cache with the same parameters is reused; one with other
-    parameters is refused unless `rebuild=True`.
+    (nvJPEG on a GPU). A finished cache with the same parameters and inputs is reused; one
+    with other parameters, or made from other label files or images, is refused unless
+    `rebuild=True`. Files that could not be read are retried when an unfinished build resumes.
     """
     raw, out = Path(raw), Path(out)
     params = _params(raw, size, split, seed, val_frac, test_frac, reduced)
-    if (out / "stats.json").exists():
-        old = json.loads((out / "stats.json").read_text()).get("params", {})
-        if old == params:
-            print(f"cache {out} is complete and matches; nothing to do")
-            return out
-        if not rebuild:
-            diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
-            raise CacheError(
-                f"{out}: existing cache was made with other parameters {diff}; "
-                "pass --rebuild to replace it"
-            )
+    if (out / "stats.json").exists() and _reuse(out, raw, params, rebuild=rebuild):
+        return out
+    labels, paths, errors, inputs = _inputs(raw)
+    _check_splittable(raw, labels, split=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
+    n = len(labels)
+    part = out.with_name(out.name + ".partial")
+    open_partial(part, {**params, "n": n, "inputs": inputs}, shape=(n, size, size), rebuild=rebuild)
+    done = read_progress(part / PROGRESS)
+    todo = [r for r in range(n) if r not in done]
+    jobs = [
+        (str(part / "images.npy"), rows, [paths[r] for r in rows], size, reduced, decoder)
+        for rows in (todo[i : i + chunk] for i in range(0, len(todo), chunk))
+    ]
+    if done:
+        print(f"resuming {part}: {len(done)} of {n} images already done")
+    in_process = decoder == "cuda"  # CUDA cannot be forked into
+    t0 = time.perf_counter()
+    fill(
+        part,
+        _process_chunk,
+        jobs,
+        done,
+        workers=1 if in_process else workers or default_workers(),
+        progress=progress,
+        n=n,
+    )
+    elapsed = time.perf_counter() - t0
+    _finish(part, out, labels=labels, done=done, errors=errors, params=params, inputs=inputs)
+    failed = sum("error" in m for m in done.values())
+    rate = len(todo) / elapsed if elapsed > 0 else float("nan")
+    print(
+        f"cache {out}: {n - failed} images of {size}x{size}, {failed} unreadable, "
+        f"{len(errors)} label/image mismatches; {rate:.0f} images/s"
+        + (f" (see {out / 'errors.csv'})" if failed or errors else "")
+    )
+    return out
+
+
+def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
+    """True when the finished cache `out` was made with `params` from the inputs in `raw` now;
+    False when it is to be rebuilt (`rebuild`); else a CacheError saying what differs."""
+    stats = json.loads((out / "stats.json").read_text())
+    old = stats.get("params", {})
+    if old != params:
+        if rebuild:
+            return False
+        diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+        raise CacheError(
+            f"{out}: existing cache was made with other parameters {diff}; "
+            "pass --rebuild to replace it"
+        )
+    if "inputs" not in stats or not (raw / LABELS_CSV).is_file():
+        why = "made before input fingerprints" if "inputs" not in stats else f"{raw} not found"
+        print(f"cache {out} matches its parameters ({why}: inputs not checked); nothing to do")
+        return True
+    changes = fingerprint_changes(stats["inputs"], _scan(raw)[1])
+    if not changes:
+        print(f"cache {out} is complete and matches; nothing to do")
+        return True
+    if rebuild:
+        return False
+    raise CacheError(
+        f"{out}: the inputs in {raw} changed since this cache was made ({'; '.join(changes)}); "
+        "pass rebuild=True (--rebuild) to rebuild it"
+    )
+
+
+def _scan(raw: Path) -> tuple[dict[str, Path], dict]:
+    """RAW -> (patientId -> image path, the fingerprint of the inputs), checking the layout."""
     if not (raw / LABELS_CSV).exists():
         raise CacheError(f"{raw / LABELS_CSV}: label file not found (is {raw} an RSNA folder?)")
     if not (raw / IMAGES_DIR).is_dir():
         raise CacheError(f"{raw / IMAGES_DIR}: image folder not found")
-    labels = load_labels(raw / LABELS_CSV, raw / CLASSES_CSV)
     on_disk = {p.stem: p for p in (raw / IMAGES_DIR).glob("*.dcm")}
+    return on_disk, input_fingerprint([raw / LABELS_CSV, raw / CLASSES_CSV], on_disk.values())
+
+
+def _inputs(raw: Path) -> tuple[pd.DataFrame, list[str], list[dict], dict]:
+    """RAW -> (labels of the patients with an image, their image paths, label/image
+    mismatches as error rows, the fingerprint of the inputs)."""
+    on_disk, inputs = _scan(raw)
+    labels = load_labels(raw / LABELS_CSV, raw / CLASSES_CSV)
     has_image = labels["patientId"].isin(on_disk)
     errors = [
         {
@@ -216,116 +294,33 @@ def build_cache(
         if pid not in labelled
     ]
     labels = labels[has_image].reset_index(drop=True)
-    n = len(labels)
-    if n == 0:
+    if len(labels) == 0:
         raise CacheError(f"{raw}: no labelled images found")
+    return labels, [str(on_disk[p]) for p in labels.patientId], errors, inputs
 
-    part = out.with_name(out.name + ".partial")
-    images_path = part / "images.npy"
-    if part.exists() and (part / "params.json").exists():
-        if json.loads((part / "params.json").read_text()) != {**params, "n": n}:
-            if not rebuild:
-                raise CacheError(
-                    f"{part}: an unfinished build with other parameters is here; "
-                    "pass --rebuild to discard it"
-                )
-            shutil.rmtree(part)
-    if not (part / "params.json").exists():
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
-        np.lib.format.open_memmap(
-            images_path, mode="w+", dtype=np.uint8, shape=(n, size, size)
-        ).flush()
-        (part / "params.json").write_text(json.dumps({**params, "n": n}))
-    done = _read_progress(part / _PROGRESS)
-    todo = [r for r in range(n) if r not in done]
-    paths = [str(on_disk[p]) for p in labels.patientId]
-    jobs = [
-        (
-            str(images_path),
-            todo[i : i + chunk],
-            [paths[r] for r in todo[i : i + chunk]],
-            size,
-            reduced,
-            decoder,
-        )
-        for i in range(0, len(todo), chunk)
-    ]
-    workers = workers or default_workers()
-    if done:
-        print(f"resuming {part}: {len(done)} of {n} images already done")
-    t0 = time.perf_counter()
-    bar = progress_bar(
-        total=n, initial=len(done), desc="preprocess", unit="img", disable=not progress
-    )
+
+def _check_splittable(
+    raw: Path, labels: pd.DataFrame, *, split: str, val_frac: float, test_frac: float, seed: int
+) -> None:
+    """Refuse, before any image is read, labels whose val or test split would lack a class."""
     try:
-        with open(part / _PROGRESS, "a") as log:
-            for metas in _run(jobs, workers, decoder):
-                for m in metas:
-                    done[m["row"]] = m
-                log.write(json.dumps(metas) + "\n")
-                log.flush()
-                os.fsync(log.fileno())
-                bar.update(len(metas))
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise CacheError(
-                f"{part}: disk full while writing the cache; free space and re-run "
-                "the same command to resume"
-            ) from None
-        raise
-    except KeyboardInterrupt:
-        raise CacheError(f"{part}: interrupted; re-run the same command to resume") from None
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - t0
-    _finish(part, out, labels, done, errors, params, size, split, seed, val_frac, test_frac)
-    failed = sum("error" in m for m in done.values())
-    rate = len(todo) / elapsed if elapsed > 0 else float("nan")
-    print(
-        f"cache {out}: {n - failed} images of {size}x{size}, {failed} unreadable, "
-        f"{len(errors)} label/image mismatches; {rate:.0f} images/s"
-        + (f" (see {out / 'errors.csv'})" if failed or errors else "")
-    )
-    return out
-
-
-def _run(jobs: list[tuple], workers: int, decoder: str):
-    """Yield each chunk's metadata as it finishes, in worker processes when workers > 1."""
-    if workers <= 1 or decoder == "cuda" or len(jobs) <= 1:  # CUDA cannot be forked into
-        for job in jobs:
-            yield _process_chunk(job)
-        return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap_unordered(_process_chunk, jobs)
-
-
-def _read_progress(path: Path) -> dict[int, dict]:
-    done: dict[int, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                metas = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by the interruption: redo that chunk
-                continue
-            done.update({m["row"]: m for m in metas})
-    return done
+        check_splittable(labels, split, val_frac, test_frac, seed)
+    except SplitError as e:
+        raise CacheError(f"{raw}: {e}") from None
 
 
 def _finish(
     part: Path,
     out: Path,
+    *,
     labels: pd.DataFrame,
     done: dict[int, dict],
     errors: list,
     params: dict,
-    size: int,
-    split: str,
-    seed: int,
-    val_frac: float,
-    test_frac: float,
+    inputs: dict,
 ) -> None:
+    """Write index.csv, errors.csv and stats.json into PART, then put it in place as OUT."""
+    size, split, seed = params["size"], params["split_rule"], params["seed"]
     rows = sorted(done)
     ok = [r for r in rows if "error" not in done[r]]
     errors = errors + [
@@ -356,7 +351,7 @@ def _finish(
         json.dumps([to_cache(b, done[r]) for b in bs]) for bs, r in zip(idx.boxes, ok, strict=True)
     ]
     idx = idx.reset_index(drop=True)
-    idx["split"] = make_splits(idx, split, val_frac, test_frac, seed)
+    idx["split"] = make_splits(idx, split, params["val_frac"], params["test_frac"], seed)
     cols = ["patientId", "row", "target", "class", "split", "sex", "age", "view", "boxes"]
     idx[cols].to_csv(part / "index.csv", index=False)
     pd.DataFrame(errors, columns=["patientId", "path", "error"]).to_csv(
@@ -379,9 +374,10 @@ def _finish(
         "package_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "params": params,
+        "inputs": inputs,
     }
     (part / "stats.json").write_text(json.dumps(stats, indent=2))
-    (part / _PROGRESS).unlink(missing_ok=True)
+    (part / PROGRESS).unlink(missing_ok=True)
     (part / "params.json").unlink(missing_ok=True)
     if out.exists():  # --rebuild: swap, so a whole cache is always in place
         trash = out.with_name(out.name + ".old")

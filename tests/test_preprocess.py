@@ -19,6 +19,7 @@ import pneumolib.preprocess as pre
 from pneumolib.data import load_labels, open_images, read_index, read_stats
 from pneumolib.dicom import REDUCED_DECODE_TOLERANCE, read_dicom, write_dicom
 from pneumolib.preprocess import CacheError, build_cache
+from pneumolib.synth import make_demo_data
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES, LABELS, CLASSES = pre.IMAGES_DIR, pre.LABELS_CSV, pre.CLASSES_CSV
@@ -163,6 +164,14 @@ def test_missing_label_file_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "cache").exists()
 
 
+def test_unsplittable_labels_are_refused_before_any_work(tmp_path: Path) -> None:
+    raw = make_demo_data(tmp_path / "raw", n=10, size=64)  # 1 positive: val/test cannot have one
+    with pytest.raises(CacheError, match="positives") as err:
+        build_cache(raw, tmp_path / "cache", size=32, workers=1, progress=False)
+    assert str(err.value).startswith(f"{raw}: ") and "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no cache, no .partial
+
+
 # --- reuse, refusal, resume -------------------------------------------------------------------
 
 
@@ -252,6 +261,18 @@ def test_torchvision_decoder_matches_opencv(
     pd.testing.assert_frame_equal(read_index(tv), read_index(demo_cache))
 
 
+def test_torchvision_decoder_refuses_a_flat_image(demo_raw: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(demo_raw, raw)
+    pid = load_labels(raw / LABELS).patientId[7]
+    write_dicom(raw / IMAGES / f"{pid}.dcm", np.full((128, 128), 90, np.uint8), pid)
+    out = build_cache(raw, tmp_path / "tv", size=32, workers=1, decoder="cpu", progress=False)
+    errors = pd.read_csv(out / "errors.csv").set_index("patientId")
+    assert list(errors.index) == [pid]
+    assert "single grey level" in errors.loc[pid, "error"] and pid in errors.loc[pid, "error"]
+    assert pid not in set(read_index(out).patientId)
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
@@ -273,13 +294,14 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_make_demo_data_then_preprocess(tmp_path: Path) -> None:
     raw, cache = tmp_path / "raw", tmp_path / "cache"
-    r = cli("make-demo-data", str(raw), "--n", "10", "--size", "64")
+    # 30 patients: the fewest whose val and test splits (15% each) hold both classes
+    r = cli("make-demo-data", str(raw), "--n", "30", "--size", "64")
     assert r.returncode == 0, r.stderr
-    assert len(list((raw / IMAGES).glob("*.dcm"))) == 10
+    assert len(list((raw / IMAGES).glob("*.dcm"))) == 30
     r = cli("preprocess", "--raw", str(raw), "--out", str(cache), "--size", "32")
     assert r.returncode == 0, r.stderr
     assert str(cache) in r.stdout
-    assert np.load(cache / "images.npy", mmap_mode="r").shape == (10, 32, 32)
+    assert np.load(cache / "images.npy", mmap_mode="r").shape == (30, 32, 32)
     assert json.loads((cache / "stats.json").read_text())["size"] == 32
 
 
