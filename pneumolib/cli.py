@@ -242,3 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine's trouble (full disk, permissions, I/O): one line too
+        if os.environ.get("PNEUMOLIB_DEBUG"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1

@@ -30,6 +30,10 @@ class LabelError(ValueError):
     """A label CSV that does not say what it should; the message names file, line and column."""
 
 
+class SplitError(ValueError):
+    """A split that cannot be evaluated (a split without a positive or a negative)."""
+
+
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if not path.exists():
         raise LabelError(f"{path}: file not found")
@@ -160,6 +164,47 @@ def make_splits(
         n_test, n_val = round(len(idx) * test_frac), round(len(idx) * val_frac)
         split[idx[:n_test]] = "test"
         split[idx[n_test : n_test + n_val]] = "val"
+    return split
+
+
+def check_splittable(
+    labels: pd.DataFrame,
+    rule: str = "stratified",
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    seed: int = 0,
+) -> np.ndarray:
+    """`make_splits`, refused with a one-line `SplitError` when a split cannot be evaluated.
+
+    Train, val (when there is one) and test (when asked for) each need at least one positive
+    and one negative: without both, AUC is undefined, no epoch can be judged better than
+    another and the test figures do not exist. Returns the split array (N,) otherwise.
+    """
+    split = make_splits(labels, rule, val_frac, test_frac, seed)
+    wanted = ["train", "val"] + (["test"] if rule == "stratified" and test_frac > 0 else [])
+    if rule == "stratified" and val_frac <= 0:
+        wanted.remove("val")
+    target = labels["target"].to_numpy().astype(int)
+    n_pos = int(target.sum())
+    for name in wanted:
+        y = target[split == name]
+        pos, neg = int(y.sum()), int(len(y) - y.sum())
+        if pos and neg:
+            continue
+        if rule == "stratified":
+            frac = min(f for f in (val_frac, test_frac) if f > 0)
+            need = math.floor(0.5 / frac) + 1  # round(need * frac) >= 1 in every split
+            how = (
+                f"with val_frac {val_frac} and test_frac {test_frac} that takes at least "
+                f"{need} positives and {need} negatives (there are {n_pos} positives and "
+                f"{len(target) - n_pos} negatives): add images or raise the fractions"
+            )
+        else:
+            how = "the course split puts the last patients of the CSV in val; add images"
+        raise SplitError(
+            f"the {rule} split leaves {name} with {pos} positives and {neg} negatives; "
+            f"train, val and test each need at least one of each, {how}"
+        )
     return split
 
 

@@ -32,6 +32,17 @@ from pneumolib.augment import (
     batch_rng,
     to_model_input,
 )
+from pneumolib.checkpoint import (
+    RunError,
+    cache_identity,
+    check_same_cache,
+    load_checkpoint,
+    resume_best,
+    rng_state,
+    save_epoch,
+    set_rng_state,
+    write_metrics,
+)
 from pneumolib.config import Config
 from pneumolib.data import make_loader, read_index, read_stats, with_label
 from pneumolib.models import build_model, trainable_parameters
@@ -49,10 +60,6 @@ RESUMABLE_CHANGES = {
     "cache",
     "raw",
 }
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue as asked."""
 
 
 # --- small pieces ------------------------------------------------------------------------
@@ -124,27 +131,6 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
     if cfg.schedule in ("none", "cosine"):
         return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, total, warm))
     raise RunError(f"unknown schedule {cfg.schedule!r}: use none, cosine or onecycle")
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def binary_summary(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -260,6 +246,13 @@ def accumulate_gradients(
 # --- the run -----------------------------------------------------------------------------
 
 
+def _score(row: dict, monitor: str) -> float:
+    """The epoch's score on `monitor` (higher is better). Where it is undefined (AUC on a val
+    split without both classes) it is minus the val loss, so every run still gets a best.pt."""
+    score = row[f"val_{monitor}"] if monitor != "loss" else -row["val_loss"]
+    return -row["val_loss"] if math.isnan(score) else score
+
+
 def _check_resume(saved: dict, cfg: Config, out: Path) -> None:
     diff = {
         k: (saved.get(k), v)
@@ -363,9 +356,11 @@ def fit(
     pw = torch.tensor([pos_weight], device=device)
 
     start_epoch, best, best_loss, stale, history = 0, -math.inf, math.inf, 0, []
+    cache_id = cache_identity(cfg.cache)
     if resuming:
-        ckpt = torch.load(out / "last.pt", map_location=device, weights_only=True)
+        ckpt = load_checkpoint(out / "last.pt", map_location=device)
         _check_resume(ckpt["config"], cfg, out)
+        check_same_cache(ckpt, cfg.cache, out)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -373,6 +368,7 @@ def fit(
         set_rng_state(ckpt["rng"])
         start_epoch, best, history = ckpt["epoch"] + 1, ckpt["best"], list(ckpt["history"])
         best_loss, stale = ckpt.get("best_loss", math.inf), ckpt.get("stale", 0)
+        best, best_loss = resume_best(out, best, best_loss)
         if main:
             print(f"resuming {out} after epoch {start_epoch} of {cfg.epochs}")
     elif main:
@@ -454,10 +450,11 @@ def fit(
             "seconds": time.perf_counter() - t0,
         }
         history.append(row)
-        score = row[f"val_{cfg.monitor}"] if cfg.monitor != "loss" else -val_loss
+        score = _score(row, cfg.monitor)
         # A tie on the monitored metric (a small val split saturates AUC at 1.0 early) goes
-        # to the lower val loss, so best.pt does not freeze at an early, miscalibrated epoch.
-        improved = score > best or (score == best and val_loss < best_loss)
+        # to the lower val loss, so best.pt does not freeze at an early, miscalibrated epoch;
+        # an exact tie is the same epoch redone after a kill between the two saves.
+        improved = score > best or (score == best and val_loss <= best_loss)
         if improved:
             best, best_loss = score, val_loss
         stale = 0 if improved else stale + 1
@@ -482,10 +479,9 @@ def fit(
                 "stale": stale,
                 "history": history,
                 "rng": rng_state(),
+                "cache": cache_id,
             }
-            atomic_save(ckpt, out / "last.pt")
-            if improved:
-                atomic_save(ckpt, out / "best.pt")
+            save_epoch(ckpt, out, improved=improved)
             write_metrics(history, out)
             if writer:
                 for k, v in row.items():
@@ -513,12 +509,6 @@ def fit(
 def stats_for_ckpt(stats: dict) -> dict:
     """What prediction needs to preprocess a new image exactly like the cache did."""
     return {"mean": stats["mean"], "std": stats["std"], "size": stats["size"]}
-
-
-def write_metrics(history: list[dict], out: Path) -> None:
-    tmp = out / "metrics.csv.tmp"
-    pd.DataFrame(history).to_csv(tmp, index=False)
-    os.replace(tmp, out / "metrics.csv")
 
 
 def _rank_checksums(model: torch.nn.Module, world: int) -> list[float]:

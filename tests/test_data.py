@@ -359,3 +359,35 @@ def test_with_label_view_is_a_pretext_target() -> None:
         with_label(index, "sex")
     with pytest.raises(ValueError, match="AP or PA"):
         with_label(index.assign(view=["AP", "", "PA", "PA"]), "view")
+
+
+# --- check_splittable --------------------------------------------------------------------
+
+
+def _labels(n_pos: int, n_neg: int) -> pd.DataFrame:
+    n = n_pos + n_neg
+    return pd.DataFrame(
+        {"patientId": [f"p{i}" for i in range(n)], "target": [1] * n_pos + [0] * n_neg}
+    )
+
+
+def test_a_split_without_positives_in_val_is_refused_with_what_it_needs():
+    from pneumolib.data import SplitError, check_splittable
+
+    with pytest.raises(SplitError) as e:
+        check_splittable(_labels(3, 60), "stratified", val_frac=0.15, test_frac=0.15, seed=0)
+    msg = str(e.value)
+    assert "\n" not in msg and "0 positives" in msg and "at least 4 positives" in msg
+    split = check_splittable(_labels(4, 60), "stratified", val_frac=0.15, test_frac=0.15, seed=0)
+    y = _labels(4, 60).target.to_numpy()
+    for name in ("train", "val", "test"):
+        assert 0 < y[split == name].sum() < (split == name).sum(), name
+
+
+def test_no_test_split_asked_for_needs_none():
+    from pneumolib.data import SplitError, check_splittable
+
+    split = check_splittable(_labels(4, 60), "stratified", val_frac=0.15, test_frac=0.0, seed=0)
+    assert "test" not in set(split)
+    with pytest.raises(SplitError, match="course"):  # course: val is the end of the CSV
+        check_splittable(_labels(20, 40), "course")
