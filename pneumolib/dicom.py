@@ -225,11 +225,36 @@ def _decode(ds: pydicom.Dataset, h: _Header, path: Path, size: int | None) -> np
             ds.pixel_array_options(as_rgb=False)  # pydicom converts 8-bit samples only
             return _scale_bits(ds.pixel_array[..., 0], h.bits_stored)  # Y is the luma
         return _colour_to_grey(ds.pixel_array, h.bits_stored)
-    mono = h.photometric in ("MONOCHROME1", "MONOCHROME2")
-    if tsyntax in _JPEG_SYNTAXES and mono and h.bits_stored <= 8:
-        plain = h.rescale is None and not h.window and not ds.get("VOILUTSequence")
-        return _grey_to_uint8(ds, h, _decode_jpeg(ds, h, path, size if plain else None), path)
+    if tsyntax in _JPEG_SYNTAXES and _is_grey_jpeg(h):
+        reduced = size if _is_plain(ds, h) else None
+        return _grey_to_uint8(ds, h, _decode_jpeg(ds, h, path, reduced), path)
     return _grey_to_uint8(ds, h, ds.pixel_array, path)
+
+
+def _is_grey_jpeg(h: _Header) -> bool:
+    return h.photometric in ("MONOCHROME1", "MONOCHROME2") and h.bits_stored <= 8
+
+
+def _is_plain(ds: pydicom.Dataset, h: _Header) -> bool:
+    """Nothing to apply to the decoded samples but a MONOCHROME1 inversion."""
+    luts = ds.get("VOILUTSequence") or ds.get("ModalityLUTSequence")
+    return h.rescale is None and not h.window and not luts and not h.signed
+
+
+def plain_jpeg(ds: pydicom.Dataset, path: str | Path) -> bool:
+    """True when `ds` holds one 8-bit greyscale JPEG Baseline frame with no rescale, window or
+    LUT to apply (every RSNA file): the only files whose JPEG stream may be decoded straight to
+    the image (at a reduced scale, or by nvJPEG), then inverted if MONOCHROME1. DicomError (one
+    line) for a header that does not parse."""
+    h = _read_header(ds, Path(path))
+    tsyntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    return (
+        tsyntax == JPEGBaseline8Bit
+        and h.samples == 1
+        and h.frames == 1
+        and _is_grey_jpeg(h)
+        and _is_plain(ds, h)
+    )
 
 
 def _grey_to_uint8(ds: pydicom.Dataset, h: _Header, arr: np.ndarray, path: Path) -> np.ndarray:

@@ -33,7 +33,13 @@ from pneumolib.cache_partial import (
 )
 from pneumolib.config import Config
 from pneumolib.data import SplitError, check_splittable, load_labels, make_splits
-from pneumolib.dicom import DicomError, check_informative, parse_age, read_dicom
+from pneumolib.dicom import (
+    DicomError,
+    check_informative,
+    parse_age,
+    plain_jpeg,
+    read_dicom,
+)
 
 IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
     "stage_2_train_images",
@@ -81,6 +87,13 @@ def _read_one(path: str, size: int, reduced: bool) -> tuple[np.ndarray | None, d
     return d.pixels, {**d.meta(), "scale": d.scale, "ox": d.offset[0], "oy": d.offset[1]}
 
 
+def _plain_jpeg(ds, path: str) -> bool:
+    try:
+        return plain_jpeg(ds, path)
+    except DicomError:  # the general reader reports it
+        return False
+
+
 def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
     """Decode the JPEG frames of a batch at once with torchvision (nvJPEG when device='cuda')."""
     import pydicom
@@ -96,10 +109,7 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
     for i, p in enumerate(paths):
         try:
             ds = pydicom.dcmread(p)
-            if (
-                ds.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.4.50"
-                or ds.SamplesPerPixel != 1
-            ):
+            if not _plain_jpeg(ds, p):
                 results[i] = _read_one(p, size, True)  # not RSNA-style: the general reader
                 continue
             frame = next(generate_frames(ds.PixelData, number_of_frames=1))
