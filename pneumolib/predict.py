@@ -66,7 +66,8 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
 
 def read_raster(path: str | Path) -> np.ndarray:
     """PNG/JPEG -> uint8 (H, W) grey. Colour is converted to grey, alpha dropped; a 16-bit
-    image is scaled from its own range to 0..255 (the rule `read_dicom` uses without a window)."""
+    image is scaled from its own range to 0..255 (the rule `read_dicom` uses for data deeper
+    than 8 bits without a window)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
@@ -85,11 +86,12 @@ def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
     """One file -> uint8 (size, size), preprocessed like the cache. PNG/JPEG by suffix,
     everything else as DICOM (`reduced`: the cache's reduced-scale JPEG decode, within one
     grey level of a full decode). Raises DicomError / ImageReadError naming the file."""
-    from pneumolib.dicom import letterbox, read_dicom
+    from pneumolib.dicom import check_informative, letterbox, read_dicom
 
     path = Path(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
         img = read_raster(path)
+        check_informative(img, path)  # as read_dicom does: a flat image is not scored
         return letterbox(img, size, img.shape)[0]
     return read_dicom(path, size=size, reduced=reduced).pixels
 

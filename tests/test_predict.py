@@ -15,7 +15,7 @@ import pytest
 
 from pneumolib.cli import main as cli_main
 from pneumolib.config import demo_config
-from pneumolib.dicom import read_dicom
+from pneumolib.dicom import read_dicom, write_dicom
 from pneumolib.evaluate import evaluate_run, read_predictions
 from pneumolib.predict import expand_inputs, predict_cli, predict_files, read_raster
 from pneumolib.preprocess import build_cache
@@ -117,14 +117,18 @@ def test_unreadable_file_is_reported_and_the_rest_scored(run, tmp_path, capsys):
     bad.write_bytes(b"not a dicom at all" * 10)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    flat = np.full((96, 96), 200, np.uint8)  # what a wrong window or LUT decodes to
+    write_dicom(tmp_path / "flat.dcm", flat, "flat", jpeg=False)
+    cv2.imwrite(str(tmp_path / "flat.png"), flat)
+    files = [good[0], bad, broken, tmp_path / "flat.dcm", tmp_path / "flat.png", good[1]]
     out = tmp_path / "out" / "p.csv"
-    code = predict_cli(
-        run["ckpt"], [str(good[0]), str(bad), str(broken), str(good[1])], out, None, "cpu"
-    )
+    code = predict_cli(run["ckpt"], [str(f) for f in files], out, None, "cpu")
     err = capsys.readouterr().err
     assert code == 1
     assert "garbage.dcm" in err and "broken.png" in err
-    assert sum(line.startswith("error: ") for line in err.splitlines()) == 2
+    flat_lines = [line for line in err.splitlines() if "single grey level" in line]
+    assert len(flat_lines) == 2 and "flat.dcm" in flat_lines[0] and "flat.png" in flat_lines[1]
+    assert sum(line.startswith("error: ") for line in err.splitlines()) == 4
     df = pd.read_csv(out)
     assert list(df.columns) == ["file", "probability"]
     assert df["file"].tolist() == [str(good[0]), str(good[1])]
