@@ -212,23 +212,58 @@ def _installed_key() -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+class _KeyMask:
+    """Blanks `key` out of a text stream that arrives in pieces, so a key split across two
+    reads is caught too: the longest end of the text that could begin the key is held back
+    until the next piece (or `flush`) shows whether it does."""
+
+    def __init__(self, key: str | None, mask: str = "***") -> None:
+        self.key, self.mask, self._held = key or "", mask, ""
+
+    def feed(self, text: str) -> str:
+        """The part of everything fed so far that is safe to print now, key blanked out."""
+        if not self.key:
+            return text
+        text = (self._held + text).replace(self.key, self.mask)
+        keep = min(len(self.key) - 1, len(text))
+        while keep and not self.key.startswith(text[-keep:]):
+            keep -= 1
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """What is still held back (the stream ended: it cannot become the key any more)."""
+        text, self._held = self._held, ""
+        return text
+
+
+def _echo_masked(stream: Any, key: str | None, chunk: int = 4096) -> str:
+    """Echo the bytes of `stream` to stdout as they come, `key` blanked out of everything
+    printed; -> the last 2,000 characters printed (for an error message)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    mask, tail = _KeyMask(key), ""
+    while True:
+        data = stream.read1(chunk)
+        text = mask.feed(decoder.decode(data, final=not data))
+        if not data:
+            text += mask.flush()
+        tail = (tail + text)[-2000:]
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if not data:
+            return tail
+
+
 def _run_streaming(cmd: list[str]) -> tuple[int, str]:
     """Run `cmd`, echoing its output as it comes (Kaggle's progress bar); -> (exit code, tail).
 
-    The installed Kaggle key is blanked out of everything echoed, should a tool ever print it.
+    The installed Kaggle key is blanked out of everything echoed and returned, should a tool
+    ever print it, even where it is split across two reads.
     """
     key = _installed_key()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    tail = ""
-    while chunk := proc.stdout.read1(4096):
-        text = decoder.decode(chunk)
-        tail = (tail + text)[-2000:]
-        if key:
-            text, tail = text.replace(key, "***"), tail.replace(key, "***")
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    tail = _echo_masked(proc.stdout, key)
     return proc.wait(), tail
 
 
@@ -245,8 +280,11 @@ def _dicom_ids(folder: Path) -> set[str]:
 
 
 def _read_csv(path: Path, columns: list[str]) -> list[list[str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:  # a zip, an image, a UTF-16 export ...
+        raise ValueError(f"{path}: not a readable CSV ({type(e).__name__})") from None
     if not rows or rows[0] != columns:
         got = ",".join(rows[0]) if rows else "an empty file"
         raise ValueError(f"{path}: expected columns {','.join(columns)}, got {got}")

@@ -18,7 +18,10 @@ and uses the study as the shared record:
 - while it trains, the worker writes a heartbeat into its trial every `heartbeat` seconds. A
   running trial whose heartbeat stays unchanged for `grace` seconds, timed by another worker's
   own clock (clock skew between machines does not matter), is marked FAIL and its point is
-  claimed again; that run resumes from the dead trial's checkpoint;
+  claimed again; that run resumes from the dead trial's checkpoint. The worker also counts
+  its optimiser steps and epochs into the trial (`progress`): a trial whose worker is alive but
+  hung (heartbeat fresh, count unchanged for `progress_timeout` seconds) is taken over the same
+  way;
 - a COMPLETE or PRUNED point is never claimed again, so re-running the same call (a new Colab
   session) only does what is left. Each claim, resume and result is a line in
   SWEEP/<study>/sweep.log.
@@ -65,6 +68,11 @@ WEIGHT_DECAY_RANGE = (1e-6, 1e-2)  # random/TPE search ranges (log-uniform)
 AUG_STRENGTH_RANGE = (0.0, 2.0)  # 0 = no augmentation, 1 = the config's policy, 2 = twice as wide
 METRICS = ("val_auc", "val_accuracy", "val_precision", "val_recall", "val_loss")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Seconds a running trial may go without a new step or epoch before it counts as hung. A step
+# takes well under a second on a GPU (a full RSNA epoch a few minutes) and at most a minute or
+# two on a CPU at batch 1,024; the longest silent stretches (validation, torch.compile, a
+# checkpoint on Drive) take minutes. 30 minutes is far above them all, yet frees a hung GPU.
+PROGRESS_TIMEOUT_S = 1800.0
 # Config fields that may differ between the workers of one study: where and how fast, not what.
 LOCAL_FIELDS = set("out cache raw device workers compile eval_batch_size".split())
 LOCAL_FIELDS |= set("micro_batch_size amp channels_last gpu_augment deterministic".split())
@@ -368,11 +376,13 @@ def sweep_log(study_dir: str | Path) -> pd.DataFrame:
 
 
 class _Heartbeat:
-    """Writes the time into the trial every `interval` s from a thread; `lost` turns True
-    when the trial is no longer RUNNING (another worker declared it dead)."""
+    """Writes the time into the trial every `interval` s from a thread, and `progress` (steps
+    and epochs counted by the training callback) when it changed; `lost` turns True when the
+    trial is no longer RUNNING (another worker declared it dead)."""
 
     def __init__(self, trial: optuna.Trial, interval: float) -> None:
         self.trial, self.interval, self.lost = trial, interval, False
+        self.progress, self._written = 0, -1  # only a count: the callback never waits on the db
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -389,6 +399,10 @@ class _Heartbeat:
         while not self._stop.is_set():
             try:
                 self.trial.set_user_attr("heartbeat", time.time())
+                if self.progress != self._written:
+                    done = self.progress  # the callback may count on meanwhile
+                    self.trial.set_user_attr("progress", done)
+                    self._written = done
             except optuna.exceptions.UpdateFinishedTrialError:
                 self.lost = True
                 return
@@ -397,22 +411,39 @@ class _Heartbeat:
             self._stop.wait(self.interval)
 
 
-def _reap_stale(study, trials, watch: dict, grace: float, study_dir: Path) -> bool:
+def _stale_reason(t, watch: dict, now: float, grace: float, progress_timeout: float) -> str | None:
+    """Why the running trial `t` is stale, or None. `watch[t.number]` keeps the heartbeat and
+    progress this worker last saw and when (its own clock: skew between machines is moot)."""
+    beat, prog = t.user_attrs.get("heartbeat"), t.user_attrs.get("progress")
+    seen = watch.get(t.number) or (beat, now, prog, now)
+    if seen[0] != beat:
+        seen = (beat, now, *seen[2:])
+    if seen[2] != prog:
+        seen = (*seen[:2], prog, now)
+    watch[t.number] = seen
+    if now - seen[1] > grace:
+        return f"no heartbeat for {grace:g} s"
+    if prog is not None and now - seen[3] > progress_timeout:  # None: a worker without counts
+        return f"no progress (step or epoch) for {progress_timeout:g} s"
+    return None
+
+
+def _reap_stale(
+    study, trials, watch: dict, grace: float, study_dir: Path, progress_timeout: float = math.inf
+) -> bool:
     """Mark FAIL the running trials whose heartbeat this worker has seen unchanged for
-    `grace` seconds; True when it marked one."""
+    `grace` seconds, or their progress for `progress_timeout`; True when it marked one."""
     now, reaped, running = time.monotonic(), False, set()
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
         running.add(t.number)
-        beat = t.user_attrs.get("heartbeat")
-        if t.number not in watch or watch[t.number][0] != beat:
-            watch[t.number] = (beat, now)
-        elif now - watch[t.number][1] > grace:
+        why = _stale_reason(t, watch, now, grace, progress_timeout)
+        if why is not None:
             _retry(study.tell, t.number, state=TrialState.FAIL, skip_if_finished=True)
             run = t.user_attrs.get("run", "-")
-            _log(study_dir, "stale", run, t.number, f"no heartbeat for {grace:g} s")
-            print(f"trial {t.number} ({run}): no heartbeat for {grace:g} s, taking it over")
+            _log(study_dir, "stale", run, t.number, why)
+            print(f"trial {t.number} ({run}): {why}, taking it over")
             reaped = True
     for n in set(watch) - running:
         del watch[n]
@@ -522,6 +553,7 @@ def _trial_callback(trial, beat: _Heartbeat, monitor: str, key: str, opts: dict)
     def on_event(event: str, state: dict) -> None:
         if beat.lost:
             raise _Lost(f"trial {trial.number} was taken over by another worker")
+        beat.progress += 1  # a step or an epoch: the worker is not hung
         if event == "epoch":
             value = _score(state["metrics"], monitor)
             if math.isfinite(value):
@@ -615,7 +647,7 @@ def _work(study, plan: dict, base: Config, study_dir: Path, base_sampler, opts: 
     waiting = 0
     while True:
         trials = _retry(study.get_trials, deepcopy=False)
-        if _reap_stale(study, trials, watch, opts["grace"], study_dir):
+        if _reap_stale(study, trials, watch, opts["grace"], study_dir, opts["progress_timeout"]):
             continue
         todo, running = _todo(trials, plan, opts["n_trials"], tried)
         if not todo:
@@ -655,6 +687,7 @@ def sweep(
     metric: str | None = None,
     heartbeat: float = 15.0,
     grace: float = 60.0,
+    progress_timeout: float = PROGRESS_TIMEOUT_S,
     wait: bool = True,
     callback: Callable[[str, dict], None] | None = None,
     progress: bool = True,
@@ -670,7 +703,8 @@ def sweep(
     random/TPE trials early (median rule); the grid runs every point to the end.
     Several processes may run this on one `storage` at once; re-running it after a crash
     finishes only what is left. A worker returns when every point is finished (with
-    `wait`, it also waits for points running elsewhere, to take over those that die).
+    `wait`, it also waits for points running elsewhere, to take over those that die, or
+    that hang: no new step or epoch for `progress_timeout` seconds).
     Writes results.csv, best_config.json (by `metric`, default val_<monitor>) and figures
     into SWEEP/<study>/.
     """
@@ -708,6 +742,7 @@ def sweep(
         prune=prune,
         heartbeat=heartbeat,
         grace=grace,
+        progress_timeout=progress_timeout,
         wait=wait,
         callback=callback,
         progress=progress,
@@ -1168,6 +1203,8 @@ def tune_cli(args, cfg: Config) -> None:
         prune=args.prune,
         heartbeat=args.heartbeat,
         grace=args.grace,
+        # --progress-timeout, where the command line offers it
+        progress_timeout=getattr(args, "progress_timeout", None) or PROGRESS_TIMEOUT_S,
     )
     with pd.option_context("display.width", 160, "display.max_columns", 30):
         print(table.drop(columns=["run_dir"]).to_string(index=False))

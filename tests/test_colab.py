@@ -310,3 +310,50 @@ def test_ensure_cache_makes_demo_data_once_and_ensure_run_refuses_missing_rsna_r
     assert (cache / "stats.json").stat().st_mtime_ns == before
     with pytest.raises(FileNotFoundError, match="notebook 03"):
         colab.ensure_run(cfg, "rsna")
+
+
+class _ChunkedStream:
+    """A process's stdout that hands out fixed byte pieces, one per `read1`."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+
+    def read1(self, n: int = -1) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+@pytest.mark.parametrize("cut", [1, 7, len(KEY) - 1])
+def test_key_split_across_reads_is_never_printed(env: Path, monkeypatch, capsys, cut) -> None:
+    src = env / "kaggle.json"
+    src.write_text(json.dumps({"username": "ada", "key": KEY}))
+    colab.install_kaggle_credentials(src)
+    capsys.readouterr()
+    text = f"Downloading 42%|████▏ | 1.5G\rdebug: key {KEY} end\nkey again: {KEY}\n403 - bye\n"
+    data = text.encode()
+    first = data.index(KEY.encode()) + cut  # the first key straddles the first read boundary
+    second = data.rindex(KEY.encode()) + 3  # the second one the next, a multi-byte char before
+    pieces = [data[:first], data[first:second], data[second:]]
+
+    class FakeProcess:
+        def __init__(self, cmd, stdout=None, stderr=None) -> None:
+            self.stdout = _ChunkedStream(pieces)
+
+        def wait(self) -> int:
+            return 1
+
+    monkeypatch.setattr(colab.subprocess, "Popen", FakeProcess)
+    rc, tail = colab._run_streaming(["kaggle", "competitions", "download"])
+    printed = capsys.readouterr().out
+    assert rc == 1
+    assert KEY not in printed and KEY not in tail and KEY[: cut + 1] not in printed
+    assert printed == text.replace(KEY, "***") and tail == printed  # the rest intact
+    assert colab._last_line(tail) == "403 - bye"
+
+
+def test_key_mask_holds_back_only_a_possible_key_start() -> None:
+    mask = colab._KeyMask("secret")
+    assert mask.feed("abc se") == "abc "  # "se" may start the key: held
+    assert mask.feed("x") == "sex"  # it did not: printed at once
+    assert mask.feed("sec") == "" and mask.feed("ret!") == "***!"
+    assert mask.feed("s") == "" and mask.flush() == "s"
+    assert colab._KeyMask(None).feed("secret") == "secret"  # no key installed: as is

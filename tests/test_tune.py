@@ -113,6 +113,84 @@ def test_a_second_claim_on_a_held_point_backs_off(tmp_path):
         tune.open_study(tune.open_storage(None, tmp_path), "grid", other)
 
 
+class FakeClock:
+    """time.monotonic for the stale-trial reaper, moved on by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_hung_worker_with_a_fresh_heartbeat_is_reaped_for_no_progress(tmp_path, monkeypatch):
+    point = {"batch_size": 4, "lr": 1e-3}
+    plan = tune._plan(Config(), "grid", tune.search_space("grid", [4], [1e-3]), "none", 64)
+    study = tune.open_study(tune.open_storage(None, tmp_path), "grid", plan)
+    hung = tune._claim(study, plan, point, optuna.samplers.RandomSampler(), tmp_path)
+    old = tune._claim(study, plan, None, optuna.samplers.RandomSampler(), tmp_path)
+    assert old is None  # a duplicate: only `hung` runs; an older worker is simulated below
+    clock, watch = FakeClock(), {}
+    monkeypatch.setattr(tune.time, "monotonic", clock)
+
+    def reap_at(t: float, progress: int | None) -> bool:
+        clock.now = t
+        hung.set_user_attr("heartbeat", t)  # the worker's thread is alive: always fresh
+        if progress is not None:
+            hung.set_user_attr("progress", progress)
+        return tune._reap_stale(study, study.get_trials(), watch, 60.0, tmp_path, 100.0)
+
+    assert not reap_at(0, 5)  # first sighting
+    assert not reap_at(50, 5) and not reap_at(90, 6)  # a step at 90: the timer starts again
+    assert not reap_at(150, 6)  # 60 s without progress: under the timeout
+    assert reap_at(195, 6)  # 105 s without a step or epoch, heartbeat fresh: hung
+    assert study.get_trials()[0].state == TrialState.FAIL
+    log = tune.sweep_log(tmp_path)
+    stale = log[log.event == "stale"]
+    assert len(stale) == 1 and stale.detail.iloc[0].startswith("no progress")
+    todo, running = tune._todo(study.get_trials(), plan, 0, set())
+    assert todo == [point] and running == 0  # re-queued: claimed again, resumes its folder
+
+
+def test_liveness_and_progress_are_judged_apart(tmp_path, monkeypatch):
+    plan = tune._plan(Config(), "grid", tune.search_space("grid", [4, 8], [1e-3]), "none", 64)
+    study = tune.open_study(tune.open_storage(None, tmp_path), "grid", plan)
+    rnd = optuna.samplers.RandomSampler()
+    legacy = tune._claim(study, plan, {"batch_size": 4, "lr": 1e-3}, rnd, tmp_path)
+    dead = tune._claim(study, plan, {"batch_size": 8, "lr": 1e-3}, rnd, tmp_path)
+    dead.set_user_attr("heartbeat", 1.0)
+    dead.set_user_attr("progress", 3)
+    clock, watch = FakeClock(), {}
+    monkeypatch.setattr(tune.time, "monotonic", clock)
+
+    def reap_at(t: float, progress_timeout: float) -> bool:
+        clock.now = t
+        legacy.set_user_attr("heartbeat", t)  # no `progress` attr: a worker without counts
+        return tune._reap_stale(study, study.get_trials(), watch, 60.0, tmp_path, progress_timeout)
+
+    assert not reap_at(0, 1000) and not reap_at(30, 1000)
+    assert reap_at(61, 1000)  # `dead`: its heartbeat stopped, whatever the progress timeout
+    assert tune.sweep_log(tmp_path).detail.tolist()[-1] == "no heartbeat for 60 s"
+    assert not any(reap_at(t, 10) for t in (100, 200, 300))  # `legacy` is alive: never stale
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {legacy.number: TrialState.RUNNING, dead.number: TrialState.FAIL}
+
+
+def test_heartbeat_writes_the_step_count_the_callback_makes(tmp_path):
+    study = optuna.create_study()
+    trial = study.ask()
+    beat = tune._Heartbeat(trial, 0.01).start()
+    on_event = tune._trial_callback(trial, beat, "auc", "bs4", {"prune": False, "callback": None})
+    for step in range(3):
+        on_event("step", {"epoch": 0, "step": step})
+    deadline = time.time() + 5
+    while study.trials[0].user_attrs.get("progress") != 3 and time.time() < deadline:
+        time.sleep(0.01)
+    beat.stop()
+    assert study.trials[0].user_attrs["progress"] == 3
+    assert tune.PROGRESS_TIMEOUT_S >= 600  # minutes: validation or compile is not a hang
+
+
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     from pneumolib.cli import main
 
