@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds without a heartbeat before a trial counts as dead",
     )
+    p.add_argument(
+        "--progress-timeout",
+        type=float,
+        default=None,
+        help="seconds without a new step or epoch before a live trial counts as hung "
+        "(default: tune.PROGRESS_TIMEOUT_S, 30 min)",
+    )
     add_config_options(p, skip=("batch_size", "lr"))
     return ap
 
