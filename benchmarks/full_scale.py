@@ -206,7 +206,7 @@ def loader_epoch(cache: Path, image_size: int) -> int:
     from pneumolib.augment import AugmentPolicy
     from pneumolib.config import Config
     from pneumolib.data import make_loader, read_index, read_stats
-    from pneumolib.train import to_device_batch
+    from pneumolib.runtime import to_device_batch
 
     cfg = Config(image_size=image_size)
     index, stats = read_index(cache), read_stats(cache)
@@ -225,7 +225,16 @@ def loader_epoch(cache: Path, image_size: int) -> int:
     )
     seen, t0 = 0, time.perf_counter()
     for batch in loader:
-        x = to_device_batch(batch, torch.device("cpu"), image_size, policy, stats, True, 0, False)
+        x = to_device_batch(
+            batch,
+            torch.device("cpu"),
+            size=image_size,
+            policy=policy,
+            stats=stats,
+            train=True,
+            seed=0,
+            channels_last=False,
+        )
         seen += len(x)
     print(f"loader epoch: {seen} images in {time.perf_counter() - t0:.1f} s")
     return seen

@@ -345,7 +345,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
     """What `tune.auto_max_micro_batch` picks per model, and whether one step at that size fits."""
     import torch
 
-    from pneumolib import train
+    from pneumolib import runtime, train
     from pneumolib.config import Config
     from pneumolib.models import build_model, trainable_parameters
     from pneumolib.tune import _probe_cuda, auto_max_micro_batch
@@ -355,7 +355,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
     total = torch.cuda.get_device_properties(device).total_memory
     for name in a.models.split(","):
         cfg = Config(model=name, image_size=a.size, device="cuda", weights="none")
-        dtype = train.amp_dtype(device, cfg.amp)
+        dtype = runtime.amp_dtype(device, cfg.amp)
         setting = f"{name} {a.size} px, amp {dtype}, channels-last (auto_max_micro_batch, 0.6)"
         try:
             pick = auto_max_micro_batch(cfg)
@@ -523,7 +523,8 @@ def cmd_epoch(a: argparse.Namespace) -> int:
 
     from pneumolib.config import Config
     from pneumolib.data import read_stats
-    from pneumolib.train import amp_dtype, fit, resolve_device
+    from pneumolib.runtime import amp_dtype, resolve_device
+    from pneumolib.train import fit
 
     report, cache = Path(a.report), Path(a.cache)
     stats = read_stats(cache)

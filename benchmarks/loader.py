@@ -4,7 +4,7 @@ Both deliver what the network eats: augmented, normalised float32 tensors (64, 1
 on the CPU, from the same N cached radiographs, with 2 loader workers each.
 
 * package: `data.make_loader` (whole uint8 batches from the memory-mapped cache, one cv2 affine
-  warp per image in the workers) + `train.to_device_batch` (contrast/brightness, normalise);
+  warp per image in the workers) + `runtime.to_device_batch` (contrast/brightness, normalise);
 * course: torchvision `DatasetFolder` over one float16 .npy per image (S x S, in class
   folders), per sample `ToTensor`, `Normalize`, `RandomAffine(degrees=5, translate=(0.05,
   0.05), scale=(0.9, 1.1))`, `RandomResizedCrop(224, scale=(0.35, 1))`.
@@ -38,8 +38,8 @@ from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
 from pneumolib.data import make_loader, open_images, read_index, read_stats
 from pneumolib.preprocess import build_cache
+from pneumolib.runtime import to_device_batch
 from pneumolib.synth import make_demo_data
-from pneumolib.train import to_device_batch
 
 BATCH, WORKERS = 64, 2
 
@@ -80,11 +80,28 @@ def package_batches(cache: Path, n: int, out_size: int, policy: AugmentPolicy) -
     stats = read_stats(cache)
     normalise = (stats["mean"], stats["std"])
     loader = make_loader(
-        cache, index, BATCH, out_size, policy, True, 0, WORKERS, True, normalise=normalise
+        cache,
+        index,
+        batch_size=BATCH,
+        out_size=out_size,
+        policy=policy,
+        train=True,
+        seed=0,
+        workers=WORKERS,
+        normalise=normalise,
     )
     cpu = torch.device("cpu")
     for batch in forever(loader):
-        yield to_device_batch(batch, cpu, out_size, policy, stats, True, 0, False)
+        yield to_device_batch(
+            batch,
+            cpu,
+            size=out_size,
+            policy=policy,
+            stats=stats,
+            train=True,
+            seed=0,
+            channels_last=False,
+        )
 
 
 def load_npy(path: str) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Training-step throughput: the whole input pipeline against the model alone.
 
-* pipeline: `data.make_loader` -> `train.to_device_batch` -> forward, backward, optimiser step,
+* pipeline: `data.make_loader` -> `runtime.to_device_batch` -> forward, backward, optimiser step,
   exactly as `train.fit` runs them (AMP and channels_last on CUDA, the augmentation warp on the
   GPU there and in the loader workers on a CPU);
 * model only: the same model, optimiser and batch size on one batch already on the device.
@@ -34,14 +34,8 @@ from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
 from pneumolib.data import default_workers, make_loader, read_index, read_stats
 from pneumolib.models import build_model, trainable_parameters
-from pneumolib.train import (
-    accumulate_gradients,
-    amp_dtype,
-    make_optimizer,
-    resolve_device,
-    seed_everything,
-    to_device_batch,
-)
+from pneumolib.runtime import amp_dtype, resolve_device, to_device_batch
+from pneumolib.train import accumulate_gradients, make_optimizer, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import demo_cache, forever  # noqa: E402  (the sibling benchmark script)
@@ -113,15 +107,14 @@ def main(argv: list[str] | None = None) -> int:
         loader = make_loader(
             cache,
             index,
-            batch,
-            size,
-            policy,
-            True,
-            0,
-            workers,
-            not gpu_warp,
-            False,
-            cuda,
+            batch_size=batch,
+            out_size=size,
+            policy=policy,
+            train=True,
+            seed=0,
+            workers=workers,
+            warp_in_worker=not gpu_warp,
+            pin_memory=cuda,
             normalise=normalise,
         )
 
@@ -146,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
 
         def pipeline_step() -> int:
             b = next(full)
-            x = to_device_batch(b, device, size, policy, stats, True, 0, channels_last)
+            x = to_device_batch(
+                b,
+                device,
+                size=size,
+                policy=policy,
+                stats=stats,
+                train=True,
+                seed=0,
+                channels_last=channels_last,
+            )
             return train_step(x, b["target"].to(device, non_blocking=True))
 
         x0 = torch.randn(batch, 1, size, size, device=device)

@@ -39,6 +39,7 @@ from pneumolib.localisation import (
     summarize_localisation,
 )
 from pneumolib.progress import bar as progress_bar
+from pneumolib.runtime import resolve_device, to_device_batch, warp_on_device
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -420,7 +421,6 @@ def load_run(
     pixel stats). `cache` overrides the cache folder recorded in the run (a moved run)."""
     from pneumolib.config import Config
     from pneumolib.models import load_checkpoint_model
-    from pneumolib.train import resolve_device
 
     path = Path(run) / checkpoint
     if not path.is_file():
@@ -436,8 +436,10 @@ def iter_cam_batches(
     model: nn.Module,
     cache: str | Path,
     index: pd.DataFrame,
+    *,
     image_size: int,
     stats: dict,
+    gpu_augment: bool = True,
     method: str = "cam",
     layer: str | None = None,
     batch_size: int = 64,
@@ -446,27 +448,43 @@ def iter_cam_batches(
     desc: str = "cam",
 ):
     """Maps for the `index` rows of `cache`, one forward pass per batch, inputs made exactly as
-    for validation (plain resize to `image_size`, normalised with the checkpoint's `stats`).
+    for validation (plain resize to `image_size`, normalised with the checkpoint's `stats`, the
+    warp where the run's validation did it: `runtime.warp_on_device` with its `gpu_augment`).
 
     Yields dicts: `rows` (the batch's slice of `index`), `images` uint8 (B, S, S) (the network
     input, de-normalised, for drawing), `maps` float32 (B, S, S) in [0, 1], `probs` (B,).
     """
     from pneumolib.augment import AugmentPolicy
     from pneumolib.data import make_loader
-    from pneumolib.train import to_device_batch
 
     method = _method(method)
     layer = _run_layer(model, layer)
     device = next(model.parameters()).device
     index = index.reset_index(drop=True)
     policy = AugmentPolicy.identity()
-    warp_in_worker = device.type != "cuda"  # as in `fit`: the GPU warps its own batches
     loader = make_loader(
-        cache, index, batch_size, image_size, policy, False, 0, workers, warp_in_worker
+        cache,
+        index,
+        batch_size=batch_size,
+        out_size=image_size,
+        policy=policy,
+        train=False,
+        seed=0,
+        workers=workers,
+        warp_in_worker=not warp_on_device(device, gpu_augment=gpu_augment),
     )
     mean, std = float(stats["mean"]), float(stats["std"])
     for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        x = to_device_batch(batch, device, image_size, policy, stats, False, 0, False)
+        x = to_device_batch(
+            batch,
+            device,
+            size=image_size,
+            policy=policy,
+            stats=stats,
+            train=False,
+            seed=0,
+            channels_last=False,
+        )
         if method == "cam":
             maps, probs = cam(model, x, layer=layer)
         else:
@@ -508,7 +526,15 @@ def cam_examples(
     rows = index.loc[list(patient_ids)]
     parts = list(
         iter_cam_batches(
-            model, cfg.cache, rows, cfg.image_size, stats, method, layer, max(1, len(rows))
+            model,
+            cfg.cache,
+            rows,
+            image_size=cfg.image_size,
+            stats=stats,
+            gpu_augment=cfg.gpu_augment,
+            method=method,
+            layer=layer,
+            batch_size=max(1, len(rows)),
         )
     )
     factor = _box_factor(cfg, int(read_stats(cfg.cache)["size"]))
@@ -593,14 +619,15 @@ def cam_run(
         model,
         cfg.cache,
         index,
-        cfg.image_size,
-        stats,
-        method,
-        layer,
-        batch_size,
-        cfg.workers,
-        progress,
-        f"{method} {split}",
+        image_size=cfg.image_size,
+        stats=stats,
+        gpu_augment=cfg.gpu_augment,
+        method=method,
+        layer=layer,
+        batch_size=batch_size,
+        workers=cfg.workers,
+        progress=progress,
+        desc=f"{method} {split}",
     )
     for b in batches:
         rows, probs = b["rows"], b["probs"]

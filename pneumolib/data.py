@@ -377,6 +377,7 @@ def _worker_init(_: int) -> None:
 def make_loader(
     cache: str | Path,
     index: pd.DataFrame,
+    *,
     batch_size: int,
     out_size: int,
     policy,

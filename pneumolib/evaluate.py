@@ -150,7 +150,7 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     """Predictions table of one split: reused from RUN when its sidecar says it came from the
     same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
     from pneumolib.data import make_loader
-    from pneumolib.train import predict_probs
+    from pneumolib.runtime import predict_probs
 
     run, cache, index, tta = ctx["run"], ctx["cache"], ctx["index"], ctx["tta"]
     tag = split + ("_tta" if tta else "")
@@ -170,12 +170,12 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     loader = make_loader(
         cache,
         rows,
-        int(cfg.get("eval_batch_size", 128)),
-        ctx["size"],
-        ctx["policy"],
-        False,
-        int(cfg.get("seed", 0)),
-        ctx["workers"],
+        batch_size=int(cfg.get("eval_batch_size", 128)),
+        out_size=ctx["size"],
+        policy=ctx["policy"],
+        train=False,
+        seed=int(cfg.get("seed", 0)),
+        workers=ctx["workers"],
         warp_in_worker=not (ctx["on_device"] or tta),
         pin_memory=dev.type == "cuda",
     )
@@ -192,7 +192,13 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
         )
     else:
         p, y, pos = predict_probs(
-            ctx["model"], loader, dev, ctx["size"], ctx["stats"], ctx["amp"], progress=True
+            ctx["model"],
+            loader,
+            dev,
+            size=ctx["size"],
+            stats=ctx["stats"],
+            amp=ctx["amp"],
+            progress=True,
         )
     picked = rows.iloc[pos].reset_index(drop=True)
     if not np.array_equal(picked["target"].to_numpy(), y.astype(picked["target"].dtype)):
@@ -233,8 +239,7 @@ def evaluate_run(
     from pneumolib.augment import AugmentPolicy
     from pneumolib.data import read_index, read_stats
     from pneumolib.models import load_checkpoint_model
-    from pneumolib.predict import _warp_on_device
-    from pneumolib.train import amp_dtype, resolve_device
+    from pneumolib.runtime import amp_dtype, resolve_device, warp_on_device
 
     if split not in ("val", "test"):
         raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
@@ -266,7 +271,7 @@ def evaluate_run(
         "size": size,
         "policy": AugmentPolicy.identity(),
         "workers": int(config.get("workers", 0)) if workers is None else workers,
-        "on_device": _warp_on_device(config, dev),
+        "on_device": warp_on_device(dev, gpu_augment=bool(config.get("gpu_augment", True))),
         "amp": amp_dtype(dev, bool(config.get("amp", False))),
         "mats": tta_affines(int(stats["size"]), size, bool(config.get("hflip"))) if tta else {},
     }

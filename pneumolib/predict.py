@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from pneumolib.progress import bar as progress_bar
+from pneumolib.runtime import amp_dtype, resolve_device, warp_on_device
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -119,11 +120,6 @@ def model_input(
     return to_model_input(x, None, None, stats["mean"], stats["std"])
 
 
-def _warp_on_device(config: dict, device: torch.device) -> bool:
-    # Training validated on the GPU warp when it ran on CUDA with gpu_augment, else on cv2.
-    return device.type == "cuda" and bool(config.get("gpu_augment", True))
-
-
 def _overlay_names(files: Sequence[Path]) -> list[str]:
     """File stems made safe and unique (a/x.dcm and b/x.dcm -> x, x_2) for overlay PNGs."""
     seen: dict[str, int] = {}
@@ -152,12 +148,11 @@ def predict_files(
     from pneumolib.augment import eval_affines
     from pneumolib.dicom import DicomError
     from pneumolib.models import load_checkpoint_model
-    from pneumolib.train import amp_dtype, resolve_device
 
     dev = resolve_device(device)
     model, config, stats = load_checkpoint_model(checkpoint, map_location=dev)
     size_in, size_out = int(stats["size"]), int(config.get("image_size", stats["size"]))
-    on_device = _warp_on_device(config, dev)
+    on_device = warp_on_device(dev, gpu_augment=bool(config.get("gpu_augment", True)))
     amp = amp_dtype(dev, bool(config.get("amp", False)))
     files, errors = expand_inputs(inputs)
     rows: list[dict] = []

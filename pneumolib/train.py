@@ -27,10 +27,6 @@ from sklearn.metrics import roc_auc_score
 
 from pneumolib.augment import (
     AugmentPolicy,
-    apply_luts,
-    augment_batch_torch,
-    batch_rng,
-    to_model_input,
 )
 from pneumolib.checkpoint import (
     RunError,
@@ -47,6 +43,13 @@ from pneumolib.config import Config
 from pneumolib.data import make_loader, read_index, read_stats, with_label
 from pneumolib.models import build_model, trainable_parameters
 from pneumolib.progress import bar as progress_bar
+from pneumolib.runtime import (
+    amp_dtype,
+    predict_probs,
+    resolve_device,
+    to_device_batch,
+    warp_on_device,
+)
 
 # Fields that may differ when a run is resumed (they change speed or paths, not the result;
 # `epochs` is not one: the learning-rate schedule is laid out over the whole run).
@@ -65,14 +68,6 @@ RESUMABLE_CHANGES = {
 # --- small pieces ------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError("--device cuda asked for, but no CUDA GPU is visible")
-    return torch.device(name)
-
-
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -83,13 +78,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU supports it, fp16 (with a GradScaler) on older GPUs, None on CPU."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -145,69 +133,6 @@ def binary_summary(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
         "precision": tp / (tp + fp) if tp + fp else 0.0,
         "recall": tp / (tp + fn) if tp + fn else 0.0,
     }
-
-
-# --- batches on the device ---------------------------------------------------------------
-
-
-def to_device_batch(
-    batch: dict,
-    device: torch.device,
-    size: int,
-    policy: AugmentPolicy,
-    stats: dict,
-    train: bool,
-    seed: int,
-    channels_last: bool,
-) -> torch.Tensor:
-    """A loader batch -> normalised float (B, 1, size, size) on `device`.
-
-    Batches warped in the workers are normalised here: through their per-image lookup tables
-    (`luts`, one `cv2.LUT` pass on the CPU) when the loader made them, else with `gain`/`bias`
-    on the device; raw (B, S, S) uint8 batches are warped on the device in one `grid_sample`
-    (the GPU path). All three give the same numbers.
-    """
-    if "luts" in batch:
-        x = torch.from_numpy(apply_luts(batch["images"].numpy(), batch["luts"].numpy()))
-        x = x.to(device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    x = batch["images"].to(device, non_blocking=True)
-    gain, bias = batch.get("gain"), batch.get("bias")
-    warped_in_worker = x.shape[-1] == size and (not train or "gain" in batch)
-    if not warped_in_worker:
-        rng = batch_rng(seed, int(batch["epoch"]), int(batch["batch"])) if train else None
-        res = augment_batch_torch(x, size, policy, rng, train)
-        x, gain, bias = res["images"], res["gain"], res["bias"]
-    x = to_model_input(x, gain, bias, stats["mean"], stats["std"])
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-@torch.no_grad()
-def predict_probs(
-    model: torch.nn.Module,
-    loader,
-    device: torch.device,
-    size: int,
-    stats: dict,
-    amp: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run `model` over an eval loader -> (probabilities (N,), targets (N,), positions (N,))."""
-    was_training = model.training
-    model.eval()
-    probs, targets, positions = [], [], []
-    for batch in progress_bar(loader, desc="predict", leave=False, disable=not progress):
-        x = to_device_batch(
-            batch, device, size, AugmentPolicy.identity(), stats, False, 0, channels_last
-        )
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x).float().squeeze(1)
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-        targets.append(batch["target"].numpy())
-        positions.append(batch["position"].numpy())
-    model.train(was_training)
-    return np.concatenate(probs), np.concatenate(targets), np.concatenate(positions)
 
 
 def accumulate_gradients(
@@ -304,38 +229,37 @@ def fit(
         )
     accum = cfg.batch_size // (micro * world)
     policy = AugmentPolicy.from_config(cfg)
-    gpu_warp = device.type == "cuda" and cfg.gpu_augment
+    gpu_warp = warp_on_device(device, gpu_augment=cfg.gpu_augment)
     # On the CPU, intensity and normalisation become one lookup table per image (made in the
     # workers, applied by cv2.LUT); on a GPU, uint8 crosses and `to_model_input` runs there.
     normalise = (stats["mean"], stats["std"]) if device.type == "cpu" else None
     train_loader = make_loader(
         cfg.cache,
         train_idx,
-        micro,
-        cfg.image_size,
-        policy,
-        True,
-        cfg.seed,
-        cfg.workers,
-        not gpu_warp,
-        cfg.balanced_sampling,
-        device.type == "cuda",
-        rank,
-        world,
-        normalise,
+        batch_size=micro,
+        out_size=cfg.image_size,
+        policy=policy,
+        train=True,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        warp_in_worker=not gpu_warp,
+        balanced=cfg.balanced_sampling,
+        pin_memory=device.type == "cuda",
+        rank=rank,
+        world=world,
+        normalise=normalise,
     )
     val_loader = make_loader(
         cfg.cache,
         val_idx,
-        cfg.eval_batch_size,
-        cfg.image_size,
-        policy,
-        False,
-        cfg.seed,
-        cfg.workers,
-        not gpu_warp,
-        False,
-        device.type == "cuda",
+        batch_size=cfg.eval_batch_size,
+        out_size=cfg.image_size,
+        policy=policy,
+        train=False,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        warp_in_worker=not gpu_warp,
+        pin_memory=device.type == "cuda",
         normalise=normalise,
     )
     steps_per_epoch = math.ceil(len(train_loader) / accum)
@@ -413,7 +337,14 @@ def fit(
             pairs = (
                 (
                     to_device_batch(
-                        b, device, cfg.image_size, policy, stats, True, cfg.seed, channels_last
+                        b,
+                        device,
+                        size=cfg.image_size,
+                        policy=policy,
+                        stats=stats,
+                        train=True,
+                        seed=cfg.seed,
+                        channels_last=channels_last,
                     ),
                     b["target"].to(device, non_blocking=True),
                 )
@@ -434,7 +365,13 @@ def fit(
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
         p, y, _ = predict_probs(
-            model, val_loader, device, cfg.image_size, stats, dtype, channels_last
+            model,
+            val_loader,
+            device,
+            size=cfg.image_size,
+            stats=stats,
+            amp=dtype,
+            channels_last=channels_last,
         )
         val_loss = float(
             F.binary_cross_entropy(

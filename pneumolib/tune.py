@@ -52,7 +52,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 from optuna.trial import TrialState
 
-from pneumolib import train
+from pneumolib import runtime, train
 from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
 from pneumolib.data import make_loader, read_index, read_stats
@@ -187,7 +187,7 @@ def auto_max_micro_batch(cfg: Config, fraction: float = 0.6) -> int:
     """The largest power-of-two micro-batch that fits the device, for `cfg.model` at
     `cfg.image_size`: measured by two short forward/backward passes (8 and 16 images) on a
     CUDA GPU (`fraction` of the free memory); `CPU_MAX_MICRO` on a CPU."""
-    device = train.resolve_device(cfg.device)
+    device = runtime.resolve_device(cfg.device)
     if device.type != "cuda":
         return CPU_MAX_MICRO
     try:
@@ -208,7 +208,7 @@ def _probe_cuda(cfg: Config, device: torch.device) -> tuple[float, int]:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = train.make_optimizer(trainable_parameters(model), cfg)
-    dtype = train.amp_dtype(device, cfg.amp)
+    dtype = runtime.amp_dtype(device, cfg.amp)
 
     def peak(b: int) -> int:
         torch.cuda.synchronize(device)
@@ -1082,7 +1082,7 @@ def lr_range_test(
         raise ValueError(
             f"lr range test: need 0 < start < end and steps >= 3, got {start}, {end}, {steps}"
         )
-    device = train.resolve_device(cfg.device)
+    device = runtime.resolve_device(cfg.device)
     train.seed_everything(cfg.seed)
     index, stats = read_index(cfg.cache), read_stats(cfg.cache)
     idx = index[index.split == "train"].reset_index(drop=True)
@@ -1091,18 +1091,27 @@ def lr_range_test(
         raise ValueError(f"batch size {cfg.batch_size} is not a multiple of micro-batch {micro}")
     cuda = device.type == "cuda"
     policy = AugmentPolicy.from_config(cfg)
-    gpu_warp = cuda and cfg.gpu_augment
+    gpu_warp = runtime.warp_on_device(device, gpu_augment=cfg.gpu_augment)
     loader = make_loader(
-        cfg.cache, idx, micro, cfg.image_size, policy, True, cfg.seed, cfg.workers, not gpu_warp,
-        cfg.balanced_sampling, cuda,
-    )  # fmt: skip
+        cfg.cache,
+        idx,
+        batch_size=micro,
+        out_size=cfg.image_size,
+        policy=policy,
+        train=True,
+        seed=cfg.seed,
+        workers=cfg.workers,
+        warp_in_worker=not gpu_warp,
+        balanced=cfg.balanced_sampling,
+        pin_memory=cuda,
+    )
     model = build_model(cfg.model, cfg.mode, cfg.weights).to(device)
     channels_last = cfg.channels_last and cuda
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
     opt = train.make_optimizer(trainable_parameters(model), cfg.replace(lr=start))
-    dtype = train.amp_dtype(device, cfg.amp)
+    dtype = runtime.amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     pos = float(idx.target.mean())
     pw = cfg.pos_weight or (1.0 if cfg.balanced_sampling else (1 - pos) / max(pos, 1e-9))
@@ -1117,8 +1126,15 @@ def lr_range_test(
         n = sum(len(b["target"]) for b in micro_batches)
         pairs = (
             (
-                train.to_device_batch(
-                    b, device, cfg.image_size, policy, stats, True, cfg.seed, channels_last
+                runtime.to_device_batch(
+                    b,
+                    device,
+                    size=cfg.image_size,
+                    policy=policy,
+                    stats=stats,
+                    train=True,
+                    seed=cfg.seed,
+                    channels_last=channels_last,
                 ),
                 b["target"].to(device),
             )
@@ -1204,7 +1220,7 @@ def tune_cli(args, cfg: Config) -> None:
         heartbeat=args.heartbeat,
         grace=args.grace,
         # --progress-timeout, where the command line offers it
-        progress_timeout=getattr(args, "progress_timeout", None) or PROGRESS_TIMEOUT_S,
+        progress_timeout=args.progress_timeout or PROGRESS_TIMEOUT_S,
     )
     with pd.option_context("display.width", 160, "display.max_columns", 30):
         print(table.drop(columns=["run_dir"]).to_string(index=False))

@@ -270,16 +270,22 @@ def _true_positives(cfg, split: str) -> set[str]:
     from pneumolib.augment import AugmentPolicy
     from pneumolib.data import make_loader, read_index
     from pneumolib.models import load_checkpoint_model
-    from pneumolib.train import predict_probs
+    from pneumolib.runtime import predict_probs
 
     model, _, stats = load_checkpoint_model(f"{cfg.out}/best.pt")
     index = read_index(cfg.cache)
     index = index[index.split == split].reset_index(drop=True)
     loader = make_loader(
-        cfg.cache, index, 64, cfg.image_size, AugmentPolicy.identity(), False, workers=0
+        cfg.cache,
+        index,
+        batch_size=64,
+        out_size=cfg.image_size,
+        policy=AugmentPolicy.identity(),
+        train=False,
+        workers=0,
     )
     probs, targets, positions = predict_probs(
-        model, loader, torch.device("cpu"), cfg.image_size, stats
+        model, loader, torch.device("cpu"), size=cfg.image_size, stats=stats
     )
     ids = index.patientId.to_numpy()[positions]
     return set(ids[(targets == 1) & (probs >= 0.5)])

@@ -259,7 +259,7 @@ def test_lookup_table_batches_give_the_same_model_input(
 ) -> None:
     """`normalise=(mean, std)`: the workers send tables instead of gain/bias, and the trainer's
     batch function turns both into the same input, bit for bit (1 worker vs in-process too)."""
-    from pneumolib.train import to_device_batch
+    from pneumolib.runtime import to_device_batch
 
     stats, policy, cpu = {"mean": 0.45, "std": 0.22}, AugmentPolicy(), torch.device("cpu")
     plain = batches(loader(demo_cache, index, train=train), epoch=1)
@@ -270,8 +270,8 @@ def test_lookup_table_batches_give_the_same_model_input(
     for a, b in zip(plain, tables, strict=True):
         assert "gain" not in b and b["luts"].shape == (len(b["target"]), 256)
         assert b["images"].dtype == torch.uint8
-        xa = to_device_batch(a, cpu, 48, policy, stats, train, 0, False)
-        xb = to_device_batch(b, cpu, 48, policy, stats, train, 0, False)
+        kw = dict(size=48, policy=policy, stats=stats, train=train, seed=0, channels_last=False)
+        xa, xb = to_device_batch(a, cpu, **kw), to_device_batch(b, cpu, **kw)
         assert xb.shape == (len(b["target"]), 1, 48, 48) and torch.equal(xa, xb)
 
 
