@@ -205,7 +205,8 @@ def loader_epoch(cache: Path, image_size: int) -> int:
 
     from pneumolib.augment import AugmentPolicy
     from pneumolib.config import Config
-    from pneumolib.data import make_loader, read_index, read_stats
+    from pneumolib.data import read_index, read_stats
+    from pneumolib.loader import make_loader
     from pneumolib.runtime import to_device_batch
 
     cfg = Config(image_size=image_size)

@@ -3,7 +3,7 @@
 Both deliver what the network eats: augmented, normalised float32 tensors (64, 1, 224, 224)
 on the CPU, from the same N cached radiographs, with 2 loader workers each.
 
-* package: `data.make_loader` (whole uint8 batches from the memory-mapped cache, one cv2 affine
+* package: `loader.make_loader` (whole uint8 batches from the memory-mapped cache, one cv2 affine
   warp per image in the workers) + `runtime.to_device_batch` (contrast/brightness, normalise);
 * course: torchvision `DatasetFolder` over one float16 .npy per image (S x S, in class
   folders), per sample `ToTensor`, `Normalize`, `RandomAffine(degrees=5, translate=(0.05,
@@ -36,7 +36,8 @@ from torchvision.datasets import DatasetFolder
 
 from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
-from pneumolib.data import make_loader, open_images, read_index, read_stats
+from pneumolib.data import open_images, read_index, read_stats
+from pneumolib.loader import make_loader
 from pneumolib.preprocess import build_cache
 from pneumolib.runtime import to_device_batch
 from pneumolib.synth import make_demo_data

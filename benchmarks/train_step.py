@@ -1,6 +1,6 @@
 """Training-step throughput: the whole input pipeline against the model alone.
 
-* pipeline: `data.make_loader` -> `runtime.to_device_batch` -> forward, backward, optimiser step,
+* pipeline: `loader.make_loader` -> `runtime.to_device_batch` -> forward, backward, optimiser step,
   exactly as `train.fit` runs them (AMP and channels_last on CUDA, the augmentation warp on the
   GPU there and in the loader workers on a CPU);
 * model only: the same model, optimiser and batch size on one batch already on the device.
@@ -32,7 +32,8 @@ import torch
 
 from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
-from pneumolib.data import default_workers, make_loader, read_index, read_stats
+from pneumolib.data import read_index, read_stats
+from pneumolib.loader import default_workers, make_loader
 from pneumolib.models import build_model, trainable_parameters
 from pneumolib.runtime import amp_dtype, resolve_device, to_device_batch
 from pneumolib.train import accumulate_gradients, make_optimizer, seed_everything

@@ -455,7 +455,7 @@ def iter_cam_batches(
     input, de-normalised, for drawing), `maps` float32 (B, S, S) in [0, 1], `probs` (B,).
     """
     from pneumolib.augment import AugmentPolicy
-    from pneumolib.data import make_loader
+    from pneumolib.loader import make_loader
 
     method = _method(method)
     layer = _run_layer(model, layer)

@@ -149,7 +149,7 @@ def read_predictions(run: str | Path, split: str = "val", tta: bool = False) -> 
 def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     """Predictions table of one split: reused from RUN when its sidecar says it came from the
     same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
-    from pneumolib.data import make_loader
+    from pneumolib.loader import make_loader
     from pneumolib.runtime import predict_probs
 
     run, cache, index, tta = ctx["run"], ctx["cache"], ctx["index"], ctx["tta"]

@@ -40,7 +40,8 @@ from pneumolib.checkpoint import (
     write_metrics,
 )
 from pneumolib.config import Config
-from pneumolib.data import make_loader, read_index, read_stats, with_label
+from pneumolib.data import read_index, read_stats, with_label
+from pneumolib.loader import make_loader
 from pneumolib.models import build_model, trainable_parameters
 from pneumolib.progress import bar as progress_bar
 from pneumolib.runtime import (

@@ -55,7 +55,8 @@ from optuna.trial import TrialState
 from pneumolib import runtime, train
 from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
-from pneumolib.data import make_loader, read_index, read_stats
+from pneumolib.data import read_index, read_stats
+from pneumolib.loader import make_loader
 from pneumolib.models import build_model, trainable_parameters
 from pneumolib.progress import bar as progress_bar
 

@@ -268,7 +268,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
 def _true_positives(cfg, split: str) -> set[str]:
     """Ids with target 1 and prob >= 0.5, from the trainer's own prediction loop."""
     from pneumolib.augment import AugmentPolicy
-    from pneumolib.data import make_loader, read_index
+    from pneumolib.data import read_index
+    from pneumolib.loader import make_loader
     from pneumolib.models import load_checkpoint_model
     from pneumolib.runtime import predict_probs
 

@@ -14,14 +14,13 @@ from pneumolib.augment import AugmentPolicy
 from pneumolib.data import (
     COURSE_TRAIN_N,
     RSNA_N,
-    EpochBatchSampler,
     LabelError,
     load_labels,
-    make_loader,
     make_splits,
     open_images,
     read_index,
 )
+from pneumolib.loader import EpochBatchSampler, make_loader
 
 HEADER = "patientId,x,y,width,height,Target\n"
 CLASS_HEADER = "patientId,class\n"

@@ -52,3 +52,15 @@ def test_notebook_extras_include_ipywidgets():
     test_extra = re.search(r"^test = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S)
     assert test_extra and '"ipywidgets' in test_extra.group(1)  # tomllib: Python >= 3.11 only
     assert "ipywidgets" in (ROOT / "requirements-test.txt").read_text()
+
+
+def test_preprocess_and_demo_data_start_without_torch():
+    """`preprocess` and `make-demo-data` read labels and DICOMs only: importing torch would cost
+    2-6 s before the first file is read."""
+    code = (
+        "import sys; import pneumolib.cli, pneumolib.preprocess, pneumolib.synth, pneumolib.data;"
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
