@@ -27,10 +27,11 @@ from typing import Any
 import cv2
 import numpy as np
 import pydicom
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 # Reduced-scale decode + area resize against full decode + area resize, in grey levels.
 REDUCED_DECODE_TOLERANCE = {"mean_abs": 0.5, "p99_abs": 2.0}
@@ -434,9 +435,6 @@ def write_dicom(
     Carries the tags RSNA files have (PatientID, PatientSex, PatientAge, ViewPosition,
     PixelSpacing, Modality CR, BodyPartExamined CHEST).
     """
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import generate_uid
-
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture, as RSNA

@@ -6,6 +6,7 @@ Thresholds are chosen on validation and applied unchanged to test (`evaluate_run
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,8 +16,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
+from pneumolib.augment import AugmentPolicy, compose_affines
+from pneumolib.config import Config
+from pneumolib.data import read_index, read_stats
 from pneumolib.evaluate_figures import sample_predictions_figure, write_figures
+from pneumolib.loader import make_loader
 from pneumolib.metrics import (
     RANKING_METRICS,
     as_thresholds,
@@ -26,7 +32,10 @@ from pneumolib.metrics import (
     jsonable,
     summarize,
 )
+from pneumolib.models import load_checkpoint_model
+from pneumolib.predict import model_input
 from pneumolib.progress import bar as progress_bar
+from pneumolib.runtime import amp_dtype, predict_probs, resolve_device, warp_on_device
 
 
 # --------------------------------------------------------------------------- driver
@@ -77,8 +86,6 @@ def tta_affines(in_size: int, out_size: int, hflip: bool = False) -> dict[str, n
     """Deterministic test-time variants -> {name: forward matrix (2, 3), cache pixels ->
     input pixels}: identity (the plain validation resize), shifts of +-4% along x and y, zoom
     0.95 and 1.05, and a horizontal flip only for runs that trained with hflip."""
-    from pneumolib.augment import compose_affines
-
     s = TTA_SHIFT
     spec = {"identity": (0.0, 0.0, 1.0, False)}
     spec |= {"x+4%": (s, 0.0, 1.0, False), "x-4%": (-s, 0.0, 1.0, False)}
@@ -101,10 +108,6 @@ def tta_affines(in_size: int, out_size: int, hflip: bool = False) -> dict[str, n
 def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_device: bool):
     """Mean probability over the variants `mats` {name: (2, 3)} for a loader of raw uint8
     (B, S, S) batches -> (probabilities (N,), targets (N,), positions (N,))."""
-    import torch
-
-    from pneumolib.predict import model_input
-
     probs, targets, positions = [], [], []
     with torch.no_grad():
         for batch in progress_bar(loader, desc="predict (TTA)", leave=False):
@@ -123,8 +126,6 @@ def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_de
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -149,9 +150,6 @@ def read_predictions(run: str | Path, split: str = "val", tta: bool = False) -> 
 def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     """Predictions table of one split: reused from RUN when its sidecar says it came from the
     same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
-    from pneumolib.loader import make_loader
-    from pneumolib.runtime import predict_probs
-
     run, cache, index, tta = ctx["run"], ctx["cache"], ctx["index"], ctx["tta"]
     tag = split + ("_tta" if tta else "")
     csv, meta_path = run / f"predictions_{tag}.csv", run / f"predictions_{tag}.meta.json"
@@ -170,11 +168,11 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     loader = make_loader(
         cache,
         rows,
-        batch_size=int(cfg.get("eval_batch_size", 128)),
+        batch_size=cfg.eval_batch_size,
         out_size=ctx["size"],
         policy=ctx["policy"],
         train=False,
-        seed=int(cfg.get("seed", 0)),
+        seed=cfg.seed,
         workers=ctx["workers"],
         warp_in_worker=not (ctx["on_device"] or tta),
         pin_memory=dev.type == "cuda",
@@ -236,11 +234,6 @@ def evaluate_run(
     the PNGs. Prints a one-line summary and, with `print_table` (the command line), the metrics
     per threshold; a notebook that shows `metrics_table` itself passes False. Returns the
     metrics."""
-    from pneumolib.augment import AugmentPolicy
-    from pneumolib.data import read_index, read_stats
-    from pneumolib.models import load_checkpoint_model
-    from pneumolib.runtime import amp_dtype, resolve_device, warp_on_device
-
     if split not in ("val", "test"):
         raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
     run = Path(run)
@@ -249,14 +242,15 @@ def evaluate_run(
         raise FileNotFoundError(f"{ckpt}: no checkpoint; train first (python -m pneumolib train)")
     dev = resolve_device(device)
     model, config, stats = load_checkpoint_model(ckpt, map_location=dev)
-    cache = Path(cache if cache is not None else config["cache"])
+    cfg = Config.from_dict(config)
+    cache = Path(cache if cache is not None else cfg.cache)
     index, cache_stats = read_index(cache), read_stats(cache)
     if int(cache_stats["size"]) != int(stats["size"]):
         raise ValueError(
             f"{cache}: images are {cache_stats['size']} px, the checkpoint was trained on a "
             f"{stats['size']} px cache; pass the run's own cache"
         )
-    size = int(config.get("image_size", stats["size"]))
+    size = cfg.image_size
     ctx = {
         "run": run,
         "cache": cache,
@@ -264,16 +258,16 @@ def evaluate_run(
         "tta": tta,
         "split_rule": cache_stats.get("split_rule"),
         "sha256": _sha256(ckpt),
-        "config": config,
+        "config": cfg,
         "device": dev,
         "model": model,
         "stats": stats,
         "size": size,
         "policy": AugmentPolicy.identity(),
-        "workers": int(config.get("workers", 0)) if workers is None else workers,
-        "on_device": warp_on_device(dev, gpu_augment=bool(config.get("gpu_augment", True))),
-        "amp": amp_dtype(dev, bool(config.get("amp", False))),
-        "mats": tta_affines(int(stats["size"]), size, bool(config.get("hflip"))) if tta else {},
+        "workers": cfg.workers if workers is None else workers,
+        "on_device": warp_on_device(dev, gpu_augment=cfg.gpu_augment),
+        "amp": amp_dtype(dev, cfg.amp),
+        "mats": tta_affines(int(stats["size"]), size, cfg.hflip) if tta else {},
     }
     pred = _split_predictions(ctx, split, reuse=False)
     pred_val = pred if split == "val" else _split_predictions(ctx, "val", reuse=True)

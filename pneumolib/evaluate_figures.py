@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from sklearn import metrics as skm
 
+from pneumolib.data import open_images, read_index
 from pneumolib.figures import class_colour
 from pneumolib.metrics import (
     CLASS_NAMES,
@@ -37,8 +40,6 @@ def _fig_ax(ax: Any, figsize: tuple[float, float] = (5, 4)) -> tuple[Any, Any]:
     """Use the caller's axes, or a new pyplot-free Figure (Agg-safe, no global state)."""
     if ax is not None:
         return ax.figure, ax
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot()
 
@@ -140,8 +141,6 @@ def plot_confusion(
 
 def plot_confusion_grid(y: Any, p: Any, thresholds: Mapping[str, float], out=None):
     """Confusion matrices, one column per threshold: counts on top, row fractions below."""
-    from matplotlib.figure import Figure
-
     thr = as_thresholds(thresholds)
     fig = Figure(figsize=(3.3 * len(thr), 6.2), layout="constrained")
     axes = fig.subplots(2, len(thr), squeeze=False)
@@ -262,8 +261,6 @@ def write_figures(
     if sub.empty:
         del paths["subgroups"]
     else:
-        from matplotlib.figure import Figure
-
         first = next(iter(thr))
         fig = Figure(figsize=(15, 3.8), layout="constrained")
         for ax, m in zip(
@@ -318,9 +315,6 @@ def plot_samples(
     """Grid of radiographs (H, W) with the true label, the probability and right/wrong at
     `threshold` (green frame right, red wrong); `pred` rows match `images`; expert boxes
     [x, y, w, h] (image pixels) in yellow. Returns the Figure."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
     pred = check_predictions(pred)
     n = len(pred)
     ncols = max(1, min(ncols, n))
@@ -366,8 +360,6 @@ def sample_predictions_figure(
     """The cache images of `pick_samples(pred, t, n, seed)` drawn by `plot_samples`, where t is
     the val-chosen Youden threshold of `metrics` (an `evaluate_run` result). Returns the Figure;
     with `out`, also writes it (evaluate_run: figures/samples_<split>.png)."""
-    from pneumolib.data import open_images, read_index
-
     thr = metrics["thresholds"]
     name = SAMPLES_THRESHOLD if SAMPLES_THRESHOLD in thr else next(iter(thr))
     t = float(thr[name]["threshold"])

@@ -21,16 +21,14 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from pneumolib.figures import class_colour
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 TARGET_NAMES = {0: "negative", 1: "positive"}
 AGE_BINS = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, np.inf]
@@ -160,8 +158,6 @@ def dataset_overview(index: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=size, layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
@@ -297,8 +293,6 @@ def class_examples_figure(
 
     Boxes drawn in red. One row per class, `per_class` columns.
     """
-    from matplotlib.patches import Rectangle
-
     rng = np.random.default_rng(seed)
     classes = sorted(index["class"].fillna("unknown").unique())
     fig, axes = _figure(len(classes), per_class, (2.6 * per_class, 2.8 * len(classes)))

@@ -22,6 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pneumolib.augment import eval_affines, to_model_input, warp_cpu, warp_torch
+from pneumolib.config import Config
+from pneumolib.dicom import DicomError, check_informative, letterbox, read_dicom
+from pneumolib.models import load_checkpoint_model
 from pneumolib.progress import bar as progress_bar
 from pneumolib.runtime import amp_dtype, resolve_device, warp_on_device
 
@@ -87,8 +91,6 @@ def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
     """One file -> uint8 (size, size), preprocessed like the cache. PNG/JPEG by suffix,
     everything else as DICOM (`reduced`: the cache's reduced-scale JPEG decode, within one
     grey level of a full decode). Raises DicomError / ImageReadError naming the file."""
-    from pneumolib.dicom import check_informative, letterbox, read_dicom
-
     path = Path(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
         img = read_raster(path)
@@ -111,8 +113,6 @@ def model_input(
     """uint8 (B, S, S) cache-size images + forward matrices (B, 2, 3) -> normalised float32
     (B, 1, size, size) on `device`. The warp is the one validation used: `warp_cpu` (uint8,
     as in loader workers) or, when `warp_on_device`, `warp_torch` on the device (GPU path)."""
-    from pneumolib.augment import to_model_input, warp_cpu, warp_torch
-
     if warp_on_device:
         x = warp_torch(torch.from_numpy(np.ascontiguousarray(images)).to(device), mats, size)
     else:
@@ -145,15 +145,12 @@ def predict_files(
     writes one CAM overlay PNG per scored file there (`cam.cam`, default layer). `reduced`
     keeps the cache's reduced-scale JPEG decode (as `preprocess` does by default)."""
 
-    from pneumolib.augment import eval_affines
-    from pneumolib.dicom import DicomError
-    from pneumolib.models import load_checkpoint_model
-
     dev = resolve_device(device)
     model, config, stats = load_checkpoint_model(checkpoint, map_location=dev)
-    size_in, size_out = int(stats["size"]), int(config.get("image_size", stats["size"]))
-    on_device = warp_on_device(dev, gpu_augment=bool(config.get("gpu_augment", True)))
-    amp = amp_dtype(dev, bool(config.get("amp", False)))
+    cfg = Config.from_dict(config)
+    size_in, size_out = int(stats["size"]), cfg.image_size
+    on_device = warp_on_device(dev, gpu_augment=cfg.gpu_augment)
+    amp = amp_dtype(dev, cfg.amp)
     files, errors = expand_inputs(inputs)
     rows: list[dict] = []
     batches = range(0, len(files), max(1, batch_size))
@@ -177,10 +174,13 @@ def predict_files(
             with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                 probs = torch.sigmoid(model(x).float().squeeze(1))
         else:
-            from pneumolib.cam import cam, save_overlays
+            from pneumolib.cam import cam
+            from pneumolib.cam_figures import save_overlays
 
             maps, probs = cam(model, x)  # the CAM's own forward pass gives the probabilities
-            save_overlays(cam_dir, _overlay_names(ok), batch, maps, [[] for _ in ok], probs)
+            names = _overlay_names(ok)
+            empty = [[] for _ in ok]  # no expert boxes for a new file
+            save_overlays(cam_dir, names, images=batch, maps=maps, boxes=empty, probs=probs)
         probs = probs.detach().float().cpu().numpy()
         rows += [{"file": str(f), "probability": float(p)} for f, p in zip(ok, probs, strict=True)]
     return pd.DataFrame(rows, columns=["file", "probability"]), errors

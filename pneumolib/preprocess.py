@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumolib import __version__
 from pneumolib.cache_partial import (
     PROGRESS,
     CacheError,
@@ -36,6 +37,7 @@ from pneumolib.data import SplitError, check_splittable, load_labels, make_split
 from pneumolib.dicom import (
     DicomError,
     check_informative,
+    letterbox,
     parse_age,
     plain_jpeg,
     read_dicom,
@@ -96,13 +98,12 @@ def _plain_jpeg(ds, path: str) -> bool:
 
 def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
     """Decode the JPEG frames of a batch at once with torchvision (nvJPEG when device='cuda')."""
+    # torch here only: `preprocess` must start without it (the opencv decoder needs none)
     import pydicom
     import torch
     import torch.nn.functional as F
     from pydicom.encaps import generate_frames
     from torchvision.io import decode_jpeg
-
-    from pneumolib.dicom import letterbox
 
     results: list = [None] * len(paths)
     frames, where, metas = [], [], []
@@ -369,8 +370,6 @@ def _finish(
     )
     train_rows = idx.loc[idx.split == "train", "row"].to_numpy()
     mean, std = pixel_stats([done[r] for r in train_rows], size * size)
-    from pneumolib import __version__
-
     stats = {
         "mean": mean,
         "std": std,
