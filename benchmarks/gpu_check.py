@@ -348,7 +348,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
     from pneumolib import runtime, train
     from pneumolib.config import Config
     from pneumolib.models import build_model, trainable_parameters
-    from pneumolib.tune import _probe_cuda, auto_max_micro_batch
+    from pneumolib.tune.plan import auto_max_micro_batch, probe_cuda
 
     report, status = Path(a.report), 0
     device = torch.device("cuda")
@@ -359,7 +359,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
         setting = f"{name} {a.size} px, amp {dtype}, channels-last (auto_max_micro_batch, 0.6)"
         try:
             pick = auto_max_micro_batch(cfg)
-            per_image, free = _probe_cuda(cfg, device)
+            per_image, free = probe_cuda(cfg, device)
             torch.cuda.empty_cache()
             # one training step at the pick: does it fit, and how full is the GPU then?
             model = build_model(name, "finetune", "none").to(device)

@@ -165,6 +165,47 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _parse_list(text: str, kind: type, flag: str) -> list:
+    """`16,32,64` -> [16, 32, 64]; a one-line error naming `flag` on a bad or empty list."""
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(
+            f"{flag}: expected comma-separated {kind.__name__}s, got {text!r}"
+        ) from None
+    if not values:
+        raise ValueError(f"{flag}: no values in {text!r}")
+    return values
+
+
+def tune_cli(args: argparse.Namespace, cfg: Config) -> None:
+    """`python -m pneumolib tune`: the sweep into `cfg.out` (the --out folder); prints the table."""
+    # Heavy (pandas, and torch and optuna under tune): only when this command runs.
+    import pandas as pd
+
+    from pneumolib import tune
+
+    table = tune.sweep(
+        cfg,
+        _parse_list(args.batch_sizes, int, "--batch-sizes"),
+        _parse_list(args.lrs, float, "--lrs"),
+        storage=args.storage,
+        study=args.study,
+        sampler=args.sampler,
+        n_trials=args.n_trials,
+        max_micro_batch=args.max_micro_batch,
+        lr_scaling=args.lr_scaling,
+        ref_batch_size=args.ref_batch_size,
+        prune=args.prune,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+        progress_timeout=args.progress_timeout or tune.PROGRESS_TIMEOUT_S,
+    )
+    with pd.option_context("display.width", 160, "display.max_columns", 30):
+        print(table.drop(columns=["run_dir"]).to_string(index=False))
+    print(f"results: {Path(cfg.out) / args.study}")
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = args.command
@@ -231,8 +272,6 @@ def run(argv: list[str] | None = None) -> int:
 
         return predict_cli(args.checkpoint, args.inputs, args.out, args.cam, args.device)
     elif cmd == "tune":
-        from pneumolib.tune import tune_cli
-
         tune_cli(args, config_from_args(args))
     return 0
 

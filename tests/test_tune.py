@@ -18,8 +18,12 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from pneumolib import train, tune
+from pneumolib import train, train_setup, tune
 from pneumolib.config import Config
+from pneumolib.tune import claims
+from pneumolib.tune.claims import Heartbeat, claim_point, points_to_claim, reap_stale
+from pneumolib.tune.engine import SweepOptions, _trial_callback
+from pneumolib.tune.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(  # about a second per trial on 2 CPU cores: only the last layer learns
@@ -72,10 +76,14 @@ def test_lr_scaling_rules_and_trial_config(tmp_path):
     with pytest.raises(ValueError, match="lr scaling"):
         tune.scaled_lr(1e-4, 256, "cubic")
     base = Config(rotate_deg=5.0, brightness=0.1)
-    cfg = tune.trial_config(base, {"batch_size": 256, "base_lr": 1e-4}, 64, tmp_path, "linear")
+    cfg = tune.trial_config(
+        base, {"batch_size": 256, "base_lr": 1e-4}, micro=64, out=tmp_path, lr_scaling="linear"
+    )
     assert (cfg.batch_size, cfg.micro_batch_size, cfg.out) == (256, 64, str(tmp_path))
     assert cfg.lr == pytest.approx(4e-4)
-    cfg = tune.trial_config(base, {"batch_size": 32, "lr": 2e-4, "aug_strength": 0.0}, 32, tmp_path)
+    cfg = tune.trial_config(
+        base, {"batch_size": 32, "lr": 2e-4, "aug_strength": 0.0}, micro=32, out=tmp_path
+    )
     assert (cfg.lr, cfg.rotate_deg, cfg.brightness, cfg.crop_scale_min) == (2e-4, 0.0, 0.0, 1.0)
     assert tune.run_name({"batch_size": 64, "lr": 1e-4}) == "bs64_lr0.0001"
 
@@ -94,23 +102,33 @@ def test_storage_urls(tmp_path):
     assert "secret" not in str(err.value)
 
 
+def grid_study(folder: Path, batch_sizes: list[int], cfg: Config | None = None):
+    """(study, plan): a grid of `batch_sizes` x lr 1e-3 in a new SQLite study in `folder`."""
+    space = tune.search_space("grid", batch_sizes, [1e-3])
+    plan = make_plan(cfg or Config(), "grid", space=space, lr_scaling="none", ref_batch_size=64)
+    return tune.open_study(tune.open_storage(None, folder), "grid", plan=plan), plan
+
+
+def claim(study, plan: dict, point: dict | None, folder: Path):
+    """One worker's claim on `point` (None: a new point of the sampler's choice)."""
+    rnd = optuna.samplers.RandomSampler()
+    return claim_point(study, plan, point=point, sampler=rnd, study_dir=folder)
+
+
 def test_a_second_claim_on_a_held_point_backs_off(tmp_path):
     point = {"batch_size": 4, "lr": 1e-3}
-    plan = tune._plan(Config(), "grid", tune.search_space("grid", [4, 8], [1e-3]), "none", 64)
-    study = tune.open_study(tune.open_storage(None, tmp_path), "grid", plan)
-    rnd = optuna.samplers.RandomSampler()
-    first = tune._claim(study, plan, point, rnd, tmp_path)
+    study, plan = grid_study(tmp_path, [4, 8])
+    first = claim(study, plan, point, tmp_path)
     assert first is not None and first.params == point
-    assert tune._claim(study, plan, point, rnd, tmp_path) is None  # held by a running trial
-    todo, running = tune._todo(study.get_trials(), plan, 0, set())
+    assert claim(study, plan, point, tmp_path) is None  # held by a running trial
+    todo, running = points_to_claim(study.get_trials(), plan, 0, set())
     assert todo == [{"batch_size": 8, "lr": 1e-3}] and running == 1
     study.tell(first, 0.5)
-    assert tune._claim(study, plan, point, rnd, tmp_path) is None  # held by a complete trial
+    assert claim(study, plan, point, tmp_path) is None  # held by a complete trial
     states = [(t.state, t.user_attrs.get("duplicate", False)) for t in study.get_trials()]
     assert states == [(TrialState.COMPLETE, False), *[(TrialState.FAIL, True)] * 2]
     with pytest.raises(ValueError, match="other settings"):
-        other = tune._plan(Config(epochs=3), "grid", plan["space"], "none", 64)
-        tune.open_study(tune.open_storage(None, tmp_path), "grid", other)
+        grid_study(tmp_path, [4, 8], Config(epochs=3))
 
 
 class FakeClock:
@@ -125,20 +143,22 @@ class FakeClock:
 
 def test_hung_worker_with_a_fresh_heartbeat_is_reaped_for_no_progress(tmp_path, monkeypatch):
     point = {"batch_size": 4, "lr": 1e-3}
-    plan = tune._plan(Config(), "grid", tune.search_space("grid", [4], [1e-3]), "none", 64)
-    study = tune.open_study(tune.open_storage(None, tmp_path), "grid", plan)
-    hung = tune._claim(study, plan, point, optuna.samplers.RandomSampler(), tmp_path)
-    old = tune._claim(study, plan, None, optuna.samplers.RandomSampler(), tmp_path)
+    study, plan = grid_study(tmp_path, [4])
+    hung = claim(study, plan, point, tmp_path)
+    old = claim(study, plan, None, tmp_path)
     assert old is None  # a duplicate: only `hung` runs; an older worker is simulated below
     clock, watch = FakeClock(), {}
-    monkeypatch.setattr(tune.time, "monotonic", clock)
+    monkeypatch.setattr(claims.time, "monotonic", clock)  # the clock the reaper reads
 
     def reap_at(t: float, progress: int | None) -> bool:
         clock.now = t
         hung.set_user_attr("heartbeat", t)  # the worker's thread is alive: always fresh
         if progress is not None:
             hung.set_user_attr("progress", progress)
-        return tune._reap_stale(study, study.get_trials(), watch, 60.0, tmp_path, 100.0)
+        trials = study.get_trials()
+        return reap_stale(
+            study, trials, watch=watch, grace=60.0, study_dir=tmp_path, progress_timeout=100.0
+        )
 
     assert not reap_at(0, 5)  # first sighting
     assert not reap_at(50, 5) and not reap_at(90, 6)  # a step at 90: the timer starts again
@@ -148,25 +168,27 @@ def test_hung_worker_with_a_fresh_heartbeat_is_reaped_for_no_progress(tmp_path, 
     log = tune.sweep_log(tmp_path)
     stale = log[log.event == "stale"]
     assert len(stale) == 1 and stale.detail.iloc[0].startswith("no progress")
-    todo, running = tune._todo(study.get_trials(), plan, 0, set())
+    todo, running = points_to_claim(study.get_trials(), plan, 0, set())
     assert todo == [point] and running == 0  # re-queued: claimed again, resumes its folder
 
 
 def test_liveness_and_progress_are_judged_apart(tmp_path, monkeypatch):
-    plan = tune._plan(Config(), "grid", tune.search_space("grid", [4, 8], [1e-3]), "none", 64)
-    study = tune.open_study(tune.open_storage(None, tmp_path), "grid", plan)
-    rnd = optuna.samplers.RandomSampler()
-    legacy = tune._claim(study, plan, {"batch_size": 4, "lr": 1e-3}, rnd, tmp_path)
-    dead = tune._claim(study, plan, {"batch_size": 8, "lr": 1e-3}, rnd, tmp_path)
+    study, plan = grid_study(tmp_path, [4, 8])
+    legacy = claim(study, plan, {"batch_size": 4, "lr": 1e-3}, tmp_path)
+    dead = claim(study, plan, {"batch_size": 8, "lr": 1e-3}, tmp_path)
     dead.set_user_attr("heartbeat", 1.0)
     dead.set_user_attr("progress", 3)
     clock, watch = FakeClock(), {}
-    monkeypatch.setattr(tune.time, "monotonic", clock)
+    monkeypatch.setattr(claims.time, "monotonic", clock)  # the clock the reaper reads
 
     def reap_at(t: float, progress_timeout: float) -> bool:
         clock.now = t
         legacy.set_user_attr("heartbeat", t)  # no `progress` attr: a worker without counts
-        return tune._reap_stale(study, study.get_trials(), watch, 60.0, tmp_path, progress_timeout)
+        trials = study.get_trials()
+        return reap_stale(
+            study, trials, watch=watch, grace=60.0, study_dir=tmp_path,
+            progress_timeout=progress_timeout,
+        )  # fmt: skip
 
     assert not reap_at(0, 1000) and not reap_at(30, 1000)
     assert reap_at(61, 1000)  # `dead`: its heartbeat stopped, whatever the progress timeout
@@ -179,8 +201,8 @@ def test_liveness_and_progress_are_judged_apart(tmp_path, monkeypatch):
 def test_heartbeat_writes_the_step_count_the_callback_makes(tmp_path):
     study = optuna.create_study()
     trial = study.ask()
-    beat = tune._Heartbeat(trial, 0.01).start()
-    on_event = tune._trial_callback(trial, beat, "auc", "bs4", {"prune": False, "callback": None})
+    beat = Heartbeat(trial, 0.01).start()
+    on_event = _trial_callback(trial, beat, "auc", "bs4", SweepOptions(max_micro=4))
     for step in range(3):
         on_event("step", {"epoch": 0, "step": step})
     deadline = time.time() + 5
@@ -259,14 +281,14 @@ def big_cache(demo_cache, tmp_path_factory) -> Path:
 
 def test_effective_batch_1024_accumulates_micro_batches_on_cpu(big_cache, tmp_path, monkeypatch):
     steps = []
-    real = train.accumulate_gradients
+    real = train_setup.accumulate_gradients  # where fit's optimiser step calls it
 
     def counting(net, pairs, n_step, *args, **kwargs):
         pairs = list(pairs)
         steps.append((n_step, [len(y) for _, y in pairs]))
         return real(net, pairs, n_step, *args, **kwargs)
 
-    monkeypatch.setattr(train, "accumulate_gradients", counting)
+    monkeypatch.setattr(train_setup, "accumulate_gradients", counting)
     cfg = tiny_config(big_cache, tmp_path / "sweep", max_steps_per_epoch=1)
     table = tune.sweep(cfg, [1024], [1e-3], max_micro_batch=64, progress=False)
     assert steps == [(1024, [64] * 16)]  # one optimiser step over 1,024 images in 16 pieces
