@@ -65,7 +65,7 @@ from IPython.display import display
 
 from pneumolib import colab, explore
 from pneumolib.data import open_images, read_index, read_stats
-from pneumolib.preprocess import build_cache
+from pneumolib.preprocess import cache_for
 from pneumolib.synth import make_demo_data
 
 paths = colab.default_paths()
@@ -79,7 +79,7 @@ print(f"raw: {cfg.raw}\ncache: {cfg.cache} ({cfg.cache_size} px)")
 # %% [markdown]
 # ## Build the cache
 #
-# `build_cache` reads every DICOM once and writes
+# `cache_for(cfg)` (`build_cache` with the config's settings) reads every DICOM once and writes
 #
 # | file | content |
 # | --- | --- |
@@ -106,15 +106,7 @@ print(f"raw: {cfg.raw}\ncache: {cfg.cache} ({cfg.cache_size} px)")
 # a few minutes on Colab's two CPU cores.
 
 # %%
-cache = build_cache(
-    cfg.raw,
-    cfg.cache,
-    size=cfg.cache_size,
-    split=cfg.split,
-    seed=cfg.seed,
-    val_frac=cfg.val_frac,
-    test_frac=cfg.test_frac,
-)
+cache = cache_for(cfg)
 index = read_index(cache)
 images = open_images(cache)
 stats = read_stats(cache)

@@ -226,17 +226,20 @@ def run(argv: list[str] | None = None) -> int:
         )
         print(f"demo data: {out} ({args.n} DICOMs of {args.size}x{args.size}, {args.realism})")
     elif cmd == "preprocess":
-        from pneumolib.preprocess import build_cache
+        from pneumolib.preprocess import cache_for
 
-        build_cache(
-            args.raw,
-            args.out,
-            size=args.size,
-            workers=args.workers or None,
+        cfg = Config(
+            raw=args.raw,
+            cache=args.out,
+            cache_size=args.size,
             split=args.split,
             seed=args.seed,
             val_frac=args.val_frac,
             test_frac=args.test_frac,
+        )
+        cache_for(
+            cfg,
+            workers=args.workers or None,
             reduced=not args.full_decode,
             decoder=args.decoder,
             rebuild=args.rebuild,
@@ -255,7 +258,7 @@ def run(argv: list[str] | None = None) -> int:
 
         evaluate_run(args.run, args.split, tta=args.tta, n_boot=args.n_boot)
     elif cmd == "cam":
-        from pneumolib.cam import cam_run
+        from pneumolib.cam_run import cam_run
 
         cam_run(
             args.run,

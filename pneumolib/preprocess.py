@@ -168,9 +168,19 @@ def _params(
     }
 
 
-def cache_for(cfg: Config, *, progress: bool = True) -> Path:
+def cache_for(
+    cfg: Config,
+    *,
+    workers: int | None = None,
+    reduced: bool = True,
+    decoder: str = "opencv",
+    rebuild: bool = False,
+    progress: bool = True,
+) -> Path:
     """The cache of `cfg` (`cfg.raw` -> `cfg.cache` at `cfg.cache_size`, its split rule, seed
-    and fractions): the one way from a config to a cache. Returns at once when it exists."""
+    and fractions): the one way from a config to a cache, used by the notebooks, the demo,
+    Colab and the `preprocess` command. Returns at once when it exists. The keywords change how
+    it is built, not what it holds (see `build_cache`)."""
     return build_cache(
         cfg.raw,
         cfg.cache,
@@ -179,6 +189,10 @@ def cache_for(cfg: Config, *, progress: bool = True) -> Path:
         seed=cfg.seed,
         val_frac=cfg.val_frac,
         test_frac=cfg.test_frac,
+        workers=workers,
+        reduced=reduced,
+        decoder=decoder,
+        rebuild=rebuild,
         progress=progress,
     )
 
@@ -186,6 +200,7 @@ def cache_for(cfg: Config, *, progress: bool = True) -> Path:
 def build_cache(
     raw: str | Path,
     out: str | Path,
+    *,
     size: int = 256,
     workers: int | None = None,
     split: str = "stratified",
