@@ -9,17 +9,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+# What a field is, declared once beside it (`_tagged`); the field lists other modules need are
+# derived from these tags by `field_names`:
+PATH = "path"  # where things are: never changes a result
+EXACT = "exact"  # how fast, with the same numbers (device, workers, compile, eval batch)
+MACHINE = "machine"  # how fast on this machine, numbers may differ in the last bits
+STOPPING = "stopping"  # when to stop early, not how each epoch trains
+STRENGTH = "strength"  # an augmentation range scaled by the sweep's augmentation strength
+
+
+def _tagged(default: Any, *tags: str) -> Any:
+    return field(default=default, metadata={"tags": frozenset(tags)})
 
 
 @dataclass
 class Config:
     # --- data -----------------------------------------------------------------------
-    raw: str = "data/rsna"  # RSNA raw folder (stage_2_train_images/ + label CSVs)
-    cache: str = "cache/rsna_256"  # preprocessed cache folder (images.npy, index.csv, ...)
-    out: str = "runs/resnet18"  # run folder written by train (checkpoints, metrics)
+    raw: str = _tagged("data/rsna", PATH)  # RSNA raw folder (stage_2_train_images/ + label CSVs)
+    # preprocessed cache folder (images.npy, index.csv, ...)
+    cache: str = _tagged("cache/rsna_256", PATH)
+    out: str = _tagged("runs/resnet18", PATH)  # run folder written by train (checkpoints, metrics)
     cache_size: int = 256  # side of the square images stored in the cache, pixels
     split: str = "stratified"  # "stratified" (train/val/test) or "course" (24,000 train, rest val)
     val_frac: float = 0.15  # stratified split: share of patients in val
@@ -36,7 +49,8 @@ class Config:
     # --- optimisation ---------------------------------------------------------------
     epochs: int = 10  # passes over the train split
     batch_size: int = 64  # effective batch size (per optimiser step, all GPUs together)
-    micro_batch_size: int = 0  # batch per forward pass; 0 = batch_size (no accumulation)
+    # batch per forward pass; 0 = batch_size (no accumulation)
+    micro_batch_size: int = _tagged(0, MACHINE)
     lr: float = 1e-4  # peak learning rate
     weight_decay: float = 1e-4  # decoupled weight decay (AdamW) or L2 (SGD)
     optimizer: str = "adamw"  # adam | adamw | sgd
@@ -47,33 +61,38 @@ class Config:
     balanced_sampling: bool = False  # draw train batches class-balanced instead of pos_weight
 
     # --- augmentation (course policy as reference) ----------------------------------
-    rotate_deg: float = 5.0  # random tilt, +- degrees
-    translate: float = 0.05  # random shift, fraction of the side
-    scale_min: float = 0.9  # random zoom range
-    scale_max: float = 1.1
-    crop_scale_min: float = 0.35  # random-resized-crop area range (fraction of the image)
+    rotate_deg: float = _tagged(5.0, STRENGTH)  # random tilt, +- degrees
+    translate: float = _tagged(0.05, STRENGTH)  # random shift, fraction of the side
+    scale_min: float = _tagged(0.9, STRENGTH)  # random zoom range
+    scale_max: float = _tagged(1.1, STRENGTH)
+    # random-resized-crop area range (fraction of the image)
+    crop_scale_min: float = _tagged(0.35, STRENGTH)
     crop_scale_max: float = 1.0
-    crop_ratio_min: float = 3 / 4  # random-resized-crop aspect-ratio range
-    crop_ratio_max: float = 4 / 3
-    brightness: float = 0.1  # +- additive brightness, in [0, 1] intensity units
-    contrast: float = 0.1  # +- relative contrast change
+    crop_ratio_min: float = _tagged(3 / 4, STRENGTH)  # random-resized-crop aspect-ratio range
+    crop_ratio_max: float = _tagged(4 / 3, STRENGTH)
+    brightness: float = _tagged(0.1, STRENGTH)  # +- additive brightness, in [0, 1] intensity units
+    contrast: float = _tagged(0.1, STRENGTH)  # +- relative contrast change
     hflip: bool = False  # horizontal flip (off: anatomy is not left-right symmetric)
 
     # --- speed ----------------------------------------------------------------------
-    device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
-    channels_last: bool = True  # NHWC memory format on CUDA
-    compile: bool = False  # torch.compile the model
-    workers: int = -1  # loader worker processes; -1 = one per core (at most 8)
-    gpu_augment: bool = True  # on CUDA, warp whole batches on the GPU instead of in workers
+    device: str = _tagged("auto", EXACT)  # auto | cpu | cuda
+    # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
+    amp: bool = _tagged(True, MACHINE)
+    channels_last: bool = _tagged(True, MACHINE)  # NHWC memory format on CUDA
+    compile: bool = _tagged(False, EXACT)  # torch.compile the model
+    workers: int = _tagged(-1, EXACT)  # loader worker processes; -1 = one per core (at most 8)
+    # on CUDA, warp whole batches on the GPU instead of in workers
+    gpu_augment: bool = _tagged(True, MACHINE)
 
     # --- training control -----------------------------------------------------------
     monitor: str = "auc"  # validation metric for best.pt and early stopping
-    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    # early stopping after this many epochs without improvement; 0 = off
+    patience: int = _tagged(0, STOPPING)
     seed: int = 0  # seeds Python, NumPy and torch, and the augmentation streams
-    deterministic: bool = False  # deterministic kernels (slower; exact resume on CPU)
+    # deterministic kernels (slower; exact resume on CPU)
+    deterministic: bool = _tagged(False, MACHINE)
     max_steps_per_epoch: int = 0  # cap on optimiser steps per epoch; 0 = whole split
-    eval_batch_size: int = 128  # batch size for validation and prediction
+    eval_batch_size: int = _tagged(128, EXACT)  # batch size for validation and prediction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,3 +149,9 @@ def rsna_config(root: str | Path = "/content/drive/MyDrive/pneumolib", **changes
         out=str(root / "runs" / "resnet18_finetune"),
     )
     return cfg.replace(**changes)
+
+
+def field_names(*tags: str) -> tuple[str, ...]:
+    """Names of the Config fields carrying any of `tags`, in declaration order. E.g. the fields
+    a resumed run may change: `field_names(PATH, EXACT, STOPPING)`."""
+    return tuple(f.name for f in fields(Config) if f.metadata.get("tags", frozenset()) & set(tags))

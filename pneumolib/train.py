@@ -35,7 +35,7 @@ from pneumolib.checkpoint import (
     set_rng_state,
     write_metrics,
 )
-from pneumolib.config import Config
+from pneumolib.config import EXACT, PATH, STOPPING, Config, field_names
 from pneumolib.progress import bar as progress_bar
 from pneumolib.runtime import predict_probs, resolve_device
 from pneumolib.train_setup import (  # noqa: F401  (re-exported for tune's range test until it moves)
@@ -48,18 +48,9 @@ from pneumolib.train_setup import (  # noqa: F401  (re-exported for tune's range
     seed_everything,
 )
 
-# Fields that may differ when a run is resumed (they change speed or paths, not the result;
-# `epochs` is not one: the learning-rate schedule is laid out over the whole run).
-RESUMABLE_CHANGES = {
-    "device",
-    "workers",
-    "compile",
-    "patience",
-    "eval_batch_size",
-    "out",
-    "cache",
-    "raw",
-}
+# Fields that may differ when a run is resumed: paths, speed with the same numbers, and the
+# early-stopping rule (`epochs` is not one: the learning-rate schedule spans the whole run).
+RESUMABLE_CHANGES = frozenset(field_names(PATH, EXACT, STOPPING))
 
 
 # --- small pieces ------------------------------------------------------------------------

@@ -77,6 +77,10 @@ def test_resume_refuses_other_settings(learn_cache, tmp_path):
     fit(_cfg(learn_cache, tmp_path / "r", **kw), progress=False)
     with pytest.raises(RunError, match="other settings"):
         fit(_cfg(learn_cache, tmp_path / "r", lr=0.5, **kw), progress=False)
+    with pytest.raises(RunError, match="amp"):  # numbers may change: not resumable
+        fit(_cfg(learn_cache, tmp_path / "r", amp=False, **kw), progress=False)
+    # paths, exact-speed fields and the stopping rule may change (config.field_names tags)
+    fit(_cfg(learn_cache, tmp_path / "r", eval_batch_size=7, patience=3, **kw), progress=False)
 
 
 def test_accumulation_matches_one_big_batch():
