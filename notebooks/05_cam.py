@@ -55,7 +55,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumolib import cam, colab, localisation
+from pneumolib import colab, localisation
+from pneumolib.cam_figures import overlay_grid
+from pneumolib.cam_run import cam_examples, cam_run
 from pneumolib.data import read_index
 
 paths = colab.default_paths()
@@ -102,7 +104,7 @@ colab.ensure_run(cfg, profile)
 # - **energy in box**: the share of the map's total mass inside the boxes.
 
 # %%
-summary = cam.cam_run(run, "val", n_overlays=16)
+summary = cam_run(run, "val", n_overlays=16)
 
 # %% [markdown]
 # ## True positives, with the expert boxes
@@ -115,10 +117,10 @@ ids = pd.read_csv(run / "cam_val.csv", dtype={"patientId": str}).patientId.head(
 if not ids:  # a run that predicts no positive: show the first positives instead
     index = read_index(cfg.cache)
     ids = index[(index.split == "val") & (index.target == 1)].patientId.head(8).tolist()
-ex = cam.cam_examples(run, ids)
+ex = cam_examples(run, ids)
 hits = localisation.pointing_game(ex["maps"], ex["boxes"])
 titles = [f"p={p:.2f}  {'hit' if h else 'miss'}" for p, h in zip(ex["probs"], hits, strict=True)]
-cam.overlay_grid(ex["images"], ex["maps"], ex["boxes"], titles, ncols=4)
+overlay_grid(ex["images"], ex["maps"], boxes=ex["boxes"], titles=titles, ncols=4)
 
 # %% [markdown]
 # ## One image, three layers
@@ -130,12 +132,12 @@ cam.overlay_grid(ex["images"], ex["maps"], ex["boxes"], titles, ncols=4)
 # %%
 pid = ids[0]
 layers = ["layer4", "layer3", "layer2"]
-per_layer = [cam.cam_examples(run, [pid], method="gradcam", layer=name) for name in layers]
-cam.overlay_grid(
+per_layer = [cam_examples(run, [pid], method="gradcam", layer=name) for name in layers]
+overlay_grid(
     [per_layer[0]["images"][0]] * len(layers),
     np.concatenate([e["maps"] for e in per_layer]),
-    per_layer[0]["boxes"] * len(layers),
-    [f"Grad-CAM {name}" for name in layers],
+    boxes=per_layer[0]["boxes"] * len(layers),
+    titles=[f"Grad-CAM {name}" for name in layers],
     ncols=len(layers),
 )
 
@@ -164,7 +166,7 @@ cam.overlay_grid(
 # %%
 summaries = {"CAM layer4": summary}
 for name in ("layer3", "layer2"):
-    summaries[f"Grad-CAM {name}"] = cam.cam_run(
+    summaries[f"Grad-CAM {name}"] = cam_run(
         run, "val", n_overlays=0, method="gradcam", layer=name, tag=f"gradcam_{name}"
     )
 localisation.localisation_table(summaries)
@@ -200,9 +202,9 @@ if profile == "demo":
     index = read_index(cfg.cache)
     test_ids = set(index.patientId[index.split == "test"])
     marked = truth[truth.marker & truth.patientId.isin(test_ids)].patientId.head(4).tolist()
-    ex = cam.cam_examples(shortcut_run, marked, method="gradcam", layer=shortcut.MARKER_LAYER)
+    ex = cam_examples(shortcut_run, marked, method="gradcam", layer=shortcut.MARKER_LAYER)
     titles = [f"p={p:.2f}  target {t}" for p, t in zip(ex["probs"], ex["targets"], strict=True)]
-    cam.overlay_grid(ex["images"], ex["maps"], ex["boxes"], titles, ncols=4)
+    overlay_grid(ex["images"], ex["maps"], boxes=ex["boxes"], titles=titles, ncols=4)
 
 # %% [markdown]
 # **On the demo** the marker model looks better than the clean one (test AUC about 0.98

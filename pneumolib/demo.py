@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumolib.cam import cam_run
+from pneumolib.cam_run import cam_run
 from pneumolib.config import Config, demo_config
 from pneumolib.demo_report import write_report
 from pneumolib.evaluate import evaluate_run

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumolib.cam import cam_examples
+from pneumolib.cam_run import cam_examples
 from pneumolib.config import Config
 from pneumolib.data import read_index
 from pneumolib.localisation import box_mask, energy_in_box
