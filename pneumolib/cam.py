@@ -16,7 +16,6 @@ scores, overlays, files) is `pneumolib.cam_run` (`python -m pneumolib cam --run 
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
@@ -284,27 +283,3 @@ def grad_cam(
         features = features.relu()
     maps = _weighted_maps(features, weights, tuple(x.shape[-2:]))
     return maps, torch.sigmoid(logits[:, 0].detach().float())
-
-
-# --- moved out ------------------------------------------------------------------------------
-
-# Names that lived here before the split, so `from pneumolib.cam import cam_run` (README) keeps
-# working: the run level is `pneumolib.cam_run`, the drawing `pneumolib.cam_figures`.
-_MOVED = {
-    "POSITIVE_THRESHOLD": "pneumolib.cam_run",
-    "METHODS": "pneumolib.cam_run",
-    "load_run": "pneumolib.cam_run",
-    "iter_cam_batches": "pneumolib.cam_run",
-    "cam_examples": "pneumolib.cam_run",
-    "cam_run": "pneumolib.cam_run",
-    "overlay": "pneumolib.cam_figures",
-    "overlay_grid": "pneumolib.cam_figures",
-    "save_overlays": "pneumolib.cam_figures",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        # Lazy: cam_run imports this module, and the maths should not pull in matplotlib.
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,16 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pneumolib import cam, cam_figures
 from pneumolib.cam_run import cam_run
-
-
-def test_moved_names_still_import_from_cam():
-    """`from pneumolib.cam import cam_run` (the README) and the drawing names keep working."""
-    assert cam.cam_run is cam_run
-    assert cam.save_overlays is cam_figures.save_overlays
-    with pytest.raises(AttributeError, match="no_such_name"):
-        cam.no_such_name  # noqa: B018
 
 
 @pytest.fixture(scope="module")
