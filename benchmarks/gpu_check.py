@@ -345,7 +345,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
     """What `tune.auto_max_micro_batch` picks per model, and whether one step at that size fits."""
     import torch
 
-    from pneumolib import runtime, train
+    from pneumolib import runtime, train_setup
     from pneumolib.config import Config
     from pneumolib.models import build_model, trainable_parameters
     from pneumolib.tune.plan import auto_max_micro_batch, probe_cuda
@@ -364,7 +364,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
             # one training step at the pick: does it fit, and how full is the GPU then?
             model = build_model(name, "finetune", "none").to(device)
             model = model.to(memory_format=torch.channels_last)
-            opt = train.make_optimizer(trainable_parameters(model), cfg)
+            opt = train_setup.make_optimizer(trainable_parameters(model), cfg)
             torch.cuda.reset_peak_memory_stats(device)
             x = torch.randn(pick, 1, a.size, a.size, device=device)
             x = x.contiguous(memory_format=torch.channels_last)

@@ -36,7 +36,7 @@ from pneumolib.data import read_index, read_stats
 from pneumolib.loader import default_workers, make_loader
 from pneumolib.models import build_model, trainable_parameters
 from pneumolib.runtime import amp_dtype, resolve_device, to_device_batch
-from pneumolib.train import accumulate_gradients, make_optimizer, seed_everything
+from pneumolib.train_setup import accumulate_gradients, make_optimizer, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import demo_cache, forever  # noqa: E402  (the sibling benchmark script)
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def train_step(x: torch.Tensor, y: torch.Tensor) -> int:
             opt.zero_grad(set_to_none=True)
-            accumulate_gradients(net, [(x, y)], len(y), pw, scaler, dtype)
+            accumulate_gradients(
+                net, [(x, y)], n_step=len(y), pos_weight=pw, scaler=scaler, dtype=dtype
+            )
             scaler.step(opt)
             scaler.update()
             return len(y)

@@ -38,15 +38,7 @@ from pneumolib.checkpoint import (
 from pneumolib.config import EXACT, PATH, STOPPING, Config, field_names
 from pneumolib.progress import bar as progress_bar
 from pneumolib.runtime import predict_probs, resolve_device
-from pneumolib.train_setup import (  # noqa: F401  (re-exported for tune's range test until it moves)
-    TrainSetup,
-    accumulate_gradients,
-    lr_lambda,
-    make_optimizer,
-    optimiser_step,
-    prepare_training,
-    seed_everything,
-)
+from pneumolib.train_setup import TrainSetup, optimiser_step, prepare_training, seed_everything
 
 # Fields that may differ when a run is resumed: paths, speed with the same numbers, and the
 # early-stopping rule (`epochs` is not one: the learning-rate schedule spans the whole run).

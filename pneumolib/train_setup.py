@@ -82,6 +82,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
 def accumulate_gradients(
     net: torch.nn.Module,
     pairs,
+    *,
     n_step: int,
     pos_weight: torch.Tensor,
     scaler: torch.amp.GradScaler,
@@ -284,7 +285,13 @@ def optimiser_step(s: TrainSetup, micro_batches: list[dict]) -> tuple[float, int
         for b in micro_batches
     )
     loss = accumulate_gradients(
-        s.net, pairs, n_step, s.pos_weight, s.scaler, s.dtype, s.distributed
+        s.net,
+        pairs,
+        n_step=n_step,
+        pos_weight=s.pos_weight,
+        scaler=s.scaler,
+        dtype=s.dtype,
+        distributed=s.distributed,
     )
     s.scaler.step(s.opt)
     s.scaler.update()

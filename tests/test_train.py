@@ -16,7 +16,8 @@ import torch.nn as nn
 from pneumolib.config import demo_config
 from pneumolib.preprocess import build_cache
 from pneumolib.synth import make_demo_data
-from pneumolib.train import RunError, accumulate_gradients, fit, lr_lambda
+from pneumolib.train import RunError, fit
+from pneumolib.train_setup import accumulate_gradients, lr_lambda
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def test_accumulation_matches_one_big_batch():
 
     def grads(pairs) -> list[torch.Tensor]:
         net.zero_grad()
-        loss = accumulate_gradients(net, pairs, 16, pw, scaler)
+        loss = accumulate_gradients(net, pairs, n_step=16, pos_weight=pw, scaler=scaler)
         return [p.grad.clone() for p in net.parameters()], loss
 
     big, loss_big = grads([(x, y)])

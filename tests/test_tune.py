@@ -283,10 +283,10 @@ def test_effective_batch_1024_accumulates_micro_batches_on_cpu(big_cache, tmp_pa
     steps = []
     real = train_setup.accumulate_gradients  # where fit's optimiser step calls it
 
-    def counting(net, pairs, n_step, *args, **kwargs):
+    def counting(net, pairs, **kwargs):
         pairs = list(pairs)
-        steps.append((n_step, [len(y) for _, y in pairs]))
-        return real(net, pairs, n_step, *args, **kwargs)
+        steps.append((kwargs["n_step"], [len(y) for _, y in pairs]))
+        return real(net, pairs, **kwargs)
 
     monkeypatch.setattr(train_setup, "accumulate_gradients", counting)
     cfg = tiny_config(big_cache, tmp_path / "sweep", max_steps_per_epoch=1)

@@ -9,16 +9,12 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
-from pneumolib import runtime, train
-from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
-from pneumolib.data import read_index, read_stats
-from pneumolib.loader import make_loader
-from pneumolib.models import build_model, trainable_parameters
 from pneumolib.progress import bar as progress_bar
+from pneumolib.runtime import resolve_device
+from pneumolib.train_setup import optimiser_step, prepare_training, seed_everything
 from pneumolib.tune.figures import figure_axes
 
 
@@ -37,82 +33,33 @@ def _endless(loader) -> Iterator[dict]:
 
 def lr_range_test(
     cfg: Config,
+    *,
     start: float = 1e-7,
     end: float = 1.0,
     steps: int = 100,
     diverge: float = 4.0,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Smith's range test: `steps` optimiser steps of `cfg`'s training (batch, accumulation,
-    augmentation) with the lr growing geometrically from `start` to `end`, stopping early once
-    the loss diverges (above `diverge` x its lowest running average). Writes nothing.
-    Returns DataFrame(lr, loss, smoothed), one row per step."""
+    """Smith's range test: `steps` optimiser steps of `cfg`'s training (the setup `fit` uses:
+    batch, accumulation, augmentation, loss weight, precision) with the lr growing geometrically
+    from `start` to `end`, stopping early once the loss diverges (above `diverge` x its lowest
+    running average). Writes nothing. Returns DataFrame(lr, loss, smoothed), one row per step."""
     if not 0 < start < end or steps < 3:
         raise ValueError(
             f"lr range test: need 0 < start < end and steps >= 3, got {start}, {end}, {steps}"
         )
-    device = runtime.resolve_device(cfg.device)
-    train.seed_everything(cfg.seed)
-    index, stats = read_index(cfg.cache), read_stats(cfg.cache)
-    idx = index[index.split == "train"].reset_index(drop=True)
-    micro = cfg.micro_batch_size or cfg.batch_size
-    if cfg.batch_size % micro:
-        raise ValueError(f"batch size {cfg.batch_size} is not a multiple of micro-batch {micro}")
-    cuda = device.type == "cuda"
-    policy = AugmentPolicy.from_config(cfg)
-    gpu_warp = runtime.warp_on_device(device, gpu_augment=cfg.gpu_augment)
-    loader = make_loader(
-        cfg.cache,
-        idx,
-        batch_size=micro,
-        out_size=cfg.image_size,
-        policy=policy,
-        train=True,
-        seed=cfg.seed,
-        workers=cfg.workers,
-        warp_in_worker=not gpu_warp,
-        balanced=cfg.balanced_sampling,
-        pin_memory=cuda,
-    )
-    model = build_model(cfg.model, cfg.mode, cfg.weights).to(device)
-    channels_last = cfg.channels_last and cuda
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    opt = train.make_optimizer(trainable_parameters(model), cfg.replace(lr=start))
-    dtype = runtime.amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    pos = float(idx.target.mean())
-    pw = cfg.pos_weight or (1.0 if cfg.balanced_sampling else (1 - pos) / max(pos, 1e-9))
-    pw = torch.tensor([pw], device=device)
-    batches, rows, avg, lowest = _endless(loader), [], None, math.inf
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    setup = prepare_training(cfg.replace(lr=start), device, validation=False)
+    setup.net.train()
+    batches, rows, avg, lowest = _endless(setup.train_loader), [], None, math.inf
     for lr in progress_bar(
         np.geomspace(start, end, steps), desc="lr range test", disable=not progress
     ):
-        for g in opt.param_groups:
+        for g in setup.opt.param_groups:
             g["lr"] = float(lr)
-        micro_batches = [next(batches) for _ in range(cfg.batch_size // micro)]
-        n = sum(len(b["target"]) for b in micro_batches)
-        pairs = (
-            (
-                runtime.to_device_batch(
-                    b,
-                    device,
-                    size=cfg.image_size,
-                    policy=policy,
-                    stats=stats,
-                    train=True,
-                    seed=cfg.seed,
-                    channels_last=channels_last,
-                ),
-                b["target"].to(device),
-            )
-            for b in micro_batches
-        )
-        opt.zero_grad(set_to_none=True)
-        loss = train.accumulate_gradients(model, pairs, n, pw, scaler, dtype) / n
-        scaler.step(opt)
-        scaler.update()
+        loss, n = optimiser_step(setup, [next(batches) for _ in range(setup.accum)])
+        loss /= n
         rows.append({"lr": float(lr), "loss": loss})
         avg = loss if avg is None else 0.9 * avg + 0.1 * loss  # online, only to stop early
         lowest = min(lowest, avg)

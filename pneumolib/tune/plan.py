@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from pneumolib import runtime, train
-from pneumolib.config import Config
+from pneumolib import runtime
+from pneumolib.config import EXACT, MACHINE, PATH, STRENGTH, Config, field_names
 from pneumolib.models import build_model, trainable_parameters
+from pneumolib.train_setup import make_optimizer
 
 ORIGINAL_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 ORIGINAL_LRS = (1e-4, 2e-4)
@@ -26,11 +27,10 @@ SAMPLERS = ("grid", "random", "tpe")
 LR_RULES = ("none", "linear", "sqrt")
 WEIGHT_DECAY_RANGE = (1e-6, 1e-2)  # random/TPE search ranges (log-uniform)
 AUG_STRENGTH_RANGE = (0.0, 2.0)  # 0 = no augmentation, 1 = the config's policy, 2 = twice as wide
-# Config fields that may differ between the workers of one study: where and how fast, not what.
-LOCAL_FIELDS = set("out cache raw device workers compile eval_batch_size".split())
-LOCAL_FIELDS |= set("micro_batch_size amp channels_last gpu_augment deterministic".split())
-AUG_FIELDS = "rotate_deg translate scale_min scale_max crop_scale_min".split()
-AUG_FIELDS += "crop_ratio_min crop_ratio_max brightness contrast".split()
+# Config fields that may differ between the workers of one study: where and how fast, not what
+# (declared by the tags in pneumolib.config); the augmentation ranges an aug strength scales.
+LOCAL_FIELDS = frozenset(field_names(PATH, EXACT, MACHINE))
+AUG_FIELDS = list(field_names(STRENGTH))
 
 
 # --- points, run folders and configs -----------------------------------------------------
@@ -182,7 +182,7 @@ def probe_cuda(cfg: Config, device: torch.device) -> tuple[float, int]:
     channels_last = cfg.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = train.make_optimizer(trainable_parameters(model), cfg)
+    opt = make_optimizer(trainable_parameters(model), cfg)
     dtype = runtime.amp_dtype(device, cfg.amp)
 
     def peak(b: int) -> int:
