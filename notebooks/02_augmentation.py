@@ -98,7 +98,7 @@ positives = index[(index.target == 1) & (index.split == "train")]
 example = positives.iloc[0]
 image = np.asarray(images[example.row])
 print(f"patient {example.patientId}: boxes {example.boxes} (cache pixels)")
-figures.show_transforms(image, example.boxes, policy, cfg.image_size, seed=cfg.seed)
+figures.show_transforms(image, example.boxes, policy=policy, out_size=cfg.image_size, seed=cfg.seed)
 
 # %% [markdown]
 # Reading the rows: the **tilt** of at most ±5° is about what a patient leaning in the
@@ -124,7 +124,9 @@ figures.show_transforms(image, example.boxes, policy, cfg.image_size, seed=cfg.s
 # %%
 batch = positives.iloc[:6]
 rows = batch.row.to_numpy()
-figures.show_policy_grid(images[rows], list(batch.boxes), policy, cfg.image_size, seed=cfg.seed)
+figures.show_policy_grid(
+    images[rows], list(batch.boxes), policy=policy, out_size=cfg.image_size, seed=cfg.seed
+)
 
 # %% [markdown]
 # The boxes in numbers, for the first image of that batch: the warp matrix maps cache pixels
@@ -133,7 +135,11 @@ figures.show_policy_grid(images[rows], list(batch.boxes), policy, cfg.image_size
 
 # %%
 res = augment.augment_batch_cpu(
-    np.asarray(images[rows]), cfg.image_size, policy, augment.batch_rng(cfg.seed, 0, 0), True
+    np.asarray(images[rows]),
+    out_size=cfg.image_size,
+    policy=policy,
+    rng=augment.batch_rng(cfg.seed, 0, 0),
+    train=True,
 )
 print("matrix (cache px -> input px):\n", np.round(res["mats"][0], 3))
 print("box before:", batch.boxes.iloc[0])
@@ -151,11 +157,21 @@ print(
 
 # %%
 sample = np.asarray(images[rows])
-ev1 = augment.augment_batch_cpu(sample, cfg.image_size, policy, None, train=False)
-ev2 = augment.augment_batch_cpu(sample, cfg.image_size, policy, None, train=False)
-tr1 = augment.augment_batch_cpu(sample, cfg.image_size, policy, augment.batch_rng(0, 3, 7), True)
-tr2 = augment.augment_batch_cpu(sample, cfg.image_size, policy, augment.batch_rng(0, 3, 7), True)
-tr3 = augment.augment_batch_cpu(sample, cfg.image_size, policy, augment.batch_rng(0, 4, 7), True)
+ev1 = augment.augment_batch_cpu(
+    sample, out_size=cfg.image_size, policy=policy, rng=None, train=False
+)
+ev2 = augment.augment_batch_cpu(
+    sample, out_size=cfg.image_size, policy=policy, rng=None, train=False
+)
+tr1 = augment.augment_batch_cpu(
+    sample, out_size=cfg.image_size, policy=policy, rng=augment.batch_rng(0, 3, 7), train=True
+)
+tr2 = augment.augment_batch_cpu(
+    sample, out_size=cfg.image_size, policy=policy, rng=augment.batch_rng(0, 3, 7), train=True
+)
+tr3 = augment.augment_batch_cpu(
+    sample, out_size=cfg.image_size, policy=policy, rng=augment.batch_rng(0, 4, 7), train=True
+)
 print("eval twice, identical:              ", np.array_equal(ev1["images"], ev2["images"]))
 print("train, same (seed, epoch, batch):   ", np.array_equal(tr1["images"], tr2["images"]))
 print("train, next epoch, different draw:  ", not np.array_equal(tr1["images"], tr3["images"]))
@@ -172,7 +188,9 @@ print("train, next epoch, different draw:  ", not np.array_equal(tr1["images"], 
 
 # %%
 device = "cuda" if torch.cuda.is_available() else "cpu"
-agreement = figures.warp_agreement(sample, policy, cfg.image_size, seed=cfg.seed, device=device)
+agreement = figures.warp_agreement(
+    sample, policy=policy, out_size=cfg.image_size, seed=cfg.seed, device=device
+)
 print(
     f"torch path on {agreement['device']}: max difference {agreement['max']:.2f} grey levels, "
     f"mean {agreement['mean']:.3f}, pixels off by more than 1: {agreement['frac_over_1']:.1%}, "

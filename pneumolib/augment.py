@@ -47,7 +47,19 @@ class AugmentPolicy:
     @classmethod
     def identity(cls) -> AugmentPolicy:
         """A policy whose every sample is the identity (whole image, no jitter)."""
-        return cls(0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, False)
+        return cls(
+            rotate_deg=0.0,
+            translate=0.0,
+            scale_min=1.0,
+            scale_max=1.0,
+            crop_scale_min=1.0,
+            crop_scale_max=1.0,
+            crop_ratio_min=1.0,
+            crop_ratio_max=1.0,
+            brightness=0.0,
+            contrast=0.0,
+            hflip=False,
+        )
 
 
 def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
@@ -59,7 +71,7 @@ def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
 
 
 def sample_params(
-    n: int, in_size: int, policy: AugmentPolicy, rng: np.random.Generator, tries: int = 10
+    n: int, *, in_size: int, policy: AugmentPolicy, rng: np.random.Generator, tries: int = 10
 ) -> dict[str, np.ndarray]:
     """Draw per-sample parameters: crop (n, 4) [x0, y0, w, h] in source pixel-edge units,
     angle (n,) degrees, scale (n,), shift (n, 2) as a fraction of the side, flip (n,) bool."""
@@ -118,10 +130,11 @@ def compose_affines(params: dict[str, np.ndarray], in_size: int, out_size: int) 
 
 
 def sample_affines(
-    n: int, in_size: int, out_size: int, policy: AugmentPolicy, rng: np.random.Generator
+    n: int, *, in_size: int, out_size: int, policy: AugmentPolicy, rng: np.random.Generator
 ) -> np.ndarray:
     """(n, 2, 3) float64 random forward matrices, source pixels -> output pixels."""
-    return compose_affines(sample_params(n, in_size, policy, rng), in_size, out_size)
+    params = sample_params(n, in_size=in_size, policy=policy, rng=rng)
+    return compose_affines(params, in_size, out_size)
 
 
 def eval_affines(n: int, in_size: int, out_size: int) -> np.ndarray:
@@ -225,6 +238,7 @@ def sample_intensity(
 
 def to_model_input(
     x: torch.Tensor,
+    *,
     gain: np.ndarray | torch.Tensor | None,
     bias: np.ndarray | torch.Tensor | None,
     mean: float,
@@ -252,6 +266,7 @@ def to_model_input(
 
 def intensity_luts(
     n: int,
+    *,
     gain: np.ndarray | None,
     bias: np.ndarray | None,
     mean: float,
@@ -260,7 +275,8 @@ def intensity_luts(
     """float32 (n, 256): row i maps a uint8 value of image i to exactly what `to_model_input`
     makes of it (same arithmetic: the table is `to_model_input` applied to the values 0-255)."""
     values = torch.arange(256, dtype=torch.uint8).expand(n, 1, 256)
-    return to_model_input(values, gain, bias, mean, std).reshape(n, 256).numpy()
+    out = to_model_input(values, gain=gain, bias=bias, mean=mean, std=std)
+    return out.reshape(n, 256).numpy()
 
 
 def apply_luts(images: np.ndarray, luts: np.ndarray) -> np.ndarray:
@@ -286,12 +302,13 @@ def _batch_params(
     # Same draw order on both paths, so one rng gives the same augmentation on CPU and GPU.
     if not train:
         return eval_affines(n, s, out_size), None, None
-    mats = sample_affines(n, s, out_size, policy, rng)
+    mats = sample_affines(n, in_size=s, out_size=out_size, policy=policy, rng=rng)
     return (mats, *sample_intensity(n, policy, rng))
 
 
 def augment_batch_cpu(
     images: np.ndarray,
+    *,
     out_size: int,
     policy: AugmentPolicy,
     rng: np.random.Generator | None,
@@ -305,6 +322,7 @@ def augment_batch_cpu(
 
 def augment_batch_torch(
     images: torch.Tensor,
+    *,
     out_size: int,
     policy: AugmentPolicy,
     rng: np.random.Generator | None,

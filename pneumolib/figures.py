@@ -89,6 +89,7 @@ def single_transforms(policy: AugmentPolicy) -> dict[str, AugmentPolicy]:
 def augment_samples(
     image: np.ndarray,
     boxes: Boxes,
+    *,
     policy: AugmentPolicy,
     out_size: int,
     rng: np.random.Generator | None,
@@ -107,15 +108,16 @@ def augment_samples(
     batch = np.repeat(image[None].astype(np.uint8), n, axis=0)
     s = image.shape[0]
     if rng is None:
-        res = augment_batch_cpu(batch, out_size, policy, None, train=False)
+        res = augment_batch_cpu(batch, out_size=out_size, policy=policy, rng=None, train=False)
         mats, gain, bias, params = res["mats"], None, None, None
         warped = res["images"]
     else:
-        params = sample_params(n, s, policy, rng)
+        params = sample_params(n, in_size=s, policy=policy, rng=rng)
         mats = compose_affines(params, s, out_size)
         gain, bias = sample_intensity(n, policy, rng)
         warped = warp_cpu(batch, mats, out_size)
-    x = to_model_input(torch.from_numpy(warped), gain, bias, 0.0, 1.0)  # mean 0, std 1: [0, 1]
+    # mean 0, std 1: [0, 1]
+    x = to_model_input(torch.from_numpy(warped), gain=gain, bias=bias, mean=0.0, std=1.0)
     return {
         "images": x[:, 0].numpy(),
         "boxes": [warp_boxes([list(b) for b in boxes], m, out_size) for m in mats],
@@ -168,6 +170,7 @@ def _describe(name: str, params: dict, gain, bias, i: int, in_size: int) -> str:
 def show_transforms(
     image: np.ndarray,
     boxes: Boxes,
+    *,
     policy: AugmentPolicy,
     out_size: int,
     seed: int = 0,
@@ -181,12 +184,13 @@ def show_transforms(
     rows = {**single_transforms(policy), "full policy": policy}
     fig = Figure(figsize=(1.9 * (n + 1), 2.0 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), n + 1, squeeze=False)
-    ev = augment_samples(image, boxes, policy, out_size, None, 1)
+    ev = augment_samples(image, boxes, policy=policy, out_size=out_size, rng=None, n=1)
     s = np.asarray(image).shape[0]
     for r, (name, pol) in enumerate(rows.items()):
         _draw(axes[r, 0], ev["images"][0], ev["boxes"][0], "eval (resize only)" if r == 0 else "")
         axes[r, 0].set_ylabel(name, fontsize=10)
-        res = augment_samples(image, boxes, pol, out_size, np.random.default_rng([seed, r]), n)
+        rng = np.random.default_rng([seed, r])
+        res = augment_samples(image, boxes, policy=pol, out_size=out_size, rng=rng, n=n)
         for i in range(n):
             title = _describe(name, res["params"], res["gain"], res["bias"], i, s)
             _draw(axes[r, i + 1], res["images"][i], res["boxes"][i], title)
@@ -197,6 +201,7 @@ def show_transforms(
 def show_policy_grid(
     images: np.ndarray,
     boxes: Sequence[Boxes],
+    *,
     policy: AugmentPolicy,
     out_size: int,
     seed: int = 0,
@@ -211,9 +216,12 @@ def show_policy_grid(
         raise ValueError(
             f"boxes: expected one box list per image ({len(images)}), got {len(boxes)}"
         )
-    ev = augment_batch_cpu(images, out_size, policy, None, train=False)
-    tr = augment_batch_cpu(images, out_size, policy, batch_rng(seed, 0, 0), train=True)
-    shown = to_model_input(torch.from_numpy(tr["images"]), tr["gain"], tr["bias"], 0.0, 1.0)
+    ev = augment_batch_cpu(images, out_size=out_size, policy=policy, rng=None, train=False)
+    rng = batch_rng(seed, 0, 0)
+    tr = augment_batch_cpu(images, out_size=out_size, policy=policy, rng=rng, train=True)
+    shown = to_model_input(
+        torch.from_numpy(tr["images"]), gain=tr["gain"], bias=tr["bias"], mean=0.0, std=1.0
+    )
     fig = Figure(figsize=(2.0 * len(images), 4.3), layout="constrained")
     axes = fig.subplots(2, len(images), squeeze=False)
     for i, b in enumerate(boxes):
@@ -227,6 +235,7 @@ def show_policy_grid(
 
 def warp_agreement(
     images: np.ndarray,
+    *,
     policy: AugmentPolicy,
     out_size: int,
     seed: int = 0,
@@ -242,9 +251,15 @@ def warp_agreement(
     """
     images = np.array(images, dtype=np.uint8)  # a writable copy: torch refuses a read-only map
     device = torch.device(device)
-    cpu = augment_batch_cpu(images, out_size, policy, batch_rng(seed, 0, 0), train=True)
+    cpu = augment_batch_cpu(
+        images, out_size=out_size, policy=policy, rng=batch_rng(seed, 0, 0), train=True
+    )
     tor = augment_batch_torch(
-        torch.from_numpy(images).to(device), out_size, policy, batch_rng(seed, 0, 0), train=True
+        torch.from_numpy(images).to(device),
+        out_size=out_size,
+        policy=policy,
+        rng=batch_rng(seed, 0, 0),
+        train=True,
     )
     warped = tor["images"][:, 0].cpu().numpy() * 255.0
     diff = np.abs(cpu["images"].astype(np.float32) - warped)

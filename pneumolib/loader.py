@@ -121,9 +121,14 @@ class CacheBatches(torch.utils.data.Dataset):
         }
         if self.warp_in_worker:
             rng = batch_rng(self.seed, epoch, b) if self.train else None
-            res = augment_batch_cpu(images, self.out_size, self.policy, rng, self.train)
+            res = augment_batch_cpu(
+                images, out_size=self.out_size, policy=self.policy, rng=rng, train=self.train
+            )
             if self.normalise is not None:
-                luts = intensity_luts(len(images), res["gain"], res["bias"], *self.normalise)
+                mean, std = self.normalise
+                luts = intensity_luts(
+                    len(images), gain=res["gain"], bias=res["bias"], mean=mean, std=std
+                )
                 out["images"], out["luts"] = res["images"], luts
             else:
                 out["images"] = res["images"]

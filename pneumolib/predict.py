@@ -117,7 +117,7 @@ def model_input(
         x = warp_torch(torch.from_numpy(np.ascontiguousarray(images)).to(device), mats, size)
     else:
         x = torch.from_numpy(warp_cpu(images, mats, size)).to(device)
-    return to_model_input(x, None, None, stats["mean"], stats["std"])
+    return to_model_input(x, gain=None, bias=None, mean=stats["mean"], std=stats["std"])
 
 
 def _overlay_names(files: Sequence[Path]) -> list[str]:

@@ -69,9 +69,9 @@ def to_device_batch(
     warped_in_worker = x.shape[-1] == size and (not train or "gain" in batch)
     if not warped_in_worker:
         rng = batch_rng(seed, int(batch["epoch"]), int(batch["batch"])) if train else None
-        res = augment_batch_torch(x, size, policy, rng, train)
+        res = augment_batch_torch(x, out_size=size, policy=policy, rng=rng, train=train)
         x, gain, bias = res["images"], res["gain"], res["bias"]
-    x = to_model_input(x, gain, bias, stats["mean"], stats["std"])
+    x = to_model_input(x, gain=gain, bias=bias, mean=stats["mean"], std=stats["std"])
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

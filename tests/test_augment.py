@@ -72,7 +72,7 @@ def test_policy_from_config_and_identity():
 def test_identity_policy_gives_identity_image():
     imgs = smooth_batch()
     rng = batch_rng(0, 0, 0)
-    out = augment_batch_cpu(imgs, S, AugmentPolicy.identity(), rng, train=True)
+    out = augment_batch_cpu(imgs, out_size=S, policy=AugmentPolicy.identity(), rng=rng, train=True)
     np.testing.assert_allclose(out["mats"], np.tile(np.eye(3)[:2], (len(imgs), 1, 1)), atol=1e-12)
     np.testing.assert_array_equal(out["images"], imgs)
     assert np.all(out["gain"] == 1) and np.all(out["bias"] == 0)
@@ -102,7 +102,7 @@ def test_sampled_small_rotation_moves_blob_where_geometry_says():
     imgs = np.repeat(blob[None].astype(np.uint8), 8, axis=0)
     policy = AugmentPolicy.identity()
     policy.rotate_deg = 5.0
-    mats = sample_affines(8, S, S, policy, batch_rng(3, 0, 0))
+    mats = sample_affines(8, in_size=S, out_size=S, policy=policy, rng=batch_rng(3, 0, 0))
     angles = np.degrees(np.arctan2(mats[:, 1, 0], mats[:, 0, 0]))
     assert np.all(np.abs(angles) <= 5.0) and np.abs(angles).max() > 1.0
     warped = warp_cpu(imgs, mats, S)
@@ -118,7 +118,7 @@ def test_box_follows_warp(seed):
     img[0, 24:36, 20:38] = 255
     out_size = 48
     policy = AugmentPolicy(crop_scale_min=0.6, hflip=True)
-    mat = sample_affines(1, S, out_size, policy, batch_rng(seed, 1, 2))
+    mat = sample_affines(1, in_size=S, out_size=out_size, policy=policy, rng=batch_rng(seed, 1, 2))
     warped = warp_cpu(img, mat, out_size)[0]
     boxes = warp_boxes([box], mat[0], out_size)
     ys, xs = np.nonzero(warped > 127)
@@ -142,15 +142,19 @@ def test_warp_boxes_clips_and_drops():
 def test_same_seed_same_batch_different_seed_different():
     imgs = smooth_batch()
     policy = AugmentPolicy(hflip=True)
-    a = augment_batch_cpu(imgs, 48, policy, batch_rng(1, 2, 3), train=True)
-    b = augment_batch_cpu(imgs, 48, policy, batch_rng(1, 2, 3), train=True)
-    c = augment_batch_cpu(imgs, 48, policy, batch_rng(1, 2, 4), train=True)
+    a = augment_batch_cpu(imgs, out_size=48, policy=policy, rng=batch_rng(1, 2, 3), train=True)
+    b = augment_batch_cpu(imgs, out_size=48, policy=policy, rng=batch_rng(1, 2, 3), train=True)
+    c = augment_batch_cpu(imgs, out_size=48, policy=policy, rng=batch_rng(1, 2, 4), train=True)
     np.testing.assert_array_equal(a["images"], b["images"])
     np.testing.assert_array_equal(a["gain"], b["gain"])
     assert not np.array_equal(a["images"], c["images"])
     assert not np.allclose(a["mats"], c["mats"])
-    t1 = augment_batch_torch(torch.from_numpy(imgs), 48, policy, batch_rng(1, 2, 3), train=True)
-    t2 = augment_batch_torch(torch.from_numpy(imgs), 48, policy, batch_rng(1, 2, 3), train=True)
+    t1 = augment_batch_torch(
+        torch.from_numpy(imgs), out_size=48, policy=policy, rng=batch_rng(1, 2, 3), train=True
+    )
+    t2 = augment_batch_torch(
+        torch.from_numpy(imgs), out_size=48, policy=policy, rng=batch_rng(1, 2, 3), train=True
+    )
     assert torch.equal(t1["images"], t2["images"])
 
 
@@ -158,9 +162,15 @@ def test_torch_warp_agrees_with_cpu_warp():
     imgs = smooth_batch()
     policy = AugmentPolicy(hflip=True)
     for out_size in (48, 64, 80):
-        cpu = augment_batch_cpu(imgs, out_size, policy, batch_rng(5, 0, out_size), True)
+        cpu = augment_batch_cpu(
+            imgs, out_size=out_size, policy=policy, rng=batch_rng(5, 0, out_size), train=True
+        )
         gpu = augment_batch_torch(
-            torch.from_numpy(imgs), out_size, policy, batch_rng(5, 0, out_size), True
+            torch.from_numpy(imgs),
+            out_size=out_size,
+            policy=policy,
+            rng=batch_rng(5, 0, out_size),
+            train=True,
         )
         np.testing.assert_array_equal(cpu["mats"], gpu["mats"])
         diff = np.abs(gpu["images"][:, 0].numpy() * 255 - cpu["images"].astype(np.float64))
@@ -169,20 +179,26 @@ def test_torch_warp_agrees_with_cpu_warp():
 
 def test_eval_is_deterministic_plain_resize():
     imgs = smooth_batch()
-    a = augment_batch_cpu(imgs, 48, AugmentPolicy(), batch_rng(0, 0, 0), train=False)
-    b = augment_batch_cpu(imgs, 48, AugmentPolicy(), batch_rng(9, 9, 9), train=False)
+    a = augment_batch_cpu(
+        imgs, out_size=48, policy=AugmentPolicy(), rng=batch_rng(0, 0, 0), train=False
+    )
+    b = augment_batch_cpu(
+        imgs, out_size=48, policy=AugmentPolicy(), rng=batch_rng(9, 9, 9), train=False
+    )
     np.testing.assert_array_equal(a["images"], b["images"])
     assert a["gain"] is None and a["bias"] is None
     np.testing.assert_allclose(a["mats"], eval_affines(len(imgs), S, 48))
     ref = np.stack([cv2.resize(im, (48, 48), interpolation=cv2.INTER_LINEAR) for im in imgs])
     assert np.abs(a["images"].astype(int) - ref).max() <= 1
-    t = augment_batch_torch(torch.from_numpy(imgs), 48, AugmentPolicy(), None, train=False)
+    t = augment_batch_torch(
+        torch.from_numpy(imgs), out_size=48, policy=AugmentPolicy(), rng=None, train=False
+    )
     assert np.abs(t["images"][:, 0].numpy() * 255 - ref).mean() < 1.0
 
 
 def test_sampled_parameters_stay_within_policy():
     n, policy = 4000, AugmentPolicy()
-    p = sample_params(n, S, policy, batch_rng(0, 0, 0))
+    p = sample_params(n, in_size=S, policy=policy, rng=batch_rng(0, 0, 0))
     x0, y0, w, h = p["crop"].T
     area = w * h / S**2
     assert area.min() >= policy.crop_scale_min - 1e-9 and area.max() <= 1 + 1e-9
@@ -195,7 +211,7 @@ def test_sampled_parameters_stay_within_policy():
     assert p["scale"].min() >= 0.9 and p["scale"].max() <= 1.1 and not p["flip"].any()
     # The matrix carries the crop: with zoom fixed at 1, det = out^2 / (w h).
     fixed = AugmentPolicy(scale_min=1.0, scale_max=1.0)
-    mats = sample_affines(500, S, 32, fixed, batch_rng(0, 0, 1))
+    mats = sample_affines(500, in_size=S, out_size=32, policy=fixed, rng=batch_rng(0, 0, 1))
     frac = 32**2 / (np.abs(np.linalg.det(mats[:, :, :2])) * S**2)
     assert frac.min() >= 0.35 - 1e-9 and frac.max() <= 1 + 1e-9
     gain, bias = sample_intensity(n, policy, batch_rng(0, 0, 2))
@@ -208,13 +224,15 @@ def test_to_model_input_normalises_and_applies_intensity():
     x = (torch.randn(8, 32, 32, generator=g) * 30 + 100).clamp(0, 255).to(torch.uint8)
     f = x.float() / 255
     mean, std = f.mean().item(), f.std().item()
-    out = to_model_input(x, None, None, mean, std)
+    out = to_model_input(x, gain=None, bias=None, mean=mean, std=std)
     assert out.shape == (8, 1, 32, 32) and out.dtype == torch.float32
     assert abs(out.mean().item()) < 1e-4 and abs(out.std().item() - 1) < 1e-4
-    assert torch.allclose(to_model_input(f.unsqueeze(1), None, None, mean, std), out, atol=1e-6)
+    assert torch.allclose(
+        to_model_input(f.unsqueeze(1), gain=None, bias=None, mean=mean, std=std), out, atol=1e-6
+    )
     # Contrast about mid-grey, then brightness, then clamp to [0, 1].
     v = torch.tensor([0.75, 0.25]).view(2, 1, 1, 1).expand(2, 1, 2, 2)
-    y = to_model_input(v, np.array([2.0, 1.0]), np.array([0.1, -0.1]), 0.0, 1.0)
+    y = to_model_input(v, gain=np.array([2.0, 1.0]), bias=np.array([0.1, -0.1]), mean=0.0, std=1.0)
     assert torch.allclose(y[:, 0, 0, 0], torch.tensor([1.0, 0.15]))
 
 
@@ -226,8 +244,8 @@ def test_lookup_tables_give_exactly_to_model_input(intensity: bool):
     gain, bias = rng.uniform(0.5, 1.5, 5), rng.uniform(-0.3, 0.3, 5)
     if not intensity:
         gain = bias = None
-    want = to_model_input(torch.from_numpy(x), gain, bias, 0.4, 0.2)
-    luts = intensity_luts(5, gain, bias, 0.4, 0.2)
+    want = to_model_input(torch.from_numpy(x), gain=gain, bias=bias, mean=0.4, std=0.2)
+    luts = intensity_luts(5, gain=gain, bias=bias, mean=0.4, std=0.2)
     assert luts.shape == (5, 256) and luts.dtype == np.float32
     got = apply_luts(x, luts)
     assert got.shape == (5, 1, 24, 24) and got.dtype == np.float32
@@ -241,10 +259,10 @@ def test_lookup_tables_give_exactly_to_model_input(intensity: bool):
 def test_hflip_flag_flips():
     imgs = np.repeat(smooth_batch(1), 32, axis=0)
     policy = AugmentPolicy.identity()
-    out = augment_batch_cpu(imgs, S, policy, batch_rng(0, 0, 0), train=True)
+    out = augment_batch_cpu(imgs, out_size=S, policy=policy, rng=batch_rng(0, 0, 0), train=True)
     np.testing.assert_array_equal(out["images"], imgs)
     policy.hflip = True
-    out = augment_batch_cpu(imgs, S, policy, batch_rng(0, 0, 0), train=True)
+    out = augment_batch_cpu(imgs, out_size=S, policy=policy, rng=batch_rng(0, 0, 0), train=True)
     flipped = out["mats"][:, 0, 0] < 0
     assert 0 < flipped.sum() < len(imgs)
     np.testing.assert_array_equal(out["images"][flipped], imgs[flipped][:, :, ::-1])
@@ -263,9 +281,11 @@ def test_bad_shapes_raise():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_torch_warp_on_cuda_matches_cpu_tensor():
     imgs = torch.from_numpy(smooth_batch())
-    mats = sample_affines(len(imgs), S, 48, AugmentPolicy(), batch_rng(0, 0, 0))
+    mats = sample_affines(
+        len(imgs), in_size=S, out_size=48, policy=AugmentPolicy(), rng=batch_rng(0, 0, 0)
+    )
     gpu = warp_torch(imgs.cuda(), mats, 48)
     assert gpu.is_cuda
-    x = to_model_input(gpu, np.ones(len(imgs)), np.zeros(len(imgs)), 0.5, 0.25)
+    x = to_model_input(gpu, gain=np.ones(len(imgs)), bias=np.zeros(len(imgs)), mean=0.5, std=0.25)
     assert x.is_cuda
     assert (gpu.cpu() - warp_torch(imgs, mats, 48)).abs().max().item() < 1e-3

@@ -49,7 +49,7 @@ def test_single_transforms_switch_on_one_parameter_each():
     assert changed["intensity"] == {"brightness", "contrast"}
     assert changed["flip"] == {"hflip"}
     # A tilt-only draw leaves scale, shift and crop at the identity.
-    params = sample_params(8, 48, singles["tilt"], np.random.default_rng(0))
+    params = sample_params(8, in_size=48, policy=singles["tilt"], rng=np.random.default_rng(0))
     assert np.all(params["scale"] == 1) and np.all(params["shift"] == 0)
     assert np.abs(params["angle"]).max() > 1
     np.testing.assert_allclose(params["crop"], np.tile([0, 0, 48, 48], (8, 1)))
@@ -58,27 +58,39 @@ def test_single_transforms_switch_on_one_parameter_each():
 
 def test_augment_samples_match_the_trainers_batch_function():
     img, policy = _image(), AugmentPolicy()
-    res = figures.augment_samples(img, BOX, policy, 40, np.random.default_rng(5), 3)
-    ref = augment_batch_cpu(np.repeat(img[None], 3, 0), 40, policy, np.random.default_rng(5), True)
+    res = figures.augment_samples(
+        img, BOX, policy=policy, out_size=40, rng=np.random.default_rng(5), n=3
+    )
+    ref = augment_batch_cpu(
+        np.repeat(img[None], 3, 0),
+        out_size=40,
+        policy=policy,
+        rng=np.random.default_rng(5),
+        train=True,
+    )
     np.testing.assert_array_equal(res["mats"], ref["mats"])
-    want = to_model_input(torch.from_numpy(ref["images"]), ref["gain"], ref["bias"], 0.0, 1.0)
+    want = to_model_input(
+        torch.from_numpy(ref["images"]), gain=ref["gain"], bias=ref["bias"], mean=0.0, std=1.0
+    )
     np.testing.assert_allclose(res["images"], want[:, 0].numpy())
     assert res["images"].shape == (3, 40, 40)
     assert 0.0 <= res["images"].min() and res["images"].max() <= 1.0
     assert len(res["boxes"]) == 3 and res["boxes"][0] != BOX  # moved and rescaled
     # Eval: plain resize 48 -> 24 halves the box, deterministic.
-    ev = figures.augment_samples(img, BOX, policy, 24, None, 1)
+    ev = figures.augment_samples(img, BOX, policy=policy, out_size=24, rng=None, n=1)
     np.testing.assert_allclose(ev["boxes"][0], [[12.5, 5.0, 5.0, 5.0]])
     assert ev["params"] is None
 
 
 def test_augment_samples_rejects_non_square_images():
     with pytest.raises(ValueError, match="square"):
-        figures.augment_samples(np.zeros((4, 5), np.uint8), [], AugmentPolicy(), 8, None, 1)
+        figures.augment_samples(
+            np.zeros((4, 5), np.uint8), [], policy=AugmentPolicy(), out_size=8, rng=None, n=1
+        )
 
 
 def test_show_transforms_one_row_per_transform_plus_full_policy(tmp_path):
-    fig = figures.show_transforms(_image(), BOX, AugmentPolicy(), 32, seed=1, n=3)
+    fig = figures.show_transforms(_image(), BOX, policy=AugmentPolicy(), out_size=32, seed=1, n=3)
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 6 * 4  # 5 transforms + full policy, eval + 3 draws
     # The eval column and the intensity row (no geometry) always show the box.
@@ -88,7 +100,9 @@ def test_show_transforms_one_row_per_transform_plus_full_policy(tmp_path):
     assert [fig.axes[4 * r].get_ylabel() for r in range(6)][-1] == "full policy"
     fig.savefig(tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
-    flip = figures.show_transforms(_image(), BOX, AugmentPolicy(hflip=True), 32, n=2)
+    flip = figures.show_transforms(
+        _image(), BOX, policy=AugmentPolicy(hflip=True), out_size=32, n=2
+    )
     assert len(flip.axes) == 7 * 3
     full = fig.axes[4 * 5 + 1].get_title()  # the full policy names every drawn parameter
     assert all(word in full for word in ("°", "×", "crop", "shift", "contrast", "bright"))
@@ -107,18 +121,22 @@ def test_class_colour_is_one_mapping_for_names_targets_and_metrics_names():
 def test_show_policy_grid_two_rows_and_checks_boxes(demo_cache, tmp_path):
     index, images = read_index(demo_cache), open_images(demo_cache)
     pos = index[index.target == 1].head(4)
-    fig = figures.show_policy_grid(images[pos.row.to_numpy()], list(pos.boxes), AugmentPolicy(), 48)
+    fig = figures.show_policy_grid(
+        images[pos.row.to_numpy()], list(pos.boxes), policy=AugmentPolicy(), out_size=48
+    )
     assert len(fig.axes) == 2 * 4
     assert sum(len(ax.patches) for ax in fig.axes[:4]) == sum(len(b) for b in pos.boxes)
     fig.savefig(tmp_path / "g.png")
     assert (tmp_path / "g.png").exists()
     with pytest.raises(ValueError, match="one box list per image"):
-        figures.show_policy_grid(images[pos.row.to_numpy()], [[]], AugmentPolicy(), 48)
+        figures.show_policy_grid(
+            images[pos.row.to_numpy()], [[]], policy=AugmentPolicy(), out_size=48
+        )
 
 
 def test_cpu_and_torch_warps_agree_to_rounding(demo_cache):
     images = np.asarray(open_images(demo_cache)[:8])
-    res = figures.warp_agreement(images, AugmentPolicy(), 56, seed=3)
+    res = figures.warp_agreement(images, policy=AugmentPolicy(), out_size=56, seed=3)
     assert res["same_matrices"]
     assert res["max"] <= 0.51  # cv2 rounds to whole grey levels; nothing else differs
     assert res["frac_over_1"] == 0.0
