@@ -1,7 +1,10 @@
 """pneumolib: teachable pneumonia classification on RSNA chest radiographs.
 
-Modules, one per pipeline stage: `dicom`, `data`, `synth`, `preprocess`, `augment`, `models`,
-`train`, `evaluate`, `cam`, `predict`, `tune`, `demo`, `colab`, `cli`. Nothing runs at import.
+Modules, one job each (the README's module table says which): `config`, `dicom`, `data`,
+`synth`, `preprocess`, `cache_partial`, `explore`, `augment`, `loader`, `models`, `runtime`,
+`train_setup`, `train`, `checkpoint`, `metrics`, `evaluate`, `evaluate_figures`, `cam`,
+`cam_run`, `cam_figures`, `localisation`, `predict`, `tune` (a package), `demo`, `demo_report`,
+`shortcut`, `progress`, `figures`, `colab`, `cli`. Nothing runs at import.
 """
 
 from pneumolib.config import Config, demo_config, rsna_config
