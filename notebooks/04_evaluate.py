@@ -171,8 +171,8 @@ pred_val = evaluate.read_predictions(run, "val")
 pred_test = evaluate.read_predictions(run, "test")
 thresholds = {k: v["threshold"] for k, v in val["thresholds"].items()}
 y, p = pred_test["target"].to_numpy(), pred_test["prob"].to_numpy()
-display(evaluate_figures.plot_roc(y, p, thresholds))
-display(evaluate_figures.plot_pr(y, p, thresholds))
+display(evaluate_figures.plot_roc(y, p, thresholds=thresholds))
+display(evaluate_figures.plot_pr(y, p, thresholds=thresholds))
 
 # %% [markdown]
 # ## Confusion matrices (test)
@@ -201,7 +201,7 @@ evaluate_figures.plot_confusion_grid(y, p, thresholds)
 
 # %%
 display(evaluate_figures.plot_reliability(y, p))
-display(evaluate_figures.plot_prob_hist(y, p, thresholds))
+display(evaluate_figures.plot_prob_hist(y, p, thresholds=thresholds))
 
 # %% [markdown]
 # ## Subgroups: AP vs PA view, sex, age band (test)
@@ -224,7 +224,7 @@ cols += ["sensitivity", "specificity"]
 sub[sub["threshold_name"] == "youden"][cols].round(3)
 
 # %%
-evaluate_figures.plot_subgroups(sub, "roc_auc", "youden", overall=test["roc_auc"])
+evaluate_figures.plot_subgroups(sub, "roc_auc", threshold_name="youden", overall=test["roc_auc"])
 
 # %% [markdown]
 # ## Sample predictions (test)
@@ -240,7 +240,7 @@ evaluate_figures.plot_subgroups(sub, "roc_auc", "youden", overall=test["roc_auc"
 # ignored a box drawn on nothing), others are faint opacities or look-alikes.
 
 # %%
-evaluate_figures.sample_predictions_figure(pred_test, cfg.cache, test, n=12)
+evaluate_figures.sample_predictions_figure(pred_test, cfg.cache, metrics=test, n=12)
 
 # %%
 if profile == "demo":

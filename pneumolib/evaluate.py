@@ -42,6 +42,7 @@ from pneumolib.runtime import amp_dtype, predict_probs, resolve_device, warp_on_
 def evaluate_predictions(
     pred_val: pd.DataFrame | None,
     pred: pd.DataFrame,
+    *,
     split: str,
     out_dir: str | Path,
     thresholds: Mapping[str, float] | None = None,
@@ -62,7 +63,7 @@ def evaluate_predictions(
     else:
         thr, source = {"0.5": 0.5}, "fixed"
     metrics = {"split": split, "threshold_source": source}
-    metrics |= summarize(pred, thr, n_boot=n_boot, seed=seed)
+    metrics |= summarize(pred, thresholds=thr, n_boot=n_boot, seed=seed)
     if split == "val" and "0.5" in metrics["thresholds"]:
         ref = compare_with_reference(metrics).reset_index()
         metrics["reference"] = jsonable(ref.to_dict("records"))
@@ -214,10 +215,10 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
 def evaluate_run(
     run: str | Path,
     split: str = "val",
+    *,
     tta: bool = False,
     n_boot: int = 1000,
     seed: int = 0,
-    *,
     device: str = "auto",
     cache: str | Path | None = None,
     workers: int | None = None,
@@ -273,7 +274,7 @@ def evaluate_run(
     pred_val = pred if split == "val" else _split_predictions(ctx, "val", reuse=True)
     tag = split + ("_tta" if tta else "")
     metrics = evaluate_predictions(
-        pred_val, pred, tag, run, n_boot=n_boot, seed=seed, figures=figures
+        pred_val, pred, split=tag, out_dir=run, n_boot=n_boot, seed=seed, figures=figures
     )
     rule = ctx["split_rule"]
     metrics |= {
@@ -304,7 +305,9 @@ def evaluate_run(
     _write_json(metrics, run / f"metrics_{tag}.json")
     if figures:
         fig_path = run / "figures" / f"samples_{tag}.png"
-        sample_predictions_figure(pred, cache, metrics, n_samples, seed, out=fig_path)
+        sample_predictions_figure(
+            pred, cache, metrics=metrics, n=n_samples, seed=seed, out=fig_path
+        )
     _print_summary(metrics, print_table)
     return jsonable(metrics)
 

@@ -83,7 +83,7 @@ def _one_class(y: np.ndarray, ax: Any) -> bool:
     return False
 
 
-def plot_roc(y: Any, p: Any, thresholds: Mapping[str, float] | None = None, ax=None, out=None):
+def plot_roc(y: Any, p: Any, *, thresholds: Mapping[str, float] | None = None, ax=None, out=None):
     """ROC curve with each threshold's operating point marked; returns the Figure."""
     y, p = check_arrays(y, p)
     fig, ax = _fig_ax(ax)
@@ -98,7 +98,7 @@ def plot_roc(y: Any, p: Any, thresholds: Mapping[str, float] | None = None, ax=N
     return _save(fig, out)
 
 
-def plot_pr(y: Any, p: Any, thresholds: Mapping[str, float] | None = None, ax=None, out=None):
+def plot_pr(y: Any, p: Any, *, thresholds: Mapping[str, float] | None = None, ax=None, out=None):
     """Precision-recall curve with operating points and the prevalence baseline."""
     y, p = check_arrays(y, p)
     fig, ax = _fig_ax(ax)
@@ -117,7 +117,14 @@ def plot_pr(y: Any, p: Any, thresholds: Mapping[str, float] | None = None, ax=No
 
 
 def plot_confusion(
-    y: Any, p: Any, threshold: float = 0.5, normalize: bool = False, ax=None, out=None, title=None
+    y: Any,
+    p: Any,
+    *,
+    threshold: float = 0.5,
+    normalize: bool = False,
+    ax=None,
+    out=None,
+    title=None,
 ):
     """2x2 confusion matrix (rows: truth, columns: prediction), counts or row fractions."""
     m = binary_metrics(y, p, threshold)
@@ -145,8 +152,17 @@ def plot_confusion_grid(y: Any, p: Any, thresholds: Mapping[str, float], out=Non
     fig = Figure(figsize=(3.3 * len(thr), 6.2), layout="constrained")
     axes = fig.subplots(2, len(thr), squeeze=False)
     for j, (name, t) in enumerate(thr.items()):
-        plot_confusion(y, p, t, False, axes[0, j], title=f"{name} (t={t:.3f}) counts")
-        plot_confusion(y, p, t, True, axes[1, j], title=f"{name} (t={t:.3f}) row fractions")
+        plot_confusion(
+            y, p, threshold=t, normalize=False, ax=axes[0, j], title=f"{name} (t={t:.3f}) counts"
+        )
+        plot_confusion(
+            y,
+            p,
+            threshold=t,
+            normalize=True,
+            ax=axes[1, j],
+            title=f"{name} (t={t:.3f}) row fractions",
+        )
     return _save(fig, out)
 
 
@@ -155,7 +171,7 @@ def reliability_bins(n: int) -> int:
     return int(np.clip(n // 10, 2, 10))
 
 
-def plot_reliability(y: Any, p: Any, n_bins: int | None = None, ax=None, out=None):
+def plot_reliability(y: Any, p: Any, *, n_bins: int | None = None, ax=None, out=None):
     """Reliability diagram: observed frequency against mean predicted probability in
     equal-count bins (`reliability_bins(n)` unless `n_bins`; a confident model would leave
     equal-width bins nearly all empty), over the histogram of the predictions. The title's
@@ -184,7 +200,13 @@ def plot_reliability(y: Any, p: Any, n_bins: int | None = None, ax=None, out=Non
 
 
 def plot_prob_hist(
-    y: Any, p: Any, thresholds: Mapping[str, float] | None = None, bins: int = 30, ax=None, out=None
+    y: Any,
+    p: Any,
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    bins: int = 30,
+    ax=None,
+    out=None,
 ):
     """Histograms of predicted probability for each true class (`figures.CLASS_COLOURS`),
     thresholds as vertical lines; the legend sits outside the axes, clear of the bars."""
@@ -204,6 +226,7 @@ def plot_prob_hist(
 def plot_subgroups(
     sub: pd.DataFrame,
     metric: str = "roc_auc",
+    *,
     threshold_name: str | None = None,
     overall: float | None = None,
     ax=None,
@@ -252,11 +275,11 @@ def write_figures(
     y, p = pred["target"].to_numpy(), pred["prob"].to_numpy()
     paths = {k: fig_dir / f"{k}{suffix}.png" for k in ("roc", "pr", "confusion", "reliability")}
     paths |= {k: fig_dir / f"{k}{suffix}.png" for k in ("prob_hist", "subgroups")}
-    plot_roc(y, p, thr, out=paths["roc"])
-    plot_pr(y, p, thr, out=paths["pr"])
+    plot_roc(y, p, thresholds=thr, out=paths["roc"])
+    plot_pr(y, p, thresholds=thr, out=paths["pr"])
     plot_confusion_grid(y, p, thr, out=paths["confusion"])
     plot_reliability(y, p, out=paths["reliability"])
-    plot_prob_hist(y, p, thr, out=paths["prob_hist"])
+    plot_prob_hist(y, p, thresholds=thr, out=paths["prob_hist"])
     sub = pd.DataFrame(metrics.get("subgroups") or [])
     if sub.empty:
         del paths["subgroups"]
@@ -267,7 +290,7 @@ def write_figures(
             fig.subplots(1, 3), ("roc_auc", "sensitivity", "specificity"), strict=True
         ):
             overall = metrics.get(m) if m == "roc_auc" else metrics["thresholds"][first][m]
-            plot_subgroups(sub, m, first, overall, ax=ax)
+            plot_subgroups(sub, m, threshold_name=first, overall=overall, ax=ax)
             ax.set_title(f"{m}" + ("" if m == "roc_auc" else f" at {first}"), fontsize=9)
         _save(fig, paths["subgroups"])
     return list(paths.values())
@@ -306,6 +329,7 @@ def pick_samples(pred: pd.DataFrame, threshold: float, n: int = 16, seed: int = 
 def plot_samples(
     images: Sequence[np.ndarray] | np.ndarray,
     pred: pd.DataFrame,
+    *,
     threshold: float,
     boxes: Sequence[Any] | None = None,
     ncols: int = 4,
@@ -352,6 +376,7 @@ def plot_samples(
 def sample_predictions_figure(
     pred: pd.DataFrame,
     cache: str | Path,
+    *,
     metrics: Mapping[str, Any],
     n: int = 16,
     seed: int = 0,
@@ -380,4 +405,6 @@ def sample_predictions_figure(
     )
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-    return plot_samples(images, picked, t, list(rows["boxes"]), title=title, out=out)
+    return plot_samples(
+        images, picked, threshold=t, boxes=list(rows["boxes"]), title=title, out=out
+    )

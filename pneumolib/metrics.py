@@ -222,6 +222,7 @@ def _from_level_counts(
 def bootstrap_distribution(
     y: Any,
     p: Any,
+    *,
     thresholds: float | Sequence[float] = 0.5,
     n_boot: int = 1000,
     seed: int = 0,
@@ -260,10 +261,16 @@ def _percentile_ci(values: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def bootstrap_ci(
-    y: Any, p: Any, threshold: float = 0.5, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    y: Any,
+    p: Any,
+    *,
+    threshold: float = 0.5,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap (1 - alpha) intervals for every metric in CI_METRICS."""
-    dist = bootstrap_distribution(y, p, [threshold], n_boot, seed)
+    dist = bootstrap_distribution(y, p, thresholds=[threshold], n_boot=n_boot, seed=seed)
     out = {}
     for name in CI_METRICS:
         lo, hi = _percentile_ci(dist[name].reshape(n_boot, -1)[:, 0], alpha)
@@ -278,7 +285,11 @@ def _metric_rows(
     """One row per threshold: point metrics, counts and `<metric>_lo/_hi` bootstrap bounds."""
     y, p = check_arrays(y, p)
     names, values = list(thresholds), list(thresholds.values())
-    dist = bootstrap_distribution(y, p, values, n_boot, seed) if n_boot > 0 else {}
+    dist = (
+        bootstrap_distribution(y, p, thresholds=values, n_boot=n_boot, seed=seed)
+        if n_boot > 0
+        else {}
+    )
     rows = []
     for j, (name, row) in enumerate(zip(names, _point_metrics(y, p, values), strict=True)):
         row = {"threshold_name": name} | row
@@ -334,6 +345,7 @@ def check_predictions(df: pd.DataFrame, name: str = "predictions") -> pd.DataFra
 
 def subgroup_metrics(
     df: pd.DataFrame,
+    *,
     threshold: float | Mapping[str, float] = 0.5,
     by: Sequence[str] = ("view", "sex", "age_band"),
     n_boot: int = 1000,
@@ -356,6 +368,7 @@ def subgroup_metrics(
 
 def summarize(
     pred: pd.DataFrame,
+    *,
     thresholds: float | Mapping[str, float],
     n_boot: int = 1000,
     seed: int = 0,
@@ -383,7 +396,11 @@ def summarize(
         out["thresholds"][row["threshold_name"]] = entry
     out["reliability"] = table.to_dict("records")
     usable = [v for v in by if v in pred or (v == "age_band" and "age" in pred)]
-    sub = subgroup_metrics(pred, thr, usable, n_boot, seed, alpha) if usable else pd.DataFrame()
+    sub = (
+        subgroup_metrics(pred, threshold=thr, by=usable, n_boot=n_boot, seed=seed, alpha=alpha)
+        if usable
+        else pd.DataFrame()
+    )
     out["subgroups"] = sub.to_dict("records")
     return jsonable(out)
 

@@ -22,7 +22,7 @@ def test_test_split_uses_val_thresholds_unchanged(tmp_path):
     test = _table(600, seed=11, shift=1.5)  # shifted scores: re-tuning would move thresholds
     thr = metrics.choose_thresholds(val["target"], val["prob"])
     assert metrics.choose_thresholds(test["target"], test["prob"])["youden"] != thr["youden"]
-    m = ev.evaluate_predictions(val, test, "test", tmp_path, n_boot=50, figures=False)
+    m = ev.evaluate_predictions(val, test, split="test", out_dir=tmp_path, n_boot=50, figures=False)
     assert m["threshold_source"] == "val"
     assert {k: v["threshold"] for k, v in m["thresholds"].items()} == thr
     for name, t in thr.items():
@@ -33,14 +33,16 @@ def test_test_split_uses_val_thresholds_unchanged(tmp_path):
     on_disk = json.loads((tmp_path / "metrics_test.json").read_text())
     assert on_disk["thresholds"]["youden"]["threshold"] == thr["youden"]
     # Without validation predictions, test gets 0.5 only: it never tunes on itself.
-    alone = ev.evaluate_predictions(None, test, "test", tmp_path / "b", n_boot=20, figures=False)
+    alone = ev.evaluate_predictions(
+        None, test, split="test", out_dir=tmp_path / "b", n_boot=20, figures=False
+    )
     assert alone["threshold_source"] == "fixed" and list(alone["thresholds"]) == ["0.5"]
 
 
 # --------------------------------------------------------------------------- outputs
 def test_evaluate_predictions_writes_json_and_figures(tmp_path):
     val, test = _table(300, seed=13), _table(300, seed=14)
-    ev.evaluate_predictions(val, test, "test", tmp_path, n_boot=100)
+    ev.evaluate_predictions(val, test, split="test", out_dir=tmp_path, n_boot=100)
     text = (tmp_path / "metrics_test.json").read_text()
     on_disk = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
     assert on_disk["roc_auc"] == pytest.approx(skm.roc_auc_score(test["target"], test["prob"]))

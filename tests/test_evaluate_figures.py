@@ -15,7 +15,7 @@ def test_plot_functions_return_figures_on_given_axes():
     y, p = _scores(200, 15)
     fig = Figure()
     ax = fig.add_subplot()
-    assert ef.plot_roc(y, p, {"0.5": 0.5}, ax=ax) is fig
+    assert ef.plot_roc(y, p, thresholds={"0.5": 0.5}, ax=ax) is fig
     assert len(ax.lines) == 3  # curve, chance line, one operating point
 
 
@@ -32,7 +32,7 @@ def test_pick_samples_puts_the_most_confident_mistakes_first():
     assert set(idx[3:]) <= {4, 5, 6, 7}  # then correct calls
     assert list(ef.pick_samples(pred, 0.5, n=6, seed=0)) == list(idx)
     assert len(ef.pick_samples(pred, 0.5, n=20)) == len(pred)
-    fig = ef.plot_samples(np.zeros((3, 8, 8), np.uint8), pred.iloc[idx[:3]], 0.5, ncols=2)
+    fig = ef.plot_samples(np.zeros((3, 8, 8), np.uint8), pred.iloc[idx[:3]], threshold=0.5, ncols=2)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 3 and all("WRONG" in t for t in titles)
 
@@ -42,7 +42,7 @@ def test_coincident_operating_points_stay_apart_in_shape_size_and_legend():
     p = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
     thr = {"0.5": 0.5, "youden": 0.6, "low": 0.15}  # 0.5 and 0.6 give the same calls
     for plot in (ef.plot_roc, ef.plot_pr):
-        fig = plot(y, p, thr)
+        fig = plot(y, p, thresholds=thr)
         points = [ln for ln in fig.axes[0].lines if ln.get_label().startswith(tuple(thr))]
         assert len(points) == 3
         assert len({ln.get_marker() for ln in points}) == 3  # distinct shapes
@@ -88,7 +88,7 @@ def test_prob_hist_legend_outside_the_bars_and_class_colours():
     from pneumolib.figures import class_colour
 
     y, p = _scores(200, 3)
-    fig = ef.plot_prob_hist(y, p, {"0.5": 0.5, "youden": 0.4})
+    fig = ef.plot_prob_hist(y, p, thresholds={"0.5": 0.5, "youden": 0.4})
     fig.draw_without_rendering()
     ax = fig.axes[0]
     assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
@@ -101,8 +101,8 @@ def test_samples_title_says_when_there_are_no_mistakes(demo_cache):
     rows = read_index(demo_cache)
     pred = rows[["patientId", "target"]].assign(prob=rows["target"].astype(float))  # all right
     thr = {"thresholds": {"youden": {"threshold": 0.5}}, "split": "test"}
-    title = ef.sample_predictions_figure(pred, demo_cache, thr, n=4)._suptitle.get_text()
+    title = ef.sample_predictions_figure(pred, demo_cache, metrics=thr, n=4)._suptitle.get_text()
     assert "no mistakes at this threshold" in title and "mistakes first" not in title
     pred.loc[0, "prob"] = 1.0 - pred.loc[0, "prob"]  # one mistake
-    title = ef.sample_predictions_figure(pred, demo_cache, thr, n=4)._suptitle.get_text()
+    title = ef.sample_predictions_figure(pred, demo_cache, metrics=thr, n=4)._suptitle.get_text()
     assert "1 mistake, most confident first" in title

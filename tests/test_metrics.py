@@ -97,9 +97,9 @@ def test_quantile_reliability_bins_hold_equal_counts_like_sklearn():
 # --------------------------------------------------------------------------- bootstrap
 def test_bootstrap_is_seeded():
     y, p = _scores(400, 4)
-    a = ev.bootstrap_ci(y, p, 0.5, n_boot=200, seed=7)
-    b = ev.bootstrap_ci(y, p, 0.5, n_boot=200, seed=7)
-    c = ev.bootstrap_ci(y, p, 0.5, n_boot=200, seed=8)
+    a = ev.bootstrap_ci(y, p, threshold=0.5, n_boot=200, seed=7)
+    b = ev.bootstrap_ci(y, p, threshold=0.5, n_boot=200, seed=7)
+    c = ev.bootstrap_ci(y, p, threshold=0.5, n_boot=200, seed=8)
     assert a == b
     assert a["roc_auc"] != c["roc_auc"]
     assert set(a) == set(ev.CI_METRICS)
@@ -111,7 +111,9 @@ def test_vectorised_resamples_equal_sklearn_on_each_resample():
     y, p = _scores(200, 5, decimals=2)  # ties exercise the per-level counting
     thresholds = [0.25, 0.5]
     n_boot = 15
-    dist = ev.bootstrap_distribution(y, p, thresholds, n_boot=n_boot, seed=11, chunk=1000)
+    dist = ev.bootstrap_distribution(
+        y, p, thresholds=thresholds, n_boot=n_boot, seed=11, chunk=1000
+    )
     idx = ev.bootstrap_indices(len(y), n_boot, seed=11)  # the same rows the bootstrap used
     assert dist["roc_auc"].shape == (n_boot,) and dist["f1"].shape == (n_boot, 2)
     for r in range(n_boot):
@@ -185,7 +187,7 @@ def test_age_band(age, band):
 def test_subgroup_counts_add_up_to_the_whole():
     df = _table(500, seed=12)
     thr = {"0.5": 0.5, "low": 0.3}
-    sub = ev.subgroup_metrics(df, thr, n_boot=30)
+    sub = ev.subgroup_metrics(df, threshold=thr, n_boot=30)
     assert set(sub["variable"]) == {"view", "sex", "age_band"}
     assert "unknown" in set(sub.loc[sub["variable"] == "sex", "group"])
     assert "unknown" in set(sub.loc[sub["variable"] == "age_band", "group"])
@@ -202,7 +204,7 @@ def test_subgroup_counts_add_up_to_the_whole():
 
 def test_compare_with_reference():
     val = _table(400, seed=16)
-    m = ev.summarize(val, ev.choose_thresholds(val["target"], val["prob"]), n_boot=50)
+    m = ev.summarize(val, thresholds=ev.choose_thresholds(val["target"], val["prob"]), n_boot=50)
     m["split"] = "val"
     df = ev.compare_with_reference(m)
     assert df.loc["course checkpoint", "accuracy"] == 0.8458
@@ -220,8 +222,8 @@ def test_compare_with_reference():
 def test_bad_tables_fail_with_a_named_reason():
     df = _table(50, seed=17)
     with pytest.raises(ValueError, match="missing column.*prob"):
-        ev.summarize(df.drop(columns="prob"), 0.5, n_boot=10)
+        ev.summarize(df.drop(columns="prob"), thresholds=0.5, n_boot=10)
     with pytest.raises(ValueError, match=r"prob must hold finite probabilities"):
-        ev.summarize(df.assign(prob=df["prob"] * 3), 0.5, n_boot=10)
+        ev.summarize(df.assign(prob=df["prob"] * 3), thresholds=0.5, n_boot=10)
     with pytest.raises(ValueError, match="one class"):
         ev.choose_thresholds(np.zeros(5), np.linspace(0, 1, 5))
