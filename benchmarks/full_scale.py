@@ -113,12 +113,12 @@ def _make_phantom(job: tuple) -> list[list[float]]:
     path, seed, j, size, view, cls, pid = job
     rng = np.random.default_rng([seed, j])
     while True:
-        img, boxes = phantom(rng, size, view, cls == LO, cls != NORMAL)
+        img, boxes = phantom(rng, size, view=view, positive=cls == LO, not_normal=cls != NORMAL)
         if cls != LO or boxes:
             break
     sex = "M" if rng.random() < 0.57 else "F"
     age = int(np.clip(rng.normal(47, 16), 1, 92))
-    write_dicom(path, img, pid, sex=sex, age=age, view=view)
+    write_dicom(path, img, patient_id=pid, sex=sex, age=age, view=view)
     return boxes
 
 

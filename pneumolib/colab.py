@@ -467,8 +467,8 @@ def fetch_data(
     rsna: make the persistent cache/ and runs/ folders, install kaggle.json from
     paths.kaggle_json, then `download_rsna` into paths.raw (skipped, credentials included,
     when the data is already there).
-    demo: `pneumolib.synth.make_demo_data(paths.raw_demo, demo_n, demo_size, seed)`; it writes
-    nothing outside paths.demo_root.
+    demo: `pneumolib.synth.make_demo_data(paths.raw_demo, n=demo_n, size=demo_size,
+    seed=seed)`; it writes nothing outside paths.demo_root.
     """
     if profile == "rsna":
         for folder in (paths.cache, paths.runs):  # on Drive in Colab: outlive the session

@@ -131,6 +131,7 @@ def _load_classes(path: Path, labels: pd.DataFrame) -> list[str]:
 
 def make_splits(
     labels: pd.DataFrame,
+    *,
     rule: str = "stratified",
     val_frac: float = 0.15,
     test_frac: float = 0.15,
@@ -165,6 +166,7 @@ def make_splits(
 
 def check_splittable(
     labels: pd.DataFrame,
+    *,
     rule: str = "stratified",
     val_frac: float = 0.15,
     test_frac: float = 0.15,
@@ -176,7 +178,7 @@ def check_splittable(
     and one negative: without both, AUC is undefined, no epoch can be judged better than
     another and the test figures do not exist. Returns the split array (N,) otherwise.
     """
-    split = make_splits(labels, rule, val_frac, test_frac, seed)
+    split = make_splits(labels, rule=rule, val_frac=val_frac, test_frac=test_frac, seed=seed)
     wanted = ["train", "val"] + (["test"] if rule == "stratified" and test_frac > 0 else [])
     if rule == "stratified" and val_frac <= 0:
         wanted.remove("val")

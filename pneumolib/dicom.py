@@ -423,6 +423,7 @@ def _one_line(e: Exception) -> str:
 def write_dicom(
     path: str | Path,
     pixels: np.ndarray,
+    *,
     patient_id: str,
     sex: str = "M",
     age: int = 50,

@@ -356,6 +356,7 @@ def _groups(
 def mean_images(
     images: np.ndarray,
     index: pd.DataFrame,
+    *,
     by: str = "class",
     max_per_group: int | None = None,
     chunk: int = 256,
@@ -368,6 +369,7 @@ def mean_images(
 def intensity_histograms_figure(
     images: np.ndarray,
     index: pd.DataFrame,
+    *,
     by: str = "class",
     max_per_group: int | None = 500,
     seed: int = 0,

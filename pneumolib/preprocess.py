@@ -330,7 +330,7 @@ def _check_splittable(
 ) -> None:
     """Refuse, before any image is read, labels whose val or test split would lack a class."""
     try:
-        check_splittable(labels, split, val_frac, test_frac, seed)
+        check_splittable(labels, rule=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
     except SplitError as e:
         raise CacheError(f"{raw}: {e}") from None
 
@@ -377,7 +377,9 @@ def _finish(
         json.dumps([to_cache(b, done[r]) for b in bs]) for bs, r in zip(idx.boxes, ok, strict=True)
     ]
     idx = idx.reset_index(drop=True)
-    idx["split"] = make_splits(idx, split, params["val_frac"], params["test_frac"], seed)
+    idx["split"] = make_splits(
+        idx, rule=split, val_frac=params["val_frac"], test_frac=params["test_frac"], seed=seed
+    )
     cols = ["patientId", "row", "target", "class", "split", "sex", "age", "view", "boxes"]
     idx[cols].to_csv(part / "index.csv", index=False)
     pd.DataFrame(errors, columns=["patientId", "path", "error"]).to_csv(

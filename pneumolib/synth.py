@@ -150,10 +150,10 @@ def _mimic(rng, yy, xx, lung, kind: str) -> np.ndarray:
 def phantom(
     rng: np.random.Generator,
     size: int,
+    *,
     view: str,
     positive: bool,
     not_normal: bool = False,
-    *,
     faint: bool = False,
     small: bool = False,
     mimic: str | None = None,
@@ -303,10 +303,10 @@ def _findings(aux: np.random.Generator, p: dict, r: Realism) -> dict:
 
 def make_demo_data(
     out: str | Path,
+    *,
     n: int = 300,
     size: int = 1024,
     seed: int = 0,
-    *,
     realism: str | Realism = "rsna",
     shortcut: bool | None = None,
 ) -> Path:
@@ -341,10 +341,18 @@ def make_demo_data(
         p = _patient(rng)
         f = _findings(aux, p, r)
         img, boxes = phantom(
-            rng, size, p["view"], p["positive"], f["line"],
-            faint=f["faint"], small=f["small"], mimic=f["mimic"], realism=r,
-            reader_box=f["noise"] == "overcalled", marker=f["marker"],
-        )  # fmt: skip
+            rng,
+            size,
+            view=p["view"],
+            positive=p["positive"],
+            not_normal=f["line"],
+            faint=f["faint"],
+            small=f["small"],
+            mimic=f["mimic"],
+            realism=r,
+            reader_box=f["noise"] == "overcalled",
+            marker=f["marker"],
+        )
         drawn = p["positive"] and bool(boxes)
         label = f["noise"] != "missed" if drawn else f["noise"] == "overcalled" and bool(boxes)
         boxes = boxes if label else []
@@ -357,7 +365,7 @@ def make_demo_data(
         write_dicom(
             tmp / "stage_2_train_images" / f"{p['patientId']}.dcm",
             img,
-            p["patientId"],
+            patient_id=p["patientId"],
             sex=p["sex"],
             age=p["age"],
             view=p["view"],

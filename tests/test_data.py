@@ -139,7 +139,7 @@ def synthetic_labels(n: int = 2000, seed: int = 0) -> pd.DataFrame:
 
 def test_stratified_keeps_class_and_view_proportions() -> None:
     df = synthetic_labels()
-    split = make_splits(df, "stratified", val_frac=0.15, test_frac=0.15, seed=0)
+    split = make_splits(df, rule="stratified", val_frac=0.15, test_frac=0.15, seed=0)
     assert set(split) == {"train", "val", "test"}
     share = pd.Series(split).value_counts(normalize=True)
     assert share["train"] == pytest.approx(0.70, abs=0.01)
@@ -191,7 +191,7 @@ def test_splits_never_share_a_patient(tmp_path: Path) -> None:
 
 def test_course_split_full_size() -> None:
     df = pd.DataFrame({"patientId": np.arange(RSNA_N).astype(str), "target": 0})
-    split = make_splits(df, "course")
+    split = make_splits(df, rule="course")
     assert (split[:COURSE_TRAIN_N] == "train").all()
     assert (split[COURSE_TRAIN_N:] == "val").all()
     assert (split == "val").sum() == RSNA_N - COURSE_TRAIN_N == 2684
@@ -200,14 +200,14 @@ def test_course_split_full_size() -> None:
 @pytest.mark.parametrize("n, n_train", [(100, 90), (60, 54), (1000, 899)])
 def test_course_split_scales_for_small_folders(n: int, n_train: int) -> None:
     df = pd.DataFrame({"patientId": np.arange(n).astype(str), "target": 0})
-    split = make_splits(df, "course", seed=5)
+    split = make_splits(df, rule="course", seed=5)
     assert n_train == round(n * COURSE_TRAIN_N / RSNA_N)
     assert split.tolist() == ["train"] * n_train + ["val"] * (n - n_train)
 
 
 def test_unknown_split_rule() -> None:
     with pytest.raises(ValueError, match="random"):
-        make_splits(synthetic_labels(20), "random")
+        make_splits(synthetic_labels(20), rule="random")
 
 
 # --- batches from the cache -------------------------------------------------------------------
@@ -374,10 +374,12 @@ def test_a_split_without_positives_in_val_is_refused_with_what_it_needs():
     from pneumolib.data import SplitError, check_splittable
 
     with pytest.raises(SplitError) as e:
-        check_splittable(_labels(3, 60), "stratified", val_frac=0.15, test_frac=0.15, seed=0)
+        check_splittable(_labels(3, 60), rule="stratified", val_frac=0.15, test_frac=0.15, seed=0)
     msg = str(e.value)
     assert "\n" not in msg and "0 positives" in msg and "at least 4 positives" in msg
-    split = check_splittable(_labels(4, 60), "stratified", val_frac=0.15, test_frac=0.15, seed=0)
+    split = check_splittable(
+        _labels(4, 60), rule="stratified", val_frac=0.15, test_frac=0.15, seed=0
+    )
     y = _labels(4, 60).target.to_numpy()
     for name in ("train", "val", "test"):
         assert 0 < y[split == name].sum() < (split == name).sum(), name
@@ -386,7 +388,9 @@ def test_a_split_without_positives_in_val_is_refused_with_what_it_needs():
 def test_no_test_split_asked_for_needs_none():
     from pneumolib.data import SplitError, check_splittable
 
-    split = check_splittable(_labels(4, 60), "stratified", val_frac=0.15, test_frac=0.0, seed=0)
+    split = check_splittable(
+        _labels(4, 60), rule="stratified", val_frac=0.15, test_frac=0.0, seed=0
+    )
     assert "test" not in set(split)
     with pytest.raises(SplitError, match="course"):  # course: val is the end of the CSV
-        check_splittable(_labels(20, 40), "course")
+        check_splittable(_labels(20, 40), rule="course")

@@ -33,7 +33,9 @@ def image(h: int = 64, w: int = 64, seed: int = 0) -> np.ndarray:
 
 def raw_dataset(tmp_path: Path, pixels: np.ndarray) -> pydicom.Dataset:
     """An uncompressed RSNA-style dataset to hand-edit into other variants."""
-    write_dicom(tmp_path / "base.dcm", pixels, "base", sex="F", age=30, view="AP", jpeg=False)
+    write_dicom(
+        tmp_path / "base.dcm", pixels, patient_id="base", sex="F", age=30, view="AP", jpeg=False
+    )
     return pydicom.dcmread(tmp_path / "base.dcm")
 
 
@@ -113,9 +115,9 @@ def test_real_reduced_decode_matches_full_decode_and_area_resize(
 
 @pytest.mark.parametrize("jpeg", [True, False])
 def test_write_read_round_trip(tmp_path: Path, jpeg: bool) -> None:
-    img, _ = phantom(np.random.default_rng(3), 96, "AP", positive=True)
+    img, _ = phantom(np.random.default_rng(3), 96, view="AP", positive=True)
     path = tmp_path / "x.dcm"
-    write_dicom(path, img, "pid-1", sex="F", age=71, view="AP", jpeg=jpeg)
+    write_dicom(path, img, patient_id="pid-1", sex="F", age=71, view="AP", jpeg=jpeg)
     ds = pydicom.dcmread(path)
     syntax = JPEG_BASELINE if jpeg else pydicom.uid.ExplicitVRLittleEndian
     assert ds.file_meta.TransferSyntaxUID == syntax
@@ -205,7 +207,7 @@ def test_non_square_is_letterboxed_and_mapping_holds(
     img = np.full((h, w), 100, np.uint8)
     x0, y0, side = 16, 24, 8  # a bright block [16, 24) x [24, 32) in original pixels
     img[y0 : y0 + side, x0 : x0 + side] = 250
-    write_dicom(tmp_path / "r.dcm", img, "r", jpeg=False)
+    write_dicom(tmp_path / "r.dcm", img, patient_id="r", jpeg=False)
     d = read_dicom(tmp_path / "r.dcm", size=size)
     assert d.pixels.shape == (size, size) and (d.rows, d.columns) == (h, w)
     s, (ox, oy) = d.scale, d.offset
@@ -255,8 +257,8 @@ def test_parse_age(value: object, years: int | None) -> None:
 
 
 def test_reduced_decode_on_generated_phantom(tmp_path: Path) -> None:
-    img, _ = phantom(np.random.default_rng(0), 512, "AP", positive=True)
-    write_dicom(tmp_path / "p.dcm", img, "p")
+    img, _ = phantom(np.random.default_rng(0), 512, view="AP", positive=True)
+    write_dicom(tmp_path / "p.dcm", img, patient_id="p")
     full = read_dicom(tmp_path / "p.dcm").pixels
     expected = cv2.resize(full, (128, 128), interpolation=cv2.INTER_AREA)
     within_tolerance(read_dicom(tmp_path / "p.dcm", size=128).pixels, expected)
@@ -278,7 +280,7 @@ def assert_one_line_naming(err: pytest.ExceptionInfo, path: Path, *words: str) -
 @pytest.mark.parametrize("jpeg", [True, False])
 @pytest.mark.parametrize("keep", [0.5, 0.95])
 def test_truncated_file(tmp_path: Path, jpeg: bool, keep: float) -> None:
-    write_dicom(tmp_path / "whole.dcm", image(), "t", jpeg=jpeg)
+    write_dicom(tmp_path / "whole.dcm", image(), patient_id="t", jpeg=jpeg)
     data = (tmp_path / "whole.dcm").read_bytes()
     bad = tmp_path / "cut.dcm"
     bad.write_bytes(data[: int(len(data) * keep)])

@@ -33,7 +33,7 @@ LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as cv2's RGB2GRAY
 def base(tmp_path: Path, shape: tuple[int, int] = (64, 64)) -> pydicom.Dataset:
     """An uncompressed 8-bit MONOCHROME2 dataset (ramp pixels) to hand-edit into variants."""
     ramp = np.tile(np.linspace(0, 255, shape[1]).astype(np.uint8), (shape[0], 1))
-    write_dicom(tmp_path / "base.dcm", ramp, "base", jpeg=False)
+    write_dicom(tmp_path / "base.dcm", ramp, patient_id="base", jpeg=False)
     return pydicom.dcmread(tmp_path / "base.dcm")
 
 
@@ -246,12 +246,14 @@ def test_gradient_and_phantoms_pass() -> None:
     rng = np.random.default_rng(0)
     for k, realism in enumerate(REALISM.values()):
         for view, positive in (("AP", True), ("PA", False)):
-            img, _ = phantom(rng, 128, view, positive, marker=bool(k), realism=realism)
+            img, _ = phantom(
+                rng, 128, view=view, positive=positive, marker=bool(k), realism=realism
+            )
             check_informative(img, "phantom.dcm")
 
 
 def test_uniform_file_is_refused_by_read_dicom(tmp_path: Path) -> None:
-    write_dicom(tmp_path / "blank.dcm", np.full((64, 64), 128, np.uint8), "blank")
+    write_dicom(tmp_path / "blank.dcm", np.full((64, 64), 128, np.uint8), patient_id="blank")
     with pytest.raises(DicomError) as err:
         read_dicom(tmp_path / "blank.dcm", size=32)
     assert_one_line(err, tmp_path / "blank.dcm", "single grey level", "window/LUT")
@@ -320,7 +322,7 @@ def test_header_with_wrong_vr_text(tmp_path: Path, keyword: str) -> None:
 @pytest.mark.parametrize("jpeg", [False, True])
 def test_window_applies_to_8bit_jpeg_and_raw_alike(tmp_path: Path, jpeg: bool) -> None:
     ramp = np.tile(np.arange(128, dtype=np.uint8), (64, 1))  # 0..127, 8 bits stored
-    write_dicom(tmp_path / "w8.dcm", ramp, "w8", jpeg=jpeg, quality=100)
+    write_dicom(tmp_path / "w8.dcm", ramp, patient_id="w8", jpeg=jpeg, quality=100)
     ds = pydicom.dcmread(tmp_path / "w8.dcm")
     ds.WindowCenter, ds.WindowWidth = 64, 128
     got = save_read(ds, tmp_path / "w8w.dcm").astype(int)

@@ -118,7 +118,7 @@ def test_unreadable_file_is_reported_and_the_rest_scored(run, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     flat = np.full((96, 96), 200, np.uint8)  # what a wrong window or LUT decodes to
-    write_dicom(tmp_path / "flat.dcm", flat, "flat", jpeg=False)
+    write_dicom(tmp_path / "flat.dcm", flat, patient_id="flat", jpeg=False)
     cv2.imwrite(str(tmp_path / "flat.png"), flat)
     files = [good[0], bad, broken, tmp_path / "flat.dcm", tmp_path / "flat.png", good[1]]
     out = tmp_path / "out" / "p.csv"

@@ -118,7 +118,7 @@ def broken_raw(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     (raw / IMAGES / f"{truncated}.dcm").write_bytes(data[: len(data) // 2])
     (raw / IMAGES / f"{lost}.dcm").unlink()
     orphan = "00000000-orphan"
-    write_dicom(raw / IMAGES / f"{orphan}.dcm", np.zeros((128, 128), np.uint8), orphan)
+    write_dicom(raw / IMAGES / f"{orphan}.dcm", np.zeros((128, 128), np.uint8), patient_id=orphan)
     return {
         "raw": raw,
         "ids": ids,
@@ -265,7 +265,7 @@ def test_torchvision_decoder_refuses_a_flat_image(demo_raw: Path, tmp_path: Path
     raw = tmp_path / "raw"
     shutil.copytree(demo_raw, raw)
     pid = load_labels(raw / LABELS).patientId[7]
-    write_dicom(raw / IMAGES / f"{pid}.dcm", np.full((128, 128), 90, np.uint8), pid)
+    write_dicom(raw / IMAGES / f"{pid}.dcm", np.full((128, 128), 90, np.uint8), patient_id=pid)
     out = build_cache(raw, tmp_path / "tv", size=32, workers=1, decoder="cpu", progress=False)
     errors = pd.read_csv(out / "errors.csv").set_index("patientId")
     assert list(errors.index) == [pid]

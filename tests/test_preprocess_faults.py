@@ -246,7 +246,7 @@ def test_changed_inputs_are_refused_until_rebuild(
     stats = (out / "stats.json").read_text()
 
     extra = raw / IMAGES / "00000000-new.dcm"  # an image added
-    write_dicom(extra, np.zeros((128, 128), np.uint8), "00000000-new")
+    write_dicom(extra, np.zeros((128, 128), np.uint8), patient_id="00000000-new")
     with pytest.raises(CacheError) as err:
         build_cache(raw, out, workers=1, **BUILD)
     assert str(err.value).startswith(f"{out}: the inputs in {raw} changed since this cache")

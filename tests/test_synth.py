@@ -95,8 +95,8 @@ def test_opacity_brightens_the_box() -> None:
     """Same anatomy drawn with and without the opacity: the box region gets brighter."""
     gains = []
     for seed in range(6):
-        neg, _ = phantom(np.random.default_rng(seed), 128, "AP", positive=False)
-        pos, boxes = phantom(np.random.default_rng(seed), 128, "AP", positive=True)
+        neg, _ = phantom(np.random.default_rng(seed), 128, view="AP", positive=False)
+        pos, boxes = phantom(np.random.default_rng(seed), 128, view="AP", positive=True)
         assert pos.shape == neg.shape == (128, 128) and pos.dtype == np.uint8
         for x, y, w, h in boxes:
             sl = np.s_[int(y) : int(y + h), int(x) : int(x + w)]
@@ -158,8 +158,8 @@ def test_refuses_a_foreign_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", [64, 200])
 def test_phantom_boxes_scale_with_size(size: int) -> None:
-    img, boxes = phantom(np.random.default_rng(11), size, "PA", positive=True)
-    ref, ref_boxes = phantom(np.random.default_rng(11), 256, "PA", positive=True)
+    img, boxes = phantom(np.random.default_rng(11), size, view="PA", positive=True)
+    ref, ref_boxes = phantom(np.random.default_rng(11), 256, view="PA", positive=True)
     assert img.shape == (size, size) and img.dtype == np.uint8
     assert len(boxes) == len(ref_boxes) > 0
     k = size / 256
@@ -215,14 +215,23 @@ def test_easy_preset_has_no_ambiguity(tmp_path: Path) -> None:
 
 
 def test_easy_phantom_is_the_default_phantom() -> None:
-    a, boxes_a = phantom(np.random.default_rng(4), 96, "AP", True, True)
-    b, boxes_b = phantom(np.random.default_rng(4), 96, "AP", True, True, realism=REALISM["easy"])
+    a, boxes_a = phantom(np.random.default_rng(4), 96, view="AP", positive=True, not_normal=True)
+    b, boxes_b = phantom(
+        np.random.default_rng(4),
+        96,
+        view="AP",
+        positive=True,
+        not_normal=True,
+        realism=REALISM["easy"],
+    )
     np.testing.assert_array_equal(a, b)
     assert boxes_a == boxes_b
 
 
 def _film(view: str, seed: int, **kw) -> np.ndarray:
-    img, _ = phantom(np.random.default_rng(seed), 256, view, False, realism=REALISM["rsna"], **kw)
+    img, _ = phantom(
+        np.random.default_rng(seed), 256, view=view, positive=False, realism=REALISM["rsna"], **kw
+    )
     return img.astype(np.float32)
 
 
@@ -239,8 +248,12 @@ def test_portable_ap_films_are_flatter_and_noisier() -> None:
 
 def test_mimic_draws_an_opacity_like_finding_with_a_box() -> None:
     for kind in ("band", "overlap"):
-        base, no_box = phantom(np.random.default_rng(2), 128, "PA", False, True)
-        img, boxes = phantom(np.random.default_rng(2), 128, "PA", False, True, mimic=kind)
+        base, no_box = phantom(
+            np.random.default_rng(2), 128, view="PA", positive=False, not_normal=True
+        )
+        img, boxes = phantom(
+            np.random.default_rng(2), 128, view="PA", positive=False, not_normal=True, mimic=kind
+        )
         assert no_box == [] and len(boxes) == 1
         x, y, w, h = boxes[0]
         sl = np.s_[int(y) : int(y + h), int(x) : int(x + w)]
@@ -276,8 +289,10 @@ def test_realism_names_are_checked(tmp_path: Path) -> None:
 def test_marker_box_holds_the_burned_in_text() -> None:
     r = REALISM["rsna"]
     for size in (128, 256):
-        with_text, _ = phantom(np.random.default_rng(1), size, "AP", False, realism=r, marker=True)
-        plain, _ = phantom(np.random.default_rng(1), size, "AP", False, realism=r)
+        with_text, _ = phantom(
+            np.random.default_rng(1), size, view="AP", positive=False, realism=r, marker=True
+        )
+        plain, _ = phantom(np.random.default_rng(1), size, view="AP", positive=False, realism=r)
         changed = np.abs(with_text.astype(int) - plain.astype(int)) > 60
         x, y, w, h = marker_box(size)
         inside = changed[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))].sum()
