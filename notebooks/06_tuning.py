@@ -142,7 +142,7 @@ tune.plot_lr_range(curve, suggested)
 # result is also logged in `SWEEP/grid/sweep.log`.
 
 # %%
-table = tune.sweep(base, batch_sizes, lrs, storage=STORAGE, study=STUDY)
+table = tune.sweep(base, batch_sizes=batch_sizes, lrs=lrs, storage=STORAGE, study=STUDY)
 
 # %% [markdown]
 # ## Results
@@ -201,7 +201,11 @@ REPEAT_SEEDS = (1, 2) if profile == "demo" else ()
 tables = {base.seed: table}
 for seed in REPEAT_SEEDS:
     tables[seed] = tune.sweep(
-        base.replace(seed=seed), batch_sizes, lrs, storage=STORAGE, study=f"{STUDY}_seed{seed}"
+        base.replace(seed=seed),
+        batch_sizes=batch_sizes,
+        lrs=lrs,
+        storage=STORAGE,
+        study=f"{STUDY}_seed{seed}",
     )
 if len(tables) > 1:
     agree = tune.seed_agreement(tables, "val_auc")
@@ -218,7 +222,7 @@ if len(tables) > 1:
 
 # %%
 best_path = SWEEP / STUDY / "best_config.json"
-best = tune.write_best(table, best_path, base, metric="val_auc")
+best = tune.write_best(table, best_path, base=base, metric="val_auc")
 print(f"{best_path}: batch size {best.batch_size}, lr {best.lr:g}, run {best.out}")
 assert Config.load(best_path) == best
 
@@ -235,7 +239,12 @@ assert Config.load(best_path) == best
 RUN_SCALED = profile == "demo"
 if RUN_SCALED:
     scaled = tune.sweep(
-        base, batch_sizes, lrs[:1], storage=STORAGE, study="grid_sqrt", lr_scaling="sqrt"
+        base,
+        batch_sizes=batch_sizes,
+        lrs=lrs[:1],
+        storage=STORAGE,
+        study="grid_sqrt",
+        lr_scaling="sqrt",
     )
     print(scaled[["batch_size", "base_lr", "lr", "val_auc", "val_accuracy"]].round(4))
 

@@ -215,9 +215,9 @@ def _differs(old: dict, params: dict) -> str:
 def fill(
     part: Path,
     fn: Callable[[Any], list[dict]],
+    *,
     jobs: list,
     done: dict[int, dict],
-    *,
     workers: int,
     progress: bool,
     n: int,

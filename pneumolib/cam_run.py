@@ -79,8 +79,8 @@ def load_run(
 def iter_cam_batches(
     model: nn.Module,
     cache: str | Path,
-    index: pd.DataFrame,
     *,
+    index: pd.DataFrame,
     image_size: int,
     stats: dict,
     gpu_augment: bool = True,
@@ -168,7 +168,7 @@ def cam_examples(
         iter_cam_batches(
             model,
             cfg.cache,
-            rows,
+            index=rows,
             image_size=cfg.image_size,
             stats=stats,
             gpu_augment=cfg.gpu_augment,
@@ -235,7 +235,7 @@ def cam_run(
     batches = iter_cam_batches(
         model,
         cfg.cache,
-        index,
+        index=index,
         image_size=cfg.image_size,
         stats=stats,
         gpu_augment=cfg.gpu_augment,

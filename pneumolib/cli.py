@@ -187,8 +187,8 @@ def tune_cli(args: argparse.Namespace, cfg: Config) -> None:
 
     table = tune.sweep(
         cfg,
-        _parse_list(args.batch_sizes, int, "--batch-sizes"),
-        _parse_list(args.lrs, float, "--lrs"),
+        batch_sizes=_parse_list(args.batch_sizes, int, "--batch-sizes"),
+        lrs=_parse_list(args.lrs, float, "--lrs"),
         storage=args.storage,
         study=args.study,
         sampler=args.sampler,
@@ -273,7 +273,9 @@ def run(argv: list[str] | None = None) -> int:
     elif cmd == "predict":
         from pneumolib.predict import predict_cli
 
-        return predict_cli(args.checkpoint, args.inputs, args.out, args.cam, args.device)
+        return predict_cli(
+            args.checkpoint, args.inputs, out_csv=args.out, cam_dir=args.cam, device=args.device
+        )
     elif cmd == "tune":
         tune_cli(args, config_from_args(args))
     return 0

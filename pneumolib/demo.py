@@ -107,7 +107,10 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
     times["sweep"] = time.perf_counter() - t
 
     report = out / "report.md"
-    report.write_text(write_report(cfg, summary, metrics, loc, tables, times, out))
+    text = write_report(
+        cfg, summary=summary, metrics=metrics, loc=loc, tables=tables, times=times, out=out
+    )
+    report.write_text(text)
     (out / "report.json").write_text(
         json.dumps({"test_auc": metrics["test"].get("roc_auc"), "times": times})
     )

@@ -215,7 +215,7 @@ def sweep_section(tables: Mapping[int, pd.DataFrame]) -> list[str]:
     ]
 
 
-def write_report(cfg, summary, metrics, loc, tables, times, out: Path) -> str:
+def write_report(cfg, *, summary, metrics, loc, tables, times, out: Path) -> str:
     """report.md's text from the demo's results (see `pneumolib.demo.run_demo`)."""
     run = Path(cfg.out)
     lines = [

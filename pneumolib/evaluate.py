@@ -116,7 +116,12 @@ def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_de
             total = torch.zeros(len(images), dtype=torch.float64)
             for m in mats.values():
                 x = model_input(
-                    images, np.repeat(m[None], len(images), 0), size, stats, device, on_device
+                    images,
+                    np.repeat(m[None], len(images), 0),
+                    size=size,
+                    stats=stats,
+                    device=device,
+                    warp_on_device=on_device,
                 )
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     total += torch.sigmoid(model(x).float().squeeze(1)).double().cpu()
@@ -193,7 +198,7 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
         p, y, pos = predict_probs(
             ctx["model"],
             loader,
-            dev,
+            device=dev,
             size=ctx["size"],
             stats=ctx["stats"],
             amp=ctx["amp"],

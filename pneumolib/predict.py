@@ -105,6 +105,7 @@ def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
 def model_input(
     images: np.ndarray,
     mats: np.ndarray,
+    *,
     size: int,
     stats: dict,
     device: torch.device,
@@ -134,6 +135,7 @@ def _overlay_names(files: Sequence[Path]) -> list[str]:
 def predict_files(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
+    *,
     device: str = "auto",
     cam_dir: str | Path | None = None,
     batch_size: int = DEFAULT_BATCH,
@@ -168,7 +170,12 @@ def predict_files(
             continue
         batch = np.stack(images)  # (B, S, S) uint8
         x = model_input(
-            batch, eval_affines(len(batch), size_in, size_out), size_out, stats, dev, on_device
+            batch,
+            eval_affines(len(batch), size_in, size_out),
+            size=size_out,
+            stats=stats,
+            device=dev,
+            warp_on_device=on_device,
         )
         if cam_dir is None:
             with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
@@ -189,6 +196,7 @@ def predict_files(
 def predict_cli(
     checkpoint: str | Path,
     inputs: Sequence[str],
+    *,
     out_csv: str | Path | None = None,
     cam_dir: str | Path | None = None,
     device: str = "auto",

@@ -64,7 +64,7 @@ def _process_chunk(args: tuple) -> list[dict]:
     images = np.load(images_path, mmap_mode="r+")
     out = []
     if decoder == "opencv":
-        results = [_read_one(p, size, reduced) for p in paths]
+        results = [_read_one(p, size, reduced=reduced) for p in paths]
     else:
         results = _read_batch_torchvision(paths, size, decoder)
     for row, path, (pixels, meta) in zip(rows, paths, results, strict=True):
@@ -79,7 +79,7 @@ def _process_chunk(args: tuple) -> list[dict]:
     return out
 
 
-def _read_one(path: str, size: int, reduced: bool) -> tuple[np.ndarray | None, dict]:
+def _read_one(path: str, size: int, *, reduced: bool) -> tuple[np.ndarray | None, dict]:
     try:
         d = read_dicom(path, size=size, reduced=reduced)
     except DicomError as e:
@@ -111,7 +111,8 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
         try:
             ds = pydicom.dcmread(p)
             if not _plain_jpeg(ds, p):
-                results[i] = _read_one(p, size, True)  # not RSNA-style: the general reader
+                # not RSNA-style: the general reader
+                results[i] = _read_one(p, size, reduced=True)
                 continue
             frame = next(generate_frames(ds.PixelData, number_of_frames=1))
             frames.append(torch.frombuffer(bytearray(frame), dtype=torch.uint8))
@@ -126,7 +127,7 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
             decoded = [None] * len(frames)
         for i, img, ds in zip(where, decoded, metas, strict=True):
             if img is None:
-                results[i] = _read_one(paths[i], size, True)
+                results[i] = _read_one(paths[i], size, reduced=True)
                 continue
             try:  # the rule read_dicom applies, on the decoded image
                 check_informative(img[0].cpu().numpy(), paths[i])
@@ -242,8 +243,8 @@ def build_cache(
     fill(
         part,
         _process_chunk,
-        jobs,
-        done,
+        jobs=jobs,
+        done=done,
         workers=1 if in_process else workers or default_workers(),
         progress=progress,
         n=n,

@@ -79,8 +79,8 @@ def to_device_batch(
 def predict_probs(
     model: torch.nn.Module,
     loader,
-    device: torch.device,
     *,
+    device: torch.device,
     size: int,
     stats: dict,
     amp: torch.dtype | None = None,

@@ -169,7 +169,7 @@ def _validate(s: TrainSetup, epoch: int, train_loss: float, t0: float) -> dict:
     p, y, _ = predict_probs(
         s.model,
         s.val_loader,
-        s.device,
+        device=s.device,
         size=s.cfg.image_size,
         stats=s.stats,
         amp=s.dtype,

@@ -51,7 +51,7 @@ def _true_positives(cfg, split: str) -> set[str]:
         workers=0,
     )
     probs, targets, positions = predict_probs(
-        model, loader, torch.device("cpu"), size=cfg.image_size, stats=stats
+        model, loader, device=torch.device("cpu"), size=cfg.image_size, stats=stats
     )
     ids = index.patientId.to_numpy()[positions]
     return set(ids[(targets == 1) & (probs >= 0.5)])

@@ -228,7 +228,7 @@ def test_interrupted_sweep_keeps_finished_trials(cache: Path, tmp_path: Path) ->
 
     kw = dict(max_micro_batch=8, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        tune.sweep(cfg, [4, 8], [1e-3], callback=interrupt_second, **kw)
+        tune.sweep(cfg, batch_sizes=[4, 8], lrs=[1e-3], callback=interrupt_second, **kw)
     study_dir = tmp_path / "sweep" / "grid"
     log = tune.sweep_log(study_dir)
     done, killed = seen
@@ -239,7 +239,7 @@ def test_interrupted_sweep_keeps_finished_trials(cache: Path, tmp_path: Path) ->
     assert states == {done: TrialState.COMPLETE, killed: TrialState.FAIL}  # no wait for grace
     mtime = (study_dir / done / "metrics.csv").stat().st_mtime_ns
 
-    table = tune.sweep(cfg, [4, 8], [1e-3], **kw)  # the same call again
+    table = tune.sweep(cfg, batch_sizes=[4, 8], lrs=[1e-3], **kw)  # the same call again
     assert sorted(table.run) == sorted(seen) and set(table.state) == {"complete"}
     new = tune.sweep_log(study_dir).iloc[len(log) :]
     assert done not in set(new.run)  # finished: neither redone nor touched

@@ -122,7 +122,9 @@ def test_unreadable_file_is_reported_and_the_rest_scored(run, tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "flat.png"), flat)
     files = [good[0], bad, broken, tmp_path / "flat.dcm", tmp_path / "flat.png", good[1]]
     out = tmp_path / "out" / "p.csv"
-    code = predict_cli(run["ckpt"], [str(f) for f in files], out, None, "cpu")
+    code = predict_cli(
+        run["ckpt"], [str(f) for f in files], out_csv=out, cam_dir=None, device="cpu"
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "garbage.dcm" in err and "broken.png" in err
@@ -133,7 +135,7 @@ def test_unreadable_file_is_reported_and_the_rest_scored(run, tmp_path, capsys):
     assert list(df.columns) == ["file", "probability"]
     assert df["file"].tolist() == [str(good[0]), str(good[1])]
     assert not list(out.parent.glob("*.tmp"))
-    assert predict_cli(run["ckpt"], [str(good[0])], out, None, "cpu") == 0
+    assert predict_cli(run["ckpt"], [str(good[0])], out_csv=out, cam_dir=None, device="cpu") == 0
 
 
 def test_cli_subprocess_boundary(run, tmp_path):
@@ -188,8 +190,8 @@ def test_cam_overlays_per_file(run, tmp_path):
         shutil.copy(src[0], tmp_path / sub / "same.dcm")
     inputs = [str(tmp_path / "*" / "same.dcm"), src[1]]
     cam_dir = tmp_path / "cams"
-    with_cam, errors = predict_files(run["ckpt"], inputs, "cpu", cam_dir=cam_dir)
-    plain, _ = predict_files(run["ckpt"], inputs, "cpu")
+    with_cam, errors = predict_files(run["ckpt"], inputs, device="cpu", cam_dir=cam_dir)
+    plain, _ = predict_files(run["ckpt"], inputs, device="cpu")
     assert errors == []
     pngs = sorted(p.name for p in cam_dir.glob("*.png"))
     assert pngs == sorted(["same.png", "same_2.png", f"{src[1].stem}.png"])
@@ -210,8 +212,12 @@ def test_model_input_cpu_and_device_warps_agree():
     images = cv2.GaussianBlur(images.transpose(1, 2, 0), (5, 5), 2).transpose(2, 0, 1).copy()
     stats = {"mean": 0.5, "std": 0.25}
     mats = eval_affines(3, 64, 48)
-    cpu = model_input(images, mats, 48, stats, torch.device("cpu"), warp_on_device=False)
-    dev = model_input(images, mats, 48, stats, torch.device("cpu"), warp_on_device=True)
+    cpu = model_input(
+        images, mats, size=48, stats=stats, device=torch.device("cpu"), warp_on_device=False
+    )
+    dev = model_input(
+        images, mats, size=48, stats=stats, device=torch.device("cpu"), warp_on_device=True
+    )
     assert cpu.shape == dev.shape == (3, 1, 48, 48) and cpu.dtype == torch.float32
     assert (cpu - dev).abs().max() <= 1.0 / 255 / 0.25 + 1e-5
     assert abs(float(cpu.mean()) - (images.mean() / 255 - 0.5) / 0.25) < 0.05

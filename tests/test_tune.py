@@ -290,7 +290,7 @@ def test_effective_batch_1024_accumulates_micro_batches_on_cpu(big_cache, tmp_pa
 
     monkeypatch.setattr(train_setup, "accumulate_gradients", counting)
     cfg = tiny_config(big_cache, tmp_path / "sweep", max_steps_per_epoch=1)
-    table = tune.sweep(cfg, [1024], [1e-3], max_micro_batch=64, progress=False)
+    table = tune.sweep(cfg, batch_sizes=[1024], lrs=[1e-3], max_micro_batch=64, progress=False)
     assert steps == [(1024, [64] * 16)]  # one optimiser step over 1,024 images in 16 pieces
     assert table.loc[0, ["batch_size", "micro_batch_size"]].tolist() == [1024, 64]
     saved = Config.load(tmp_path / "sweep" / "grid" / "bs1024_lr0.001" / "config.json")
@@ -304,7 +304,7 @@ def test_effective_batch_1024_accumulates_micro_batches_on_cpu(big_cache, tmp_pa
 def small_sweep(demo_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("small") / "sweep"
     cfg = tiny_config(demo_cache, out)
-    table = tune.sweep(cfg, [4, 8], [1e-3, 3e-3], max_micro_batch=4, progress=False)
+    table = tune.sweep(cfg, batch_sizes=[4, 8], lrs=[1e-3, 3e-3], max_micro_batch=4, progress=False)
     return cfg, table, out
 
 
@@ -370,7 +370,7 @@ def test_batch_size_axis_is_log2_with_the_batch_sizes_as_plain_labels():
 def test_write_best_gives_a_loadable_config_of_the_best_point(small_sweep, tmp_path):
     cfg, table, out = small_sweep
     best = table.loc[table.val_auc.idxmax()]
-    written = tune.write_best(table, tmp_path / "best.json", cfg, "val_auc")
+    written = tune.write_best(table, tmp_path / "best.json", base=cfg, metric="val_auc")
     loaded = Config.load(tmp_path / "best.json")
     assert loaded == written
     assert (loaded.batch_size, loaded.lr, loaded.out) == (best.batch_size, best.lr, best.run_dir)
@@ -385,21 +385,27 @@ def test_rerun_does_not_train_again_and_other_settings_are_refused(small_sweep, 
         raise AssertionError("a finished point was trained again")
 
     monkeypatch.setattr(train, "fit", no_training)
-    again = tune.sweep(cfg, [4, 8], [1e-3, 3e-3], max_micro_batch=4, progress=False)
+    again = tune.sweep(cfg, batch_sizes=[4, 8], lrs=[1e-3, 3e-3], max_micro_batch=4, progress=False)
     pd.testing.assert_frame_equal(again, table)
     with pytest.raises(ValueError, match="other settings.*epochs"):
-        tune.sweep(cfg.replace(epochs=2), [4, 8], [1e-3, 3e-3], progress=False)
+        tune.sweep(cfg.replace(epochs=2), batch_sizes=[4, 8], lrs=[1e-3, 3e-3], progress=False)
     with pytest.raises(ValueError, match="pruning is off for the grid"):
-        tune.sweep(cfg, [4], [1e-3], prune=True, study="other", progress=False)
+        tune.sweep(cfg, batch_sizes=[4], lrs=[1e-3], prune=True, study="other", progress=False)
 
 
 def test_random_search_on_journal_storage(demo_cache, tmp_path):
     cfg = tiny_config(demo_cache, tmp_path / "sweep")
     journal = str(tmp_path / "sweep" / "study.log")
     table = tune.sweep(
-        cfg, [4, 8], [1e-4, 1e-2], storage=journal, study="rnd", sampler="random", n_trials=2,
+        cfg,
+        batch_sizes=[4, 8],
+        lrs=[1e-4, 1e-2],
+        storage=journal,
+        study="rnd",
+        sampler="random",
+        n_trials=2,
         progress=False,
-    )  # fmt: skip
+    )
     assert len(table) == 2 and {"weight_decay", "aug_strength"} <= set(table.columns)
     assert table.lr.between(1e-4, 1e-2).all() and table.aug_strength.between(0, 2).all()
     row = table.iloc[0]
@@ -412,9 +418,15 @@ def test_random_search_on_journal_storage(demo_cache, tmp_path):
 def test_lr_scaling_sweep_is_its_own_study_with_scaled_lrs(demo_cache, tmp_path):
     cfg = tiny_config(demo_cache, tmp_path / "sweep")
     table = tune.sweep(
-        cfg, [4, 16], [1e-3], study="grid_sqrt", lr_scaling="sqrt", ref_batch_size=4,
-        max_micro_batch=8, progress=False,
-    )  # fmt: skip
+        cfg,
+        batch_sizes=[4, 16],
+        lrs=[1e-3],
+        study="grid_sqrt",
+        lr_scaling="sqrt",
+        ref_batch_size=4,
+        max_micro_batch=8,
+        progress=False,
+    )
     assert table.base_lr.tolist() == [1e-3, 1e-3]
     np.testing.assert_allclose(table.lr, [1e-3, 2e-3])  # sqrt(16 / 4) = 2
     assert table.run.tolist() == ["bs4_blr0.001", "bs16_blr0.001"]
@@ -474,7 +486,7 @@ def callback(event, state):  # the second point blocks after its first epoch, to
             time.sleep(600)
 
 cfg = Config(cache=cache, out=str(out), **TINY)
-sweep(cfg, [4, 8, 16], [1e-3], max_micro_batch=8, heartbeat=0.3, grace=1.5,
+sweep(cfg, batch_sizes=[4, 8, 16], lrs=[1e-3], max_micro_batch=8, heartbeat=0.3, grace=1.5,
       callback=callback, progress=False)
 """
 

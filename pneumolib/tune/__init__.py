@@ -1,7 +1,7 @@
 """Batch-size x learning-rate sweeps on Optuna that survive dropped sessions and share workers.
 
 The original study: batch sizes 16 ... 1024 x learning rates 1e-4 and 2e-4 at a fixed number
-of epochs. `sweep(cfg, batch_sizes, lrs)` runs it (or a random/TPE search that also varies
+of epochs. `sweep(cfg, batch_sizes=..., lrs=...)` runs it (or a random/TPE search that also varies
 weight decay and augmentation strength) as one Optuna study kept in a storage given by URL:
 an SQLite file (default: SWEEP/study.db), any SQLAlchemy database (PostgreSQL for many
 machines) or a journal file (`*.log`, where SQLite locking on a network drive is a problem).

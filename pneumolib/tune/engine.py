@@ -279,7 +279,7 @@ def write_report(
     table.to_csv(tmp, index=False)
     os.replace(tmp, study_dir / "results.csv")
     if (table["state"] == "complete").any() and table[metric].notna().any():
-        write_best(table, study_dir / "best_config.json", base, metric)
+        write_best(table, study_dir / "best_config.json", base=base, metric=metric)
     shown = dict.fromkeys([metric, "val_accuracy", "val_precision"])  # the study's headline
     figures = {f"heatmap_{m}.png": plot_heatmap(table, m) for m in shown}
     figures[f"slices_{metric}.png"] = plot_slices(table, metric)
@@ -319,9 +319,9 @@ def _sampler_and_pruner(
 
 def sweep(
     cfg: Config,
+    *,
     batch_sizes: Sequence[int] = ORIGINAL_BATCH_SIZES,
     lrs: Sequence[float] = ORIGINAL_LRS,
-    *,
     storage: str | None = None,
     study: str = "grid",
     sampler: str = "grid",

@@ -108,6 +108,7 @@ def best_config(
 def write_best(
     table: pd.DataFrame,
     path: str | Path,
+    *,
     base: Config,
     metric: str = "val_auc",
     out: str | Path | None = None,
