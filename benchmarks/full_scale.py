@@ -133,7 +133,7 @@ def _split_boxes(boxes: list[list[float]], k: int) -> list[list[float]]:
 
 
 def make_rsna_like(
-    out: Path, n: int, distinct: int, size: int, seed: int = 0, workers: int = 1
+    out: Path, *, n: int, distinct: int, size: int, seed: int = 0, workers: int = 1
 ) -> Path:
     """An RSNA-shaped folder of n DICOMs in `out` (made once: reused when its parameters
     match). `distinct` phantoms, the rest hard links (see the module docstring)."""
@@ -450,7 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.only_data:
         raw = make_rsna_like(
-            work / "raw", args.n, args.distinct, args.dicom_size, args.seed, args.workers
+            work / "raw",
+            n=args.n,
+            distinct=args.distinct,
+            size=args.dicom_size,
+            seed=args.seed,
+            workers=args.workers,
         )
         # notebook 00's layout check; at full scale it also wants RSNA's exact counts
         print("layout:", verify_layout(raw, expect_full=args.n == RSNA_N))

@@ -50,7 +50,7 @@ PEAK_LINE = re.compile(r"peak GPU memory: ([\d.]+) GiB")
 # --- rows and figures ------------------------------------------------------------------------
 
 
-def add_row(report: Path, stage: str, setting: str, figure: str, target: str) -> None:
+def add_row(report: Path, stage: str, *, setting: str, figure: str, target: str) -> None:
     """Append one table row to REPORT/results.tsv."""
     report.mkdir(parents=True, exist_ok=True)
     # one line per row, and no "|" to break the Markdown table
@@ -77,7 +77,7 @@ def figure(report: Path, key: str) -> float | None:
 
 
 def fail(report: Path, stage: str, setting: str, reason: str) -> int:
-    add_row(report, stage, setting, f"FAILED: {reason}", "–")
+    add_row(report, stage, setting=setting, figure=f"FAILED: {reason}", target="–")
     return 1
 
 
@@ -276,7 +276,7 @@ def cmd_decode(a: argparse.Namespace) -> int:
     )
     bad = f", {unreadable} unreadable" if unreadable else ""
     fig = f"{rate:,.0f} img/s ({ok} images{bad}; command {wall:.1f} s)"
-    add_row(report, "decode", setting, fig, target)
+    add_row(report, "decode", setting=setting, figure=fig, target=target)
     status = 0
     if a.decoder == "cuda":
         status = _decode_cuda_warm(report, raw, cache, files, data, a.cache_size, base)
@@ -292,9 +292,9 @@ def cmd_decode(a: argparse.Namespace) -> int:
         add_row(
             report,
             "decode",
-            f"pixels of the {a.decoder} cache against the opencv cache",
-            f"mean abs difference {mean:.2f} grey levels (worst image {worst:.2f})",
-            expect,
+            setting=f"pixels of the {a.decoder} cache against the opencv cache",
+            figure=f"mean abs difference {mean:.2f} grey levels (worst image {worst:.2f})",
+            target=expect,
         )
     return status
 
@@ -334,7 +334,13 @@ def _decode_cuda_warm(
     rate = float(m[4])
     save_figure(report, "decode_cuda_warm", rate)
     target = f"{rate / base:.2f}x opencv" if base else "opencv rate missing"
-    add_row(report, "decode", setting, f"{rate:,.0f} img/s ({wall:.1f} s whole call)", target)
+    add_row(
+        report,
+        "decode",
+        setting=setting,
+        figure=f"{rate:,.0f} img/s ({wall:.1f} s whole call)",
+        target=target,
+    )
     return 0
 
 
@@ -382,9 +388,9 @@ def cmd_probe(a: argparse.Namespace) -> int:
         add_row(
             report,
             "micro-batch probe",
-            setting,
-            f"picks {pick} ({per_image / 2**20:.1f} MiB/image, {free / 2**30:.0f} GiB free)",
-            f"a step at {pick} peaks at {peak / 2**30:.1f} of {total / 2**30:.0f} GiB",
+            setting=setting,
+            figure=f"picks {pick} ({per_image / 2**20:.1f} MiB/image, {free / 2**30:.0f} GiB free)",
+            target=f"a step at {pick} peaks at {peak / 2**30:.1f} of {total / 2**30:.0f} GiB",
         )
     return status
 
@@ -426,10 +432,16 @@ def cmd_train_step(a: argparse.Namespace) -> int:
         else f"efficiency {eff:.2f}; target >= {EFFICIENCY_TARGET}: {verdict(eff >= 0.95)}"
     )
     fig = f"{pipeline:,.0f} img/s end to end, {alone:,.0f} img/s model alone"
-    add_row(report, "train step", setting, fig, target)
+    add_row(report, "train step", setting=setting, figure=fig, target=target)
     peak = PEAK_LINE.search(out)
     if peak:
-        add_row(report, "peak GPU memory", setting, f"{float(peak[1]):.2f} GiB", "–")
+        add_row(
+            report,
+            "peak GPU memory",
+            setting=setting,
+            figure=f"{float(peak[1]):.2f} GiB",
+            target="–",
+        )
     elif not sanity:
         return fail(report, "peak GPU memory", setting, "train_step.py printed no peak")
     return 0
@@ -531,7 +543,7 @@ def cmd_epoch(a: argparse.Namespace) -> int:
     n_train, n_val = stats["n_train"], stats["n"] - stats["n_train"]
     device = resolve_device(a.device)
     cuda = device.type == "cuda"
-    dtype = amp_dtype(device, True)
+    dtype = amp_dtype(device, enabled=True)
     setting = (
         f"train.fit, resnet18 {a.image_size} px, batch {a.batch}, amp {dtype}, "
         f"channels-last {cuda}, warp on {'GPU' if cuda else 'CPU'}, compile off; "
@@ -586,7 +598,7 @@ def cmd_epoch(a: argparse.Namespace) -> int:
             if not cuda
             else f"target < {EPOCH_TARGET_S:.0f} s: {verdict(s < EPOCH_TARGET_S)}"
         )
-        add_row(report, "epoch", f"{setting}; epoch {e + 1}", fig, target)
+        add_row(report, "epoch", setting=f"{setting}; epoch {e + 1}", figure=fig, target=target)
     shutil.rmtree(out, ignore_errors=True)
     return 0
 
@@ -595,7 +607,7 @@ def cmd_epoch(a: argparse.Namespace) -> int:
 
 
 def cmd_row(a: argparse.Namespace) -> int:
-    add_row(Path(a.report), a.stage, a.setting, a.figure, a.target)
+    add_row(Path(a.report), a.stage, setting=a.setting, figure=a.figure, target=a.target)
     return 0
 
 

@@ -118,7 +118,7 @@ def timed(
     return best, best_cpu
 
 
-def package_run(raw: Path, out: Path, size: int, workers: int, reduced: bool, decoder: str):
+def package_run(raw: Path, out: Path, *, size: int, workers: int, reduced: bool, decoder: str):
     def run() -> None:
         with contextlib.redirect_stdout(io.StringIO()):  # build_cache's summary line
             build_cache(
@@ -213,14 +213,23 @@ def main(argv: list[str] | None = None) -> int:
             (f"package: reduced decode, {w} workers", True, w),
         ]
         for name, reduced, workers in variants:
-            run = package_run(raw, scratch, args.cache_size, workers, reduced, "opencv")
+            run = package_run(
+                raw,
+                scratch,
+                size=args.cache_size,
+                workers=workers,
+                reduced=reduced,
+                decoder="opencv",
+            )
             report(name, timed(run, n, args.repeat, clean))
         if args.decoder == "cuda":
             why = cuda_ready(files[0])
             if why:
                 print(f"  package: cuda (nvJPEG) decode: skipped, {why}")
             else:
-                run = package_run(raw, scratch, args.cache_size, 1, True, "cuda")
+                run = package_run(
+                    raw, scratch, size=args.cache_size, workers=1, reduced=True, decoder="cuda"
+                )
                 report("package: cuda (nvJPEG) decode", timed(run, n, args.repeat, clean))
 
         naive, naive_cpu = rates[next(iter(rates))]

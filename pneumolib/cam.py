@@ -78,7 +78,7 @@ class FeatureHook:
             shape = getattr(output, "shape", type(output).__name__)
             raise ValueError(f"layer={self.layer!r}: expected a (B, K, h, w) output, got {shape}")
         if self.requires_grad:
-            leaf = output.detach().requires_grad_(True)
+            leaf = output.detach().requires_grad_(requires_grad=True)
             self.features.append(leaf)
             # A copy goes on, so in-place ops downstream (DenseNet's ReLU) never touch the leaf.
             return leaf.clone()

@@ -22,17 +22,19 @@ STOPPING = "stopping"  # when to stop early, not how each epoch trains
 STRENGTH = "strength"  # an augmentation range scaled by the sweep's augmentation strength
 
 
-def _tagged(default: Any, *tags: str) -> Any:
+def _tagged(*tags: str, default: Any) -> Any:
     return field(default=default, metadata={"tags": frozenset(tags)})
 
 
 @dataclass
 class Config:
     # --- data -----------------------------------------------------------------------
-    raw: str = _tagged("data/rsna", PATH)  # RSNA raw folder (stage_2_train_images/ + label CSVs)
+    # RSNA raw folder (stage_2_train_images/ + label CSVs)
+    raw: str = _tagged(PATH, default="data/rsna")
     # preprocessed cache folder (images.npy, index.csv, ...)
-    cache: str = _tagged("cache/rsna_256", PATH)
-    out: str = _tagged("runs/resnet18", PATH)  # run folder written by train (checkpoints, metrics)
+    cache: str = _tagged(PATH, default="cache/rsna_256")
+    # run folder written by train (checkpoints, metrics)
+    out: str = _tagged(PATH, default="runs/resnet18")
     cache_size: int = 256  # side of the square images stored in the cache, pixels
     split: str = "stratified"  # "stratified" (train/val/test) or "course" (24,000 train, rest val)
     val_frac: float = 0.15  # stratified split: share of patients in val
@@ -50,7 +52,7 @@ class Config:
     epochs: int = 10  # passes over the train split
     batch_size: int = 64  # effective batch size (per optimiser step, all GPUs together)
     # batch per forward pass; 0 = batch_size (no accumulation)
-    micro_batch_size: int = _tagged(0, MACHINE)
+    micro_batch_size: int = _tagged(MACHINE, default=0)
     lr: float = 1e-4  # peak learning rate
     weight_decay: float = 1e-4  # decoupled weight decay (AdamW) or L2 (SGD)
     optimizer: str = "adamw"  # adam | adamw | sgd
@@ -61,38 +63,41 @@ class Config:
     balanced_sampling: bool = False  # draw train batches class-balanced instead of pos_weight
 
     # --- augmentation (course policy as reference) ----------------------------------
-    rotate_deg: float = _tagged(5.0, STRENGTH)  # random tilt, +- degrees
-    translate: float = _tagged(0.05, STRENGTH)  # random shift, fraction of the side
-    scale_min: float = _tagged(0.9, STRENGTH)  # random zoom range
-    scale_max: float = _tagged(1.1, STRENGTH)
+    rotate_deg: float = _tagged(STRENGTH, default=5.0)  # random tilt, +- degrees
+    translate: float = _tagged(STRENGTH, default=0.05)  # random shift, fraction of the side
+    scale_min: float = _tagged(STRENGTH, default=0.9)  # random zoom range
+    scale_max: float = _tagged(STRENGTH, default=1.1)
     # random-resized-crop area range (fraction of the image)
-    crop_scale_min: float = _tagged(0.35, STRENGTH)
+    crop_scale_min: float = _tagged(STRENGTH, default=0.35)
     crop_scale_max: float = 1.0
-    crop_ratio_min: float = _tagged(3 / 4, STRENGTH)  # random-resized-crop aspect-ratio range
-    crop_ratio_max: float = _tagged(4 / 3, STRENGTH)
-    brightness: float = _tagged(0.1, STRENGTH)  # +- additive brightness, in [0, 1] intensity units
-    contrast: float = _tagged(0.1, STRENGTH)  # +- relative contrast change
+    # random-resized-crop aspect-ratio range
+    crop_ratio_min: float = _tagged(STRENGTH, default=3 / 4)
+    crop_ratio_max: float = _tagged(STRENGTH, default=4 / 3)
+    # +- additive brightness, in [0, 1] intensity units
+    brightness: float = _tagged(STRENGTH, default=0.1)
+    contrast: float = _tagged(STRENGTH, default=0.1)  # +- relative contrast change
     hflip: bool = False  # horizontal flip (off: anatomy is not left-right symmetric)
 
     # --- speed ----------------------------------------------------------------------
-    device: str = _tagged("auto", EXACT)  # auto | cpu | cuda
+    device: str = _tagged(EXACT, default="auto")  # auto | cpu | cuda
     # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
-    amp: bool = _tagged(True, MACHINE)
-    channels_last: bool = _tagged(True, MACHINE)  # NHWC memory format on CUDA
-    compile: bool = _tagged(False, EXACT)  # torch.compile the model
-    workers: int = _tagged(-1, EXACT)  # loader worker processes; -1 = one per core (at most 8)
+    amp: bool = _tagged(MACHINE, default=True)
+    channels_last: bool = _tagged(MACHINE, default=True)  # NHWC memory format on CUDA
+    compile: bool = _tagged(EXACT, default=False)  # torch.compile the model
+    # loader worker processes; -1 = one per core (at most 8)
+    workers: int = _tagged(EXACT, default=-1)
     # on CUDA, warp whole batches on the GPU instead of in workers
-    gpu_augment: bool = _tagged(True, MACHINE)
+    gpu_augment: bool = _tagged(MACHINE, default=True)
 
     # --- training control -----------------------------------------------------------
     monitor: str = "auc"  # validation metric for best.pt and early stopping
     # early stopping after this many epochs without improvement; 0 = off
-    patience: int = _tagged(0, STOPPING)
+    patience: int = _tagged(STOPPING, default=0)
     seed: int = 0  # seeds Python, NumPy and torch, and the augmentation streams
     # deterministic kernels (slower; exact resume on CPU)
-    deterministic: bool = _tagged(False, MACHINE)
+    deterministic: bool = _tagged(MACHINE, default=False)
     max_steps_per_epoch: int = 0  # cap on optimiser steps per epoch; 0 = whole split
-    eval_batch_size: int = _tagged(128, EXACT)  # batch size for validation and prediction
+    eval_batch_size: int = _tagged(EXACT, default=128)  # batch size for validation and prediction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -124,7 +124,9 @@ def test_cam_and_grad_cam_agree_on_resnet_last_layer():
 def test_grad_cam_on_an_inner_layer_and_frozen_backbone():
     model = resnet18_1ch()
     for p in model.parameters():
-        p.requires_grad_(False)  # feature-extraction mode: gradients must still reach the map
+        p.requires_grad_(
+            requires_grad=False
+        )  # feature-extraction mode: gradients must still reach the map
     maps, _ = grad_cam(model, torch.randn(2, 1, 64, 64), layer="layer3.1.conv2")
     assert maps.shape == (2, 64, 64)
     assert all(p.grad is None for p in model.parameters())

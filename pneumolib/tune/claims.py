@@ -178,7 +178,7 @@ def claim_point(
     ]
     if not others:
         return trial
-    retry(trial.set_user_attr, "duplicate", True)
+    retry(trial.set_user_attr, "duplicate", value=True)
     retry(study.tell, trial, state=TrialState.FAIL)
     log_event(
         study_dir,
