@@ -19,7 +19,10 @@ from pneumolib.preprocess import build_cache
 from pneumolib.synth import make_demo_data
 from pneumolib.train import fit
 
-KW = dict(epochs=2, deterministic=True, max_steps_per_epoch=2, batch_size=16)
+# Feature extraction: the checkpoint mechanics are the same, the steps and files much smaller.
+KW = dict(
+    epochs=2, deterministic=True, max_steps_per_epoch=2, batch_size=16, mode="feature-extraction"
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +30,14 @@ def cache(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("ckpt")
     raw = make_demo_data(d / "raw", n=120, size=128, seed=5, realism="easy")
     return build_cache(raw, d / "cache", size=64, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ref_run(cache, tmp_path_factory) -> Path:
+    """A finished, uninterrupted run: the reference the faulted runs are compared with."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    fit(_cfg(cache, out), progress=False)
+    return out
 
 
 def _cfg(cache: Path, out: Path, **kw):
@@ -47,27 +58,33 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs (not even `except Exception`)."""
 
 
-def test_kill_between_best_and_last_resumes_to_the_uninterrupted_pair(cache, tmp_path, monkeypatch):
-    fit(_cfg(cache, tmp_path / "a"), progress=False)
-    real_replace, calls = checkpoint.os.replace, []
+@pytest.mark.parametrize("kill_at", [3, 4], ids=["first-save-of-epoch-2", "second-save"])
+def test_a_kill_at_either_save_resumes_to_the_uninterrupted_pair(
+    cache, ref_run, tmp_path, monkeypatch, kill_at
+):
+    """Epoch 2 improves, so it writes both checkpoints; a kill at the first rename or between
+    the two must resume to the same pair as a run never killed (a stale best.pt would not)."""
+    real_replace, renames = checkpoint.os.replace, []
 
     def replace(src, dst):
-        calls.append(Path(dst).name)
-        if Path(dst).name == "last.pt" and calls.count("last.pt") == 2:
-            raise Killed  # epoch 2: best.pt (if it improved) is written, last.pt is not
+        if Path(dst).suffix == ".pt":
+            renames.append(Path(dst).name)
+            if len(renames) == kill_at:
+                raise Killed
         real_replace(src, dst)
 
     monkeypatch.setattr(checkpoint.os, "replace", replace)
     with pytest.raises(Killed):
         fit(_cfg(cache, tmp_path / "b"), progress=False)
     monkeypatch.setattr(checkpoint.os, "replace", real_replace)
-    assert _load(tmp_path / "b" / "last.pt")["epoch"] == 0
+    written = {n: _load(tmp_path / "b" / n)["epoch"] for n in ("best.pt", "last.pt")}
+    assert sorted(written.values()) == ([0, 0] if kill_at == 3 else [0, 1]), written
     fit(_cfg(cache, tmp_path / "b"), progress=False)  # the same call again
     for name in ("best.pt", "last.pt"):
-        a, b = _load(tmp_path / "a" / name), _load(tmp_path / "b" / name)
+        a, b = _load(ref_run / name), _load(tmp_path / "b" / name)
         assert a["epoch"] == b["epoch"] and a["best"] == b["best"], name
         assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), name
-    assert not list((tmp_path / "b").glob("*.tmp")), "a killed save leaves no temporary file"
+    assert not list((tmp_path / "b").glob(".*.tmp")), "a killed save leaves no temporary file"
 
 
 def test_a_kill_inside_the_write_leaves_the_old_file_whole(tmp_path, monkeypatch):
@@ -83,10 +100,9 @@ def test_a_kill_inside_the_write_leaves_the_old_file_whole(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
-def test_a_damaged_last_pt_is_named_and_best_pt_kept(cache, tmp_path, damage):
+def test_a_damaged_last_pt_is_named_and_best_pt_kept(cache, ref_run, tmp_path, damage):
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        fit(_cfg(cache, out), callback=_stop_after_epoch_1, progress=False)
+    shutil.copytree(ref_run, out)
     last = out / "last.pt"
     data = last.read_bytes()
     last.write_bytes(b"" if damage == "empty" else data[: len(data) // 2])
@@ -99,17 +115,16 @@ def test_a_damaged_last_pt_is_named_and_best_pt_kept(cache, tmp_path, damage):
     assert (out / "best.pt").read_bytes() == best
 
 
-def test_resume_on_another_cache_is_refused(cache, tmp_path):
-    other = tmp_path / "cache"
+def test_resume_on_another_cache_is_refused(cache, ref_run, tmp_path):
+    other, out = tmp_path / "cache", tmp_path / "run"
     shutil.copytree(cache, other)
-    out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        fit(_cfg(other, out), callback=_stop_after_epoch_1, progress=False)
+    shutil.copytree(ref_run, out)
     index = pd.read_csv(other / "index.csv")
-    index.loc[index.index[:4], "split"] = "test"  # the same folder, another split
+    index.loc[index.index[:4], "split"] = "test"  # the same images, another split
     index.to_csv(other / "index.csv", index=False)
     with pytest.raises(RunError, match="another cache"):
         fit(_cfg(other, out), progress=False)
+    fit(_cfg(cache, out), progress=False)  # its own cache, moved or not: accepted
 
 
 def test_auc_undefined_falls_back_to_val_loss_and_writes_best(cache, tmp_path):
@@ -148,13 +163,11 @@ def test_full_disk_on_save_is_one_line_and_keeps_the_old_checkpoint(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
-def test_training_on_a_full_filesystem_ends_in_one_line(cache, tmp_path):
+def test_training_on_a_full_filesystem_ends_in_one_line(cache, ref_run, tmp_path):
     """A real full disk: a tmpfs with room for one epoch's pair of checkpoints, not more."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    probe = tmp_path / "probe"
-    fit(_cfg(cache, probe, epochs=1), progress=False)
-    size = (probe / "last.pt").stat().st_size
+    size = (ref_run / "last.pt").stat().st_size
     opts = f"size={int(size * 2.5)}"
     if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)]).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
