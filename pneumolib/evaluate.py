@@ -243,6 +243,38 @@ def evaluate_run(
     if split not in ("val", "test"):
         raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
     run = Path(run)
+    ctx = _run_context(run, device=device, cache=cache, workers=workers, tta=tta)
+    pred = _split_predictions(ctx, split, reuse=False)
+    pred_val = pred if split == "val" else _split_predictions(ctx, "val", reuse=True)
+    tag = split + ("_tta" if tta else "")
+    metrics = evaluate_predictions(
+        pred_val, pred, split=tag, out_dir=run, n_boot=n_boot, seed=seed, figures=figures
+    )
+    metrics |= {
+        "split": tag,
+        "cache": str(ctx["cache"]),
+        "split_rule": ctx["split_rule"],
+        "checkpoint": {"path": str(run / "best.pt"), "sha256": ctx["sha256"]},
+        "tta": tta,
+        "tta_variants": list(ctx["mats"]),
+        "predictions": f"predictions_{tag}.csv",
+    }
+    _reference_fields(metrics, split, ctx["split_rule"])
+    _write_json(metrics, run / f"metrics_{tag}.json")
+    if figures:
+        fig_path = run / "figures" / f"samples_{tag}.png"
+        sample_predictions_figure(
+            pred, ctx["cache"], metrics=metrics, n=n_samples, seed=seed, out=fig_path
+        )
+    _print_summary(metrics, print_table)
+    return jsonable(metrics)
+
+
+def _run_context(
+    run: Path, *, device: str, cache: str | Path | None, workers: int | None, tta: bool
+) -> dict[str, Any]:
+    """What predicting a run's splits needs: its best.pt model on the device, its config, the
+    cache (checked to match the checkpoint's image size), the warp and precision rules."""
     ckpt = run / "best.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: no checkpoint; train first (python -m pneumolib train)")
@@ -256,8 +288,7 @@ def evaluate_run(
             f"{cache}: images are {cache_stats['size']} px, the checkpoint was trained on a "
             f"{stats['size']} px cache; pass the run's own cache"
         )
-    size = cfg.image_size
-    ctx = {
+    return {
         "run": run,
         "cache": cache,
         "index": index,
@@ -268,29 +299,17 @@ def evaluate_run(
         "device": dev,
         "model": model,
         "stats": stats,
-        "size": size,
+        "size": cfg.image_size,
         "policy": AugmentPolicy.identity(),
         "workers": cfg.workers if workers is None else workers,
         "on_device": warp_on_device(dev, gpu_augment=cfg.gpu_augment),
         "amp": amp_dtype(dev, cfg.amp),
-        "mats": tta_affines(int(stats["size"]), size, cfg.hflip) if tta else {},
+        "mats": tta_affines(int(stats["size"]), cfg.image_size, hflip=cfg.hflip) if tta else {},
     }
-    pred = _split_predictions(ctx, split, reuse=False)
-    pred_val = pred if split == "val" else _split_predictions(ctx, "val", reuse=True)
-    tag = split + ("_tta" if tta else "")
-    metrics = evaluate_predictions(
-        pred_val, pred, split=tag, out_dir=run, n_boot=n_boot, seed=seed, figures=figures
-    )
-    rule = ctx["split_rule"]
-    metrics |= {
-        "split": tag,
-        "cache": str(cache),
-        "split_rule": rule,
-        "checkpoint": {"path": str(ckpt), "sha256": ctx["sha256"]},
-        "tta": tta,
-        "tta_variants": list(ctx["mats"]),
-        "predictions": f"predictions_{tag}.csv",
-    }
+
+
+def _reference_fields(metrics: dict[str, Any], split: str, rule: str | None) -> None:
+    """On val: the course's reference figures beside ours, and whether they compare."""
     if split == "val":
         if "reference" not in metrics:
             ref = compare_with_reference(metrics | {"split": "val"})  # TTA on val is still val
@@ -307,14 +326,6 @@ def evaluate_run(
         )
     else:
         metrics.pop("reference", None)
-    _write_json(metrics, run / f"metrics_{tag}.json")
-    if figures:
-        fig_path = run / "figures" / f"samples_{tag}.png"
-        sample_predictions_figure(
-            pred, cache, metrics=metrics, n=n_samples, seed=seed, out=fig_path
-        )
-    _print_summary(metrics, print_table)
-    return jsonable(metrics)
 
 
 def metrics_table(
