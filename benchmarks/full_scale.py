@@ -8,7 +8,7 @@ Data: `--n` RSNA-format DICOMs (JPEG Baseline, `--dicom-size` px square, as `pne
 writes them) with the real label counts scaled to n (at 26,684: 6,012 positive patients with
 1/2/3/4 boxes as in RSNA = 30,227 label rows, 11,821 "No Lung Opacity / Not Normal", 8,851
 "Normal", 12,173 AP views). `--distinct` phantoms are drawn with `synth.phantom` and written
-with `dicom.write_dicom`; the other patients are hard links to a phantom of the same view and
+with `dicom_write.write_dicom`; the other patients are hard links to a phantom of the same view and
 class under their own id (every link is still read and decoded as its own file; the DICOM
 header keeps the phantom's patient id, sex and age). 3- and 4-box patients get a phantom's
 boxes split in halves.
@@ -59,7 +59,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from pneumolib.colab import verify_layout  # noqa: E402
-from pneumolib.dicom import write_dicom  # noqa: E402
+from pneumolib.dicom_write import write_dicom  # noqa: E402
 from pneumolib.preprocess import CLASSES_CSV, IMAGES_DIR, LABELS_CSV  # noqa: E402
 from pneumolib.synth import P_NOT_NORMAL, phantom  # noqa: E402
 

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pneumolib.dicom import write_dicom
+from pneumolib.dicom_write import write_dicom
 from pneumolib.progress import bar as progress_bar
 
 P_AP = 0.46  # share of AP views in RSNA (12,173 / 26,684)

@@ -14,8 +14,8 @@ from pneumolib.dicom import (
     DicomError,
     parse_age,
     read_dicom,
-    write_dicom,
 )
+from pneumolib.dicom_write import write_dicom
 from pneumolib.synth import phantom
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"

@@ -23,8 +23,8 @@ from pneumolib.dicom import (
     DicomError,
     check_informative,
     read_dicom,
-    write_dicom,
 )
+from pneumolib.dicom_write import write_dicom
 from pneumolib.synth import REALISM, phantom
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as cv2's RGB2GRAY

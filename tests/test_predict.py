@@ -15,7 +15,8 @@ import pytest
 
 from pneumolib.cli import main as cli_main
 from pneumolib.config import demo_config
-from pneumolib.dicom import read_dicom, write_dicom
+from pneumolib.dicom import read_dicom
+from pneumolib.dicom_write import write_dicom
 from pneumolib.evaluate import evaluate_run, read_predictions
 from pneumolib.predict import expand_inputs, predict_cli, predict_files, read_raster
 from pneumolib.preprocess import build_cache

@@ -17,7 +17,8 @@ import pytest
 
 import pneumolib.preprocess as pre
 from pneumolib.data import load_labels, open_images, read_index, read_stats
-from pneumolib.dicom import REDUCED_DECODE_TOLERANCE, read_dicom, write_dicom
+from pneumolib.dicom import REDUCED_DECODE_TOLERANCE, read_dicom
+from pneumolib.dicom_write import write_dicom
 from pneumolib.preprocess import CacheError, build_cache
 from pneumolib.synth import make_demo_data
 

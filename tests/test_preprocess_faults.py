@@ -22,7 +22,7 @@ import pytest
 import pneumolib.cache_partial as cp
 import pneumolib.preprocess as pre
 from pneumolib.data import load_labels, read_index
-from pneumolib.dicom import write_dicom
+from pneumolib.dicom_write import write_dicom
 from pneumolib.preprocess import CacheError, build_cache
 
 REPO = Path(__file__).resolve().parents[1]
