@@ -59,13 +59,30 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m pneumolib` parser: one sub-command per pipeline stage."""
     ap = argparse.ArgumentParser(prog="python -m pneumolib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_demo,
+        _add_make_demo_data,
+        _add_preprocess,
+        _add_train,
+        _add_evaluate,
+        _add_cam,
+        _add_predict,
+        _add_tune,
+    ):
+        add(sub)
+    return ap
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on synthetic data, minutes on a CPU")
     p.add_argument("--out", default="pneumolib_demo", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smaller data and fewer epochs")
 
+
+def _add_make_demo_data(sub) -> None:
     p = sub.add_parser("make-demo-data", help="write an RSNA-shaped folder of phantom DICOMs")
     p.add_argument("out")
     p.add_argument("--n", type=int, default=300)
@@ -79,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shortcut", action="store_true", help="burn a PORTABLE marker into AP films")
 
+
+def _add_preprocess(sub) -> None:
     p = sub.add_parser("preprocess", help="build the packed cache from an RSNA folder")
     p.add_argument("--raw", required=True)
     p.add_argument("--out", required=True)
@@ -98,15 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-decode", action="store_true", help="no reduced-scale JPEG decode")
     p.add_argument("--rebuild", action="store_true", help="replace a cache made differently")
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train or resume a run")
     add_config_options(p)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="predictions, metrics and figures for a run")
     p.add_argument("--run", required=True)
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--tta", action="store_true", help="average over deterministic flips/shifts")
     p.add_argument("--n-boot", type=int, default=1000)
 
+
+def _add_cam(sub) -> None:
     p = sub.add_parser("cam", help="CAM / Grad-CAM overlays and localisation scores")
     p.add_argument("--run", required=True)
     p.add_argument("--split", default="val", choices=["val", "test"])
@@ -124,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a true positive is target 1 with probability >= this (default 0.5)",
     )
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="score DICOM/PNG/JPEG files with a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("inputs", nargs="+", help="files, folders or globs")
@@ -131,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam", help="folder for heat-map overlays")
     p.add_argument("--device", default="auto")
 
+
+def _add_tune(sub) -> None:
     p = sub.add_parser("tune", help="batch-size x learning-rate sweep (Optuna)")
     p.add_argument("--batch-sizes", default="16,32,64,128,256,512,1024")
     p.add_argument("--lrs", default="1e-4,2e-4")
@@ -162,7 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: tune.PROGRESS_TIMEOUT_S, 30 min)",
     )
     add_config_options(p, skip=("batch_size", "lr"))
-    return ap
 
 
 def _parse_list(text: str, kind: type, flag: str) -> list:
@@ -207,6 +235,8 @@ def tune_cli(args: argparse.Namespace, cfg: Config) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    """Parse `argv` and run its command. Each command imports its module in its own branch:
+    `preprocess` and `make-demo-data` must start without torch (tested)."""
     args = build_parser().parse_args(argv)
     cmd = args.command
     if cmd == "demo":
