@@ -321,61 +321,18 @@ def make_demo_data(
     r = as_realism(realism, shortcut)
     params = {"n": n, "size": size, "seed": seed, "generator": GENERATOR}
     params["realism"] = dataclasses.asdict(r)
-    marker = out / "demo_params.json"
-    if marker.exists():
-        if json.loads(marker.read_text()) == params:
-            return out
-        raise FileExistsError(
-            f"{out}: holds demo data made with other settings ({marker.read_text()}, not "
-            f"{json.dumps(params)}); delete the demo folder (and the cache and runs made from "
-            "it) to make it anew"
-        )
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: folder exists and is not pneumolib demo data")
+    if _made_already(out, params):
+        return out
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "stage_2_train_images").mkdir(parents=True)
     rng, aux = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     label_rows, class_rows, truth = [], [], []
     for _ in progress_bar(range(n), desc="demo DICOMs", unit="img", leave=False):
-        p = _patient(rng)
-        f = _findings(aux, p, r)
-        img, boxes = phantom(
-            rng,
-            size,
-            view=p["view"],
-            positive=p["positive"],
-            not_normal=f["line"],
-            faint=f["faint"],
-            small=f["small"],
-            mimic=f["mimic"],
-            realism=r,
-            reader_box=f["noise"] == "overcalled",
-            marker=f["marker"],
-        )
-        drawn = p["positive"] and bool(boxes)
-        label = f["noise"] != "missed" if drawn else f["noise"] == "overcalled" and bool(boxes)
-        boxes = boxes if label else []
-        if label:
-            cls = "Lung Opacity"
-        elif drawn:  # an opacity the label does not see
-            cls = "No Lung Opacity / Not Normal"
-        else:
-            cls = "Normal" if p["positive"] else p["class"]
-        write_dicom(
-            tmp / "stage_2_train_images" / f"{p['patientId']}.dcm",
-            img,
-            patient_id=p["patientId"],
-            sex=p["sex"],
-            age=p["age"],
-            view=p["view"],
-        )
-        for b in boxes or [[None] * 4]:
-            label_rows.append([p["patientId"], *b, int(label)])
-            class_rows.append([p["patientId"], cls])
-        noise = f["noise"] if drawn != label else ""
-        truth.append([p["patientId"], p["view"], int(drawn), int(label), noise, f["faint"],
-                      f["small"], f["mimic"] or "", f["marker"]])  # fmt: skip
+        labels, classes, row = _write_patient(rng, aux, r, size, tmp / "stage_2_train_images")
+        label_rows += labels
+        class_rows += classes
+        truth.append(row)
     pd.DataFrame(label_rows, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
         tmp / "stage_2_train_labels.csv", index=False
     )
@@ -389,6 +346,68 @@ def make_demo_data(
         out.rmdir()
     tmp.rename(out)
     return out
+
+
+def _made_already(out: Path, params: dict) -> bool:
+    """True when `out` holds demo data made with `params`; refused when it holds anything else."""
+    marker = out / "demo_params.json"
+    if marker.exists():
+        if json.loads(marker.read_text()) == params:
+            return True
+        raise FileExistsError(
+            f"{out}: holds demo data made with other settings ({marker.read_text()}, not "
+            f"{json.dumps(params)}); delete the demo folder (and the cache and runs made from "
+            "it) to make it anew"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: folder exists and is not pneumolib demo data")
+    return False
+
+
+def _write_patient(
+    rng: np.random.Generator, aux: np.random.Generator, r: Realism, size: int, images: Path
+) -> tuple[list, list, list]:
+    """Draw one patient, write its DICOM into `images` -> (label rows, class rows, truth row)."""
+    label_rows, class_rows = [], []
+    p = _patient(rng)
+    f = _findings(aux, p, r)
+    img, boxes = phantom(
+        rng,
+        size,
+        view=p["view"],
+        positive=p["positive"],
+        not_normal=f["line"],
+        faint=f["faint"],
+        small=f["small"],
+        mimic=f["mimic"],
+        realism=r,
+        reader_box=f["noise"] == "overcalled",
+        marker=f["marker"],
+    )
+    drawn = p["positive"] and bool(boxes)
+    label = f["noise"] != "missed" if drawn else f["noise"] == "overcalled" and bool(boxes)
+    boxes = boxes if label else []
+    if label:
+        cls = "Lung Opacity"
+    elif drawn:  # an opacity the label does not see
+        cls = "No Lung Opacity / Not Normal"
+    else:
+        cls = "Normal" if p["positive"] else p["class"]
+    write_dicom(
+        images / f"{p['patientId']}.dcm",
+        img,
+        patient_id=p["patientId"],
+        sex=p["sex"],
+        age=p["age"],
+        view=p["view"],
+    )
+    for b in boxes or [[None] * 4]:
+        label_rows.append([p["patientId"], *b, int(label)])
+        class_rows.append([p["patientId"], cls])
+    noise = f["noise"] if drawn != label else ""
+    truth = [p["patientId"], p["view"], int(drawn), int(label), noise, f["faint"],
+             f["small"], f["mimic"] or "", f["marker"]]  # fmt: skip
+    return label_rows, class_rows, truth
 
 
 def read_truth(raw: str | Path) -> pd.DataFrame:
