@@ -65,7 +65,7 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # is there or can be downloaded, `demo` otherwise.
 
 # %%
-from pneumolib import colab
+from pneumolib import colab, kaggle
 
 paths = colab.default_paths()
 profile = colab.choose_profile(paths, allow_download=True)
@@ -112,7 +112,7 @@ raw = colab.fetch_data(paths, profile)  # demo: colab.DEMO_DATA (300 DICOMs, 256
 # (only the `rsna` profile reads it; its content is never printed).
 
 # %%
-counts = colab.verify_layout(raw, expect_full=(profile == "rsna"))
+counts = kaggle.verify_layout(raw, expect_full=(profile == "rsna"))
 print(f"{profile} data at {raw}")
 print(colab.format_counts(counts))
 print(colab.counts_note(counts, profile, paths))

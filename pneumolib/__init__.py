@@ -4,7 +4,7 @@ Modules, one job each (the README's module table says which): `config`, `dicom`,
 `synth`, `preprocess`, `cache_partial`, `explore`, `augment`, `loader`, `models`, `runtime`,
 `train_setup`, `train`, `checkpoint`, `metrics`, `evaluate`, `evaluate_figures`, `cam`,
 `cam_run`, `cam_figures`, `localisation`, `predict`, `tune` (a package), `demo`, `demo_report`,
-`shortcut`, `progress`, `figures`, `colab`, `cli`. Nothing runs at import.
+`shortcut`, `progress`, `figures`, `colab`, `kaggle`, `cli`. Nothing runs at import.
 """
 
 from pneumolib.config import Config, demo_config, rsna_config

@@ -3,7 +3,8 @@
 A stand-in `google.colab` package (its `drive.mount` makes the Drive folder and fills it from a
 fake "cloud") goes first on sys.path, and a stand-in `kaggle` executable on PATH writes a zip of
 demo data laid out like Kaggle's and records how it was called. Everything between them is the
-real setup code. HOME and KAGGLE_CONFIG_DIR point into tmp_path: the real ~/.kaggle is untouched.
+real setup code: `pneumolib.colab` and the `pneumolib.kaggle` it calls. HOME and
+KAGGLE_CONFIG_DIR point into tmp_path: the real ~/.kaggle is untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumolib import colab
+from pneumolib import colab, kaggle
 from pneumolib.synth import make_demo_data
 
 N_DEMO = 20
@@ -144,14 +145,14 @@ def test_colab_setup_end_to_end(google_colab, kaggle_cli: Path, env: Path, cloud
     assert google_colab.MOUNTS == [str(paths.drive)]
     assert result.profile == "rsna" and result.raw == paths.raw
     assert result.counts["train_dicoms"] == N_DEMO and result.counts["patients"] == N_DEMO
-    assert len(list((paths.raw / colab.TRAIN_DIR).glob("*.dcm"))) == N_DEMO
-    assert (paths.raw / colab.MARKER).is_file()
+    assert len(list((paths.raw / kaggle.TRAIN_DIR).glob("*.dcm"))) == N_DEMO
+    assert (paths.raw / kaggle.MARKER).is_file()
     assert paths.cache.is_dir() and paths.runs.is_dir()  # on the Drive
     token = env / "home" / ".kaggle" / "kaggle.json"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert json.loads(token.read_text())["key"] == KEY
     (call,) = calls(kaggle_cli)
-    assert call[:4] == ["competitions", "download", "-c", colab.COMPETITION]
+    assert call[:4] == ["competitions", "download", "-c", kaggle.COMPETITION]
     assert call[4] == "-p" and Path(call[5]).parent == paths.raw.parent
     assert not Path(call[5]).exists()  # the zip is deleted once unzipped and verified
     assert not any(p.name.endswith("-partial") for p in paths.raw.parent.iterdir())
@@ -183,10 +184,10 @@ def test_invalid_kaggle_json_is_not_echoed(env: Path, capsys) -> None:
     src = env / "kaggle.json"
     src.write_text(json.dumps({"username": "ada", "kee": KEY}))
     with pytest.raises(ValueError, match='not a valid kaggle.json.*"username" and "key"') as e:
-        colab.install_kaggle_credentials(src)
+        kaggle.install_kaggle_credentials(src)
     src.write_text(json.dumps({"username": "ada", "key": KEY})[:-1] + ",")  # broken JSON
     with pytest.raises(ValueError, match="not a valid kaggle.json") as e2:
-        colab.install_kaggle_credentials(src)
+        kaggle.install_kaggle_credentials(src)
     for err in (e, e2):
         assert KEY not in str(err.value) and err.value.__cause__ is None
     assert KEY not in "".join(capsys.readouterr())
@@ -210,22 +211,22 @@ def test_kaggle_failure_says_accept_rules(
 def test_kaggle_not_installed(env: Path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(env / "empty"))
     with pytest.raises(RuntimeError, match="pip install kaggle"):
-        colab.download_rsna(env / "rsna", expect_full=False)
+        kaggle.download_rsna(env / "rsna", expect_full=False)
 
 
 def test_interrupted_unzip_resumes_without_download(kaggle_cli: Path, env: Path) -> None:
-    colab.install_kaggle_credentials(_token(env))
+    kaggle.install_kaggle_credentials(_token(env))
     raw = env / "data" / "rsna"
     dl_dir = raw.parent / ".rsna-download"
     dl_dir.mkdir(parents=True)
     # A previous session downloaded the zip, then died while unzipping.
-    subprocess.run(["kaggle", "competitions", "download", "-c", colab.COMPETITION, "-p", dl_dir])
+    subprocess.run(["kaggle", "competitions", "download", "-c", kaggle.COMPETITION, "-p", dl_dir])
     (raw.parent / ".rsna-partial" / "junk").mkdir(parents=True)
     assert len(calls(kaggle_cli)) == 1
 
-    assert colab.download_rsna(raw, expect_full=False) == raw
+    assert kaggle.download_rsna(raw, expect_full=False) == raw
     assert len(calls(kaggle_cli)) == 1  # the zip on disk was reused
-    assert colab.verify_layout(raw)["train_dicoms"] == N_DEMO
+    assert kaggle.verify_layout(raw)["train_dicoms"] == N_DEMO
     assert not (raw.parent / ".rsna-partial").exists() and not (raw / "junk").exists()
 
 
@@ -253,7 +254,7 @@ def test_outside_colab_falls_back_to_demo(kaggle_cli: Path, env: Path, monkeypat
     assert "not used by the demo" in described.splitlines()[-1]  # kaggle.json: rsna only
     assert result.counts["test_dicoms"] == 0
     note = colab.counts_note(result.counts, "demo", paths)
-    assert "\n" not in note and colab.TEST_DIR in note and "only for the rsna profile" in note
+    assert "\n" not in note and kaggle.TEST_DIR in note and "only for the rsna profile" in note
     assert note in out  # setup prints it after the counts
 
 
@@ -280,17 +281,17 @@ def test_profile_is_rsna_where_only_the_cache_is_left(env: Path, monkeypatch, ca
 
 
 def test_verify_layout_names_what_is_off(kaggle_data: Path, tmp_path: Path) -> None:
-    counts = colab.verify_layout(kaggle_data)
+    counts = kaggle.verify_layout(kaggle_data)
     assert counts["label_rows"] >= counts["patients"] == N_DEMO
     with pytest.raises(ValueError, match="expected 26,684 DICOMs"):
-        colab.verify_layout(kaggle_data, expect_full=True)
+        kaggle.verify_layout(kaggle_data, expect_full=True)
     with pytest.raises(FileNotFoundError, match="missing stage_2_train_labels.csv"):
-        colab.verify_layout(tmp_path)
+        kaggle.verify_layout(tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(kaggle_data, broken)
-    next((broken / colab.TRAIN_DIR).glob("*.dcm")).unlink()
+    next((broken / kaggle.TRAIN_DIR).glob("*.dcm")).unlink()
     with pytest.raises(FileNotFoundError, match="1 labelled patients have no DICOM"):
-        colab.verify_layout(broken)
+        kaggle.verify_layout(broken)
 
 
 def _token(env: Path) -> Path:
@@ -326,7 +327,7 @@ class _ChunkedStream:
 def test_key_split_across_reads_is_never_printed(env: Path, monkeypatch, capsys, cut) -> None:
     src = env / "kaggle.json"
     src.write_text(json.dumps({"username": "ada", "key": KEY}))
-    colab.install_kaggle_credentials(src)
+    kaggle.install_kaggle_credentials(src)
     capsys.readouterr()
     text = f"Downloading 42%|████▏ | 1.5G\rdebug: key {KEY} end\nkey again: {KEY}\n403 - bye\n"
     data = text.encode()
@@ -341,19 +342,19 @@ def test_key_split_across_reads_is_never_printed(env: Path, monkeypatch, capsys,
         def wait(self) -> int:
             return 1
 
-    monkeypatch.setattr(colab.subprocess, "Popen", FakeProcess)
-    rc, tail = colab._run_streaming(["kaggle", "competitions", "download"])
+    monkeypatch.setattr(kaggle.subprocess, "Popen", FakeProcess)
+    rc, tail = kaggle._run_streaming(["kaggle", "competitions", "download"])
     printed = capsys.readouterr().out
     assert rc == 1
     assert KEY not in printed and KEY not in tail and KEY[: cut + 1] not in printed
     assert printed == text.replace(KEY, "***") and tail == printed  # the rest intact
-    assert colab._last_line(tail) == "403 - bye"
+    assert kaggle._last_line(tail) == "403 - bye"
 
 
 def test_key_mask_holds_back_only_a_possible_key_start() -> None:
-    mask = colab._KeyMask("secret")
+    mask = kaggle._KeyMask("secret")
     assert mask.feed("abc se") == "abc "  # "se" may start the key: held
     assert mask.feed("x") == "sex"  # it did not: printed at once
     assert mask.feed("sec") == "" and mask.feed("ret!") == "***!"
     assert mask.feed("s") == "" and mask.flush() == "s"
-    assert colab._KeyMask(None).feed("secret") == "secret"  # no key installed: as is
+    assert kaggle._KeyMask(None).feed("secret") == "secret"  # no key installed: as is

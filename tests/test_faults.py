@@ -9,7 +9,7 @@ was already done. Faults tested well elsewhere are listed here, not tested twice
 | non-DICOM / broken PNG given to predict (one stderr line, rest scored) | test_predict::test_unreadable_file_is_reported_and_the_rest_scored, test_cli_subprocess_boundary |
 | truncated DICOM given to predict | here: test_predict_names_a_truncated_dicom_and_scores_the_rest |
 | unreadable checkpoint given to predict | test_predict::test_bad_checkpoint_is_a_one_line_error |
-| label rows without images, images without labels | test_preprocess::test_bad_files_land_in_errors_csv; colab: test_colab::test_verify_layout_names_what_is_off |
+| label rows without images, images without labels | test_preprocess::test_bad_files_land_in_errors_csv; layout check: test_colab::test_verify_layout_names_what_is_off |
 | label CSV with a missing column / bad value (file, line, column) | test_data::test_load_labels_errors_name_file_line_column; CLI: test_preprocess::test_cli_wrong_csv_exits_2_with_one_line |
 | label file absent | test_data::test_missing_label_file, test_preprocess::test_missing_label_file_is_refused |
 | label file that is not a CSV (binary, empty) | here: test_label_file_that_is_not_a_csv_is_one_line |
@@ -40,7 +40,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from pneumolib import colab, train, tune
+from pneumolib import kaggle, train, tune
 from pneumolib import preprocess as pre
 from pneumolib.cli import main
 from pneumolib.config import Config
@@ -104,10 +104,10 @@ def test_label_file_that_is_not_a_csv_is_one_line(tmp_path: Path, capsys, conten
     assert main(["preprocess", "--raw", str(bad), "--out", str(out), "--size", "32"]) == 2
     one_error_line(capsys.readouterr().err, str(bad / LABELS))
     assert not out.exists() and not out.with_name("cache.partial").exists()
-    (bad / colab.CLASSES_CSV).write_bytes(content)
+    (bad / kaggle.CLASSES_CSV).write_bytes(content)
     (bad / IMAGES / "a.dcm").write_bytes(b"")
-    with pytest.raises(ValueError) as err:  # the Colab layout check names the file too
-        colab.verify_layout(bad)
+    with pytest.raises(ValueError) as err:  # the RSNA layout check names the file too
+        kaggle.verify_layout(bad)
     assert str(bad / LABELS) in str(err.value) and "\n" not in str(err.value)
 
 
