@@ -58,8 +58,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from pneumolib.colab import verify_layout  # noqa: E402
 from pneumolib.dicom_write import write_dicom  # noqa: E402
+from pneumolib.kaggle import verify_layout  # noqa: E402
 from pneumolib.preprocess import CLASSES_CSV, IMAGES_DIR, LABELS_CSV  # noqa: E402
 from pneumolib.synth import P_NOT_NORMAL, phantom  # noqa: E402
 

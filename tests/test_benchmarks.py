@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pneumolib.data import open_images, read_index, read_stats
 
@@ -23,6 +24,7 @@ def _gpu_check_module():
     return mod
 
 
+@pytest.mark.slow
 def test_gpu_check_without_a_gpu_runs_the_cpu_side_and_prints_the_table(tmp_path: Path):
     # CUDA hidden: on a machine with a GPU this still takes the quick CPU path.
     env = {**os.environ, "GPU_CHECK_N": "50", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp_path)}

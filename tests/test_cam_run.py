@@ -57,6 +57,7 @@ def _true_positives(cfg, split: str) -> set[str]:
     return set(ids[(targets == 1) & (probs >= 0.5)])
 
 
+@pytest.mark.slow
 def test_cam_run_scores_every_true_positive(demo_run, capsys):
     run = Path(demo_run.out)
     summary = cam_run(run, "val", n_overlays=3, n_boot=200, device="cpu", progress=False)
@@ -80,6 +81,7 @@ def test_cam_run_scores_every_true_positive(demo_run, capsys):
     assert not list(run.glob("*.tmp")) and not list(figs.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_grad_cam_variant_is_written_beside_the_default(demo_run):
     kw = {"layer": "layer3", "tag": "gc3", "n_boot": 10, "progress": False}
     s = cam_run(demo_run.out, "val", n_overlays=0, method="gradcam", **kw)
@@ -102,6 +104,7 @@ def test_grad_cam_variant_is_written_beside_the_default(demo_run):
 # tolerant: every miss peaks within one layer2 cell of its box, the edge effect above. So the
 # strict game is asserted at a level that one cell of drift cannot break (>= 0.5, over 10x
 # chance), and the tolerant one (>= 0.9) is what fails when a map drifts off the lesion.
+@pytest.mark.slow
 def test_grad_cam_points_into_the_boxes_on_demo_positives(demo_run):
     tolerance = 15 * demo_run.image_size / 224
     scores = {}
@@ -124,6 +127,7 @@ def test_grad_cam_points_into_the_boxes_on_demo_positives(demo_run):
     assert (tolerant.pointing_hit.to_numpy() >= strict.pointing_hit.to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_cam_command_line(demo_run, capsys):
     from pneumolib.cli import main
 

@@ -58,6 +58,7 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs (not even `except Exception`)."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [3, 4], ids=["first-save-of-epoch-2", "second-save"])
 def test_a_kill_at_either_save_resumes_to_the_uninterrupted_pair(
     cache, ref_run, tmp_path, monkeypatch, kill_at
@@ -99,6 +100,7 @@ def test_a_kill_inside_the_write_leaves_the_old_file_whole(tmp_path, monkeypatch
     assert _load(tmp_path / "last.pt")["epoch"] == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
 def test_a_damaged_last_pt_is_named_and_best_pt_kept(cache, ref_run, tmp_path, damage):
     out = tmp_path / "run"
@@ -115,6 +117,7 @@ def test_a_damaged_last_pt_is_named_and_best_pt_kept(cache, ref_run, tmp_path, d
     assert (out / "best.pt").read_bytes() == best
 
 
+@pytest.mark.slow
 def test_resume_on_another_cache_is_refused(cache, ref_run, tmp_path):
     other, out = tmp_path / "cache", tmp_path / "run"
     shutil.copytree(cache, other)
@@ -127,6 +130,7 @@ def test_resume_on_another_cache_is_refused(cache, ref_run, tmp_path):
     fit(_cfg(cache, out), progress=False)  # its own cache, moved or not: accepted
 
 
+@pytest.mark.slow
 def test_auc_undefined_falls_back_to_val_loss_and_writes_best(cache, tmp_path):
     """A val split without positives (built by hand: the cache builder refuses one)."""
     other = tmp_path / "cache"
@@ -163,6 +167,7 @@ def test_full_disk_on_save_is_one_line_and_keeps_the_old_checkpoint(tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.slow
 def test_training_on_a_full_filesystem_ends_in_one_line(cache, ref_run, tmp_path):
     """A real full disk: a tmpfs with room for one epoch's pair of checkpoints, not more."""
     mnt = tmp_path / "small"

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pneumolib.cli import main
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_every_stage_and_resumes(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0

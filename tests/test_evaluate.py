@@ -92,6 +92,7 @@ def _json(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_run_val_writes_predictions_metrics_and_figures(trained_run, tmp_path, capsys):
     from pneumolib.cli import main
     from pneumolib.data import read_index
@@ -119,6 +120,7 @@ def test_evaluate_run_val_writes_predictions_metrics_and_figures(trained_run, tm
     assert not list(run.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_evaluate_run_test_uses_val_thresholds_unchanged(trained_run, tmp_path, capsys):
     run = _fresh_run(trained_run, tmp_path)
     ev.evaluate_run(
@@ -152,6 +154,7 @@ def test_evaluate_run_test_uses_val_thresholds_unchanged(trained_run, tmp_path, 
     assert test["checkpoint"]["sha256"] in meta.read_text()
 
 
+@pytest.mark.slow
 def test_evaluate_run_tta_close_to_plain(trained_run, tmp_path):
     run = _fresh_run(trained_run, tmp_path)
     kw = {"n_boot": 20, "workers": 0, "device": "cpu", "figures": False}
@@ -181,6 +184,7 @@ def test_tta_affines_identity_is_the_eval_resize():
     assert mats["zoom 1.05"][0, 0] == pytest.approx(1.05 * 48 / 64)
 
 
+@pytest.mark.slow
 def test_evaluate_run_bad_inputs(trained_run, tmp_path, capsys):
     from pneumolib.cli import main
 

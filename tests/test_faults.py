@@ -183,6 +183,7 @@ def interrupted_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return {"out": out, "codes": (first, second), "err": err.getvalue(), "before": before}
 
 
+@pytest.mark.slow
 def test_interrupted_training_cli_resumes_with_history_intact(interrupted_run: dict) -> None:
     out = interrupted_run["out"]
     assert interrupted_run["codes"] == (130, 0)
@@ -196,6 +197,7 @@ def test_interrupted_training_cli_resumes_with_history_intact(interrupted_run: d
     assert (out / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_predict_names_a_truncated_dicom_and_scores_the_rest(
     interrupted_run: dict, raw: Path, tmp_path: Path, capsys
 ) -> None:
@@ -216,6 +218,7 @@ def test_predict_names_a_truncated_dicom_and_scores_the_rest(
     assert np.all((scored.probability >= 0) & (scored.probability <= 1))
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_keeps_finished_trials(cache: Path, tmp_path: Path) -> None:
     cfg = Config(cache=str(cache), out=str(tmp_path / "sweep"), **{**TINY, "epochs": 2})
     seen: list[str] = []

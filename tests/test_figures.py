@@ -233,6 +233,7 @@ def test_plot_history_two_axes_one_curve_set_per_run(tmp_path):
     assert (tmp_path / "h.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_compare_runs_agrees_with_best_pt_of_a_real_run(demo_cache, tmp_path):
     cfg = demo_config(
         tmp_path,

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "full_scale.py"
 STAGES = (
     "data",
@@ -38,6 +40,7 @@ def test_rsna_patients_has_the_real_counts():
     assert ((p.n_boxes > 0) == (p["class"] == "Lung Opacity")).all()
 
 
+@pytest.mark.slow
 def test_full_scale_tiny_run(tmp_path):
     work = tmp_path / "work"
     cmd = [sys.executable, str(SCRIPT), "--n", "120", "--distinct", "24", "--work", str(work)]

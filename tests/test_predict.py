@@ -54,6 +54,7 @@ def _probs(df: pd.DataFrame) -> dict[str, float]:
     return {Path(f).name: p for f, p in zip(df["file"], df["probability"], strict=True)}
 
 
+@pytest.mark.slow
 def test_real_radiograph_variants_score_alike(run, real_dicom):
     files = [real_dicom / f for f in (*SAME_IMAGE, JPEG, INVERTED)]
     df, errors = predict_files(run["ckpt"], files, device="cpu")
@@ -75,6 +76,7 @@ def test_real_radiograph_variants_score_alike(run, real_dicom):
     assert abs(p[INVERTED] - p[JPEG]) > 1e-3, p
 
 
+@pytest.mark.slow
 def test_predict_equals_validation_probabilities(run):
     """A DICOM scored by `predict` gets the probability that evaluation gave its cache row."""
     evaluate_run(run["run"], "val", n_boot=0, workers=0, device="cpu", n_samples=4)
@@ -86,6 +88,7 @@ def test_predict_equals_validation_probabilities(run):
     np.testing.assert_allclose(got.loc[val.index].to_numpy(), val.to_numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_png_and_jpeg_score_like_the_dicom(run, tmp_path):
     dcm = _dicoms(run, 1)[0]
     pixels = read_dicom(dcm).pixels  # uint8 (H, W), the DICOM's own pixels
@@ -112,6 +115,7 @@ def test_read_raster_16_bit_and_letterbox(tmp_path):
     assert np.all(np.diff(img[0].astype(int)) >= 0)
 
 
+@pytest.mark.slow
 def test_unreadable_file_is_reported_and_the_rest_scored(run, tmp_path, capsys):
     good = _dicoms(run, 2)
     bad = tmp_path / "garbage.dcm"
@@ -139,6 +143,7 @@ def test_unreadable_file_is_reported_and_the_rest_scored(run, tmp_path, capsys):
     assert predict_cli(run["ckpt"], [str(good[0])], out_csv=out, cam_dir=None, device="cpu") == 0
 
 
+@pytest.mark.slow
 def test_cli_subprocess_boundary(run, tmp_path):
     good = _dicoms(run, 1)[0]
     bad = tmp_path / "bad.dcm"
@@ -184,6 +189,7 @@ def test_folders_and_globs_expand(tmp_path):
     assert any("nothing.dcm" in e for e in errors) and any("*.gif" in e for e in errors)
 
 
+@pytest.mark.slow
 def test_cam_overlays_per_file(run, tmp_path):
     src = _dicoms(run, 2)
     for sub in ("one", "two"):  # same file name in two folders -> two overlays

@@ -39,6 +39,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_demo_training_reaches_auc_0_9(learn_cache, tmp_path):
     cfg = _cfg(learn_cache, tmp_path / "run", epochs=6)
     summary = fit(cfg, progress=False)
@@ -55,6 +56,7 @@ def test_demo_training_reaches_auc_0_9(learn_cache, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["mode"] == "scratch"
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(learn_cache, tmp_path):
     kw = dict(epochs=3, deterministic=True, max_steps_per_epoch=3, batch_size=16)
     fit(_cfg(learn_cache, tmp_path / "a", **kw), progress=False)
@@ -73,6 +75,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(learn_cache, tmp_path):
     assert len(pd.read_csv(tmp_path / "b" / "metrics.csv")) == 3
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings(learn_cache, tmp_path):
     kw = dict(epochs=1, max_steps_per_epoch=1)
     fit(_cfg(learn_cache, tmp_path / "r", **kw), progress=False)
@@ -104,6 +107,7 @@ def test_accumulation_matches_one_big_batch():
     assert loss_small == pytest.approx(loss_big, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_accumulating_trainer_runs(learn_cache, tmp_path):
     cfg = _cfg(
         learn_cache,
@@ -126,6 +130,7 @@ def test_cosine_warmup_schedule_shape():
     assert lr_lambda("none", 100, 0)(50) == 1.0
 
 
+@pytest.mark.slow
 def test_feature_extraction_trains_only_the_head(learn_cache, tmp_path):
     cfg = _cfg(
         learn_cache, tmp_path / "fe", epochs=1, mode="feature-extraction", max_steps_per_epoch=2
@@ -140,6 +145,7 @@ def test_feature_extraction_trains_only_the_head(learn_cache, tmp_path):
     assert changed and all(k.startswith("net.fc") for k in changed), changed
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs the gloo backend")
 def test_ddp_two_processes_on_cpu(learn_cache, tmp_path):
     out = tmp_path / "ddp"

@@ -241,6 +241,7 @@ def test_suggest_lr_lies_in_descending_part_of_synthetic_curve(seed):
     assert 10**-4.5 < s < 10**-2.5  # near the middle of the fall, not at its flat ends
 
 
+@pytest.mark.slow
 def test_lr_range_test_on_demo_cache(demo_cache, tmp_path):
     cfg = tiny_config(demo_cache, tmp_path / "unused", batch_size=8)
     df = tune.lr_range_test(cfg, start=1e-5, end=10.0, steps=12, progress=False)
@@ -279,6 +280,7 @@ def big_cache(demo_cache, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_effective_batch_1024_accumulates_micro_batches_on_cpu(big_cache, tmp_path, monkeypatch):
     steps = []
     real = train_setup.accumulate_gradients  # where fit's optimiser step calls it
@@ -308,6 +310,7 @@ def small_sweep(demo_cache, tmp_path_factory):
     return cfg, table, out
 
 
+@pytest.mark.slow
 def test_table_has_one_row_per_grid_point(small_sweep):
     cfg, table, out = small_sweep
     assert sorted(zip(table.batch_size, table.lr, strict=True)) == [
@@ -327,6 +330,7 @@ def test_table_has_one_row_per_grid_point(small_sweep):
         assert (out / "grid" / name).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_heatmap_and_curves_show_every_point(small_sweep):
     cfg, table, out = small_sweep
     fig = tune.plot_heatmap(table, "val_accuracy")
@@ -367,6 +371,7 @@ def test_batch_size_axis_is_log2_with_the_batch_sizes_as_plain_labels():
     assert [t.get_text() for t in scatter.get_yticklabels()] == ["16", "32", "64"]
 
 
+@pytest.mark.slow
 def test_write_best_gives_a_loadable_config_of_the_best_point(small_sweep, tmp_path):
     cfg, table, out = small_sweep
     best = table.loc[table.val_auc.idxmax()]
@@ -378,6 +383,7 @@ def test_write_best_gives_a_loadable_config_of_the_best_point(small_sweep, tmp_p
     assert Config.load(out / "grid" / "best_config.json").batch_size == best.batch_size
 
 
+@pytest.mark.slow
 def test_rerun_does_not_train_again_and_other_settings_are_refused(small_sweep, monkeypatch):
     cfg, table, out = small_sweep
 
@@ -393,6 +399,7 @@ def test_rerun_does_not_train_again_and_other_settings_are_refused(small_sweep, 
         tune.sweep(cfg, batch_sizes=[4], lrs=[1e-3], prune=True, study="other", progress=False)
 
 
+@pytest.mark.slow
 def test_random_search_on_journal_storage(demo_cache, tmp_path):
     cfg = tiny_config(demo_cache, tmp_path / "sweep")
     journal = str(tmp_path / "sweep" / "study.log")
@@ -415,6 +422,7 @@ def test_random_search_on_journal_storage(demo_cache, tmp_path):
     assert tune.plot_heatmap(table, "val_auc").axes  # a scatter for a non-grid table
 
 
+@pytest.mark.slow
 def test_lr_scaling_sweep_is_its_own_study_with_scaled_lrs(demo_cache, tmp_path):
     cfg = tiny_config(demo_cache, tmp_path / "sweep")
     table = tune.sweep(
@@ -438,6 +446,7 @@ def test_lr_scaling_sweep_is_its_own_study_with_scaled_lrs(demo_cache, tmp_path)
 # --- several workers and crashes (subprocesses) ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study_each_point_once(demo_cache, tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "pneumolib", "tune", "--cache", str(demo_cache), "--out", str(out)]
@@ -491,6 +500,7 @@ sweep(cfg, batch_sizes=[4, 8, 16], lrs=[1e-3], max_micro_batch=8, heartbeat=0.3,
 """
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_without_redoing_finished_points(demo_cache, tmp_path):
     out = tmp_path / "sweep"
     script = tmp_path / "worker.py"
