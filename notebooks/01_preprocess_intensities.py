@@ -63,7 +63,7 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 import numpy as np
 from IPython.display import display
 
-from pneumolib import colab, explore
+from pneumolib import colab, explore, intensities
 from pneumolib.data import open_images, read_index, read_stats
 from pneumolib.preprocess import cache_for
 from pneumolib.synth import make_demo_data
@@ -159,7 +159,7 @@ display(explore.box_size_figure(index, size))
 # %%
 positives = index[index.target == 1]
 heat = explore.box_heatmap(index, size)
-mean_positive = explore.mean_image(images, positives["row"].to_numpy())
+mean_positive = intensities.mean_image(images, positives["row"].to_numpy())
 print(f"total box area {heat.sum():,.0f} px^2 over {len(positives):,} positive patients")
 display(explore.box_heatmap_figure(heat, len(positives), background=mean_positive))
 
@@ -192,7 +192,7 @@ display(explore.class_examples_figure(images, index, per_class=4))
 # DICOM was windowed to 8 bits.
 
 # %%
-display(explore.intensity_histograms_figure(images, index, by="class", max_per_group=500))
+display(intensities.intensity_histograms_figure(images, index, by="class", max_per_group=500))
 
 # %% [markdown]
 # ## Scalings side by side
@@ -224,7 +224,7 @@ display(explore.intensity_histograms_figure(images, index, by="class", max_per_g
 # %%
 rng = np.random.default_rng(0)
 examples = [images[r] for r in rng.choice(index["row"].to_numpy(), size=3, replace=False)]
-display(explore.scalings_figure(examples, stats["mean"], stats["std"]))
+display(intensities.scalings_figure(examples, stats["mean"], stats["std"]))
 
 # %% [markdown]
 # ## Mean image per class
@@ -235,8 +235,8 @@ display(explore.scalings_figure(examples, stats["mean"], stats["std"]))
 # shoulders and the borders come from the view and the patients, not from pneumonia.
 
 # %%
-means = explore.mean_images(images, index, by="class")
-display(explore.mean_image_figure(means, reference="Normal"))
+means = intensities.mean_images(images, index, by="class")
+display(intensities.mean_image_figure(means, reference="Normal"))
 
 # %% [markdown]
 # ## Next

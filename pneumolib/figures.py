@@ -51,6 +51,12 @@ CLASS_COLOURS = {
 }
 
 
+def figure_grid(nrows: int, ncols: int, size: tuple[float, float]) -> tuple[Figure, np.ndarray]:
+    """A pyplot-free constrained-layout Figure of `size` inches and its (nrows, ncols) axes."""
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
 def class_colour(name: str | int) -> str:
     """Colour of a class name, a target (0/1) or a metrics class name; grey when unknown."""
     if not isinstance(name, str):

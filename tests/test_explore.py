@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumolib import explore
+from pneumolib import explore, intensities
 from pneumolib.data import open_images, read_index, read_stats
 
 
@@ -27,19 +27,19 @@ def ramp() -> np.ndarray:
 
 
 def test_scale_255_known_values(ramp: np.ndarray) -> None:
-    x = explore.scale_255(np.array([[0, 51, 255]], np.uint8))
+    x = intensities.scale_255(np.array([[0, 51, 255]], np.uint8))
     assert x.dtype == np.float32 and x.shape == (1, 3)
     np.testing.assert_allclose(x, [[0.0, 0.2, 1.0]], atol=1e-7)
-    y = explore.scale_255(ramp)
+    y = intensities.scale_255(ramp)
     assert 0 <= y.min() and y.max() <= 1
 
 
 def test_scale_minmax_spans_unit_range(ramp: np.ndarray) -> None:
-    x = explore.scale_minmax(ramp)
+    x = intensities.scale_minmax(ramp)
     assert x.dtype == np.float32 and x.shape == ramp.shape
     assert x.min() == 0.0 and x.max() == 1.0
     np.testing.assert_allclose(x.ravel(), (np.arange(200) / 199), atol=1e-6)
-    flat = explore.scale_minmax(np.full((4, 4), 7, np.uint8))
+    flat = intensities.scale_minmax(np.full((4, 4), 7, np.uint8))
     assert np.all(flat == 0)
 
 
@@ -47,49 +47,49 @@ def test_scale_zscore_of_data_with_given_mean_std() -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (64, 64)).astype(np.uint8)
     v = img / 255.0
-    z = explore.scale_zscore(img, float(v.mean()), float(v.std()))
+    z = intensities.scale_zscore(img, float(v.mean()), float(v.std()))
     assert z.dtype == np.float32
     assert abs(z.mean()) < 1e-4 and abs(z.std() - 1) < 1e-4
     # the documented range holds for any input
     m, s = 0.3, 0.2
-    z = explore.scale_zscore(np.array([[0, 255]], np.uint8), m, s)
+    z = intensities.scale_zscore(np.array([[0, 255]], np.uint8), m, s)
     np.testing.assert_allclose(z, [[-m / s, (1 - m) / s]], rtol=1e-6)
     with pytest.raises(ValueError, match="std"):
-        explore.scale_zscore(img, 0.5, 0.0)
+        intensities.scale_zscore(img, 0.5, 0.0)
 
 
 def test_scale_percentile_clips_the_tails(ramp: np.ndarray) -> None:
     img = ramp.copy()
     img[0, 0], img[0, 1] = 0, 255  # outliers a min-max scaling would be ruled by
-    x = explore.scale_percentile(img, lo=5, hi=95)
+    x = intensities.scale_percentile(img, lo=5, hi=95)
     p5, p95 = np.percentile(img, [5, 95])
     assert x.dtype == np.float32 and x.min() == 0.0 and x.max() == 1.0
     assert np.all(x[img <= p5] == 0) and np.all(x[img >= p95] == 1)
     inside = (img > p5) & (img < p95)
     np.testing.assert_allclose(x[inside], (img[inside] - p5) / (p95 - p5), rtol=1e-5)
     # the window is wider than with min-max: more of the range goes to the body of the data
-    assert np.ptp(x[inside]) > np.ptp(explore.scale_minmax(img)[inside])
+    assert np.ptp(x[inside]) > np.ptp(intensities.scale_minmax(img)[inside])
     with pytest.raises(ValueError, match="lo, hi"):
-        explore.scale_percentile(img, lo=50, hi=10)
+        intensities.scale_percentile(img, lo=50, hi=10)
 
 
 def test_clahe_keeps_shape_and_range_and_raises_local_contrast() -> None:
     rng = np.random.default_rng(1)
     # a low-contrast image: grey levels 100..115 only
     img = (100 + rng.integers(0, 16, (64, 64))).astype(np.uint8)
-    x = explore.clahe(img, clip=2.0, tiles=4)
+    x = intensities.clahe(img, clip=2.0, tiles=4)
     assert x.shape == img.shape and x.dtype == np.float32
     assert 0 <= x.min() and x.max() <= 1
-    assert np.ptp(x) > np.ptp(explore.scale_255(img))
+    assert np.ptp(x) > np.ptp(intensities.scale_255(img))
 
 
 def test_scalings_reject_non_uint8() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        explore.scale_255(np.zeros((4, 4), np.float32))
+        intensities.scale_255(np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError, match="uint8"):
-        explore.clahe(np.zeros((2, 4, 4), np.uint8))
-    out = explore.scalings(np.zeros((8, 8), np.uint8) + 9, 0.5, 0.25)
-    assert list(out) == list(explore.SCALING_NAMES)
+        intensities.clahe(np.zeros((2, 4, 4), np.uint8))
+    out = intensities.scalings(np.zeros((8, 8), np.uint8) + 9, 0.5, 0.25)
+    assert list(out) == list(intensities.SCALING_NAMES)
 
 
 # --- tables ------------------------------------------------------------------------------
@@ -153,20 +153,20 @@ def test_box_table_one_row_per_box(cache) -> None:
 def test_mean_image_equals_numpy_mean(cache) -> None:
     index, images, _ = cache
     rows = index.row.to_numpy()[::-1]  # order must not matter
-    got = explore.mean_image(images, rows, chunk=7)  # several chunks and a ragged last one
+    got = intensities.mean_image(images, rows, chunk=7)  # several chunks and a ragged last one
     np.testing.assert_allclose(got, np.asarray(images[np.sort(rows)], np.float64).mean(axis=0))
-    means = explore.mean_images(images, index, by="target")
+    means = intensities.mean_images(images, index, by="target")
     assert set(means) == {"0", "1"}
     pos = index.row[index.target == 1].to_numpy()
     np.testing.assert_allclose(means["1"], images[pos].mean(axis=0))
     with pytest.raises(ValueError, match="rows"):
-        explore.mean_image(images, [])
+        intensities.mean_image(images, [])
 
 
 def test_intensity_histogram_counts_every_pixel(cache) -> None:
     _, images, _ = cache
     rows = [0, 3, 5]
-    counts = explore.intensity_histogram(images, rows, chunk=2)
+    counts = intensities.intensity_histogram(images, rows, chunk=2)
     assert counts.shape == (256,) and counts.sum() == 3 * images.shape[1] * images.shape[2]
     np.testing.assert_array_equal(counts, np.bincount(images[rows].ravel(), minlength=256))
 
@@ -182,16 +182,16 @@ def test_figures_have_the_expected_axes(cache) -> None:
     n_pos = int(index.target.sum())
     n_classes = index["class"].nunique()
     heat = explore.box_heatmap(index, size)
-    means = explore.mean_images(images, index, by="class")
+    means = intensities.mean_images(images, index, by="class")
     figs = {
         "overview": (explore.overview_figure(index), 4),
         "demographics": (explore.demographics_figure(index), 2),
         "box sizes": (explore.box_size_figure(index, size), 2),
         "heat map": (explore.box_heatmap_figure(heat, n_pos, background=means["Normal"]), 2),
         "examples": (explore.class_examples_figure(images, index, per_class=2), 2 * n_classes),
-        "histograms": (explore.intensity_histograms_figure(images, index, max_per_group=5), 2),
-        "scalings": (explore.scalings_figure([images[0], images[1]], 0.4, 0.2), 3 * 5),
-        "means": (explore.mean_image_figure(means, reference="Normal"), 2 * n_classes),
+        "histograms": (intensities.intensity_histograms_figure(images, index, max_per_group=5), 2),
+        "scalings": (intensities.scalings_figure([images[0], images[1]], 0.4, 0.2), 3 * 5),
+        "means": (intensities.mean_image_figure(means, reference="Normal"), 2 * n_classes),
     }
     for name, (fig, n_axes) in figs.items():
         assert isinstance(fig, Figure), name
@@ -200,7 +200,7 @@ def test_figures_have_the_expected_axes(cache) -> None:
     hist_ax = figs["histograms"][0].axes[0]
     assert len(hist_ax.get_lines()) == n_classes  # one curve per class
     with pytest.raises(ValueError, match="reference"):
-        explore.mean_image_figure(means, reference="nope")
+        intensities.mean_image_figure(means, reference="nope")
 
 
 def test_class_titles_are_wrapped_not_cut(cache) -> None:
@@ -219,7 +219,7 @@ def test_figures_colour_classes_with_the_one_mapping(cache) -> None:
 
     index, images, _ = cache
     classes = sorted(index["class"].unique())
-    hist = explore.intensity_histograms_figure(images, index, max_per_group=20)
+    hist = intensities.intensity_histograms_figure(images, index, max_per_group=20)
     colours = [to_rgba(line.get_color()) for line in hist.axes[0].get_lines()]
     assert colours == [to_rgba(CLASS_COLOURS[c]) for c in classes]
     bars = explore.overview_figure(index).axes[0].patches  # target: negative, positive
@@ -231,7 +231,7 @@ def test_figures_colour_classes_with_the_one_mapping(cache) -> None:
 
 def test_exposure_histogram_bins_span_the_per_image_means(cache) -> None:
     index, images, _ = cache
-    fig = explore.intensity_histograms_figure(images, index, max_per_group=None)
+    fig = intensities.intensity_histograms_figure(images, index, max_per_group=None)
     ax = fig.axes[1]
     means = np.asarray(images[index["row"].to_numpy()]).mean(axis=(1, 2))
     steps = list(ax.patches)  # one step outline per class
