@@ -129,7 +129,7 @@ def mount_drive(mountpoint: str | Path | None = None) -> bool:
     if not in_colab():
         print("not in Colab: skipping the Drive mount; local folders are used instead")
         return False
-    from google.colab import drive
+    from google.colab import drive  # exists only inside Colab
 
     mountpoint = "/content/drive" if mountpoint is None else mountpoint
     drive.mount(str(mountpoint))

@@ -23,6 +23,8 @@ import pandas as pd
 import torch
 
 from pneumolib.augment import eval_affines, to_model_input, warp_cpu, warp_torch
+from pneumolib.cam import cam
+from pneumolib.cam_figures import save_overlays
 from pneumolib.config import Config
 from pneumolib.dicom import DicomError, check_informative, letterbox, read_dicom
 from pneumolib.models import load_checkpoint_model
@@ -181,9 +183,6 @@ def predict_files(
             with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                 probs = torch.sigmoid(model(x).float().squeeze(1))
         else:
-            from pneumolib.cam import cam
-            from pneumolib.cam_figures import save_overlays
-
             maps, probs = cam(model, x)  # the CAM's own forward pass gives the probabilities
             names = _overlay_names(ok)
             empty = [[] for _ in ok]  # no expert boxes for a new file

@@ -15,6 +15,8 @@ import math
 from collections.abc import Iterable
 from typing import IO
 
+from tqdm.auto import tqdm
+
 MAX_REFRESHES = 100
 MIN_INTERVAL_S = 1.0
 
@@ -35,8 +37,6 @@ def bar(
     Use `set_postfix(..., refresh=False)` / `set_description(..., refresh=False)` on it, so that
     the text changes with the next scheduled redraw instead of adding one.
     """
-    from tqdm.auto import tqdm
-
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)
     miniters = max(1, math.ceil((total - initial) / MAX_REFRESHES)) if total else None

@@ -309,7 +309,7 @@ def _rank_checksums(model: torch.nn.Module, world: int) -> list[float]:
 
 def _tensorboard(out: Path):
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: a missing one is fine
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(out / "tb"))
