@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumolib import __version__
+import pneumolib
 from pneumolib.cache_partial import (
     PROGRESS,
     CacheError,
@@ -398,7 +398,7 @@ def _finish(
         "source": params["source"],
         "split_rule": split,
         "seed": seed,
-        "package_version": __version__,
+        "package_version": pneumolib.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "params": params,
         "inputs": inputs,

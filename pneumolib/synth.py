@@ -147,6 +147,38 @@ def _mimic(rng, yy, xx, lung, kind: str) -> np.ndarray:
     return np.clip(1.0 - e, 0, 1) ** 1.5 * 0.9
 
 
+def _anatomy(
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, *, view: str
+) -> tuple[np.ndarray, list[tuple[float, float, float, float]], float]:
+    """A normal chest at _BASE px -> (float32 image, lungs [(cx, cy, rx, ry)] x 2, midline x)."""
+    n = _BASE
+    cx = n / 2 + rng.normal(0, 4)
+    img = np.full((n, n), 12.0, np.float32)  # air
+    body = _ellipse(yy, xx, n * 0.55, cx, n * 0.52, n * rng.uniform(0.40, 0.46))
+    img += 115.0 * (body < 1)  # soft tissue
+    lungs = []
+    heart_r = n * (0.13 if view == "AP" else 0.11) * rng.uniform(0.9, 1.15)  # AP magnifies heart
+    for side in (-1, 1):
+        lcx = cx + side * n * rng.uniform(0.17, 0.2)
+        lcy, ry, rx = (
+            n * rng.uniform(0.44, 0.48),
+            n * rng.uniform(0.25, 0.29),
+            n * rng.uniform(0.11, 0.135),
+        )
+        e = _ellipse(yy, xx, lcy, lcx, ry, rx)
+        lungs.append((lcx, lcy, rx, ry))
+        img -= 70.0 * np.clip(1.4 - e, 0, 1) * (e < 1.4)  # dark lung field, soft edge
+    # ribs: bright bands curving over the lungs
+    for k in range(9):
+        y0 = n * (0.22 + 0.06 * k) + rng.normal(0, 1.5)
+        curve = y0 + 0.0022 * (xx - cx) ** 2 * rng.uniform(0.8, 1.2)
+        img += 28.0 * np.exp(-(((yy - curve) / 2.6) ** 2)) * (body < 1)
+    img += 95.0 * np.exp(-(((xx - cx) / (n * 0.035)) ** 2)) * (yy > n * 0.1)  # spine
+    heart = _ellipse(yy, xx, n * 0.62, cx + n * 0.05, heart_r, heart_r * 1.2)
+    img += 55.0 * np.clip(1.3 - heart, 0, 1)  # heart / mediastinum
+    return img, lungs, cx
+
+
 def phantom(
     rng: np.random.Generator,
     size: int,
@@ -172,30 +204,7 @@ def phantom(
     """
     n = _BASE
     yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
-    cx = n / 2 + rng.normal(0, 4)
-    img = np.full((n, n), 12.0, np.float32)  # air
-    body = _ellipse(yy, xx, n * 0.55, cx, n * 0.52, n * rng.uniform(0.40, 0.46))
-    img += 115.0 * (body < 1)  # soft tissue
-    lungs = []
-    heart_r = n * (0.13 if view == "AP" else 0.11) * rng.uniform(0.9, 1.15)  # AP magnifies heart
-    for side in (-1, 1):
-        lcx = cx + side * n * rng.uniform(0.17, 0.2)
-        lcy, ry, rx = (
-            n * rng.uniform(0.44, 0.48),
-            n * rng.uniform(0.25, 0.29),
-            n * rng.uniform(0.11, 0.135),
-        )
-        e = _ellipse(yy, xx, lcy, lcx, ry, rx)
-        lungs.append((lcx, lcy, rx, ry))
-        img -= 70.0 * np.clip(1.4 - e, 0, 1) * (e < 1.4)  # dark lung field, soft edge
-    # ribs: bright bands curving over the lungs
-    for k in range(9):
-        y0 = n * (0.22 + 0.06 * k) + rng.normal(0, 1.5)
-        curve = y0 + 0.0022 * (xx - cx) ** 2 * rng.uniform(0.8, 1.2)
-        img += 28.0 * np.exp(-(((yy - curve) / 2.6) ** 2)) * (body < 1)
-    img += 95.0 * np.exp(-(((xx - cx) / (n * 0.035)) ** 2)) * (yy > n * 0.1)  # spine
-    heart = _ellipse(yy, xx, n * 0.62, cx + n * 0.05, heart_r, heart_r * 1.2)
-    img += 55.0 * np.clip(1.3 - heart, 0, 1)  # heart / mediastinum
+    img, lungs, cx = _anatomy(rng, yy, xx, view=view)
     if not_normal:  # a non-pneumonia finding: a tube or wire line
         x0 = cx + rng.uniform(-n * 0.05, n * 0.05)
         img += (
