@@ -3,9 +3,9 @@
 Modules, one job each (the README's module table says which): `config`, `dicom`,
 `dicom_write`, `data`, `synth`, `preprocess`, `cache_partial`, `explore`, `intensities`,
 `augment`, `loader`, `models`, `runtime`, `train_setup`, `train`, `checkpoint`, `metrics`,
-`evaluate`, `evaluate_figures`, `cam`, `cam_run`, `cam_figures`, `localisation`, `predict`,
-`tune` (a package), `demo`, `demo_report`, `shortcut`, `progress`, `figures`, `colab`,
-`kaggle`, `cli`. Nothing runs at import.
+`evaluate`, `evaluate_figures`, `compare`, `cam`, `cam_run`, `cam_figures`, `localisation`,
+`predict`, `tune` (a package), `demo`, `demo_report`, `shortcut`, `progress`, `figures`,
+`colab`, `kaggle`, `cli`. Nothing runs at import.
 """
 
 from pneumolib.config import Config, demo_config, rsna_config

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_cam,
         _add_predict,
         _add_tune,
+        _add_compare,
     ):
         add(sub)
     return ap
@@ -193,6 +194,14 @@ def _add_tune(sub) -> None:
     add_config_options(p, skip=("batch_size", "lr"))
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="runs on the same patients, with paired differences")
+    p.add_argument("--run", action="append", required=True, help="a run folder (give 2 or more)")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--n-boot", type=int, default=1000)
+
+
 def _parse_list(text: str, kind: type, flag: str) -> list:
     """`16,32,64` -> [16, 32, 64]; a one-line error naming `flag` on a bad or empty list."""
     try:
@@ -300,6 +309,11 @@ def run(argv: list[str] | None = None) -> int:
             tag=args.tag,
             threshold=args.threshold,
         )
+    elif cmd == "compare":
+        from pneumolib.compare import compare_runs, comparison_text
+
+        result = compare_runs(args.run, args.split, threshold=args.threshold, n_boot=args.n_boot)
+        print(comparison_text(result))
     elif cmd == "predict":
         from pneumolib.predict import predict_cli
 
