@@ -133,8 +133,6 @@ class TrainSetup:
     device: torch.device
     stats: dict
     policy: AugmentPolicy
-    train_idx: pd.DataFrame
-    val_idx: pd.DataFrame
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader | None
     model: torch.nn.Module
@@ -192,7 +190,7 @@ def _loaders(
         if validation
         else None
     )
-    return stats, policy, train_idx, val_idx, train_loader, val_loader
+    return stats, policy, train_idx, train_loader, val_loader
 
 
 def prepare_training(
@@ -218,7 +216,7 @@ def prepare_training(
             f"{world} processes"
         )
     accum = cfg.batch_size // (micro * world)
-    stats, policy, train_idx, val_idx, train_loader, val_loader = _loaders(
+    stats, policy, train_idx, train_loader, val_loader = _loaders(
         cfg, device, micro=micro, rank=rank, world=world, validation=validation
     )
     steps_per_epoch = math.ceil(len(train_loader) / accum)
@@ -243,8 +241,6 @@ def prepare_training(
         device=device,
         stats=stats,
         policy=policy,
-        train_idx=train_idx,
-        val_idx=val_idx,
         train_loader=train_loader,
         val_loader=val_loader,
         model=model,
