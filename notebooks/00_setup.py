@@ -39,9 +39,13 @@
 # Re-running is cheap: data that is already there and verified is not downloaded again.
 
 # %%
-# Install the package inside Colab only. `pneumolib.colab.in_colab` cannot be used before the
-# package is installed, so the same check is written out here.
+PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:"string"}
+# Where Colab installs pneumolib from: a git URL, a folder on Drive (for example
+# /content/drive/MyDrive/pneumolib) or a .whl file. Outside Colab nothing is installed (the
+# package is already importable). `python -m pneumolib publish` rewrites the default for a fork.
+# `pneumolib.colab.in_colab` cannot run before the install, so its check is written out here.
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -53,8 +57,18 @@ except ImportError:
     IN_COLAB = False
 
 if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
-    PACKAGE = "git+https://github.com/pneumolib/pneumolib"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+    source = PNEUMOLIB_SOURCE.strip()
+    if source.startswith("https://github.com/"):
+        source = "git+" + source  # pip clones a repository only with the git+ prefix
+    if source.startswith("/content/drive/"):
+        from google.colab import drive
+
+        drive.mount("/content/drive")
+    if "://" not in source and not os.path.exists(source):
+        raise FileNotFoundError(
+            f"PNEUMOLIB_SOURCE {source!r} not found: give a git URL, a folder or a .whl file"
+        )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
 
 # %% [markdown]
 # ## Profile and folders

@@ -37,8 +37,13 @@
 # resamples once, on uint8 pixels, so nothing blurs twice and a whole batch costs one call.
 
 # %%
-# Install the package inside Colab only (see notebook 00).
+PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:"string"}
+# Where Colab installs pneumolib from: a git URL, a folder on Drive (for example
+# /content/drive/MyDrive/pneumolib) or a .whl file. Outside Colab nothing is installed (the
+# package is already importable). `python -m pneumolib publish` rewrites the default for a fork.
+# `pneumolib.colab.in_colab` cannot run before the install, so its check is written out here.
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -50,8 +55,18 @@ except ImportError:
     IN_COLAB = False
 
 if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
-    PACKAGE = "git+https://github.com/pneumolib/pneumolib"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", PACKAGE], check=True)
+    source = PNEUMOLIB_SOURCE.strip()
+    if source.startswith("https://github.com/"):
+        source = "git+" + source  # pip clones a repository only with the git+ prefix
+    if source.startswith("/content/drive/"):
+        from google.colab import drive
+
+        drive.mount("/content/drive")
+    if "://" not in source and not os.path.exists(source):
+        raise FileNotFoundError(
+            f"PNEUMOLIB_SOURCE {source!r} not found: give a git URL, a folder or a .whl file"
+        )
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", source], check=True)
 
 # %%
 # %matplotlib inline
