@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         def train_step(x: torch.Tensor, y: torch.Tensor) -> int:
             opt.zero_grad(set_to_none=True)
             accumulate_gradients(
-                net, [(x, y)], n_step=len(y), pos_weight=pw, scaler=scaler, dtype=dtype
+                net, [(x, y)], n_step=len(y), loss_weight=pw, scaler=scaler, dtype=dtype
             )
             scaler.step(opt)
             scaler.update()

@@ -24,23 +24,56 @@ from torch import Tensor, nn
 from torchvision.models import DenseNet
 
 from pneumolib.models import feature_layer_name, head
+from pneumolib.tasks import CLASS_KEYS, pneumonia_probability
 
 # --- what to explain ----------------------------------------------------------------
 
 
 class BinaryLogitTarget:
-    """The score to explain for a one-logit head: the logit (evidence for pneumonia) when
-    `positive`, else its negative (evidence against). Call on logits (B, 1) or (B,) -> (B,)."""
+    """The score to explain: the pneumonia logit (the one logit of a binary head, the Lung
+    Opacity logit of a three-class head: always the last) when `positive`, else its negative
+    (evidence against). Call on logits (B, K) or (B,) -> (B,)."""
 
     def __init__(self, positive: bool = True) -> None:
         self.positive = positive
 
     def __call__(self, logits: Tensor) -> Tensor:
-        score = logits.reshape(logits.shape[0], -1)[:, 0]
+        score = logits.reshape(logits.shape[0], -1)[:, -1]
         return score if self.positive else -score
 
     def __repr__(self) -> str:
         return f"BinaryLogitTarget(positive={self.positive})"
+
+
+class ClassTarget:
+    """The logit of class `k` of a three-class head (`pneumolib.tasks.THREE_CLASSES` order:
+    0 Normal, 1 No Lung Opacity / Not Normal, 2 Lung Opacity). Logits (B, K) -> (B,)."""
+
+    def __init__(self, k: int) -> None:
+        if not 0 <= k < len(CLASS_KEYS):
+            raise ValueError(f"class {k}: expected 0, 1 or 2")
+        self.k = k
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        if logits.ndim != 2 or logits.shape[1] != len(CLASS_KEYS):
+            raise ValueError(
+                f"target {CLASS_KEYS[self.k]!r} needs a three-class run; this head has "
+                f"{logits.shape[-1]} logit(s) (explain 'pneumonia' instead)"
+            )
+        return logits[:, self.k]
+
+    def __repr__(self) -> str:
+        return f"ClassTarget({self.k})"
+
+
+def class_target(name: str) -> BinaryLogitTarget | ClassTarget:
+    """A target by name: "pneumonia" (either task), or a `tasks.CLASS_KEYS` name of a
+    three-class head ("normal", "not_normal", "lung_opacity")."""
+    if name == "pneumonia":
+        return BinaryLogitTarget()
+    if name not in CLASS_KEYS:
+        raise ValueError(f"unknown target {name!r}: pneumonia or one of {', '.join(CLASS_KEYS)}")
+    return ClassTarget(CLASS_KEYS.index(name))
 
 
 # --- hooks and model plumbing ---------------------------------------------------------
@@ -192,7 +225,7 @@ def _weighted_maps(features: Tensor, weights: Tensor, size: tuple[int, int]) -> 
 # --- how: CAM and Grad-CAM ------------------------------------------------------------
 
 
-def cam_weights(linear: nn.Linear, target: BinaryLogitTarget | None = None) -> Tensor:
+def cam_weights(linear: nn.Linear, target: BinaryLogitTarget | ClassTarget | None = None) -> Tensor:
     """Channel weights (K,) of the target's score as a function of the pooled features:
     d target(linear(z)) / dz, which for a linear head is the head's weight row (negated for
     `positive=False`). Holds for any target that is linear in the logits."""
@@ -227,7 +260,7 @@ def cam(
     layer: str | None = None,
     linear: nn.Linear | None = None,
     relu_features: bool | None = None,
-    target: BinaryLogitTarget | None = None,
+    target: BinaryLogitTarget | ClassTarget | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Exact CAM for a global-pooling + linear head, the whole batch in one forward pass.
 
@@ -248,7 +281,7 @@ def cam(
         )
     weights = cam_weights(linear, target).to(features.device).expand(len(features), -1)
     maps = _weighted_maps(features, weights, tuple(x.shape[-2:]))
-    return maps, torch.sigmoid(logits[:, 0].float())
+    return maps, pneumonia_probability(logits)
 
 
 def grad_cam(
@@ -256,7 +289,7 @@ def grad_cam(
     x: Tensor,
     *,
     layer: str | None = None,
-    target: BinaryLogitTarget | None = None,
+    target: BinaryLogitTarget | ClassTarget | None = None,
     relu_features: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM for any convolutional layer, the whole batch in one forward pass.
@@ -282,4 +315,4 @@ def grad_cam(
         # two methods need not agree there.
         features = features.relu()
     maps = _weighted_maps(features, weights, tuple(x.shape[-2:]))
-    return maps, torch.sigmoid(logits[:, 0].detach().float())
+    return maps, pneumonia_probability(logits.detach())

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pneumolib.augment import AugmentPolicy
-from pneumolib.cam import cam, default_layer, grad_cam, resolve_layer
+from pneumolib.cam import cam, class_target, default_layer, grad_cam, resolve_layer
 from pneumolib.cam_figures import save_overlays
 from pneumolib.config import Config
 from pneumolib.data import read_index, read_stats
@@ -86,6 +86,7 @@ def iter_cam_batches(
     gpu_augment: bool = True,
     method: str = "cam",
     layer: str | None = None,
+    target: str = "pneumonia",
     batch_size: int = 64,
     workers: int = 0,
     progress: bool = False,
@@ -95,10 +96,15 @@ def iter_cam_batches(
     for validation (plain resize to `image_size`, normalised with the checkpoint's `stats`, the
     warp where the run's validation did it: `runtime.warp_on_device` with its `gpu_augment`).
 
+    `target` is what the maps explain: "pneumonia" (either task) or, for a three-class run,
+    one class ("normal", "not_normal", "lung_opacity"; `cam.class_target`).
+
     Yields dicts: `rows` (the batch's slice of `index`), `images` uint8 (B, S, S) (the network
-    input, de-normalised, for drawing), `maps` float32 (B, S, S) in [0, 1], `probs` (B,).
+    input, de-normalised, for drawing), `maps` float32 (B, S, S) in [0, 1], `probs` (B,) (the
+    pneumonia probability).
     """
     method = _method(method)
+    score = class_target(target)
     layer = resolve_layer(model, layer)
     device = next(model.parameters()).device
     index = index.reset_index(drop=True)
@@ -127,9 +133,9 @@ def iter_cam_batches(
             channels_last=False,
         )
         if method == "cam":
-            maps, probs = cam(model, x, layer=layer)
+            maps, probs = cam(model, x, layer=layer, target=score)
         else:
-            maps, probs = grad_cam(model, x, layer=layer)
+            maps, probs = grad_cam(model, x, layer=layer, target=score)
         images = ((x[:, 0].float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
         yield {
             "rows": index.iloc[batch["position"].numpy()],
@@ -149,6 +155,7 @@ def cam_examples(
     *,
     method: str = "cam",
     layer: str | None = None,
+    target: str = "pneumonia",
     device: str = "cpu",
     cache: str | Path | None = None,
     checkpoint: str = "best.pt",
@@ -174,6 +181,7 @@ def cam_examples(
             gpu_augment=cfg.gpu_augment,
             method=method,
             layer=layer,
+            target=target,
             batch_size=max(1, len(rows)),
         )
     )
@@ -197,6 +205,7 @@ def cam_run(
     batch_size: int = 64,
     seed: int = 0,
     layer: str | None = None,
+    target: str = "pneumonia",
     threshold: float = POSITIVE_THRESHOLD,
     n_errors: int = 4,
     n_boot: int = 1000,
@@ -223,6 +232,8 @@ def cam_run(
     `cache` overrides the run's cache folder, `checkpoint` the file in RUN (e.g. "last.pt").
     `tolerance` (pixels at the input size) lets the pointing game count a peak that near a
     box as a hit (`localisation.pointing_game`); 0, the default, demands it inside.
+    `target` picks the logit explained (`iter_cam_batches`); other than "pneumonia" it asks
+    where, say, the Normal class finds its evidence in the same true positives (use a `tag`).
     Returns the summary and prints it in one line.
     """
     method = _method(method)
@@ -241,6 +252,7 @@ def cam_run(
         gpu_augment=cfg.gpu_augment,
         method=method,
         layer=layer,
+        target=target,
         batch_size=batch_size,
         workers=cfg.workers,
         progress=progress,
@@ -254,6 +266,7 @@ def cam_run(
         "split": split,
         "method": method,
         "layer": layer or default_layer(model),
+        "target": target,
         "threshold": threshold,
         "tolerance": tolerance,
         "n_images": len(index),

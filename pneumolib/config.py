@@ -41,6 +41,9 @@ class Config:
     test_frac: float = 0.15  # stratified split: share of patients in test
 
     label: str = "pneumonia"  # what the model learns: pneumonia (Target) | view (AP = 1, PA = 0)
+    # binary (1 logit: pneumonia) | three-class (Normal / No Lung Opacity-Not Normal / Lung
+    # Opacity; the pneumonia probability is P(Lung Opacity)); see pneumolib.tasks
+    task: str = "binary"
 
     # --- model ----------------------------------------------------------------------
     model: str = "resnet18"  # torchvision architecture name
@@ -59,8 +62,10 @@ class Config:
     momentum: float = 0.9  # SGD momentum
     schedule: str = "cosine"  # none | cosine | onecycle
     warmup_epochs: float = 0.0  # linear warm-up length (cosine), in epochs
-    pos_weight: float = 0.0  # BCE positive-class weight; 0 = negatives/positives on train
-    balanced_sampling: bool = False  # draw train batches class-balanced instead of pos_weight
+    # binary task: BCE positive-class weight; 0 = negatives/positives on train
+    pos_weight: float = 0.0
+    # draw train batches class-balanced (both tasks) instead of weighting the loss
+    balanced_sampling: bool = False
 
     # --- augmentation (course policy as reference) ----------------------------------
     rotate_deg: float = _tagged(STRENGTH, default=5.0)  # random tilt, +- degrees

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pneumolib import tasks
 from pneumolib.augment import AugmentPolicy, compose_affines
 from pneumolib.config import Config
 from pneumolib.data import read_index, read_stats
@@ -33,9 +34,10 @@ from pneumolib.metrics import (
     summarize,
 )
 from pneumolib.models import load_checkpoint_model
+from pneumolib.multiclass import class_table, confusion_table, summarize_classes
 from pneumolib.predict import model_input
 from pneumolib.progress import bar as progress_bar
-from pneumolib.runtime import amp_dtype, predict_probs, resolve_device, warp_on_device
+from pneumolib.runtime import amp_dtype, predict_logits, resolve_device, warp_on_device
 
 
 # --------------------------------------------------------------------------- driver
@@ -64,6 +66,10 @@ def evaluate_predictions(
         thr, source = {"0.5": 0.5}, "fixed"
     metrics = {"split": split, "threshold_source": source}
     metrics |= summarize(pred, thresholds=thr, n_boot=n_boot, seed=seed)
+    classes = summarize_classes(pred, n_boot=n_boot, seed=seed)
+    metrics["task"] = "binary" if classes is None else "three-class"
+    if classes is not None:
+        metrics["three_class"] = classes
     if split == "val" and "0.5" in metrics["thresholds"]:
         ref = compare_with_reference(metrics).reset_index()
         metrics["reference"] = jsonable(ref.to_dict("records"))
@@ -107,13 +113,13 @@ def tta_affines(in_size: int, out_size: int, hflip: bool = False) -> dict[str, n
 
 
 def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_device: bool):
-    """Mean probability over the variants `mats` {name: (2, 3)} for a loader of raw uint8
-    (B, S, S) batches -> (probabilities (N,), targets (N,), positions (N,))."""
+    """Mean class probabilities over the variants `mats` {name: (2, 3)} for a loader of raw
+    uint8 (B, S, S) batches -> (probabilities (N, K), targets (N,), positions (N,))."""
     probs, targets, positions = [], [], []
     with torch.no_grad():
         for batch in progress_bar(loader, desc="predict (TTA)", leave=False):
             images = batch["images"].numpy()  # (B, S, S) uint8
-            total = torch.zeros(len(images), dtype=torch.float64)
+            total = torch.zeros((), dtype=torch.float64)
             for m in mats.values():
                 x = model_input(
                     images,
@@ -124,7 +130,7 @@ def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_de
                     warp_on_device=on_device,
                 )
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    total += torch.sigmoid(model(x).float().squeeze(1)).double().cpu()
+                    total = total + tasks.probabilities(model(x)).double().cpu()
             probs.append((total / len(mats)).numpy())
             targets.append(batch["target"].numpy())
             positions.append(batch["position"].numpy())
@@ -150,7 +156,7 @@ def read_predictions(run: str | Path, split: str = "val", tta: bool = False) -> 
     path = Path(run) / f"predictions_{split}{'_tta' if tta else ''}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run `python -m pneumolib evaluate` first")
-    return pd.read_csv(path, dtype={"patientId": str, "sex": str, "view": str})
+    return pd.read_csv(path, dtype={"patientId": str, "sex": str, "view": str, "class": str})
 
 
 def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
@@ -195,7 +201,7 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
             ctx["on_device"],
         )
     else:
-        p, y, pos = predict_probs(
+        logits, y, pos = predict_logits(
             ctx["model"],
             loader,
             device=dev,
@@ -204,16 +210,29 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
             amp=ctx["amp"],
             progress=True,
         )
+        p = tasks.probabilities(torch.from_numpy(logits)).numpy()
     picked = rows.iloc[pos].reset_index(drop=True)
     if not np.array_equal(picked["target"].to_numpy(), y.astype(picked["target"].dtype)):
         raise RuntimeError(f"{cache}: loader targets do not match index.csv rows")
-    pred = picked[["patientId"]].assign(prob=np.clip(p.astype(np.float64), 0.0, 1.0))
-    pred = pred.assign(**{c: picked[c] for c in ("target", "view", "sex", "age") if c in picked})
+    pred = _predictions_table(picked, np.clip(p.astype(np.float64), 0.0, 1.0))
     meta_path.unlink(missing_ok=True)  # a CSV without its sidecar is never reused
     tmp = csv.with_name(csv.name + ".tmp")
     pred.to_csv(tmp, index=False)
     os.replace(tmp, csv)
     _write_json(meta, meta_path)
+    return pred
+
+
+def _predictions_table(rows: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    """Index rows and their class probabilities (N, K) -> `patientId, prob, target, view, sex,
+    age`, where `prob` is the pneumonia probability; a three-class run adds `class` and one
+    `prob_<class>` column per class (`tasks.class_prob_columns`)."""
+    pred = rows[["patientId"]].assign(prob=tasks.pneumonia(probs))
+    pred = pred.assign(**{c: rows[c] for c in ("target", "view", "sex", "age") if c in rows})
+    columns = tasks.class_prob_columns(tasks.task_of(probs.shape[1]))
+    if columns:
+        pred = pred.assign(**{"class": rows["class"]})
+        pred = pred.assign(**{c: probs[:, k] for k, c in enumerate(columns)})
     return pred
 
 
@@ -370,3 +389,6 @@ def _print_summary(metrics: Mapping[str, Any], table: bool = True) -> None:
     print(head + (f"AUC {auc:.3f}{ci}" if auc is not None else "AUC n/a (one class)"))
     if table:
         print(metrics_table(metrics, ("accuracy", "precision", "recall")).to_string())
+    if table and "three_class" in metrics:
+        print(class_table(metrics["three_class"]).to_string())
+        print(confusion_table(metrics["three_class"]).to_string())

@@ -15,6 +15,7 @@ import torch
 
 from pneumolib.augment import augment_batch_cpu, batch_rng, intensity_luts
 from pneumolib.data import open_images
+from pneumolib.tasks import sampling_weights
 
 
 def default_workers(requested: int = -1) -> int:
@@ -54,8 +55,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         n = len(self.targets)
         rng = np.random.default_rng([self.seed, self.epoch, 7])
         if self.balanced:
-            pos = self.targets.mean()
-            w = np.where(self.targets == 1, 0.5 / max(pos, 1e-9), 0.5 / max(1 - pos, 1e-9))
+            w = sampling_weights(self.targets)
             idx = rng.choice(n, size=n, replace=True, p=w / w.sum())
         else:
             idx = rng.permutation(n) if self.shuffle else np.arange(n)
@@ -162,10 +162,13 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     normalise: tuple[float, float] | None = None,
+    targets: np.ndarray | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of whole uint8 batches over the given `index` rows (see `CacheBatches`;
-    `normalise=(mean, std)` adds each image's intensity lookup table)."""
-    targets = index["target"].to_numpy()
+    `normalise=(mean, std)` adds each image's intensity lookup table). Batches carry
+    `targets` (N,) (default: the `target` column; the trainer passes `tasks.training_targets`),
+    and `balanced` draws every class among them equally often."""
+    targets = index["target"].to_numpy() if targets is None else np.asarray(targets)
     sampler = EpochBatchSampler(
         targets,
         batch_size,

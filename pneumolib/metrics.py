@@ -253,7 +253,7 @@ def bootstrap_distribution(
     return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
 
-def _percentile_ci(values: np.ndarray, alpha: float) -> np.ndarray:
+def percentile_ci(values: np.ndarray, alpha: float) -> np.ndarray:
     """Percentile interval over axis 0, ignoring undefined (NaN) resamples: (2,) or (2, T)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN, on purpose
@@ -273,7 +273,7 @@ def bootstrap_ci(
     dist = bootstrap_distribution(y, p, thresholds=[threshold], n_boot=n_boot, seed=seed)
     out = {}
     for name in CI_METRICS:
-        lo, hi = _percentile_ci(dist[name].reshape(n_boot, -1)[:, 0], alpha)
+        lo, hi = percentile_ci(dist[name].reshape(n_boot, -1)[:, 0], alpha)
         out[name] = (float(lo), float(hi))
     return out
 
@@ -295,7 +295,7 @@ def _metric_rows(
         row = {"threshold_name": name} | row
         for m in CI_METRICS:
             d = dist[m] if m in dist else np.full(1, np.nan)
-            lo, hi = _percentile_ci(d if d.ndim == 1 else d[:, j], alpha)
+            lo, hi = percentile_ci(d if d.ndim == 1 else d[:, j], alpha)
             row[f"{m}_lo"], row[f"{m}_hi"] = float(lo), float(hi)
         rows.append(row)
     return rows

@@ -1,12 +1,12 @@
-"""Torchvision backbones with a 1-channel input and one output logit.
+"""Torchvision backbones with a 1-channel input and one logit per class of the task.
 
 `build_model(name, mode, weights)` returns a `Classifier`: a thin wrapper whose `net` is the
 torchvision model, so state-dict keys are always `net.<torchvision key>` in every mode.
 
-- input `(B, 1, H, W)` float, output `(B, 1)` logits;
+- input `(B, 1, H, W)` float, output `(B, 1)` logits (`(B, 3)` for the three-class task);
 - the first convolution takes one channel; pretrained RGB kernels are SUMMED over their three
   input channels (a grey image repeated as RGB gives the same response as before);
-- the ImageNet classifier is replaced by a fresh `nn.Linear(in_features, 1)`;
+- the ImageNet classifier is replaced by a fresh `nn.Linear(in_features, K)`;
 - modes: `finetune` (everything trains), `feature-extraction` (backbone frozen, its BatchNorm
   statistics included: `model.train()` keeps it in eval mode; only the classifier trains) and
   `scratch` (random init, everything trains; any `weights` argument is ignored, and a weights
@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
+
+from pneumolib import tasks
 
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")
 MODES = ("finetune", "feature-extraction", "scratch")
@@ -63,7 +65,7 @@ def _family_name(name: str) -> str:
 
 
 class Classifier(nn.Module):
-    """Wraps a torchvision model `net`; `(B, 1, H, W)` -> `(B, 1)` logits.
+    """Wraps a torchvision model `net`; `(B, 1, H, W)` -> `(B, K)` logits (K: `tasks.n_outputs`).
 
     With `frozen=True` (feature extraction) `train()` keeps `net` in eval mode, so BatchNorm
     running statistics stay the pretrained ones and stochastic depth stays off; only the
@@ -102,7 +104,7 @@ def _replace(root: nn.Module, dotted: str, module: nn.Module) -> None:
 
 
 def head(model: nn.Module) -> nn.Linear:
-    """The final 1-logit `nn.Linear` layer."""
+    """The final `nn.Linear` layer (one output per logit)."""
     m = _unwrap(model)
     return m.net.get_submodule(_FAMILIES[m.family].head)
 
@@ -123,14 +125,21 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def build_model(
-    name: str = "resnet18", mode: str = "finetune", weights: str = "imagenet"
+    name: str = "resnet18",
+    mode: str = "finetune",
+    weights: str = "imagenet",
+    *,
+    n_outputs: int = 1,
 ) -> nn.Module:
-    """A `Classifier` taking `(B, 1, H, W)` float images to `(B, 1)` logits.
+    """A `Classifier` taking `(B, 1, H, W)` float images to `(B, n_outputs)` logits
+    (1 for the binary task, 3 for three-class: `pneumolib.tasks.n_outputs`).
 
     `weights`: "imagenet" (torchvision's default weights, downloaded to the torch hub cache),
     "none" (random init) or a path to a state dict: a torchvision RGB one (first conv summed
     to 1 channel, ImageNet head dropped), a pneumolib one (loaded strictly) or a pneumolib
-    checkpoint (its "model" entry). `mode="scratch"` ignores `weights`.
+    checkpoint (its "model" entry); a head of another width (ImageNet's 1,000 classes, a
+    binary run's one logit for a three-class model) is left freshly initialised.
+    `mode="scratch"` ignores `weights`.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
@@ -151,7 +160,7 @@ def build_model(
         one.weight.copy_(stem.weight.sum(dim=1, keepdim=True))
     _replace(net, fam.stem, one)
     old_head = net.get_submodule(fam.head)
-    _replace(net, fam.head, nn.Linear(old_head.in_features, 1))
+    _replace(net, fam.head, nn.Linear(old_head.in_features, n_outputs))
 
     model = Classifier(net, name, frozen=mode == "feature-extraction")
     if weights == "imagenet":
@@ -227,9 +236,23 @@ def _load_file(model: Classifier, path: str | Path) -> None:
     state = _strip(state)
     what = f"weights file {path} does not fit {model.name}"
     if all(k.startswith("net.") for k in state):  # saved from a pneumolib Classifier
-        _load_state(model, state, what)
+        state, head_keys = _fitting_head(model, state, prefix="net.")
+        _load_state(model, state, what, may_miss=head_keys)
     else:
         _load_torchvision_state(model, state, what)
+
+
+def _fitting_head(
+    model: Classifier, state: dict[str, Any], *, prefix: str
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """`state` without its head when the head's width differs from `model`'s (ImageNet's
+    1,000 classes, or one logit loaded into a three-class model), and the head keys that may
+    therefore be missing."""
+    keys = tuple(f"{prefix}{_FAMILIES[model.family].head}.{p}" for p in ("weight", "bias"))
+    width = head(model).out_features
+    if state.get(keys[0], torch.empty(0)).shape[:1] != (width,):
+        state = {k: v for k, v in state.items() if k not in keys}
+    return state, keys
 
 
 def _load_torchvision_state(model: Classifier, state: dict[str, Any], what: str) -> None:
@@ -239,9 +262,7 @@ def _load_torchvision_state(model: Classifier, state: dict[str, Any], what: str)
     stem_key = fam.stem + ".weight"
     if stem_key in state and state[stem_key].ndim == 4 and state[stem_key].shape[1] == 3:
         state[stem_key] = state[stem_key].sum(dim=1, keepdim=True)
-    head_keys = (f"{fam.head}.weight", f"{fam.head}.bias")
-    if state.get(head_keys[0], torch.empty(0)).shape[:1] != (1,):
-        state = {k: v for k, v in state.items() if k not in head_keys}  # e.g. the 1000 classes
+    state, head_keys = _fitting_head(model, state, prefix="")
     _load_state(model.net, state, what, may_miss=head_keys)
 
 
@@ -255,6 +276,7 @@ def load_checkpoint_model(
             f"{path} is not a pneumolib checkpoint (expected keys 'model', 'config', 'stats')"
         )
     config, stats = dict(ckpt["config"]), dict(ckpt["stats"])
-    model = build_model(config.get("model"), config.get("mode"), weights="none")
+    width = tasks.n_outputs(config.get("task", "binary"))
+    model = build_model(config.get("model"), config.get("mode"), "none", n_outputs=width)
     _load_state(model, _strip(ckpt["model"]), f"checkpoint {path} does not fit {model.name}")
     return model.to(map_location).eval(), config, stats

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pneumolib import tasks
 from pneumolib.augment import (
     AugmentPolicy,
     apply_luts,
@@ -76,7 +77,7 @@ def to_device_batch(
 
 
 @torch.no_grad()
-def predict_probs(
+def predict_logits(
     model: torch.nn.Module,
     loader,
     *,
@@ -87,10 +88,11 @@ def predict_probs(
     channels_last: bool = False,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run `model` over an eval loader -> (probabilities (N,), targets (N,), positions (N,))."""
+    """Run `model` over an eval loader -> (logits (N, K) float32, the batches' targets (N,),
+    positions (N,))."""
     was_training = model.training
     model.eval()
-    probs, targets, positions = [], [], []
+    logits, targets, positions = [], [], []
     for batch in progress_bar(loader, desc="predict", leave=False, disable=not progress):
         x = to_device_batch(
             batch,
@@ -103,9 +105,34 @@ def predict_probs(
             channels_last=channels_last,
         )
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(x).float().squeeze(1)
-        probs.append(torch.sigmoid(logits).cpu().numpy())
+            logits.append(model(x).float().cpu().numpy())
         targets.append(batch["target"].numpy())
         positions.append(batch["position"].numpy())
     model.train(was_training)
-    return np.concatenate(probs), np.concatenate(targets), np.concatenate(positions)
+    return np.concatenate(logits), np.concatenate(targets), np.concatenate(positions)
+
+
+def predict_probs(
+    model: torch.nn.Module,
+    loader,
+    *,
+    device: torch.device,
+    size: int,
+    stats: dict,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run `model` over an eval loader -> (pneumonia probabilities (N,), targets (N,),
+    positions (N,)); for either task (`tasks.pneumonia_probability`)."""
+    logits, targets, positions = predict_logits(
+        model,
+        loader,
+        device=device,
+        size=size,
+        stats=stats,
+        amp=amp,
+        channels_last=channels_last,
+        progress=progress,
+    )
+    return tasks.pneumonia_probability(torch.from_numpy(logits)).numpy(), targets, positions

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from pneumolib import tasks
 from pneumolib.checkpoint import (
     RunError,
     cache_identity,
@@ -37,7 +37,7 @@ from pneumolib.checkpoint import (
 )
 from pneumolib.config import EXACT, PATH, STOPPING, Config, field_names
 from pneumolib.progress import bar as progress_bar
-from pneumolib.runtime import predict_probs, resolve_device
+from pneumolib.runtime import predict_logits, resolve_device
 from pneumolib.train_setup import TrainSetup, optimiser_step, prepare_training, seed_everything
 
 # Fields that may differ when a run is resumed: paths, speed with the same numbers, and the
@@ -166,7 +166,7 @@ def _train_epoch(s: TrainSetup, epoch: int, bar, callback) -> float:
 
 def _validate(s: TrainSetup, epoch: int, train_loss: float, t0: float) -> dict:
     """Validation metrics of the epoch -> its metrics.csv row."""
-    p, y, _ = predict_probs(
+    logits, y, _ = predict_logits(
         s.model,
         s.val_loader,
         device=s.device,
@@ -175,12 +175,15 @@ def _validate(s: TrainSetup, epoch: int, train_loss: float, t0: float) -> dict:
         amp=s.dtype,
         channels_last=s.channels_last,
     )
-    p64, y64 = torch.from_numpy(p).double().clamp(1e-7, 1 - 1e-7), torch.from_numpy(y).double()
+    logits_t = torch.from_numpy(logits).double()
+    val_loss = tasks.loss(logits_t, torch.from_numpy(y), None)  # unweighted, as in every run
+    p = tasks.pneumonia_probability(logits_t).numpy()
+    summary = binary_summary(tasks.is_pneumonia(y, s.cfg.task), p)
     return {
         "epoch": epoch + 1,
         "train_loss": train_loss,
-        "val_loss": float(F.binary_cross_entropy(p64, y64)),
-        **{f"val_{k}": v for k, v in binary_summary(y, p).items()},
+        "val_loss": float(val_loss),
+        **{f"val_{k}": v for k, v in summary.items()},
         "lr": s.sched.get_last_lr()[0],
         "seconds": time.perf_counter() - t0,
     }
@@ -287,8 +290,10 @@ def _summary(s: TrainSetup, state: RunState, out: Path, world: int, writer) -> d
 
 
 def stats_for_ckpt(stats: dict) -> dict:
-    """What prediction needs to preprocess a new image exactly like the cache did."""
-    return {"mean": stats["mean"], "std": stats["std"], "size": stats["size"]}
+    """What prediction needs to preprocess a new image exactly like the cache did, and whether
+    the cache was made from synthetic data (None: a cache from before that was recorded)."""
+    kept = {"mean": stats["mean"], "std": stats["std"], "size": stats["size"]}
+    return kept | {"synthetic": stats.get("synthetic")}
 
 
 def _rank_checksums(model: torch.nn.Module, world: int) -> list[float]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
+from pneumolib import tasks
 from pneumolib.augment import AugmentPolicy
 from pneumolib.checkpoint import RunError
 from pneumolib.config import Config
@@ -84,12 +84,15 @@ def accumulate_gradients(
     pairs,
     *,
     n_step: int,
-    pos_weight: torch.Tensor,
+    loss_weight: torch.Tensor,
     scaler: torch.amp.GradScaler,
     dtype: torch.dtype | None = None,
     distributed: bool = False,
 ) -> float:
     """Backward over micro-batches `pairs` of (x (b, 1, H, W), y (b,)) -> summed loss.
+
+    The loss is `tasks.loss` with `loss_weight` (the binary positive-class weight (1,), or the
+    three-class weights (3,)).
 
     Each micro-batch's summed loss is divided by the `n_step` samples of the whole step, so the
     accumulated gradient equals that of one big batch's mean loss. Under DDP the gradient
@@ -101,28 +104,13 @@ def accumulate_gradients(
         ctx = net.no_sync() if distributed and i < count - 1 else contextlib.nullcontext()
         with ctx:
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = net(x).float().squeeze(1)
-                loss = (
-                    F.binary_cross_entropy_with_logits(
-                        logits, y, pos_weight=pos_weight, reduction="sum"
-                    )
-                    / n_step
-                )
+                loss = tasks.loss(net(x).float(), y, loss_weight, reduction="sum") / n_step
             scaler.scale(loss).backward()
         total += loss.item() * n_step
     return total
 
 
 # --- the run -----------------------------------------------------------------------------
-
-
-def pos_weight_for(cfg: Config, targets: pd.Series) -> float:
-    """The positive-class loss weight: `cfg.pos_weight`, else 1 with class-balanced batches,
-    else negatives / positives of the training rows."""
-    if cfg.pos_weight:
-        return cfg.pos_weight
-    pos = float(targets.mean())
-    return 1.0 if cfg.balanced_sampling else (1 - pos) / max(pos, 1e-9)
 
 
 @dataclass
@@ -141,7 +129,7 @@ class TrainSetup:
     sched: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
-    pos_weight: torch.Tensor
+    loss_weight: torch.Tensor  # (1,) binary positive-class weight or (3,) class weights
     accum: int  # micro-batches per optimiser step
     steps_per_epoch: int
     channels_last: bool
@@ -149,6 +137,8 @@ class TrainSetup:
 
 
 def _rows(cfg: Config) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    if cfg.task != "binary" and cfg.label != "pneumonia":
+        raise RunError(f"--task {cfg.task} learns RSNA's classes, not --label {cfg.label}")
     index, stats = with_label(read_index(cfg.cache), cfg.label), read_stats(cfg.cache)
     train_idx = index[index.split == "train"].reset_index(drop=True)
     val_idx = index[index.split == "val"].reset_index(drop=True)
@@ -163,6 +153,8 @@ def _loaders(
     cfg: Config, device: torch.device, *, micro: int, rank: int, world: int, validation: bool
 ):
     stats, train_idx, val_idx = _rows(cfg)
+    where = f"{cfg.cache}/index.csv"
+    train_targets = tasks.training_targets(train_idx, cfg.task, where=where)
     policy = AugmentPolicy.from_config(cfg)
     shared = {
         "out_size": cfg.image_size,
@@ -183,14 +175,22 @@ def _loaders(
         balanced=cfg.balanced_sampling,
         rank=rank,
         world=world,
+        targets=train_targets,
         **shared,
     )
     val_loader = (
-        make_loader(cfg.cache, val_idx, batch_size=cfg.eval_batch_size, train=False, **shared)
+        make_loader(
+            cfg.cache,
+            val_idx,
+            batch_size=cfg.eval_batch_size,
+            train=False,
+            targets=tasks.training_targets(val_idx, cfg.task, where=where),
+            **shared,
+        )
         if validation
         else None
     )
-    return stats, policy, train_idx, train_loader, val_loader
+    return stats, policy, train_targets, train_loader, val_loader
 
 
 def prepare_training(
@@ -216,13 +216,18 @@ def prepare_training(
             f"{world} processes"
         )
     accum = cfg.batch_size // (micro * world)
-    stats, policy, train_idx, train_loader, val_loader = _loaders(
+    stats, policy, train_targets, train_loader, val_loader = _loaders(
         cfg, device, micro=micro, rank=rank, world=world, validation=validation
     )
     steps_per_epoch = math.ceil(len(train_loader) / accum)
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    model = build_model(cfg.model, cfg.mode, cfg.weights if weights is None else weights)
+    model = build_model(
+        cfg.model,
+        cfg.mode,
+        cfg.weights if weights is None else weights,
+        n_outputs=tasks.n_outputs(cfg.task),
+    )
     model = model.to(device)
     channels_last = cfg.channels_last and device.type == "cuda"
     if channels_last:
@@ -249,7 +254,12 @@ def prepare_training(
         sched=make_scheduler(opt, cfg, steps_per_epoch),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         dtype=dtype,
-        pos_weight=torch.tensor([pos_weight_for(cfg, train_idx.target)], device=device),
+        loss_weight=torch.tensor(
+            tasks.loss_weight(
+                train_targets, cfg.task, pos_weight=cfg.pos_weight, balanced=cfg.balanced_sampling
+            ),
+            device=device,
+        ),
         accum=accum,
         steps_per_epoch=steps_per_epoch,
         channels_last=channels_last,
@@ -284,7 +294,7 @@ def optimiser_step(s: TrainSetup, micro_batches: list[dict]) -> tuple[float, int
         s.net,
         pairs,
         n_step=n_step,
-        pos_weight=s.pos_weight,
+        loss_weight=s.loss_weight,
         scaler=s.scaler,
         dtype=s.dtype,
         distributed=s.distributed,

@@ -97,7 +97,7 @@ def test_accumulation_matches_one_big_batch():
 
     def grads(pairs) -> list[torch.Tensor]:
         net.zero_grad()
-        loss = accumulate_gradients(net, pairs, n_step=16, pos_weight=pw, scaler=scaler)
+        loss = accumulate_gradients(net, pairs, n_step=16, loss_weight=pw, scaler=scaler)
         return [p.grad.clone() for p in net.parameters()], loss
 
     big, loss_big = grads([(x, y)])
