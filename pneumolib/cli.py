@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_tune,
         _add_compare,
+        _add_publish,
     ):
         add(sub)
     return ap
@@ -202,6 +203,37 @@ def _add_compare(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000)
 
 
+def _add_publish(sub) -> None:
+    p = sub.add_parser("publish", help="point the install cells and Colab badges at a repository")
+    p.add_argument("--repo", help="https://github.com/OWNER/NAME (--check: default pyproject's)")
+    p.add_argument(
+        "--branch", help="the branch the badges open (default: main; --check: the badges' own)"
+    )
+    p.add_argument("--check", action="store_true", help="only list disagreements; exit 1 if any")
+
+
+def publish_cli(repo: str | None, branch: str | None, check: bool) -> int:
+    """`python -m pneumolib publish`: rewrite (or with `check`, verify) the derived URLs."""
+    from pneumolib import publish
+
+    root = publish.find_root()
+    if not check:
+        if repo is None:
+            raise ValueError("publish: give --repo https://github.com/OWNER/NAME (or --check)")
+        changed = publish.rewrite_sources(root, repo, branch=branch or "main")
+        print(f"{len(changed)} file(s) now point at {publish.github_url(repo)}")
+        for rel in changed:
+            print(f"  {rel}")
+    problems = publish.check_sources(root, repo, branch=branch)
+    for line in problems:
+        print(line)
+    if check and not problems:
+        print(f"install cells and Colab badges agree with {publish.declared_url(root)}")
+    elif check:
+        print("to point them all at one URL: python -m pneumolib publish --repo URL")
+    return 1 if problems else 0
+
+
 def _parse_list(text: str, kind: type, flag: str) -> list:
     """`16,32,64` -> [16, 32, 64]; a one-line error naming `flag` on a bad or empty list."""
     try:
@@ -322,6 +354,8 @@ def run(argv: list[str] | None = None) -> int:
         )
     elif cmd == "tune":
         tune_cli(args, config_from_args(args))
+    elif cmd == "publish":
+        return publish_cli(args.repo, args.branch, args.check)
     return 0
 
 
