@@ -189,7 +189,7 @@ def _default_relu(model: nn.Module, layer: str, relu_features: bool | None) -> b
 
 
 def _forward(model: nn.Module, x: Tensor, layer: str, requires_grad: bool) -> tuple[Tensor, Tensor]:
-    """One forward pass in eval mode recording `layer`: (features (B, K, h, w), logits (B, 1))."""
+    """One forward pass in eval mode recording `layer`: (features (B, C, h, w), logits (B, K))."""
     if x.ndim != 4:
         raise ValueError(f"x: expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
     param = next(model.parameters(), None)
@@ -204,9 +204,11 @@ def _forward(model: nn.Module, x: Tensor, layer: str, requires_grad: bool) -> tu
         logits = model(x)
     if not hook.features:
         raise ValueError(f"layer={layer!r}: the layer did not run in the model's forward pass")
-    if logits.ndim > 2 or logits.reshape(len(x), -1).shape[1] != 1:
-        raise ValueError(f"model: expected one logit per image, got output {tuple(logits.shape)}")
-    return hook.features[-1], logits.reshape(len(x), 1)
+    if logits.ndim > 2 or logits.reshape(len(x), -1).shape[1] not in (1, len(CLASS_KEYS)):
+        raise ValueError(
+            f"model: expected 1 or {len(CLASS_KEYS)} logits per image, got {tuple(logits.shape)}"
+        )
+    return hook.features[-1], logits.reshape(len(x), -1)
 
 
 def _weighted_maps(features: Tensor, weights: Tensor, size: tuple[int, int]) -> Tensor:
@@ -242,7 +244,7 @@ def feature_maps(
 ) -> tuple[Tensor, Tensor]:
     """The features the head pools and the logits, from one forward pass in eval mode.
 
-    x (B, C, H, W) -> (features (B, K, h, w), logits (B, 1)). For a GAP + linear head,
+    x (B, C, H, W) -> (features (B, K, h, w), logits (B, K)). For a GAP + linear head,
     `(features * cam_weights(linear)[:, None, None]).sum(1).mean((1, 2)) + bias == logit`.
     """
     model = _unwrap(model)

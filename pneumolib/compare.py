@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pneumolib.evaluate import read_predictions
-from pneumolib.metrics import binary_metrics, bootstrap_distribution, check_arrays
+from pneumolib.metrics import binary_metrics, bootstrap_distribution, check_arrays, percentile_ci
+from pneumolib.run_files import read_predictions
 
 COMPARED = ("roc_auc", "average_precision", "accuracy", "precision", "recall")
 
@@ -81,6 +81,12 @@ def paired_predictions(runs: Sequence[str | Path], split: str = "test") -> pd.Da
     return table[["patientId", "target", *names]]
 
 
+def _delong_p(y: np.ndarray, p_a: pd.Series, p_b: pd.Series) -> float:
+    """DeLong's p-value, NaN where it is undefined (fewer than 2 positives or negatives)."""
+    pos = int(np.sum(y))
+    return delong(y, p_a, p_b)["p_value"] if min(pos, len(y) - pos) >= 2 else math.nan
+
+
 def compare_runs(
     runs: Sequence[str | Path],
     split: str = "test",
@@ -106,15 +112,15 @@ def compare_runs(
         point = binary_metrics(y, p, threshold)
         row = {"run": name, "n": len(y), "n_pos": int(y.sum())}
         for k in COMPARED:
-            lo, hi = np.nanpercentile(boot[name][k], [2.5, 97.5])
+            lo, hi = percentile_ci(boot[name][k], 0.05)
             row |= {k: point[k], f"{k}_lo": float(lo), f"{k}_hi": float(hi)}
         rows.append(row)
     pairs = []
     for a, b in itertools.combinations(names, 2):
-        row = {"a": a, "b": b, "delong_p": delong(y, table[a], table[b])["p_value"]}
+        row = {"a": a, "b": b, "delong_p": _delong_p(y, table[a], table[b])}
         for k in COMPARED:
             d = boot[a][k] - boot[b][k]
-            lo, hi = np.nanpercentile(d, [2.5, 97.5])
+            lo, hi = percentile_ci(d, 0.05)
             diff = rows[names.index(a)][k] - rows[names.index(b)][k]
             row |= {f"{k}_diff": diff, f"{k}_diff_lo": float(lo), f"{k}_diff_hi": float(hi)}
         pairs.append(row)
@@ -134,6 +140,11 @@ def comparison_text(result: dict[str, pd.DataFrame]) -> str:
     for r in result["pairs"].itertuples():
         lines.append(
             f"  {r.a} - {r.b}: AUC {r.roc_auc_diff:+.3f} [{r.roc_auc_diff_lo:+.3f}, "
-            f"{r.roc_auc_diff_hi:+.3f}] (paired bootstrap), DeLong p = {r.delong_p:.3g}"
+            f"{r.roc_auc_diff_hi:+.3f}] (paired bootstrap), "
+            + (
+                f"DeLong p = {r.delong_p:.3g}"
+                if math.isfinite(r.delong_p)
+                else "DeLong n/a (needs 2 positives and 2 negatives)"
+            )
         )
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Evaluate a run: predictions per split (optionally with test-time augmentation), metrics
 from `pneumolib.metrics` written to JSON, and the figures of `pneumolib.evaluate_figures`.
 
-Thresholds are chosen on validation and applied unchanged to test (`evaluate_run`).
+Thresholds are chosen on validation and applied unchanged to test (`evaluate_run`). Runs are
+compared on the same patients with `compare_runs` (from `pneumolib.compare`, re-exported here).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 
 from pneumolib import tasks
 from pneumolib.augment import AugmentPolicy, compose_affines
+from pneumolib.compare import compare_runs, comparison_text
 from pneumolib.config import Config
 from pneumolib.data import read_index, read_stats
 from pneumolib.evaluate_figures import sample_predictions_figure, write_figures
@@ -37,10 +39,22 @@ from pneumolib.models import load_checkpoint_model
 from pneumolib.multiclass import class_table, confusion_table, summarize_classes
 from pneumolib.predict import model_input
 from pneumolib.progress import bar as progress_bar
+from pneumolib.run_files import predictions_path, read_predictions
 from pneumolib.runtime import amp_dtype, predict_logits, resolve_device, warp_on_device
 
-
 # --------------------------------------------------------------------------- driver
+__all__ = [
+    "compare_runs",
+    "comparison_text",
+    "evaluate_predictions",
+    "evaluate_run",
+    "metrics_table",
+    "read_predictions",
+    "summary_table",
+    "tta_affines",
+]
+
+
 def evaluate_predictions(
     pred_val: pd.DataFrame | None,
     pred: pd.DataFrame,
@@ -151,20 +165,13 @@ def _write_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def read_predictions(run: str | Path, split: str = "val", tta: bool = False) -> pd.DataFrame:
-    """RUN/predictions_<split>[_tta].csv as written by `evaluate_run`."""
-    path = Path(run) / f"predictions_{split}{'_tta' if tta else ''}.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; run `python -m pneumolib evaluate` first")
-    return pd.read_csv(path, dtype={"patientId": str, "sex": str, "view": str, "class": str})
-
-
 def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     """Predictions table of one split: reused from RUN when its sidecar says it came from the
     same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
     run, cache, index, tta = ctx["run"], ctx["cache"], ctx["index"], ctx["tta"]
     tag = split + ("_tta" if tta else "")
-    csv, meta_path = run / f"predictions_{tag}.csv", run / f"predictions_{tag}.meta.json"
+    csv = predictions_path(run, split, tta)
+    meta_path = csv.with_name(f"predictions_{tag}.meta.json")
     rows = index[index["split"] == split].reset_index(drop=True)
     if rows.empty:
         rule = ctx["split_rule"]
