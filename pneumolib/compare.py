@@ -147,4 +147,27 @@ def comparison_text(result: dict[str, pd.DataFrame]) -> str:
                 else "DeLong n/a (needs 2 positives and 2 negatives)"
             )
         )
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  {v}" for v in verdicts(result)])
+
+
+def verdicts(result: dict[str, pd.DataFrame]) -> list[str]:
+    """One sentence per pair of `compare_runs` saying what the paired AUC interval shows: a
+    difference when it excludes 0, else that these patients cannot tell the runs apart."""
+    out = []
+    for r in result["pairs"].itertuples():
+        lo, hi = r.roc_auc_diff_lo, r.roc_auc_diff_hi
+        ci = f"AUC difference {r.roc_auc_diff:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]"
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            out.append(f"{r.a} vs {r.b}: {ci}; undefined on these patients (one class only).")
+        elif lo > 0 or hi < 0:
+            better, worse = (r.a, r.b) if lo > 0 else (r.b, r.a)
+            out.append(
+                f"{better} ranks these patients better than {worse}: {ci}, an interval that "
+                "excludes 0."
+            )
+        else:
+            out.append(
+                f"{r.a} and {r.b} are not shown to differ: {ci} includes 0, so a gap of this "
+                "size could be resampling noise; more patients would be needed to tell."
+            )
+    return out

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pneumolib.cli import main
-from pneumolib.compare import compare_runs, delong
+from pneumolib.compare import compare_runs, delong, verdicts
 from pneumolib.metrics import bootstrap_indices
 
 
@@ -108,3 +108,36 @@ def test_compare_command_prints_both_tables(tmp_path, capsys):
     assert main(["compare", "--run", str(runs[0]), "--run", str(runs[1]), "--n-boot", "200"]) == 0
     out = capsys.readouterr().out
     assert "finetune: AUC" in out and "finetune - scratch: AUC" in out and "DeLong p" in out
+
+
+def test_verdicts_follow_the_paired_interval():
+    """A pair whose AUC interval excludes 0 is called a difference; one that includes 0 is not."""
+    pairs = pd.DataFrame(
+        [
+            {
+                "a": "A",
+                "b": "B",
+                "roc_auc_diff": 0.1,
+                "roc_auc_diff_lo": 0.02,
+                "roc_auc_diff_hi": 0.2,
+            },
+            {
+                "a": "A",
+                "b": "C",
+                "roc_auc_diff": -0.1,
+                "roc_auc_diff_lo": -0.2,
+                "roc_auc_diff_hi": -0.01,
+            },
+            {
+                "a": "B",
+                "b": "C",
+                "roc_auc_diff": 0.01,
+                "roc_auc_diff_lo": -0.05,
+                "roc_auc_diff_hi": 0.07,
+            },
+        ]
+    )
+    got = verdicts({"pairs": pairs})
+    assert got[0].startswith("A ranks these patients better than B")
+    assert got[1].startswith("C ranks these patients better than A")
+    assert got[2].startswith("B and C are not shown to differ")
