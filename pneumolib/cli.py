@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_tune,
         _add_compare,
+        _add_card,
         _add_publish,
     ):
         add(sub)
@@ -193,6 +194,11 @@ def _add_tune(sub) -> None:
         "(default: tune.PROGRESS_TIMEOUT_S, 30 min)",
     )
     add_config_options(p, skip=("batch_size", "lr"))
+
+
+def _add_card(sub) -> None:
+    p = sub.add_parser("card", help="RUN/MODEL_CARD.md from the run's own files")
+    p.add_argument("--run", required=True)
 
 
 def _add_compare(sub) -> None:
@@ -341,6 +347,10 @@ def run(argv: list[str] | None = None) -> int:
             tag=args.tag,
             threshold=args.threshold,
         )
+    elif cmd == "card":
+        from pneumolib.card import write_card
+
+        print(f"model card: {write_card(args.run)}")
     elif cmd == "compare":
         from pneumolib.compare import compare_runs, comparison_text
 

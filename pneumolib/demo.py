@@ -2,7 +2,8 @@
 
 Synthetic RSNA-shaped DICOMs (`synth`, realism "rsna": as hard as the real task, for the same
 reasons) -> cache -> training -> evaluation (val and test) -> CAMs scored against the boxes ->
-a small batch-size x learning-rate sweep repeated over three seeds -> OUT/report.md, which
+the run's model card (MODEL_CARD.md) -> a small batch-size x learning-rate sweep repeated over
+three seeds -> OUT/report.md, which
 says in a sentence what each result shows. About five minutes on two CPU cores; every step is
 idempotent, so an interrupted demo resumes when run again. Demo numbers describe synthetic
 phantoms, not pneumonia on real radiographs.
@@ -20,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from pneumolib.cam_run import cam_run
+from pneumolib.card import write_card
 from pneumolib.config import Config, demo_config
 from pneumolib.demo_report import write_report
 from pneumolib.evaluate import evaluate_run
@@ -101,6 +103,7 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
         for split in ("val", "test")
     }
     times["cam"] = time.perf_counter() - t
+    print(f"model card: {write_card(run)}")  # after evaluate and cam: the card holds both
 
     t = _step(f"6. batch-size x learning-rate sweep, once per seed {list(SWEEP_SEEDS)}")
     tables = demo_sweep(cfg, out / "sweep", epochs=1)  # 12 short runs: about 2 min

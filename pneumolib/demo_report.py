@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from pneumolib.card import CARD
 from pneumolib.config import Config
 from pneumolib.evaluate import metrics_table
 from pneumolib.figures import best_epoch_index
@@ -193,6 +194,23 @@ def cam_section(loc: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def card_section(run: Path, out: Path) -> list[str]:
+    """A link to the run's model card and the line it opens with (`pneumolib.card`)."""
+    card = run / CARD
+    if not card.is_file():
+        return ["## Model card", "", f"Not written: `python -m pneumolib card --run {run}`.", ""]
+    first = next((ln for ln in card.read_text().splitlines() if ln.startswith("**")), "")
+    return [
+        "## Model card",
+        "",
+        f"[{card.relative_to(out)}]({card.relative_to(out)}): the run's model, intended use, "
+        "data, metrics with CIs, calibration, subgroups, localisation and caveats, every "
+        "figure read from the run's files.",
+        *(["", f"> {first}"] if first else []),
+        "",
+    ]
+
+
 def sweep_section(tables: Mapping[int, pd.DataFrame]) -> list[str]:
     agree = seed_agreement(tables)
     pts = agree["points"]
@@ -231,6 +249,7 @@ def write_report(cfg, *, summary, metrics, loc, tables, times, out: Path) -> str
     lines += view_section(metrics)
     lines += mistakes_section(run, cfg.raw)
     lines += cam_section(loc)
+    lines += card_section(run, out)
     lines += sweep_section(tables)
     lines += ["## Seconds per step", ""] + [f"- {k}: {v:.1f}" for k, v in times.items()]
     figs = ", ".join(str(p.relative_to(out)) for p in sorted((run / "figures").glob("*.png")))

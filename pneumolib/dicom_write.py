@@ -26,11 +26,13 @@ def write_dicom(
     view: str = "PA",
     jpeg: bool = True,
     quality: int = 95,
+    manufacturer: str | None = None,
 ) -> None:
     """Write uint8 (H, W) pixels as an RSNA-style DICOM: JPEG Baseline MONOCHROME2 by default.
 
     Carries the tags RSNA files have (PatientID, PatientSex, PatientAge, ViewPosition,
-    PixelSpacing, Modality CR, BodyPartExamined CHEST).
+    PixelSpacing, Modality CR, BodyPartExamined CHEST); `manufacturer` sets the Manufacturer
+    tag (the demo marks its phantoms there as synthetic).
     """
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     meta = FileMetaDataset()
@@ -50,6 +52,8 @@ def write_dicom(
     ds.ViewPosition = view
     ds.Modality = "CR"
     ds.BodyPartExamined = "CHEST"
+    if manufacturer:
+        ds.Manufacturer = manufacturer
     ds.StudyInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PixelSpacing = [0.168, 0.168]

@@ -5,7 +5,8 @@ size=S)`, the same reduced JPEG decode and letterbox as `preprocess`; PNG/JPEG: 
 then the same letterbox), then takes the validation path: one deterministic resize from the
 cache side S to the network input (`augment.eval_affines` + the warp training validated with),
 normalised with the training statistics stored in the checkpoint. A file that cannot be read
-is reported (one line naming it) and skipped; the rest are still scored.
+is reported (one line naming it) and skipped; the rest are still scored. A checkpoint trained
+on synthetic data (its stats say so, see `synth.is_synthetic`) gets one warning line on stderr.
 """
 
 from __future__ import annotations
@@ -101,6 +102,16 @@ def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
     return read_dicom(path, size=size, reduced=reduced).pixels
 
 
+def synthetic_warning(checkpoint: str | Path, stats: dict) -> str | None:
+    """The warning for a checkpoint whose training cache was marked synthetic, else None."""
+    if stats.get("synthetic") is not True:
+        return None
+    return (
+        f"warning: {checkpoint} was trained on synthetic phantoms (pneumolib demo data); "
+        "its probabilities say nothing about real radiographs"
+    )
+
+
 # --- the validation path -----------------------------------------------------------------
 
 
@@ -151,6 +162,9 @@ def predict_files(
 
     dev = resolve_device(device)
     model, config, stats = load_checkpoint_model(checkpoint, map_location=dev)
+    warning = synthetic_warning(checkpoint, stats)
+    if warning:  # stderr: the CSV on stdout stays clean
+        print(warning, file=sys.stderr)
     cfg = Config.from_dict(config)
     size_in, size_out = int(stats["size"]), cfg.image_size
     on_device = warp_on_device(dev, gpu_augment=cfg.gpu_augment)

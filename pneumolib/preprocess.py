@@ -7,7 +7,8 @@ straight into the memory map in chunks; every finished chunk is logged, so an in
 (Ctrl-C, a Colab disconnect, a full disk, a killed worker) resumes where it stopped and yields
 the identical cache. Free space is checked and images.npy allocated before any image is read
 (`cache_partial`); stats.json records a fingerprint of the inputs, so a cache is not reused
-after its label files or images change.
+after its label files or images change, and whether the raw folder is marked synthetic
+(`synth.is_synthetic`: `"synthetic": true/false`), which training carries into the checkpoint.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pneumolib.dicom import (
     plain_jpeg,
     read_dicom,
 )
+from pneumolib.synth import is_synthetic
 
 IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
     "stage_2_train_images",
@@ -226,6 +228,7 @@ def build_cache(
     if (out / "stats.json").exists() and _reuse(out, raw, params, rebuild=rebuild):
         return out
     labels, paths, errors, inputs = _inputs(raw)
+    synthetic = is_synthetic(raw)  # read before the long part: a bad marker fails at once
     _check_splittable(raw, labels, split=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
     n = len(labels)
     part = out.with_name(out.name + ".partial")
@@ -250,7 +253,16 @@ def build_cache(
         n=n,
     )
     elapsed = time.perf_counter() - t0
-    _finish(part, out, labels=labels, done=done, errors=errors, params=params, inputs=inputs)
+    _finish(
+        part,
+        out,
+        labels=labels,
+        done=done,
+        errors=errors,
+        params=params,
+        inputs=inputs,
+        synthetic=synthetic,
+    )
     failed = sum("error" in m for m in done.values())
     rate = len(todo) / elapsed if elapsed > 0 else float("nan")
     print(
@@ -345,6 +357,7 @@ def _finish(
     errors: list,
     params: dict,
     inputs: dict,
+    synthetic: bool,
 ) -> None:
     """Write index.csv, errors.csv and stats.json into PART, then put it in place as OUT."""
     size, split, seed = params["size"], params["split_rule"], params["seed"]
@@ -396,6 +409,7 @@ def _finish(
         "n_train": int((idx.split == "train").sum()),
         "positive_rate": float(idx.target.mean()),
         "source": params["source"],
+        "synthetic": synthetic,
         "split_rule": split,
         "seed": seed,
         "package_version": pneumolib.__version__,

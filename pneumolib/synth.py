@@ -42,6 +42,11 @@ P_NOT_NORMAL = 0.57  # among negatives: "No Lung Opacity / Not Normal" vs "Norma
 _BASE = 256  # anatomy is drawn at this side, then resized; noise is added at full size
 GENERATOR = "pneumolib.synth v3"
 TRUTH_CSV = "demo_truth.csv"  # what each phantom really shows (beside the RSNA-shaped files)
+# Provenance: a folder of phantoms says so in a marker file, and each DICOM in its Manufacturer
+# tag; `preprocess` records the marker in stats.json, `train` in the checkpoint (model card,
+# predict's warning).
+PROVENANCE_JSON = "provenance.json"
+SYNTHETIC_MANUFACTURER = "pneumolib synthetic phantom"
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,8 @@ def make_demo_data(
     cols = ["patientId", "view", "opacity", "label", "label_noise", "faint", "small", "mimic"]
     pd.DataFrame(truth, columns=[*cols, "marker"]).to_csv(tmp / TRUTH_CSV, index=False)
     (tmp / "demo_params.json").write_text(json.dumps(params))
+    marker = {"synthetic": True, "generator": GENERATOR, "made_by": "pneumolib.synth"}
+    (tmp / PROVENANCE_JSON).write_text(json.dumps(marker, indent=2))
     if out.exists():
         out.rmdir()
     tmp.rename(out)
@@ -409,6 +416,7 @@ def _write_patient(
         sex=p["sex"],
         age=p["age"],
         view=p["view"],
+        manufacturer=SYNTHETIC_MANUFACTURER,
     )
     for b in boxes or [[None] * 4]:
         label_rows.append([p["patientId"], *b, int(label)])
@@ -417,6 +425,20 @@ def _write_patient(
     truth = [p["patientId"], p["view"], int(drawn), int(label), noise, f["faint"],
              f["small"], f["mimic"] or "", f["marker"]]  # fmt: skip
     return label_rows, class_rows, truth
+
+
+def is_synthetic(raw: str | Path) -> bool:
+    """True when RAW holds data this module made: its PROVENANCE_JSON says so, or (folders made
+    before that marker) it holds the demo's `demo_params.json`. False for anything else, e.g.
+    the RSNA download; the marker is a promise of the maker, not a test of the pixels."""
+    raw = Path(raw)
+    marker = raw / PROVENANCE_JSON
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text()).get("synthetic") is True
+        except (ValueError, AttributeError):
+            raise ValueError(f"{marker}: not a JSON object with a 'synthetic' key") from None
+    return (raw / "demo_params.json").is_file()
 
 
 def read_truth(raw: str | Path) -> pd.DataFrame:
