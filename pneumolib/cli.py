@@ -142,6 +142,12 @@ def _add_cam(sub) -> None:
     p.add_argument("--method", default="cam", choices=["cam", "gradcam"])
     p.add_argument("--layer", default=None, help="Grad-CAM layer, e.g. layer2 (default: last)")
     p.add_argument(
+        "--target",
+        default="pneumonia",
+        choices=["pneumonia", "normal", "not_normal", "lung_opacity"],
+        help="the logit explained; the classes need a --task three-class run",
+    )
+    p.add_argument(
         "--tolerance", type=float, default=0.0, help="pointing-game tolerance, px (default 0)"
     )
     p.add_argument("--tag", default="", help="name the output files cam_<split>_<tag>.*")
@@ -343,6 +349,7 @@ def run(argv: list[str] | None = None) -> int:
             n_overlays=args.n,
             method=args.method,
             layer=args.layer,
+            target=args.target,
             tolerance=args.tolerance,
             tag=args.tag,
             threshold=args.threshold,

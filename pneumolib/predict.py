@@ -31,6 +31,7 @@ from pneumolib.dicom import DicomError, check_informative, letterbox, read_dicom
 from pneumolib.models import load_checkpoint_model
 from pneumolib.progress import bar as progress_bar
 from pneumolib.runtime import amp_dtype, resolve_device, warp_on_device
+from pneumolib.tasks import pneumonia_probability
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -195,7 +196,7 @@ def predict_files(
         )
         if cam_dir is None:
             with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                probs = torch.sigmoid(model(x).float().squeeze(1))
+                probs = pneumonia_probability(model(x))
         else:
             maps, probs = cam(model, x)  # the CAM's own forward pass gives the probabilities
             names = _overlay_names(ok)
