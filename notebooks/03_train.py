@@ -25,6 +25,11 @@
 # | `feature-extraction` | ImageNet weights | the final layer only (backbone and BN stats frozen) |
 # | `scratch` | random weights | every layer (the course's baseline) |
 #
+# A fourth run asks whether RSNA's finer label helps: every patient is one of **Normal**, **No
+# Lung Opacity / Not Normal** or **Lung Opacity**, and `task="three-class"` trains a 3-logit
+# head on them (cross-entropy), reading the pneumonia probability as P(Lung Opacity), so it is
+# evaluated and compared exactly like the binary runs.
+#
 # Each run writes a **run folder** (`config.json`, `metrics.csv`, `last.pt`, `best.pt`) that
 # notebooks 04 and 05 evaluate. `fit(cfg)` shows a progress bar per epoch and one line per
 # epoch (loss, validation AUC, accuracy, learning rate, seconds), and saves a complete
@@ -75,7 +80,9 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # backend renders each one a cell ends with.
 from pathlib import Path
 
-from pneumolib import colab, figures
+from IPython.display import display
+
+from pneumolib import colab, compare, evaluate, figures
 from pneumolib.train import fit
 
 paths = colab.default_paths()
@@ -136,6 +143,8 @@ if profile == "demo":
             out=str(runs_dir / "resnet18_feature_extraction"),
         ),
     }
+    # the main run with RSNA's three classes instead of the binary label, all else the same
+    runs["three-class"] = colab.three_class_run(cfg)
 else:
     runs = {
         "finetune": cfg,
@@ -147,10 +156,12 @@ else:
         "scratch": cfg.replace(
             mode="scratch", weights="none", out=str(runs_dir / "resnet18_scratch")
         ),
+        "three-class": colab.three_class_run(cfg),
     }
 for name, c in runs.items():
     print(
-        f"{name:>18}: {c.out}  (mode {c.mode}, weights {c.weights}, {c.epochs} epochs, lr {c.lr:g})"
+        f"{name:>18}: {c.out}  (mode {c.mode}, task {c.task}, weights {c.weights}, "
+        f"{c.epochs} epochs, lr {c.lr:g})"
     )
 
 # %% [markdown]
@@ -179,7 +190,7 @@ summary = fit(runs[main])
 print(f"{summary['epochs']} epochs in {summary['out']}; best val AUC {summary['best']:.4f}")
 
 # %% [markdown]
-# ## The other modes
+# ## The other modes, and the three-class head
 
 # %%
 for name, c in list(runs.items())[1:]:
@@ -212,6 +223,42 @@ figures.plot_history(folders)
 
 # %%
 figures.compare_runs(folders).round(3)
+
+# %% [markdown]
+# ## Which mode wins, on the same patients
+#
+# The table above is validation at the best epoch, each run with its own interval. The
+# question the study asks is paired: on the **same test patients**, does fine-tuning rank
+# them better than feature extraction or training from scratch? `compare.compare_runs`
+# evaluates every run on test, resamples the patients once for all runs (1,000 times), and
+# gives each pair's difference with its 95% interval, plus DeLong's test for the AUC
+# difference (`python -m pneumolib compare --run A --run B --run C` from a terminal). A gap
+# whose interval includes 0 is not shown by these patients. The interval is over patients,
+# for one training run per mode: a second seed moves each AUC too (notebook 06 and the
+# README quote figures over seeds).
+
+# %%
+for c in runs.values():
+    evaluate.evaluate_run(c.out, "test", figures=False, print_table=False)
+modes = [runs[m].out for m in ("finetune", "feature-extraction", "scratch")]
+by_mode = compare.compare_runs(modes, "test")
+display(by_mode["runs"].set_index("run").round(3))
+display(by_mode["pairs"].set_index(["a", "b"]).round(3))
+print("\n".join(compare.verdicts(by_mode)))
+
+# %% [markdown]
+# ## Does the extra label help?
+#
+# The same comparison for the binary main run and its three-class twin (same mode, weights,
+# schedule and seed; only the head and the loss differ). Both are scored by their pneumonia
+# probability, so the AUC difference answers whether learning the "Not Normal" class as its
+# own class changes how well pneumonia is ranked. Notebook 04 shows the three-class run's
+# own metrics (per-class AUC, the 3 × 3 confusion matrix, macro-F1).
+
+# %%
+labels = compare.compare_runs([runs[main].out, runs["three-class"].out], "test")
+display(labels["runs"].set_index("run")[["n", "roc_auc", "roc_auc_lo", "roc_auc_hi"]].round(3))
+print("\n".join(compare.verdicts(labels)))
 
 # %% [markdown]
 # ## The run folder

@@ -71,9 +71,9 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 from pathlib import Path
 
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from pneumolib import colab, evaluate, evaluate_figures
+from pneumolib import colab, compare, evaluate, evaluate_figures, multiclass
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -107,6 +107,18 @@ val = evaluate.evaluate_run(run, "val", cache=cfg.cache, print_table=False)
 
 # %%
 test = evaluate.evaluate_run(run, "test", cache=cfg.cache, print_table=False)
+
+# %% [markdown]
+# ## The model card
+#
+# The test call also wrote `MODEL_CARD.md` into the run folder (`python -m pneumolib card
+# --run RUN` writes it again, e.g. after notebook 05's CAMs add localisation scores): the
+# sections of Mitchell et al., "Model Cards for Model Reporting" (2019), every number read
+# from the run's own files, with what the model is for, what it is not for, and what was not
+# measured. A run trained on synthetic data says so at its top.
+
+# %%
+display(Markdown((run / "MODEL_CARD.md").read_text()))
 
 # %% [markdown]
 # ## Ranking and calibration, with 95% confidence intervals
@@ -279,6 +291,37 @@ if profile == "demo":
 # %%
 test_tta = evaluate.evaluate_run(run, "test", tta=True, cache=cfg.cache)
 evaluate.summary_table({"test": test, "test + TTA": test_tta})
+
+# %% [markdown]
+# ## The three-class head
+#
+# Notebook 03 also trains the main run's twin on RSNA's three classes (Normal, No Lung
+# Opacity / Not Normal, Lung Opacity; `task="three-class"`), made here if missing in the
+# `demo` profile. Its pneumonia probability is P(Lung Opacity), so every table above applies
+# to it unchanged; it adds one-vs-rest AUC per class, the 3 × 3 confusion matrix (columns:
+# the most probable class) and macro-F1, each with a 95% bootstrap interval.
+
+# %%
+three = colab.three_class_run(cfg)
+colab.ensure_run(three, profile)
+evaluate.evaluate_run(three.out, "val", cache=cfg.cache, print_table=False, figures=False)
+test3 = evaluate.evaluate_run(three.out, "test", cache=cfg.cache, print_table=False)
+display(multiclass.class_table(test3["three_class"]))
+display(multiclass.confusion_table(test3["three_class"]))
+
+# %% [markdown]
+# Does the extra label help the pneumonia AUC? The binary run and its three-class twin on the
+# same test patients, with the paired bootstrap interval of the difference (one resampling of
+# the patients for both runs) and DeLong's test:
+
+# %%
+labels = compare.compare_runs([run, three.out], "test")
+display(
+    labels["pairs"]
+    .set_index(["a", "b"])[["roc_auc_diff", "roc_auc_diff_lo", "roc_auc_diff_hi", "delong_p"]]
+    .round(3)
+)
+print("\n".join(compare.verdicts(labels)))
 
 # %% [markdown]
 # ## The files

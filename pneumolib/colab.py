@@ -281,6 +281,12 @@ def ensure_cache(cfg: Config, profile: str) -> Path:
     return cache_for(cfg)
 
 
+def three_class_run(cfg: Config) -> Config:
+    """The main run's three-class twin (notebooks 03 and 04): `cfg` with `task="three-class"`,
+    in `resnet18_three_class` beside it; everything else, seed included, is the same."""
+    return cfg.replace(task="three-class", out=str(Path(cfg.out).parent / "resnet18_three_class"))
+
+
 def ensure_run(cfg: Config, profile: str) -> Path:
     """The run notebook 03 trains at `cfg.out`; in `demo` it is trained here if missing."""
     # imported here, not at the top: notebook 00 imports colab before installing requirements

@@ -21,6 +21,7 @@ import torch
 
 from pneumolib import tasks
 from pneumolib.augment import AugmentPolicy, compose_affines
+from pneumolib.card import write_card
 from pneumolib.compare import compare_runs, comparison_text
 from pneumolib.config import Config
 from pneumolib.data import read_index, read_stats
@@ -263,7 +264,8 @@ def evaluate_run(
     predictions of the same checkpoint are reused or made first) and applied unchanged.
     `tta` averages over `tta_affines` and writes `..._<split>_tta` files instead. `cache`
     overrides the checkpoint's cache path, `workers` its loader workers; `figures=False` skips
-    the PNGs. Prints a one-line summary and, with `print_table` (the command line), the metrics
+    the PNGs. On test (without TTA) it also writes RUN/MODEL_CARD.md (`card.write_card`).
+    Prints a one-line summary and, with `print_table` (the command line), the metrics
     per threshold; a notebook that shows `metrics_table` itself passes False. Returns the
     metrics."""
     if split not in ("val", "test"):
@@ -287,6 +289,8 @@ def evaluate_run(
     }
     _reference_fields(metrics, split, ctx["split_rule"])
     _write_json(metrics, run / f"metrics_{tag}.json")
+    if tag == "test":  # the held-out numbers exist now: the model card can say them
+        print(f"model card: {write_card(run)}")
     if figures:
         fig_path = run / "figures" / f"samples_{tag}.png"
         sample_predictions_figure(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_card import check_card_against_run  # tests/ is on sys.path (pytest's rootdir)
 
 from pneumolib.cli import main
 
@@ -39,6 +40,8 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path: Path, capsys) -> None
     assert (seeds.state == "complete").all()
     sweep = report.split("## Sweep")[1]
     assert "within noise" in sweep or "holds" in sweep  # a verdict, with the spread
+    card = check_card_against_run(run)  # every number on the demo's card is the run's own
+    assert "**Trained on synthetic data" in card.split("\n## ")[0]  # said at the top
     times = json.loads((out / "report.json").read_text())["times"]
     assert set(times) == {"data + preprocess", "train", "evaluate", "cam", "sweep"}
 
