@@ -12,7 +12,6 @@ imported, except to read the provenance from best.pt when the cache is gone. `wr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pandas as pd
 
 from pneumolib import card_sections as sec
 from pneumolib.config import Config
+from pneumolib.run_files import file_sha256
 from pneumolib.synth import TRUTH_CSV, is_synthetic
 
 CARD = "MODEL_CARD.md"
@@ -55,14 +55,6 @@ def _json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _localisation(run: Path) -> list[dict]:

@@ -7,7 +7,6 @@ compared on the same patients with `compare_runs` (from `pneumolib.compare`, re-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -40,7 +39,7 @@ from pneumolib.models import load_checkpoint_model
 from pneumolib.multiclass import class_table, confusion_table, summarize_classes
 from pneumolib.predict import model_input
 from pneumolib.progress import bar as progress_bar
-from pneumolib.run_files import predictions_path, read_predictions
+from pneumolib.run_files import file_sha256, predictions_path, read_predictions
 from pneumolib.runtime import amp_dtype, predict_logits, resolve_device, warp_on_device
 
 # --------------------------------------------------------------------------- driver
@@ -150,14 +149,6 @@ def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_de
             targets.append(batch["target"].numpy())
             positions.append(batch["position"].numpy())
     return np.concatenate(probs), np.concatenate(targets), np.concatenate(positions)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -324,7 +315,7 @@ def _run_context(
         "index": index,
         "tta": tta,
         "split_rule": cache_stats.get("split_rule"),
-        "sha256": _sha256(ckpt),
+        "sha256": file_sha256(ckpt),
         "config": cfg,
         "device": dev,
         "model": model,

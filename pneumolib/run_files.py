@@ -1,8 +1,10 @@
 """Reading a run folder's result files (written by `pneumolib.evaluate`): one place that knows
-their names and column types, for `evaluate`, `compare` and the model card."""
+their names, column types and how a checkpoint is identified, for `evaluate`, `compare` and
+the model card."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -23,3 +25,12 @@ def read_predictions(run: str | Path, split: str = "val", tta: bool = False) -> 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run `python -m pneumolib evaluate` first")
     return pd.read_csv(path, dtype=TEXT_COLUMNS)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (a checkpoint's identity in metrics files, sidecars and the card)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
