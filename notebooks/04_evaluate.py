@@ -261,7 +261,7 @@ evaluate_figures.plot_subgroups(sub, "roc_auc", threshold_name="youden", overall
 # validation-chosen Youden threshold, expert boxes in yellow. Mistakes are where to look for
 # label noise, devices and unusual films.
 #
-# **On the demo** we can check what a second reader would: `synth.read_truth` says what each
+# **On the demo** we can check what a second reader would: `provenance.read_truth` says what each
 # phantom really shows. The table after the figure lists the most confident mistakes with
 # that truth: some are label noise (the model saw the opacity the label missed, or rightly
 # ignored a box drawn on nothing), others are faint opacities or look-alikes.
@@ -271,7 +271,7 @@ evaluate_figures.sample_predictions_figure(pred_test, cfg.cache, metrics=test, n
 
 # %%
 if profile == "demo":
-    from pneumolib.synth import read_truth
+    from pneumolib.provenance import read_truth
 
     youden = thresholds["youden"]
     truth = read_truth(cfg.raw).drop(columns=["view", "label"])

@@ -211,7 +211,7 @@ if profile == "demo":
 # %%
 if profile == "demo":
     from pneumolib.config import Config
-    from pneumolib.synth import read_truth
+    from pneumolib.provenance import read_truth
 
     truth = read_truth(Config.load(shortcut_run / "config.json").raw)
     index = read_index(cfg.cache)

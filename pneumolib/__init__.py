@@ -1,7 +1,7 @@
 """pneumolib: teachable pneumonia classification on RSNA chest radiographs.
 
-Modules, one job each (the README's module table says which): `config`, `dicom`,
-`dicom_write`, `data`, `synth`, `preprocess`, `cache_partial`, `explore`, `intensities`,
+Modules, one job each (the README's module table says which): `config`, `dicom`, `dicom_write`,
+`data`, `synth`, `provenance`, `preprocess`, `cache_partial`, `explore`, `intensities`,
 `augment`, `loader`, `models`, `tasks`, `runtime`, `train_setup`, `train`, `checkpoint`,
 `metrics`, `multiclass`, `evaluate`, `evaluate_figures`, `run_files`, `compare`, `card`,
 `card_sections`, `cam`, `cam_run`, `cam_figures`, `localisation`, `predict`, `tune` (a

@@ -232,13 +232,10 @@ def cam_run(
     `cache` overrides the run's cache folder, `checkpoint` the file in RUN (e.g. "last.pt").
     `tolerance` (pixels at the input size) lets the pointing game count a peak that near a
     box as a hit (`localisation.pointing_game`); 0, the default, demands it inside.
-    `target` picks the logit explained (`iter_cam_batches`); other than "pneumonia" it asks
-    where, say, the Normal class finds its evidence in the same true positives (use a `tag`).
+    `target`: the logit explained (`iter_cam_batches`; a class's maps want their own `tag`).
     Returns the summary and prints it in one line.
     """
     method = _method(method)
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"split: expected train, val or test, got {split!r}")
     run = Path(run)
     model, cfg, stats = load_run(run, device, cache, checkpoint)
     layer = resolve_layer(model, layer)
@@ -284,6 +281,8 @@ def cam_run(
 def _split_rows(cfg: Config, stats: dict, split: str) -> tuple[pd.DataFrame, float]:
     """The index rows of `split` in the run's cache and the factor from cache to input pixels;
     refuses a cache of another size than the run was trained on."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split: expected train, val or test, got {split!r}")
     cache_size = int(read_stats(cfg.cache)["size"])
     if "size" in stats and int(stats["size"]) != cache_size:
         raise ValueError(

@@ -21,8 +21,8 @@ import pandas as pd
 
 from pneumolib import card_sections as sec
 from pneumolib.config import Config
+from pneumolib.provenance import TRUTH_CSV, is_synthetic
 from pneumolib.run_files import file_sha256
-from pneumolib.synth import TRUTH_CSV, is_synthetic
 
 CARD = "MODEL_CARD.md"
 SPLITS = ("val", "test")

@@ -287,6 +287,43 @@ def tune_cli(args: argparse.Namespace, cfg: Config) -> None:
     print(f"results: {Path(cfg.out) / args.study}")
 
 
+def make_demo_data_cli(args: argparse.Namespace) -> None:
+    """`python -m pneumolib make-demo-data` (starts without torch)."""
+    from pneumolib.synth import make_demo_data
+
+    out = make_demo_data(
+        args.out,
+        n=args.n,
+        size=args.size,
+        seed=args.seed,
+        realism=args.realism,
+        shortcut=args.shortcut,
+    )
+    print(f"demo data: {out} ({args.n} DICOMs of {args.size}x{args.size}, {args.realism})")
+
+
+def preprocess_cli(args: argparse.Namespace) -> None:
+    """`python -m pneumolib preprocess` (starts without torch)."""
+    from pneumolib.preprocess import cache_for
+
+    cfg = Config(
+        raw=args.raw,
+        cache=args.out,
+        cache_size=args.size,
+        split=args.split,
+        seed=args.seed,
+        val_frac=args.val_frac,
+        test_frac=args.test_frac,
+    )
+    cache_for(
+        cfg,
+        workers=args.workers or None,
+        reduced=not args.full_decode,
+        decoder=args.decoder,
+        rebuild=args.rebuild,
+    )
+
+
 def run(argv: list[str] | None = None) -> int:
     """Parse `argv` and run its command. Each command imports its module in its own branch:
     `preprocess` and `make-demo-data` must start without torch (tested)."""
@@ -297,36 +334,9 @@ def run(argv: list[str] | None = None) -> int:
 
         run_demo(args.out, quick=args.quick)
     elif cmd == "make-demo-data":
-        from pneumolib.synth import make_demo_data
-
-        out = make_demo_data(
-            args.out,
-            n=args.n,
-            size=args.size,
-            seed=args.seed,
-            realism=args.realism,
-            shortcut=args.shortcut,
-        )
-        print(f"demo data: {out} ({args.n} DICOMs of {args.size}x{args.size}, {args.realism})")
+        make_demo_data_cli(args)
     elif cmd == "preprocess":
-        from pneumolib.preprocess import cache_for
-
-        cfg = Config(
-            raw=args.raw,
-            cache=args.out,
-            cache_size=args.size,
-            split=args.split,
-            seed=args.seed,
-            val_frac=args.val_frac,
-            test_frac=args.test_frac,
-        )
-        cache_for(
-            cfg,
-            workers=args.workers or None,
-            reduced=not args.full_decode,
-            decoder=args.decoder,
-            rebuild=args.rebuild,
-        )
+        preprocess_cli(args)
     elif cmd == "train":
         from pneumolib.train import fit
 

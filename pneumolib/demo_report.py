@@ -15,7 +15,7 @@ from pneumolib.config import Config
 from pneumolib.evaluate import metrics_table
 from pneumolib.figures import best_epoch_index
 from pneumolib.localisation import localisation_table
-from pneumolib.synth import read_truth
+from pneumolib.provenance import read_truth
 from pneumolib.tune import seed_agreement, seed_verdict
 
 

@@ -6,7 +6,7 @@ then the same letterbox), then takes the validation path: one deterministic resi
 cache side S to the network input (`augment.eval_affines` + the warp training validated with),
 normalised with the training statistics stored in the checkpoint. A file that cannot be read
 is reported (one line naming it) and skipped; the rest are still scored. A checkpoint trained
-on synthetic data (its stats say so, see `synth.is_synthetic`) gets one warning line on stderr.
+on synthetic data (its stats say so, see `provenance.is_synthetic`) gets one warning line on stderr.
 """
 
 from __future__ import annotations

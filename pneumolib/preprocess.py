@@ -8,7 +8,7 @@ straight into the memory map in chunks; every finished chunk is logged, so an in
 the identical cache. Free space is checked and images.npy allocated before any image is read
 (`cache_partial`); stats.json records a fingerprint of the inputs, so a cache is not reused
 after its label files or images change, and whether the raw folder is marked synthetic
-(`synth.is_synthetic`: `"synthetic": true/false`), which training carries into the checkpoint.
+(`provenance.is_synthetic`: `"synthetic": true/false`), which training carries into the checkpoint.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pneumolib.dicom import (
     plain_jpeg,
     read_dicom,
 )
-from pneumolib.synth import is_synthetic
+from pneumolib.provenance import is_synthetic
 
 IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
     "stage_2_train_images",

@@ -21,7 +21,8 @@ from pneumolib.data import read_index
 from pneumolib.localisation import box_mask, energy_in_box
 from pneumolib.metrics import binary_metrics
 from pneumolib.preprocess import cache_for
-from pneumolib.synth import make_demo_data, marker_box, read_truth
+from pneumolib.provenance import read_truth
+from pneumolib.synth import make_demo_data, marker_box
 from pneumolib.train import fit
 
 MARKER_LAYER = "layer4"  # where the shortcut's evidence is looked for

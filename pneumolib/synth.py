@@ -35,18 +35,13 @@ import pandas as pd
 
 from pneumolib.dicom_write import write_dicom
 from pneumolib.progress import bar as progress_bar
+from pneumolib.provenance import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, TRUTH_CSV
 
 P_AP = 0.46  # share of AP views in RSNA (12,173 / 26,684)
 P_POS = {"AP": 0.38, "PA": 0.09}  # P(positive | view)
 P_NOT_NORMAL = 0.57  # among negatives: "No Lung Opacity / Not Normal" vs "Normal"
 _BASE = 256  # anatomy is drawn at this side, then resized; noise is added at full size
 GENERATOR = "pneumolib.synth v3"
-TRUTH_CSV = "demo_truth.csv"  # what each phantom really shows (beside the RSNA-shaped files)
-# Provenance: a folder of phantoms says so in a marker file, and each DICOM in its Manufacturer
-# tag; `preprocess` records the marker in stats.json, `train` in the checkpoint (model card,
-# predict's warning).
-PROVENANCE_JSON = "provenance.json"
-SYNTHETIC_MANUFACTURER = "pneumolib synthetic phantom"
 
 
 @dataclass(frozen=True)
@@ -425,30 +420,3 @@ def _write_patient(
     truth = [p["patientId"], p["view"], int(drawn), int(label), noise, f["faint"],
              f["small"], f["mimic"] or "", f["marker"]]  # fmt: skip
     return label_rows, class_rows, truth
-
-
-def is_synthetic(raw: str | Path) -> bool:
-    """True when RAW holds data this module made: its PROVENANCE_JSON says so, or (folders made
-    before that marker) it holds the demo's `demo_params.json`. False for anything else, e.g.
-    the RSNA download; the marker is a promise of the maker, not a test of the pixels."""
-    raw = Path(raw)
-    marker = raw / PROVENANCE_JSON
-    if marker.is_file():
-        try:
-            return json.loads(marker.read_text()).get("synthetic") is True
-        except (ValueError, AttributeError):
-            raise ValueError(f"{marker}: not a JSON object with a 'synthetic' key") from None
-    return (raw / "demo_params.json").is_file()
-
-
-def read_truth(raw: str | Path) -> pd.DataFrame:
-    """`demo_truth.csv` of a demo folder: per patient, what the phantom shows and its label.
-
-    Columns: patientId, view, opacity (1 = an opacity is drawn), label (the CSV's Target),
-    label_noise ("missed" | "overcalled" | ""), faint, small, mimic ("band" | "overlap" | ""),
-    marker (the planted AP text).
-    """
-    path = Path(raw) / TRUTH_CSV
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: only pneumolib demo folders carry it")
-    return pd.read_csv(path, keep_default_na=False)

@@ -25,7 +25,7 @@ from pneumolib.evaluate import evaluate_predictions
 from pneumolib.localisation import summarize_localisation
 from pneumolib.predict import synthetic_warning
 from pneumolib.preprocess import build_cache
-from pneumolib.synth import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, is_synthetic
+from pneumolib.provenance import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, is_synthetic
 from pneumolib.train import stats_for_ckpt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,13 +13,13 @@ import pytest
 
 from pneumolib.data import load_labels
 from pneumolib.dicom import read_dicom
+from pneumolib.provenance import read_truth
 from pneumolib.synth import (
     REALISM,
     as_realism,
     make_demo_data,
     marker_box,
     phantom,
-    read_truth,
 )
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
