@@ -103,8 +103,9 @@ cache = colab.ensure_cache(cfg, profile)
 # %% [markdown]
 # ## The runs
 #
-# Each run is a `Config` that differs from the profile's preset in a few fields; `cfg.out` is
-# the run that notebooks 04–06 evaluate.
+# Each run is a `Config` that differs from the profile's preset in a few fields
+# (`colab.study_runs` makes them; read it to change one); `cfg.out` is the run that notebooks
+# 04–06 evaluate.
 #
 # **rsna** (GPU): fine-tuning from ImageNet weights is the main run; feature extraction
 # starts from the same weights with a larger learning rate (only the last layer learns);
@@ -122,42 +123,7 @@ cache = colab.ensure_cache(cfg, profile)
 # question.
 
 # %%
-runs_dir = Path(cfg.out).parent
-if profile == "demo":
-    from pneumolib.demo import pretext_weights
-
-    pretrained = str(pretext_weights(paths.demo_root))  # AP-vs-PA classifier, other phantoms
-    runs = {
-        "scratch": cfg,
-        "finetune": cfg.replace(
-            mode="finetune",
-            weights=pretrained,
-            epochs=10,
-            lr=1e-3,
-            out=str(runs_dir / "resnet18_finetune"),
-        ),
-        "feature-extraction": cfg.replace(
-            mode="feature-extraction",
-            weights=pretrained,
-            epochs=8,
-            out=str(runs_dir / "resnet18_feature_extraction"),
-        ),
-    }
-    # the main run with RSNA's three classes instead of the binary label, all else the same
-    runs["three-class"] = colab.three_class_run(cfg)
-else:
-    runs = {
-        "finetune": cfg,
-        "feature-extraction": cfg.replace(
-            mode="feature-extraction",
-            lr=1e-3,
-            out=str(runs_dir / "resnet18_feature_extraction"),
-        ),
-        "scratch": cfg.replace(
-            mode="scratch", weights="none", out=str(runs_dir / "resnet18_scratch")
-        ),
-        "three-class": colab.three_class_run(cfg),
-    }
+runs = colab.study_runs(cfg, profile, paths.demo_root)
 for name, c in runs.items():
     print(
         f"{name:>18}: {c.out}  (mode {c.mode}, task {c.task}, weights {c.weights}, "
@@ -265,7 +231,7 @@ print("\n".join(compare.verdicts(by_mode)))
 # **On the demo** the extra label hurts: test AUC about 0.82 for the binary run against 0.65
 # for its three-class twin, a difference whose interval (about [+0.03, +0.33]) excludes 0. It
 # is not one seed's accident: over training seeds 0, 1 and 2 the binary run wins every time,
-# by 0.21 ± 0.06 (`benchmarks/task_seeds.py`, in the README). The three-class head learns more
+# by 0.21 ± 0.06 (`benchmarks/study_seeds.py`, in the README). The three-class head learns more
 # slowly on 200 phantoms, and balanced draws over three classes give the positives a third of
 # each batch instead of half. On RSNA it has not been measured.
 

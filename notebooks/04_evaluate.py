@@ -331,7 +331,7 @@ print("\n".join(compare.verdicts(labels)))
 
 # %% [markdown]
 # **On the demo** the binary run wins by about 0.17 [0.03, 0.33] for this seed, and by
-# 0.21 ± 0.06 over three training seeds (README, `benchmarks/task_seeds.py`): on these
+# 0.21 ± 0.06 over three training seeds (README, `benchmarks/study_seeds.py`): on these
 # phantoms, with this schedule, the extra label does not help the pneumonia AUC.
 
 # %% [markdown]

@@ -281,6 +281,49 @@ def ensure_cache(cfg: Config, profile: str) -> Path:
     return cache_for(cfg)
 
 
+def study_runs(cfg: Config, profile: str, demo_root: str | Path) -> dict[str, Config]:
+    """The runs notebook 03 trains, by name, main run first: the three transfer modes and the
+    main run's three-class twin. `rsna`: fine-tuning from ImageNet is the main run, feature
+    extraction (lr 1e-3) and scratch beside it. `demo` (no network): scratch is the main run,
+    and fine-tuning and feature extraction start from `demo.pretext_weights(demo_root)`, an
+    AP-vs-PA classifier trained on other phantoms (ImageNet's stand-in; made once)."""
+    runs_dir = Path(cfg.out).parent
+    if profile == "demo":
+        # imported here, not at the top: notebook 00 imports colab before installing torch
+        from pneumolib.demo import pretext_weights
+
+        pretrained = str(pretext_weights(demo_root))
+        runs = {
+            "scratch": cfg,
+            "finetune": cfg.replace(
+                mode="finetune",
+                weights=pretrained,
+                epochs=10,
+                lr=1e-3,
+                out=str(runs_dir / "resnet18_finetune"),
+            ),
+            "feature-extraction": cfg.replace(
+                mode="feature-extraction",
+                weights=pretrained,
+                epochs=8,
+                out=str(runs_dir / "resnet18_feature_extraction"),
+            ),
+        }
+    else:
+        runs = {
+            "finetune": cfg,
+            "feature-extraction": cfg.replace(
+                mode="feature-extraction",
+                lr=1e-3,
+                out=str(runs_dir / "resnet18_feature_extraction"),
+            ),
+            "scratch": cfg.replace(
+                mode="scratch", weights="none", out=str(runs_dir / "resnet18_scratch")
+            ),
+        }
+    return runs | {"three-class": three_class_run(cfg)}
+
+
 def three_class_run(cfg: Config) -> Config:
     """The main run's three-class twin (notebooks 03 and 04): `cfg` with `task="three-class"`,
     in `resnet18_three_class` beside it; everything else, seed included, is the same."""

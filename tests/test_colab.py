@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumolib import colab, kaggle
+from pneumolib import colab, demo, kaggle
+from pneumolib.config import demo_config, rsna_config
 from pneumolib.synth import make_demo_data
 
 N_DEMO = 20
@@ -358,3 +359,21 @@ def test_key_mask_holds_back_only_a_possible_key_start() -> None:
     assert mask.feed("sec") == "" and mask.feed("ret!") == "***!"
     assert mask.feed("s") == "" and mask.flush() == "s"
     assert kaggle._KeyMask(None).feed("secret") == "secret"  # no key installed: as is
+
+
+def test_study_runs_are_the_modes_and_the_three_class_twin(tmp_path, monkeypatch):
+    """Notebook 03's runs: main run first, one folder each, only the intended fields differ."""
+    rsna = colab.study_runs(rsna_config(tmp_path), "rsna", tmp_path)
+    assert list(rsna) == ["finetune", "feature-extraction", "scratch", "three-class"]
+    assert len({c.out for c in rsna.values()}) == 4
+    assert rsna["three-class"].replace(task="binary", out=rsna["finetune"].out) == rsna["finetune"]
+    assert rsna["scratch"].weights == "none" and rsna["feature-extraction"].lr == 1e-3
+    monkeypatch.setattr(demo, "pretext_weights", lambda root: Path(root) / "pretext.pt")
+    runs = colab.study_runs(demo_config(tmp_path), "demo", tmp_path)
+    assert list(runs)[0] == "scratch" and runs["scratch"] == demo_config(tmp_path)
+    assert (
+        runs["finetune"].weights
+        == runs["feature-extraction"].weights
+        == str(tmp_path / "pretext.pt")
+    )
+    assert runs["three-class"].task == "three-class" and runs["three-class"].mode == "scratch"
