@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from pneumolib.config import Config
+from pneumolib.data import CLASS_KEYS
 
 # Errors that are the user's input, not a bug: one line, exit 2.
 _USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -144,7 +145,7 @@ def _add_cam(sub) -> None:
     p.add_argument(
         "--target",
         default="pneumonia",
-        choices=["pneumonia", "normal", "not_normal", "lung_opacity"],
+        choices=["pneumonia", *CLASS_KEYS],
         help="the logit explained; the classes need a --task three-class run",
     )
     p.add_argument(

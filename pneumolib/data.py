@@ -17,7 +17,10 @@ import pandas as pd
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
-CLASSES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
+# RSNA's detailed classes, in the three-class head's logit order (pneumonia last; `tasks`), and
+# their short names for files, columns and the command line.
+CLASSES = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
+CLASS_KEYS = ("normal", "not_normal", "lung_opacity")
 # The course split: the first 24,000 unique patients (of 26,684) in CSV order train, rest val.
 COURSE_TRAIN_N, RSNA_N = 24_000, 26_684
 

@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pneumolib.metrics import bootstrap_distribution, bootstrap_indices, jsonable, percentile_ci
-from pneumolib.tasks import CLASS_KEYS, THREE_CLASSES, class_codes
+from pneumolib.tasks import THREE_CLASSES, class_codes, class_prob_columns
 
 K = len(THREE_CLASSES)
 
@@ -101,7 +101,7 @@ def summarize_classes(
     """`three_class_metrics` of a predictions table with a `class` column and the per-class
     probability columns `prob_normal, prob_not_normal, prob_lung_opacity`; None for a binary
     run's table (no such columns)."""
-    cols = [f"prob_{k}" for k in CLASS_KEYS]
+    cols = list(class_prob_columns("three-class"))
     if not set(cols) <= set(pred.columns):
         return None
     y = class_codes(pred["class"], where="predictions (column class)")

@@ -19,11 +19,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from pneumolib.data import CLASS_KEYS, CLASSES
+
 TASKS = ("binary", "three-class")
-# Logit order of the three-class head; the pneumonia class (Lung Opacity) is last.
-THREE_CLASSES = ("Normal", "No Lung Opacity / Not Normal", "Lung Opacity")
-# Short names for files, columns and the command line, in the same order.
-CLASS_KEYS = ("normal", "not_normal", "lung_opacity")
+# Logit order of the three-class head (the pneumonia class, Lung Opacity, last) and the classes'
+# short names, declared once in `pneumolib.data` beside the label reader.
+THREE_CLASSES = CLASSES
 
 
 class TaskError(ValueError):
