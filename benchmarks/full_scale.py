@@ -4,7 +4,7 @@
                                     [--image-size 224] [--steps 5] [--predict-n 3000]
                                     [--compare OTHER/results.json]
 
-Data: `--n` RSNA-format DICOMs (JPEG Baseline, `--dicom-size` px square, as `pneumolib.synth`
+Data: `--n` RSNA-format DICOMs (JPEG Baseline, `--dicom-size` px square, as `pneumolib.data.synth`
 writes them) with the real label counts scaled to n (at 26,684: 6,012 positive patients with
 1/2/3/4 boxes as in RSNA = 30,227 label rows, 11,821 "No Lung Opacity / Not Normal", 8,851
 "Normal", 12,173 AP views). `--distinct` phantoms are drawn with `synth.phantom` and written
@@ -58,10 +58,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from pneumolib.dicom_write import write_dicom  # noqa: E402
-from pneumolib.kaggle import verify_layout  # noqa: E402
-from pneumolib.preprocess import CLASSES_CSV, IMAGES_DIR, LABELS_CSV  # noqa: E402
-from pneumolib.synth import P_NOT_NORMAL, phantom  # noqa: E402
+from pneumolib.data.dicom_write import write_dicom  # noqa: E402
+from pneumolib.data.kaggle import verify_layout  # noqa: E402
+from pneumolib.data.preprocess import CLASSES_CSV, IMAGES_DIR, LABELS_CSV  # noqa: E402
+from pneumolib.data.synth import P_NOT_NORMAL, phantom  # noqa: E402
 
 # The real stage_2 training set (Kaggle RSNA Pneumonia Detection Challenge).
 RSNA_N, RSNA_AP = 26_684, 12_173
@@ -203,11 +203,11 @@ def loader_epoch(cache: Path, image_size: int) -> int:
     hundred rows; this reads every train row once, as a real epoch does."""
     import torch
 
-    from pneumolib.augment import AugmentPolicy
     from pneumolib.config import Config
-    from pneumolib.data import read_index, read_stats
-    from pneumolib.loader import make_loader
-    from pneumolib.runtime import to_device_batch
+    from pneumolib.core.augment import AugmentPolicy
+    from pneumolib.core.loader import make_loader
+    from pneumolib.core.runtime import to_device_batch
+    from pneumolib.data.labels import read_index, read_stats
 
     cfg = Config(image_size=image_size)
     index, stats = read_index(cache), read_stats(cache)

@@ -139,7 +139,7 @@ def _shard(job: tuple) -> None:
     import pandas as pd
     import pydicom
 
-    from pneumolib.synth import make_demo_data
+    from pneumolib.data.synth import make_demo_data
 
     out, n, size, seed, template = job
     if template is None:
@@ -229,7 +229,7 @@ def _agreement(a_cache: Path, b_cache: Path) -> tuple[float, float]:
     """(mean, max over images) of the per-image mean |a - b| grey levels, matched by patient."""
     import numpy as np
 
-    from pneumolib.data import open_images, read_index
+    from pneumolib.data.labels import open_images, read_index
 
     ia, ib = read_index(a_cache), read_index(b_cache)
     both = ia.merge(ib, on="patientId", suffixes=("_a", "_b"))
@@ -314,7 +314,7 @@ def _decode_cuda_warm(
     sys.path.insert(0, str(HERE))
     from preprocess import cuda_ready  # the sibling benchmark: warms up CUDA and nvJPEG
 
-    from pneumolib.preprocess import build_cache
+    from pneumolib.data.preprocess import build_cache
 
     setting = f"cuda: nvJPEG, in-process build_cache after CUDA warm-up; {data}"
     why = cuda_ready(files[0])
@@ -351,9 +351,10 @@ def cmd_probe(a: argparse.Namespace) -> int:
     """What `tune.auto_max_micro_batch` picks per model, and whether one step at that size fits."""
     import torch
 
-    from pneumolib import runtime, train_setup
     from pneumolib.config import Config
-    from pneumolib.models import build_model, trainable_parameters
+    from pneumolib.core import runtime
+    from pneumolib.core.models import build_model, trainable_parameters
+    from pneumolib.train import setup as train_setup
     from pneumolib.tune.plan import auto_max_micro_batch, probe_cuda
 
     report, status = Path(a.report), 0
@@ -456,7 +457,7 @@ def tile_cache(base: Path, out: Path, n_train: int, n_val: int) -> Path:
     import numpy as np
     import pandas as pd
 
-    from pneumolib.data import open_images, read_index, read_stats
+    from pneumolib.data.labels import open_images, read_index, read_stats
 
     params = {"base": str(base.resolve()), "n_train": n_train, "n_val": n_val}
     if (out / "stats.json").exists() and read_stats(out).get("params") == params:
@@ -512,8 +513,8 @@ def _base_cache(base: Path) -> Path:
     """The decode stage's cache, or (where that stage failed) a small phantom one made here."""
     if (base / "stats.json").exists():
         return base
-    from pneumolib.preprocess import build_cache
-    from pneumolib.synth import make_demo_data
+    from pneumolib.data.preprocess import build_cache
+    from pneumolib.data.synth import make_demo_data
 
     raw = make_demo_data(base.with_name("raw_fallback"), n=300, size=256, seed=0)
     return build_cache(raw, base.with_name("cache_fallback"), size=256, progress=False)
@@ -534,9 +535,9 @@ def cmd_epoch(a: argparse.Namespace) -> int:
     import torch
 
     from pneumolib.config import Config
-    from pneumolib.data import read_stats
-    from pneumolib.runtime import amp_dtype, resolve_device
-    from pneumolib.train import fit
+    from pneumolib.core.runtime import amp_dtype, resolve_device
+    from pneumolib.data.labels import read_stats
+    from pneumolib.train.loop import fit
 
     report, cache = Path(a.report), Path(a.cache)
     stats = read_stats(cache)

@@ -34,13 +34,13 @@ import torch
 import torchvision.transforms as T
 from torchvision.datasets import DatasetFolder
 
-from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
-from pneumolib.data import open_images, read_index, read_stats
-from pneumolib.loader import make_loader
-from pneumolib.preprocess import build_cache
-from pneumolib.runtime import to_device_batch
-from pneumolib.synth import make_demo_data
+from pneumolib.core.augment import AugmentPolicy
+from pneumolib.core.loader import make_loader
+from pneumolib.core.runtime import to_device_batch
+from pneumolib.data.labels import open_images, read_index, read_stats
+from pneumolib.data.preprocess import build_cache
+from pneumolib.data.synth import make_demo_data
 
 BATCH, WORKERS = 64, 2
 

@@ -5,7 +5,7 @@
                                     [--template DICOM]
 
 Both read the same synthetic RSNA-style DICOMs (JPEG Baseline, `--size` px square, made once
-with `pneumolib.synth.make_demo_data` into `--dir`, or a temporary folder that is deleted
+with `pneumolib.data.synth.make_demo_data` into `--dir`, or a temporary folder that is deleted
 afterwards; generation is not timed). Every file is read once before timing, so every variant
 sees the same warm page cache. JPEG decoding, the bulk of the work, costs more the less a file
 compresses: `--template DICOM` keeps the phantoms' labels and headers but gives every file the
@@ -14,7 +14,7 @@ JPEG frame of DICOM (e.g. a real RSNA image), so the decode cost is that of real
 - naive: the course loop, one file at a time: `pydicom.dcmread(f).pixel_array / 255`,
   `cv2.resize` to 224, `.astype(np.float16)`, `np.save` one .npy per image, running sums for
   the mean/std.
-- package: `pneumolib.preprocess.build_cache` to `--cache-size` px (one memory-mapped uint8
+- package: `pneumolib.data.preprocess.build_cache` to `--cache-size` px (one memory-mapped uint8
   array, index, train statistics), timed whole (labels, pool start-up, statistics included).
   It runs four ways so the sources of the speed-up show: full JPEG decode or reduced-scale
   (DCT) decode, on one core or on `--workers` cores. `--decoder cuda` adds torchvision's nvJPEG
@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-from pneumolib.preprocess import IMAGES_DIR, build_cache, default_workers  # noqa: E402
-from pneumolib.synth import make_demo_data  # noqa: E402
+from pneumolib.data.preprocess import IMAGES_DIR, build_cache, default_workers  # noqa: E402
+from pneumolib.data.synth import make_demo_data  # noqa: E402
 
 NAIVE_SIZE = 224  # the course's input size
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"

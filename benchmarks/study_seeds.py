@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumolib import colab
-from pneumolib.compare import compare_runs
 from pneumolib.config import demo_config
-from pneumolib.evaluate import evaluate_run
-from pneumolib.train import fit
+from pneumolib.course import colab
+from pneumolib.evaluate.compare import compare_runs
+from pneumolib.evaluate.run import evaluate_run
+from pneumolib.train.loop import fit
 
 MODES = ("scratch", "finetune", "feature-extraction")
 

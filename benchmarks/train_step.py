@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from pneumolib.augment import AugmentPolicy
 from pneumolib.config import Config
-from pneumolib.data import read_index, read_stats
-from pneumolib.loader import default_workers, make_loader
-from pneumolib.models import build_model, trainable_parameters
-from pneumolib.runtime import amp_dtype, resolve_device, to_device_batch
-from pneumolib.train_setup import accumulate_gradients, make_optimizer, seed_everything
+from pneumolib.core.augment import AugmentPolicy
+from pneumolib.core.loader import default_workers, make_loader
+from pneumolib.core.models import build_model, trainable_parameters
+from pneumolib.core.runtime import amp_dtype, resolve_device, to_device_batch
+from pneumolib.data.labels import read_index, read_stats
+from pneumolib.train.setup import accumulate_gradients, make_optimizer, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import demo_cache, forever  # noqa: E402  (the sibling benchmark script)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,7 +43,7 @@ PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:
 # Where Colab installs pneumolib from: a git URL, a folder on Drive (for example
 # /content/drive/MyDrive/pneumolib) or a .whl file. Outside Colab nothing is installed (the
 # package is already importable). `python -m pneumolib publish` rewrites the default for a fork.
-# `pneumolib.colab.in_colab` cannot run before the install, so its check is written out here.
+# `pneumolib.course.colab.in_colab` cannot run before the install, so its check is written out here.
 import importlib.util
 import os
 import subprocess
@@ -79,7 +79,8 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # is there or can be downloaded, `demo` otherwise.
 
 # %%
-from pneumolib import colab, kaggle
+from pneumolib.course import colab
+from pneumolib.data import kaggle
 
 paths = colab.default_paths()
 profile = colab.choose_profile(paths, allow_download=True)

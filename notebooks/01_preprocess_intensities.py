@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -28,7 +28,8 @@
 #    statistics, percentile windowing, CLAHE),
 # 5. shows the mean image of each class.
 #
-# All logic lives in `pneumolib.preprocess` and `pneumolib.explore`; the cells call it and show
+# All logic lives in `pneumolib.data.preprocess` and `pneumolib.data.explore`; the cells call it
+# and show
 # the results. In the `demo` profile the data are synthetic phantoms: the tables and figures
 # show how the tools work, not facts about pneumonia.
 
@@ -37,7 +38,7 @@ PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:
 # Where Colab installs pneumolib from: a git URL, a folder on Drive (for example
 # /content/drive/MyDrive/pneumolib) or a .whl file. Outside Colab nothing is installed (the
 # package is already importable). `python -m pneumolib publish` rewrites the default for a fork.
-# `pneumolib.colab.in_colab` cannot run before the install, so its check is written out here.
+# `pneumolib.course.colab.in_colab` cannot run before the install, so its check is written out here.
 import importlib.util
 import os
 import subprocess
@@ -78,10 +79,11 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 import numpy as np
 from IPython.display import display
 
-from pneumolib import colab, explore, intensities
-from pneumolib.data import open_images, read_index, read_stats
-from pneumolib.preprocess import cache_for
-from pneumolib.synth import make_demo_data
+from pneumolib.course import colab
+from pneumolib.data import explore, intensities
+from pneumolib.data.labels import open_images, read_index, read_stats
+from pneumolib.data.preprocess import cache_for
+from pneumolib.data.synth import make_demo_data
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -184,7 +186,7 @@ display(explore.box_heatmap_figure(heat, len(positives), background=mean_positiv
 # The cache keeps the grey levels of the DICOMs as they were (0..255, bright = dense), only
 # resized. The same grey ramp is used for every image below, so differences in exposure and
 # contrast between images show as they are. Every figure of the series colours the classes
-# the same way (`pneumolib.figures.CLASS_COLOURS`): pneumonia ("Lung Opacity", positive) red,
+# the same way (`pneumolib.core.plots.CLASS_COLOURS`): pneumonia ("Lung Opacity", positive) red,
 # "Normal" and the negatives blue, "No Lung Opacity / Not Normal" purple.
 
 # %%
@@ -196,7 +198,7 @@ display(explore.class_examples_figure(images, index, per_class=4))
 # outline per class over the same bins (they span the range of the means, not all of 0..255).
 #
 # Two spikes stand out in the pixel histogram. In the `demo` profile, the tall peak near grey
-# level **12** is the air around the body: the phantoms (`pneumolib.synth`) start from a
+# level **12** is the air around the body: the phantoms (`pneumolib.data.synth`) start from a
 # background of 12, which each film's exposure (x0.85 to x1.15) and the noise spread into a
 # hump; portable AP films, with their lower contrast, lift their air towards grey (more of
 # them are positive, hence a lower, wider peak for "Lung Opacity"). The spike at **255** is

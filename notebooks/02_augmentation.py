@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,7 +33,7 @@
 # | intensity | (none) | `brightness`, `contrast` |
 #
 # The course chains these transforms, resampling the image once per transform. `pneumolib`
-# composes the geometric ones into one affine matrix per image (`pneumolib.augment`) and
+# composes the geometric ones into one affine matrix per image (`pneumolib.core.augment`) and
 # resamples once, on uint8 pixels, so nothing blurs twice and a whole batch costs one call.
 
 # %%
@@ -41,7 +41,7 @@ PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:
 # Where Colab installs pneumolib from: a git URL, a folder on Drive (for example
 # /content/drive/MyDrive/pneumolib) or a .whl file. Outside Colab nothing is installed (the
 # package is already importable). `python -m pneumolib publish` rewrites the default for a fork.
-# `pneumolib.colab.in_colab` cannot run before the install, so its check is written out here.
+# `pneumolib.course.colab.in_colab` cannot run before the install, so its check is written out here.
 import importlib.util
 import os
 import subprocess
@@ -75,8 +75,9 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 import numpy as np
 import torch
 
-from pneumolib import augment, colab, figures
-from pneumolib.data import open_images, read_index
+from pneumolib.core import augment, augment_figures
+from pneumolib.course import colab
+from pneumolib.data.labels import open_images, read_index
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -102,8 +103,8 @@ print(policy)
 # ## Each transform alone
 #
 # One positive training radiograph with its expert box (red). Each row keeps one transform of
-# the policy and switches every other one off (`figures.single_transforms`); the first column
-# is the evaluation transform (the whole image, resized), the others are random draws, with
+# the policy and switches every other one off (`augment_figures.single_transforms`); the first
+# column is the evaluation transform (the whole image, resized), the others are random draws, with
 # the drawn parameter above each panel. The box is warped with the same matrix as the image
 # (`augment.warp_boxes`: the four corners warped, then their enclosing box), so it stays on
 # the opacity. The last row is the full policy, every transform at once, as training uses it.
@@ -113,7 +114,9 @@ positives = index[(index.target == 1) & (index.split == "train")]
 example = positives.iloc[0]
 image = np.asarray(images[example.row])
 print(f"patient {example.patientId}: boxes {example.boxes} (cache pixels)")
-figures.show_transforms(image, example.boxes, policy=policy, out_size=cfg.image_size, seed=cfg.seed)
+augment_figures.show_transforms(
+    image, example.boxes, policy=policy, out_size=cfg.image_size, seed=cfg.seed
+)
 
 # %% [markdown]
 # Reading the rows: the **tilt** of at most ±5° is about what a patient leaning in the
@@ -139,7 +142,7 @@ figures.show_transforms(image, example.boxes, policy=policy, out_size=cfg.image_
 # %%
 batch = positives.iloc[:6]
 rows = batch.row.to_numpy()
-figures.show_policy_grid(
+augment_figures.show_policy_grid(
     images[rows], list(batch.boxes), policy=policy, out_size=cfg.image_size, seed=cfg.seed
 )
 
@@ -203,7 +206,7 @@ print("train, next epoch, different draw:  ", not np.array_equal(tr1["images"], 
 
 # %%
 device = "cuda" if torch.cuda.is_available() else "cpu"
-agreement = figures.warp_agreement(
+agreement = augment_figures.warp_agreement(
     sample, policy=policy, out_size=cfg.image_size, seed=cfg.seed, device=device
 )
 print(
@@ -211,7 +214,7 @@ print(
     f"mean {agreement['mean']:.3f}, pixels off by more than 1: {agreement['frac_over_1']:.1%}, "
     f"same matrices: {agreement['same_matrices']}"
 )
-figures.compare_warps(agreement, index=0)
+augment_figures.compare_warps(agreement, index=0)
 
 # %% [markdown]
 # ## Next

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -47,7 +47,7 @@ PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:
 # Where Colab installs pneumolib from: a git URL, a folder on Drive (for example
 # /content/drive/MyDrive/pneumolib) or a .whl file. Outside Colab nothing is installed (the
 # package is already importable). `python -m pneumolib publish` rewrites the default for a fork.
-# `pneumolib.colab.in_colab` cannot run before the install, so its check is written out here.
+# `pneumolib.course.colab.in_colab` cannot run before the install, so its check is written out here.
 import importlib.util
 import os
 import subprocess
@@ -82,8 +82,11 @@ from pathlib import Path
 
 from IPython.display import display
 
-from pneumolib import colab, compare, evaluate, figures
-from pneumolib.train import fit
+from pneumolib.course import colab
+from pneumolib.evaluate import compare
+from pneumolib.evaluate import run as evaluate
+from pneumolib.train import curves
+from pneumolib.train.loop import fit
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -185,10 +188,10 @@ for name, c in list(runs.items())[1:]:
 
 # %%
 folders = {name: c.out for name, c in runs.items()}
-figures.plot_history(folders)
+curves.plot_history(folders)
 
 # %%
-figures.compare_runs(folders).round(3)
+curves.best_epochs(folders).round(3)
 
 # %% [markdown]
 # ## Which mode wins, on the same patients
@@ -247,7 +250,7 @@ print("\n".join(compare.verdicts(labels)))
 #
 # Everything needed to evaluate the run or to continue it: the whole config, the metrics per
 # epoch and two complete checkpoints (`last.pt` to resume, `best.pt` to evaluate). Checkpoints
-# load with `torch.load(path, weights_only=True)`; `pneumolib.models.load_checkpoint_model`
+# load with `torch.load(path, weights_only=True)`; `pneumolib.core.models.load_checkpoint_model`
 # rebuilds the model from one.
 
 # %%

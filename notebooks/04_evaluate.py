@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -37,7 +37,7 @@ PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:
 # Where Colab installs pneumolib from: a git URL, a folder on Drive (for example
 # /content/drive/MyDrive/pneumolib) or a .whl file. Outside Colab nothing is installed (the
 # package is already importable). `python -m pneumolib publish` rewrites the default for a fork.
-# `pneumolib.colab.in_colab` cannot run before the install, so its check is written out here.
+# `pneumolib.course.colab.in_colab` cannot run before the install, so its check is written out here.
 import importlib.util
 import os
 import subprocess
@@ -73,7 +73,10 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from pneumolib import colab, compare, evaluate, evaluate_figures, multiclass
+from pneumolib.course import colab
+from pneumolib.evaluate import compare, multiclass
+from pneumolib.evaluate import figures as evaluate_figures
+from pneumolib.evaluate import run as evaluate
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -271,7 +274,7 @@ evaluate_figures.sample_predictions_figure(pred_test, cfg.cache, metrics=test, n
 
 # %%
 if profile == "demo":
-    from pneumolib.provenance import read_truth
+    from pneumolib.data.provenance import read_truth
 
     youden = thresholds["youden"]
     truth = read_truth(cfg.raw).drop(columns=["view", "label"])

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -36,7 +36,7 @@ PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:
 # Where Colab installs pneumolib from: a git URL, a folder on Drive (for example
 # /content/drive/MyDrive/pneumolib) or a .whl file. Outside Colab nothing is installed (the
 # package is already importable). `python -m pneumolib publish` rewrites the default for a fork.
-# `pneumolib.colab.in_colab` cannot run before the install, so its check is written out here.
+# `pneumolib.course.colab.in_colab` cannot run before the install, so its check is written out here.
 import importlib.util
 import os
 import subprocess
@@ -70,10 +70,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumolib import colab, localisation
-from pneumolib.cam_figures import overlay_grid
-from pneumolib.cam_run import cam_examples, cam_run
-from pneumolib.data import read_index
+from pneumolib.cam import localisation
+from pneumolib.cam.figures import overlay_grid
+from pneumolib.cam.run import cam_examples, cam_run
+from pneumolib.course import colab
+from pneumolib.data.labels import read_index
 
 paths = colab.default_paths()
 colab.mount_drive(paths.drive)
@@ -202,7 +203,7 @@ localisation.localisation_table(summaries)
 # films that carry the marker.
 
 # %%
-from pneumolib import shortcut
+from pneumolib.cam import shortcut
 
 if profile == "demo":
     shortcut_run = shortcut.shortcut_run(cfg, colab.DEMO_DATA, paths.demo_root)
@@ -211,7 +212,7 @@ if profile == "demo":
 # %%
 if profile == "demo":
     from pneumolib.config import Config
-    from pneumolib.provenance import read_truth
+    from pneumolib.data.provenance import read_truth
 
     truth = read_truth(Config.load(shortcut_run / "config.json").raw)
     index = read_index(cfg.cache)

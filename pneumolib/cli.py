@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from pneumolib.config import Config
-from pneumolib.data import CLASS_KEYS
+from pneumolib.data.labels import CLASS_KEYS
 
 # Errors that are the user's input, not a bug: one line, exit 2.
 _USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -227,7 +227,7 @@ def _add_publish(sub) -> None:
 
 def publish_cli(repo: str | None, branch: str | None, check: bool) -> int:
     """`python -m pneumolib publish`: rewrite (or with `check`, verify) the derived URLs."""
-    from pneumolib import publish
+    from pneumolib.tools import publish
 
     root = publish.find_root()
     if not check:
@@ -290,7 +290,7 @@ def tune_cli(args: argparse.Namespace, cfg: Config) -> None:
 
 def make_demo_data_cli(args: argparse.Namespace) -> None:
     """`python -m pneumolib make-demo-data` (starts without torch)."""
-    from pneumolib.synth import make_demo_data
+    from pneumolib.data.synth import make_demo_data
 
     out = make_demo_data(
         args.out,
@@ -305,7 +305,7 @@ def make_demo_data_cli(args: argparse.Namespace) -> None:
 
 def preprocess_cli(args: argparse.Namespace) -> None:
     """`python -m pneumolib preprocess` (starts without torch)."""
-    from pneumolib.preprocess import cache_for
+    from pneumolib.data.preprocess import cache_for
 
     cfg = Config(
         raw=args.raw,
@@ -331,7 +331,7 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cmd = args.command
     if cmd == "demo":
-        from pneumolib.demo import run_demo
+        from pneumolib.course.demo import run_demo
 
         run_demo(args.out, quick=args.quick)
     elif cmd == "make-demo-data":
@@ -339,7 +339,7 @@ def run(argv: list[str] | None = None) -> int:
     elif cmd == "preprocess":
         preprocess_cli(args)
     elif cmd == "train":
-        from pneumolib.train import fit
+        from pneumolib.train.loop import fit
 
         base = (
             Config.load(Path(args.out) / "config.json")
@@ -348,11 +348,11 @@ def run(argv: list[str] | None = None) -> int:
         )
         fit(config_from_args(args, base))
     elif cmd == "evaluate":
-        from pneumolib.evaluate import evaluate_run
+        from pneumolib.evaluate.run import evaluate_run
 
         evaluate_run(args.run, args.split, tta=args.tta, n_boot=args.n_boot)
     elif cmd == "cam":
-        from pneumolib.cam_run import cam_run
+        from pneumolib.cam.run import cam_run
 
         cam_run(
             args.run,
@@ -366,16 +366,16 @@ def run(argv: list[str] | None = None) -> int:
             threshold=args.threshold,
         )
     elif cmd == "card":
-        from pneumolib.card import write_card
+        from pneumolib.evaluate.card import write_card
 
         print(f"model card: {write_card(args.run)}")
     elif cmd == "compare":
-        from pneumolib.compare import compare_runs, comparison_text
+        from pneumolib.evaluate.compare import compare_runs, comparison_text
 
         result = compare_runs(args.run, args.split, threshold=args.threshold, n_boot=args.n_boot)
         print(comparison_text(result))
     elif cmd == "predict":
-        from pneumolib.predict import predict_cli
+        from pneumolib.evaluate.predict import predict_cli
 
         return predict_cli(
             args.checkpoint, args.inputs, out_csv=args.out, cam_dir=args.cam, device=args.device

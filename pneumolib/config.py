@@ -42,7 +42,7 @@ class Config:
 
     label: str = "pneumonia"  # what the model learns: pneumonia (Target) | view (AP = 1, PA = 0)
     # binary (1 logit: pneumonia) | three-class (Normal / No Lung Opacity-Not Normal / Lung
-    # Opacity; the pneumonia probability is P(Lung Opacity)); see pneumolib.tasks
+    # Opacity; the pneumonia probability is P(Lung Opacity)); see pneumolib.core.tasks
     task: str = "binary"
 
     # --- model ----------------------------------------------------------------------

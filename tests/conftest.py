@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumolib.preprocess import build_cache
-from pneumolib.synth import make_demo_data
+from pneumolib.data.preprocess import build_cache
+from pneumolib.data.synth import make_demo_data
 
 # Real radiographs (torchxrayvision fixtures + pydicom variants, see its README.md). CI lays
 # shared/ beside the checkout; a user's own clone does not have it, so tests skip there.

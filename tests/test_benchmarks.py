@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumolib.data import open_images, read_index, read_stats
+from pneumolib.data.labels import open_images, read_index, read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 

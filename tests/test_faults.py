@@ -40,12 +40,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from pneumolib import kaggle, train, tune
-from pneumolib import preprocess as pre
+from pneumolib import tune
 from pneumolib.cli import main
 from pneumolib.config import Config
-from pneumolib.data import load_labels
-from pneumolib.synth import make_demo_data
+from pneumolib.data import kaggle
+from pneumolib.data import preprocess as pre
+from pneumolib.data.labels import load_labels
+from pneumolib.data.synth import make_demo_data
+from pneumolib.train import loop as train
 
 IMAGES, LABELS = pre.IMAGES_DIR, pre.LABELS_CSV
 N, SIZE, CACHE = 40, 64, 32  # 40 phantoms of 64 px, cached at 32 px: every split has a positive

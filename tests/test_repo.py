@@ -58,7 +58,8 @@ def test_preprocess_and_demo_data_start_without_torch():
     """`preprocess` and `make-demo-data` read labels and DICOMs only: importing torch would cost
     2-6 s before the first file is read."""
     code = (
-        "import sys; import pneumolib.cli, pneumolib.preprocess, pneumolib.synth, pneumolib.data;"
+        "import sys; import pneumolib.cli, pneumolib.data.preprocess, pneumolib.data.synth;"
+        "import pneumolib.data.labels, pneumolib.data.explore, pneumolib.data.intensities;"
         "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

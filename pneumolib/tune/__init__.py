@@ -5,7 +5,7 @@ of epochs. `sweep(cfg, batch_sizes=..., lrs=...)` runs it (or a random/TPE searc
 weight decay and augmentation strength) as one Optuna study kept in a storage given by URL:
 an SQLite file (default: SWEEP/study.db), any SQLAlchemy database (PostgreSQL for many
 machines) or a journal file (`*.log`, where SQLite locking on a network drive is a problem).
-Every trial is a normal run folder SWEEP/<study>/<run> made by `pneumolib.train.fit` and
+Every trial is a normal run folder SWEEP/<study>/<run> made by `pneumolib.train.loop.fit` and
 named after its parameters (`bs64_lr0.0001`), so a trial that was killed resumes from its
 `last.pt` when its point is run again; `sweep` then returns the results table.
 

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from pneumolib import train
 from pneumolib.config import Config
-from pneumolib.data import read_index
+from pneumolib.data.labels import read_index
+from pneumolib.train import loop as train
 from pneumolib.tune.claims import (
     PROGRESS_TIMEOUT_S,
     Heartbeat,

@@ -12,9 +12,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pneumolib.config import Config
-from pneumolib.progress import bar as progress_bar
-from pneumolib.runtime import resolve_device
-from pneumolib.train_setup import optimiser_step, prepare_training, seed_everything
+from pneumolib.core.progress import bar as progress_bar
+from pneumolib.core.runtime import resolve_device
+from pneumolib.train.setup import optimiser_step, prepare_training, seed_everything
 from pneumolib.tune.figures import figure_axes
 
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from pneumolib import runtime
 from pneumolib.config import EXACT, MACHINE, PATH, STRENGTH, Config, field_names
-from pneumolib.models import build_model, trainable_parameters
-from pneumolib.tasks import n_outputs
-from pneumolib.train_setup import make_optimizer
+from pneumolib.core import runtime
+from pneumolib.core.models import build_model, trainable_parameters
+from pneumolib.core.tasks import n_outputs
+from pneumolib.train.setup import make_optimizer
 
 ORIGINAL_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 ORIGINAL_LRS = (1e-4, 2e-4)

@@ -9,11 +9,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 
 from pneumolib.config import Config
+from pneumolib.train.best_epoch import best_epoch_index, epoch_score
 from pneumolib.tune.claims import FINISHED
 from pneumolib.tune.plan import with_aug_strength
 
@@ -23,20 +23,22 @@ TABLE_COLUMNS += ["micro_batch_size", "state", "trial", "run", "run_dir"]
 
 
 def monitor_score(row: Mapping[str, float], monitor: str) -> float:
-    """What a trial is ranked by (higher is better): val_<monitor>, or -val_loss for "loss"."""
+    """What an epoch reports to the pruner (higher is better): val_<monitor>, or -val_loss for
+    "loss"; NaN where undefined, so nothing is reported. The best epoch is `best_epoch`'s rule."""
     return -row["val_loss"] if monitor == "loss" else row[f"val_{monitor}"]
 
 
 def history_summary(history: pd.DataFrame, monitor: str = "auc") -> dict[str, Any]:
-    """Epochs run, the best epoch by `monitor`, the val metrics there and the total seconds."""
+    """Epochs run, the best epoch (the one the trial's best.pt holds), the val metrics there,
+    its score and the total seconds."""
     if history.empty:
         return {"epochs": 0, "best_epoch": 0, "seconds": 0.0, "score": float("nan")}
-    scores = [monitor_score(r, monitor) for r in history.to_dict("records")]
-    best = history.iloc[int(np.nanargmax(scores))] if np.isfinite(scores).any() else None
-    out = {"epochs": len(history), "seconds": float(history["seconds"].sum())}
-    out["best_epoch"] = int(best["epoch"]) if best is not None else 0
-    out["score"] = float(np.nanmax(scores)) if best is not None else float("nan")
-    out.update({m: float(best[m]) if best is not None else float("nan") for m in METRICS})
+    best = best_epoch_index(history, monitor)
+    out: dict[str, Any] = {"epochs": len(history), "seconds": float(history["seconds"].sum())}
+    row = None if best is None else history.iloc[best]
+    out["best_epoch"] = int(row["epoch"]) if row is not None else 0
+    out["score"] = epoch_score(row, monitor) if row is not None else float("nan")
+    out.update({m: float(row[m]) if row is not None else float("nan") for m in METRICS})
     return out
 
 

@@ -1,0 +1,1 @@
+"""Course and demo support: the Colab environment, the demo command and its report."""

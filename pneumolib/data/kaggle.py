@@ -1,0 +1,302 @@
+"""Getting the RSNA competition data and checking it: Kaggle credentials, the download, the layout.
+
+`install_kaggle_credentials` puts the user's kaggle.json where the Kaggle CLI reads it (mode 600,
+its content never printed); `download_rsna` runs the CLI, echoing its progress with the key
+blanked out, and unzips into a folder that appears only once `verify_layout` has passed.
+The only outside boundary is the `kaggle` executable. `pneumolib.course.colab` decides the folders.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from pneumolib.core.progress import bar as progress_bar
+
+COMPETITION = "rsna-pneumonia-detection-challenge"
+TRAIN_DIR = "stage_2_train_images"
+TEST_DIR = "stage_2_test_images"
+LABELS_CSV = "stage_2_train_labels.csv"
+CLASSES_CSV = "stage_2_detailed_class_info.csv"
+LABEL_COLUMNS = ["patientId", "x", "y", "width", "height", "Target"]
+CLASS_COLUMNS = ["patientId", "class"]
+N_TRAIN_DICOMS = 26_684  # stage 2 training images, one per patient
+N_LABEL_ROWS = 30_227  # one row per box; negatives have one row with an empty box
+MARKER = ".pneumolib_complete.json"  # provenance of a download, written before the final rename
+
+
+def kaggle_config_dir() -> Path:
+    """Where the Kaggle CLI reads kaggle.json: $KAGGLE_CONFIG_DIR or ~/.kaggle."""
+    env = os.environ.get("KAGGLE_CONFIG_DIR")
+    return Path(env) if env else Path.home() / ".kaggle"
+
+
+def install_kaggle_credentials(src: str | Path) -> Path:
+    """Copy the user's kaggle.json to where the Kaggle CLI reads it, mode 600; returns that path.
+
+    The token is checked (JSON with "username" and "key") but its content is never printed,
+    logged or put into an error message.
+    """
+    src = Path(src)
+    if not src.is_file():
+        raise FileNotFoundError(
+            f"kaggle.json not found at {src}: on kaggle.com open Settings > API > "
+            "'Create New Token' and put the downloaded kaggle.json there"
+        )
+    data = src.read_bytes()
+    try:
+        token = json.loads(data)
+    except ValueError:
+        token = None  # the parser's message may quote the file: never show it
+    ok = isinstance(token, dict) and all(
+        isinstance(token.get(k), str) and token.get(k) for k in ("username", "key")
+    )
+    if not ok:
+        raise ValueError(
+            f"{src} is not a valid kaggle.json: expected JSON with non-empty "
+            '"username" and "key" (make a new token on kaggle.com > Settings > API)'
+        )
+    dest_dir = kaggle_config_dir()
+    dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    dest = dest_dir / "kaggle.json"
+    tmp = dest_dir / f".kaggle.json.tmp-{os.getpid()}"
+    # Created with mode 600 from the start, so the token is never readable by others.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, dest)
+    print(f"Kaggle credentials installed at {dest} (mode 600)")
+    return dest
+
+
+def _installed_key() -> str | None:
+    try:
+        key = json.loads((kaggle_config_dir() / "kaggle.json").read_bytes()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return key if isinstance(key, str) and key else None
+
+
+class _KeyMask:
+    """Blanks `key` out of a text stream that arrives in pieces, so a key split across two
+    reads is caught too: the longest end of the text that could begin the key is held back
+    until the next piece (or `flush`) shows whether it does."""
+
+    def __init__(self, key: str | None, mask: str = "***") -> None:
+        self.key, self.mask, self._held = key or "", mask, ""
+
+    def feed(self, text: str) -> str:
+        """The part of everything fed so far that is safe to print now, key blanked out."""
+        if not self.key:
+            return text
+        text = (self._held + text).replace(self.key, self.mask)
+        keep = min(len(self.key) - 1, len(text))
+        while keep and not self.key.startswith(text[-keep:]):
+            keep -= 1
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        """What is still held back (the stream ended: it cannot become the key any more)."""
+        text, self._held = self._held, ""
+        return text
+
+
+def _echo_masked(stream: Any, key: str | None, chunk: int = 4096) -> str:
+    """Echo the bytes of `stream` to stdout as they come, `key` blanked out of everything
+    printed; -> the last 2,000 characters printed (for an error message)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    mask, tail = _KeyMask(key), ""
+    while True:
+        data = stream.read1(chunk)
+        text = mask.feed(decoder.decode(data, final=not data))
+        if not data:
+            text += mask.flush()
+        tail = (tail + text)[-2000:]
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if not data:
+            return tail
+
+
+def _run_streaming(cmd: list[str]) -> tuple[int, str]:
+    """Run `cmd`, echoing its output as it comes (Kaggle's progress bar); -> (exit code, tail).
+
+    The installed Kaggle key is blanked out of everything echoed and returned, should a tool
+    ever print it, even where it is split across two reads.
+    """
+    key = _installed_key()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    tail = _echo_masked(proc.stdout, key)
+    return proc.wait(), tail
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "no output"
+
+
+def _dicom_ids(folder: Path) -> set[str]:
+    """File stems of the .dcm files in `folder` (one directory listing; empty if absent)."""
+    if not folder.is_dir():
+        return set()
+    return {e.name[:-4] for e in os.scandir(folder) if e.name.endswith(".dcm")}
+
+
+def _read_csv(path: Path, columns: list[str]) -> list[list[str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:  # a zip, an image, a UTF-16 export ...
+        raise ValueError(f"{path}: not a readable CSV ({type(e).__name__})") from None
+    if not rows or rows[0] != columns:
+        got = ",".join(rows[0]) if rows else "an empty file"
+        raise ValueError(f"{path}: expected columns {','.join(columns)}, got {got}")
+    bad = next((i for i, r in enumerate(rows) if len(r) != len(columns)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: line {bad + 1} has {len(rows[bad])} fields, not {len(columns)}")
+    return rows[1:]
+
+
+def verify_layout(raw: str | Path, expect_full: bool = False) -> dict[str, int]:
+    """Check that `raw` is an unzipped RSNA folder; -> counts of DICOMs, rows, patients.
+
+    Always: stage_2_train_images/*.dcm and both label CSVs exist with RSNA's columns, and every
+    labelled patient has a DICOM. With `expect_full`: exactly 26,684 DICOMs and 30,227 label rows.
+    Raises a one-line error naming what is off.
+    """
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise FileNotFoundError(f"{raw}: data folder does not exist")
+    for name in (LABELS_CSV, CLASSES_CSV):
+        if not (raw / name).is_file():
+            raise FileNotFoundError(f"{raw}: missing {name} (not an unzipped RSNA folder?)")
+    dicoms = _dicom_ids(raw / TRAIN_DIR)
+    n_dcm = len(dicoms)
+    if n_dcm == 0:
+        raise FileNotFoundError(f"{raw}: no .dcm files in {TRAIN_DIR}/")
+    labels = _read_csv(raw / LABELS_CSV, LABEL_COLUMNS)
+    classes = _read_csv(raw / CLASSES_CSV, CLASS_COLUMNS)
+    patients = {r[0] for r in labels}
+    missing = sorted(patients - dicoms)
+    if missing:
+        raise FileNotFoundError(
+            f"{raw}: {len(missing)} labelled patients have no DICOM in {TRAIN_DIR}/, "
+            f"e.g. {missing[0]}.dcm"
+        )
+    counts = {
+        "train_dicoms": n_dcm,
+        "label_rows": len(labels),
+        "class_rows": len(classes),
+        "patients": len(patients),
+        "positive_patients": len({r[0] for r in labels if r[5] == "1"}),
+        "test_dicoms": len(_dicom_ids(raw / TEST_DIR)),
+    }
+    if expect_full:
+        if n_dcm != N_TRAIN_DICOMS:
+            raise ValueError(
+                f"{raw}: expected {N_TRAIN_DICOMS:,} DICOMs in {TRAIN_DIR}/, found {n_dcm:,} "
+                "(incomplete download or unzip?)"
+            )
+        if len(labels) != N_LABEL_ROWS:
+            raise ValueError(
+                f"{raw / LABELS_CSV}: expected {N_LABEL_ROWS:,} rows, found {len(labels):,}"
+            )
+    return counts
+
+
+def verified_counts(raw: Path, expect_full: bool) -> dict[str, int] | None:
+    """Counts if `raw` holds verified RSNA data, else None (never raises)."""
+    try:
+        return verify_layout(raw, expect_full)
+    except (OSError, ValueError):
+        return None
+
+
+def _data_root(folder: Path) -> Path:
+    """The folder holding the label CSV: `folder` itself or its single subfolder."""
+    if (folder / LABELS_CSV).exists():
+        return folder
+    subs = [p for p in folder.iterdir() if p.is_dir()]
+    if len(subs) == 1 and (subs[0] / LABELS_CSV).exists():
+        return subs[0]
+    return folder
+
+
+def _unzip(zip_path: Path, dest: Path) -> None:
+    """Extract every member of `zip_path` into `dest`, with a progress bar."""
+    with zipfile.ZipFile(zip_path) as zf:
+        members = zf.infolist()
+        for m in progress_bar(members, desc=f"unzip {zip_path.name}", unit="file"):
+            zf.extract(m, dest)  # zipfile strips absolute paths and '..' from member names
+
+
+def download_rsna(
+    raw: str | Path, competition: str = COMPETITION, expect_full: bool = True
+) -> Path:
+    """Download the competition with the Kaggle CLI, unzip and verify it into `raw`; -> raw.
+
+    Resumable and never half-done: a verified `raw` is left alone (re-running costs a directory
+    listing); the zip waits in a sibling folder until it unzips into a temporary sibling that is
+    verified and then renamed to `raw`, marker included, in one step.
+    Needs kaggle.json installed (`install_kaggle_credentials`).
+    """
+    raw = Path(raw)
+    try:
+        counts = verify_layout(raw, expect_full)
+    except (OSError, ValueError) as e:
+        if raw.is_dir() and any(raw.iterdir()):  # someone else's files: never delete them
+            raise RuntimeError(
+                f"{raw} exists but is not complete RSNA data ({e}); "
+                "move or delete it, or set PNEUMOLIB_RAW to another folder"
+            ) from None
+    else:
+        print(f"RSNA data already at {raw} ({counts['train_dicoms']:,} DICOMs): skipping download")
+        return raw
+    dl_dir = raw.parent / f".{raw.name}-download"  # survives a failed unzip: no re-download
+    zip_path = dl_dir / f"{competition}.zip"
+    if zipfile.is_zipfile(zip_path):
+        print(f"using the zip already downloaded at {zip_path}")
+    else:
+        kaggle = shutil.which("kaggle")
+        if kaggle is None:
+            raise RuntimeError("the kaggle command is not on PATH: pip install kaggle")
+        dl_dir.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {competition} (about 3.7 GB) to {dl_dir} ...")
+        cmd = [kaggle, "competitions", "download", "-c", competition, "-p", str(dl_dir)]
+        rc, tail = _run_streaming(cmd)
+        if rc != 0:
+            raise RuntimeError(
+                f"kaggle download of {competition} failed (exit {rc}: {_last_line(tail)}); "
+                f"accept the competition rules at https://www.kaggle.com/competitions/"
+                f"{competition}/rules with the account of your token, and check that "
+                f"kaggle.json in {kaggle_config_dir()} is your current API token"
+            )
+        if not zipfile.is_zipfile(zip_path):
+            raise RuntimeError(f"kaggle finished but {zip_path} is missing or not a zip file")
+    tmp = raw.parent / f".{raw.name}-partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted unzip
+    _unzip(zip_path, tmp)
+    root = _data_root(tmp)
+    counts = verify_layout(root, expect_full)
+    stamp = {"counts": counts, "source": competition, "time": time.strftime("%Y-%m-%d %H:%M")}
+    (root / MARKER).write_text(json.dumps(stamp))
+    if raw.exists():
+        raw.rmdir()  # empty (checked above)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(root, raw)
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(dl_dir, ignore_errors=True)  # the zip is no longer needed: free 3.7 GB
+    print(f"unzipped and verified {counts['train_dicoms']:,} DICOMs into {raw}")
+    return raw

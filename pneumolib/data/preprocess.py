@@ -1,0 +1,441 @@
+"""Build the preprocessed cache: every DICOM once, packed into one memory-mapped uint8 array.
+
+CACHE/images.npy (N, S, S) uint8, CACHE/index.csv (one row per patient), CACHE/stats.json
+(train-only mean/std) and CACHE/errors.csv (files that could not be read). The build happens in
+CACHE.partial/ and is renamed into place only when whole. Rows are written by worker processes
+straight into the memory map in chunks; every finished chunk is logged, so an interrupted build
+(Ctrl-C, a Colab disconnect, a full disk, a killed worker) resumes where it stopped and yields
+the identical cache. Free space is checked and images.npy allocated before any image is read
+(`cache_partial`); stats.json records a fingerprint of the inputs, so a cache is not reused
+after its label files or images change, and whether the raw folder is marked synthetic
+(`provenance.is_synthetic`: `"synthetic": true/false`), which training carries into the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import pneumolib
+from pneumolib.config import Config
+from pneumolib.data.cache_partial import (
+    PROGRESS,
+    CacheError,
+    fill,
+    fingerprint_changes,
+    input_fingerprint,
+    open_partial,
+    read_progress,
+)
+from pneumolib.data.dicom import (
+    DicomError,
+    check_informative,
+    letterbox,
+    parse_age,
+    plain_jpeg,
+    read_dicom,
+)
+from pneumolib.data.labels import SplitError, check_splittable, load_labels, make_splits
+from pneumolib.data.provenance import is_synthetic
+
+IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
+    "stage_2_train_images",
+    "stage_2_train_labels.csv",
+    "stage_2_detailed_class_info.csv",
+)
+_LEVELS = np.arange(256, dtype=np.int64)  # pixel values, for exact moments from a histogram
+
+
+__all__ = ["CacheError", "build_cache", "cache_for", "default_workers", "pixel_stats"]
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _process_chunk(args: tuple) -> list[dict]:
+    """Worker: read one chunk of files into rows of the partial images.npy -> their metadata."""
+    images_path, rows, paths, size, reduced, decoder = args
+    images = np.load(images_path, mmap_mode="r+")
+    out = []
+    if decoder == "opencv":
+        results = [_read_one(p, size, reduced=reduced) for p in paths]
+    else:
+        results = _read_batch_torchvision(paths, size, decoder)
+    for row, path, (pixels, meta) in zip(rows, paths, results, strict=True):
+        if pixels is not None:
+            images[row] = pixels
+            # exact integer moments, so the train mean/std need no second pass over the cache
+            hist = np.bincount(pixels.ravel(), minlength=256)
+            meta = {**meta, "sum": int(hist @ _LEVELS), "sumsq": int(hist @ _LEVELS**2)}
+        out.append({"row": row, **meta, **({"path": path} if "error" in meta else {})})
+    images.flush()
+    del images
+    return out
+
+
+def _read_one(path: str, size: int, *, reduced: bool) -> tuple[np.ndarray | None, dict]:
+    try:
+        d = read_dicom(path, size=size, reduced=reduced)
+    except DicomError as e:
+        return None, {"error": str(e)}
+    except Exception as e:  # never let one file kill the build
+        return None, {"error": f"{path}: {type(e).__name__}: {e}"}
+    return d.pixels, {**d.meta(), "scale": d.scale, "ox": d.offset[0], "oy": d.offset[1]}
+
+
+def _plain_jpeg(ds, path: str) -> bool:
+    try:
+        return plain_jpeg(ds, path)
+    except DicomError:  # the general reader reports it
+        return False
+
+
+def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
+    """Decode the JPEG frames of a batch at once with torchvision (nvJPEG when device='cuda')."""
+    # torch here only: `preprocess` must start without it (the opencv decoder needs none)
+    import pydicom
+    import torch
+    import torch.nn.functional as F
+    from pydicom.encaps import generate_frames
+    from torchvision.io import decode_jpeg
+
+    results: list = [None] * len(paths)
+    frames, where, metas = [], [], []
+    for i, p in enumerate(paths):
+        try:
+            ds = pydicom.dcmread(p)
+            if not _plain_jpeg(ds, p):
+                # not RSNA-style: the general reader
+                results[i] = _read_one(p, size, reduced=True)
+                continue
+            frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+            frames.append(torch.frombuffer(bytearray(frame), dtype=torch.uint8))
+            where.append(i)
+            metas.append(ds)
+        except Exception as e:
+            results[i] = (None, {"error": f"{p}: not a readable DICOM ({type(e).__name__}: {e})"})
+    if frames:
+        try:
+            decoded = decode_jpeg(frames, device=device)
+        except RuntimeError:  # one bad frame fails the batch: fall back file by file
+            decoded = [None] * len(frames)
+        for i, img, ds in zip(where, decoded, metas, strict=True):
+            if img is None:
+                results[i] = _read_one(paths[i], size, reduced=True)
+                continue
+            try:  # the rule read_dicom applies, on the decoded image
+                check_informative(img[0].cpu().numpy(), paths[i])
+            except DicomError as e:
+                results[i] = (None, {"error": str(e)})
+                continue
+            h, w = img.shape[-2:]
+            if h == w:
+                x = F.interpolate(img[None].float(), size=(size, size), mode="area")
+                px = x[0, 0].round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+                scale, off = size / h, (0.0, 0.0)
+            else:
+                px, scale, off = letterbox(img[0].cpu().numpy(), size, (h, w))
+            if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+                px = 255 - px
+            meta = {
+                "sex": str(ds.get("PatientSex", "")).upper() or None,
+                "age": parse_age(ds.get("PatientAge")),
+                "view": str(ds.get("ViewPosition", "")).upper() or None,
+                "scale": scale,
+                "ox": off[0],
+                "oy": off[1],
+            }
+            results[i] = (px, meta)
+    return results
+
+
+def _params(
+    raw: Path, size: int, split: str, seed: int, val_frac: float, test_frac: float, reduced: bool
+) -> dict:
+    return {
+        "source": str(raw.resolve()),
+        "size": size,
+        "split_rule": split,
+        "seed": seed,
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+        "reduced_decode": reduced,
+    }
+
+
+def cache_for(
+    cfg: Config,
+    *,
+    workers: int | None = None,
+    reduced: bool = True,
+    decoder: str = "opencv",
+    rebuild: bool = False,
+    progress: bool = True,
+) -> Path:
+    """The cache of `cfg` (`cfg.raw` -> `cfg.cache` at `cfg.cache_size`, its split rule, seed
+    and fractions): the one way from a config to a cache, used by the notebooks, the demo,
+    Colab and the `preprocess` command. Returns at once when it exists. The keywords change how
+    it is built, not what it holds (see `build_cache`)."""
+    return build_cache(
+        cfg.raw,
+        cfg.cache,
+        size=cfg.cache_size,
+        split=cfg.split,
+        seed=cfg.seed,
+        val_frac=cfg.val_frac,
+        test_frac=cfg.test_frac,
+        workers=workers,
+        reduced=reduced,
+        decoder=decoder,
+        rebuild=rebuild,
+        progress=progress,
+    )
+
+
+def build_cache(
+    raw: str | Path,
+    out: str | Path,
+    *,
+    size: int = 256,
+    workers: int | None = None,
+    split: str = "stratified",
+    seed: int = 0,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    reduced: bool = True,
+    decoder: str = "opencv",
+    rebuild: bool = False,
+    chunk: int = 64,
+    progress: bool = True,
+) -> Path:
+    """Build CACHE from an RSNA-shaped RAW folder; returns the cache path.
+
+    `decoder`: "opencv" (CPU, default), or "cuda" / "cpu" for torchvision's batched decode_jpeg
+    (nvJPEG on a GPU). A finished cache with the same parameters and inputs is reused; one
+    with other parameters, or made from other label files or images, is refused unless
+    `rebuild=True`. Files that could not be read are retried when an unfinished build resumes.
+    """
+    raw, out = Path(raw), Path(out)
+    params = _params(raw, size, split, seed, val_frac, test_frac, reduced)
+    if (out / "stats.json").exists() and _reuse(out, raw, params, rebuild=rebuild):
+        return out
+    labels, paths, errors, inputs = _inputs(raw)
+    synthetic = is_synthetic(raw)  # read before the long part: a bad marker fails at once
+    _check_splittable(raw, labels, split=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
+    n = len(labels)
+    part = out.with_name(out.name + ".partial")
+    open_partial(part, {**params, "n": n, "inputs": inputs}, shape=(n, size, size), rebuild=rebuild)
+    done = read_progress(part / PROGRESS)
+    todo = [r for r in range(n) if r not in done]
+    jobs = [
+        (str(part / "images.npy"), rows, [paths[r] for r in rows], size, reduced, decoder)
+        for rows in (todo[i : i + chunk] for i in range(0, len(todo), chunk))
+    ]
+    if done:
+        print(f"resuming {part}: {len(done)} of {n} images already done")
+    in_process = decoder == "cuda"  # CUDA cannot be forked into
+    t0 = time.perf_counter()
+    fill(
+        part,
+        _process_chunk,
+        jobs=jobs,
+        done=done,
+        workers=1 if in_process else workers or default_workers(),
+        progress=progress,
+        n=n,
+    )
+    elapsed = time.perf_counter() - t0
+    _finish(
+        part,
+        out,
+        labels=labels,
+        done=done,
+        errors=errors,
+        params=params,
+        inputs=inputs,
+        synthetic=synthetic,
+    )
+    failed = sum("error" in m for m in done.values())
+    rate = len(todo) / elapsed if elapsed > 0 else float("nan")
+    print(
+        f"cache {out}: {n - failed} images of {size}x{size}, {failed} unreadable, "
+        f"{len(errors)} label/image mismatches; {rate:.0f} images/s"
+        + (f" (see {out / 'errors.csv'})" if failed or errors else "")
+    )
+    return out
+
+
+def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
+    """True when the finished cache `out` was made with `params` from the inputs in `raw` now;
+    False when it is to be rebuilt (`rebuild`); else a CacheError saying what differs."""
+    stats = json.loads((out / "stats.json").read_text())
+    old = stats.get("params", {})
+    if old != params:
+        if rebuild:
+            return False
+        diff = {k: (old.get(k), v) for k, v in params.items() if old.get(k) != v}
+        raise CacheError(
+            f"{out}: existing cache was made with other parameters {diff}; "
+            "pass --rebuild to replace it"
+        )
+    if "inputs" not in stats or not (raw / LABELS_CSV).is_file():
+        why = "made before input fingerprints" if "inputs" not in stats else f"{raw} not found"
+        print(f"cache {out} matches its parameters ({why}: inputs not checked); nothing to do")
+        return True
+    changes = fingerprint_changes(stats["inputs"], _scan(raw)[1])
+    if not changes:
+        print(f"cache {out} is complete and matches; nothing to do")
+        return True
+    if rebuild:
+        return False
+    raise CacheError(
+        f"{out}: the inputs in {raw} changed since this cache was made ({'; '.join(changes)}); "
+        "pass rebuild=True (--rebuild) to rebuild it"
+    )
+
+
+def _scan(raw: Path) -> tuple[dict[str, Path], dict]:
+    """RAW -> (patientId -> image path, the fingerprint of the inputs), checking the layout."""
+    if not (raw / LABELS_CSV).exists():
+        raise CacheError(f"{raw / LABELS_CSV}: label file not found (is {raw} an RSNA folder?)")
+    if not (raw / IMAGES_DIR).is_dir():
+        raise CacheError(f"{raw / IMAGES_DIR}: image folder not found")
+    on_disk = {p.stem: p for p in (raw / IMAGES_DIR).glob("*.dcm")}
+    return on_disk, input_fingerprint([raw / LABELS_CSV, raw / CLASSES_CSV], on_disk.values())
+
+
+def _inputs(raw: Path) -> tuple[pd.DataFrame, list[str], list[dict], dict]:
+    """RAW -> (labels of the patients with an image, their image paths, label/image
+    mismatches as error rows, the fingerprint of the inputs)."""
+    on_disk, inputs = _scan(raw)
+    labels = load_labels(raw / LABELS_CSV, raw / CLASSES_CSV)
+    has_image = labels["patientId"].isin(on_disk)
+    errors = [
+        {
+            "patientId": pid,
+            "path": str(raw / IMAGES_DIR / f"{pid}.dcm"),
+            "error": "label rows but no image file",
+        }
+        for pid in labels.patientId[~has_image]
+    ]
+    labelled = set(labels.patientId)
+    errors += [
+        {"patientId": pid, "path": str(p), "error": "image has no label rows"}
+        for pid, p in sorted(on_disk.items())
+        if pid not in labelled
+    ]
+    labels = labels[has_image].reset_index(drop=True)
+    if len(labels) == 0:
+        raise CacheError(f"{raw}: no labelled images found")
+    return labels, [str(on_disk[p]) for p in labels.patientId], errors, inputs
+
+
+def _check_splittable(
+    raw: Path, labels: pd.DataFrame, *, split: str, val_frac: float, test_frac: float, seed: int
+) -> None:
+    """Refuse, before any image is read, labels whose val or test split would lack a class."""
+    try:
+        check_splittable(labels, rule=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
+    except SplitError as e:
+        raise CacheError(f"{raw}: {e}") from None
+
+
+def _finish(
+    part: Path,
+    out: Path,
+    *,
+    labels: pd.DataFrame,
+    done: dict[int, dict],
+    errors: list,
+    params: dict,
+    inputs: dict,
+    synthetic: bool,
+) -> None:
+    """Write index.csv, errors.csv and stats.json into PART, then put it in place as OUT."""
+    size, split, seed = params["size"], params["split_rule"], params["seed"]
+    rows = sorted(done)
+    ok = [r for r in rows if "error" not in done[r]]
+    errors = errors + [
+        {
+            "patientId": labels.patientId[r],
+            "path": done[r].get("path", ""),
+            "error": done[r]["error"],
+        }
+        for r in rows
+        if "error" in done[r]
+    ]
+    idx = labels.iloc[ok].copy()
+    idx["row"] = ok
+    for key in ("sex", "age", "view"):
+        idx[key] = [done[r].get(key) for r in ok]
+    idx["age"] = pd.array(idx["age"], dtype="Int64")
+
+    def to_cache(b: list[float], m: dict) -> list[float]:
+        s = m["scale"]
+        return [
+            round(b[0] * s + m["ox"], 2),
+            round(b[1] * s + m["oy"], 2),
+            round(b[2] * s, 2),
+            round(b[3] * s, 2),
+        ]
+
+    idx["boxes"] = [
+        json.dumps([to_cache(b, done[r]) for b in bs]) for bs, r in zip(idx.boxes, ok, strict=True)
+    ]
+    idx = idx.reset_index(drop=True)
+    idx["split"] = make_splits(
+        idx, rule=split, val_frac=params["val_frac"], test_frac=params["test_frac"], seed=seed
+    )
+    cols = ["patientId", "row", "target", "class", "split", "sex", "age", "view", "boxes"]
+    idx[cols].to_csv(part / "index.csv", index=False)
+    pd.DataFrame(errors, columns=["patientId", "path", "error"]).to_csv(
+        part / "errors.csv", index=False
+    )
+    train_rows = idx.loc[idx.split == "train", "row"].to_numpy()
+    mean, std = pixel_stats([done[r] for r in train_rows], size * size)
+    stats = {
+        "mean": mean,
+        "std": std,
+        "size": size,
+        "n": len(idx),
+        "n_train": int((idx.split == "train").sum()),
+        "positive_rate": float(idx.target.mean()),
+        "source": params["source"],
+        "synthetic": synthetic,
+        "split_rule": split,
+        "seed": seed,
+        "package_version": pneumolib.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "params": params,
+        "inputs": inputs,
+    }
+    (part / "stats.json").write_text(json.dumps(stats, indent=2))
+    (part / PROGRESS).unlink(missing_ok=True)
+    (part / "params.json").unlink(missing_ok=True)
+    if out.exists():  # --rebuild: swap, so a whole cache is always in place
+        trash = out.with_name(out.name + ".old")
+        shutil.rmtree(trash, ignore_errors=True)
+        out.rename(trash)
+        part.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        part.rename(out)
+
+
+def pixel_stats(moments: list[dict], pixels_per_image: int) -> tuple[float, float]:
+    """Mean and std of pixels scaled to [0, 1] from per-image integer `sum` and `sumsq`."""
+    if not moments:
+        raise CacheError("no train images to compute normalisation statistics from")
+    count = len(moments) * pixels_per_image
+    total = sum(m["sum"] for m in moments) / 255.0
+    sq = sum(m["sumsq"] for m in moments) / 255.0**2
+    mean = total / count
+    return float(mean), float(np.sqrt(max(sq / count - mean**2, 0.0)))

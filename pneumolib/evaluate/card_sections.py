@@ -1,0 +1,408 @@
+"""The sections of a model card (`pneumolib.evaluate.card`) as Markdown lines, each from the
+figures it is
+handed: metrics dicts as `evaluate` writes them, the cache's index table and stats, localisation
+summaries as `cam_run` writes them. Numbers: 3 decimals, 95% CIs as "[lo, hi]", "n/a" where
+undefined; nothing here computes a metric, it only counts rows of index.csv.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+SUBGROUP_THRESHOLDS = ("youden", "0.5")  # the operating point of the subgroup table, if present
+RATES = ("accuracy", "precision", "recall", "specificity", "f1")
+
+
+# --------------------------------------------------------------------------- formatting
+def num(x: Any) -> str:
+    """3 decimals for a float, the integer for an int, "n/a" for None/NaN."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, bool) or isinstance(x, int):
+        return str(int(x))
+    return f"{float(x):.3f}"
+
+
+def ci(pair: Any) -> str:
+    """ "[lo, hi]" (3 decimals), or "" when the interval is missing or undefined."""
+    if not isinstance(pair, (list, tuple)) or len(pair) != 2 or "n/a" in map(num, pair):
+        return ""
+    return f"[{float(pair[0]):.3f}, {float(pair[1]):.3f}]"
+
+
+def with_ci(value: Any, pair: Any) -> str:
+    """ "0.912 [0.880, 0.940]"; "n/a" when the value is undefined."""
+    v = num(value)
+    return v if v == "n/a" or not ci(pair) else f"{v} {ci(pair)}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def not_measured(what: str, command: str) -> str:
+    return f"Not measured ({what}): run `{command}`."
+
+
+# --------------------------------------------------------------------------- data
+def split_counts(index: pd.DataFrame) -> list[list[Any]]:
+    """Per split (train, val, test, all): patients, positive, prevalence, AP and PA films and
+    the prevalence within each view, from index.csv."""
+    rows = []
+    parts = [(s, index[index["split"] == s]) for s in ("train", "val", "test")]
+    for name, part in [*parts, ("all", index)]:
+        if part.empty:
+            continue
+        view = part["view"].astype(str)
+        ap, pa = part[view == "AP"], part[view == "PA"]
+        rows.append(
+            [name, len(part), int(part["target"].sum()), num(float(part["target"].mean()))]
+            + [len(ap), len(pa)]
+            + [num(float(v["target"].mean())) if len(v) else "n/a" for v in (ap, pa)]
+        )
+    return rows
+
+
+SPLIT_RULES = {
+    "stratified": "within every (label, view) stratum a seeded shuffle (seed {seed}) puts "
+    "{test_frac:.0%} of the patients in test and {val_frac:.0%} in val, the rest in train, so "
+    "class and view proportions hold in every split",
+    "course": "the course's rule: the first 24,000 of RSNA's 26,684 patients (the same share of "
+    "a smaller folder) train, the rest val; no test split",
+}
+
+
+def source_lines(synthetic: bool | None, where: str, stats: Mapping[str, Any] | None) -> list[str]:
+    raw = f"`{stats['source']}`" if stats and "source" in stats else "a folder not recorded"
+    if synthetic is True:
+        return [
+            f"- Source: synthetic phantoms made by `pneumolib.data.synth` in {raw} "
+            f"(marked synthetic; read from {where}). They have RSNA's layout, prevalence by view "
+            "and a planted label noise, but no patient behind them."
+        ]
+    if synthetic is False:
+        return [
+            f"- Source: {raw}, not marked synthetic (read from {where}): taken to be the RSNA "
+            "Pneumonia Detection Challenge (2018) training set, frontal chest radiographs from "
+            "the NIH ChestX-ray14 collection labelled for lung opacity by radiologists of RSNA "
+            "and the Society of Thoracic Radiology."
+        ]
+    return [
+        f"- Source: {raw}; provenance not recorded (the cache predates the record): rebuild "
+        "the cache (`preprocess --rebuild`) to record whether it is synthetic."
+    ]
+
+
+def data_section(
+    *,
+    cache: str,
+    stats: Mapping[str, Any] | None,
+    index: pd.DataFrame | None,
+    n_errors: int | None,
+    synthetic: bool | None,
+    provenance_from: str,
+) -> list[str]:
+    lines = ["## Training and evaluation data", ""]
+    lines += source_lines(synthetic, provenance_from, stats)
+    if stats is None or index is None:
+        return lines + [
+            "",
+            f"The cache `{cache}` is not there (or lacks index.csv / stats.json): the counts per "
+            "split, the prevalence and the AP/PA mix are not available here. The metrics "
+            "below give the patients and positives they were computed on.",
+            "",
+        ]
+    params = stats.get("params", {})
+    rule = stats.get("split_rule", params.get("split_rule"))
+    how = SPLIT_RULES.get(rule, "not described").format(
+        seed=stats.get("seed", params.get("seed")),
+        val_frac=params.get("val_frac", math.nan),
+        test_frac=params.get("test_frac", math.nan),
+    )
+    lines += [
+        f"- Cache: `{cache}`, {stats['size']} px images, made by pneumolib "
+        f"{stats.get('package_version', '?')} on {stats.get('created', '?')}; "
+        f"{num(n_errors) if n_errors is not None else 'n/a'} files could not be read "
+        "(errors.csv).",
+        f"- Split rule `{rule}`: {how}. Train fits the weights; val picks the epoch kept "
+        "(best.pt) and the operating thresholds, so its figures are optimistic; test is used "
+        "once, with val's thresholds.",
+        "",
+        "Patients per split (index.csv); prevalence is the share labelled positive:",
+        "",
+    ]
+    header = ["split", "patients", "positive", "prevalence", "AP films", "PA films"]
+    header += ["prevalence on AP", "prevalence on PA"]
+    return lines + table(header, split_counts(index)) + [""]
+
+
+# --------------------------------------------------------------------------- metrics
+def ranking_rows(metrics: Mapping[str, Mapping[str, Any] | None]) -> list[list[Any]]:
+    rows = []
+    for split, m in metrics.items():
+        if m is None:
+            continue
+        rows.append(
+            [split, m["n"], m["n_pos"], num(m.get("prevalence"))]
+            + [with_ci(m.get(k), m.get(f"{k}_ci")) for k in ("roc_auc", "average_precision")]
+            + [with_ci(m.get("brier"), m.get("brier_ci")), num(m.get("ece"))]
+        )
+    return rows
+
+
+def threshold_rows(m: Mapping[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name, t in m["thresholds"].items():
+        cis = t.get("ci", {})
+        rows.append([name, num(t["threshold"])] + [with_ci(t.get(r), cis.get(r)) for r in RATES])
+    return rows
+
+
+def metrics_section(metrics: Mapping[str, Mapping[str, Any] | None], run: str) -> list[str]:
+    first = next((m for m in metrics.values() if m is not None), None)
+    lines = ["## Metrics", ""]
+    if first is None:
+        cmd = f"python -m pneumolib evaluate --run {run} --split val"
+        return lines + [not_measured("no metrics_val.json or metrics_test.json", cmd), ""]
+    lines += [
+        "Ranking (ROC AUC, average precision), probability quality (Brier score, expected "
+        "calibration error) and, at each operating threshold chosen on val and applied "
+        "unchanged to test, accuracy, precision, recall (sensitivity), specificity and F1. "
+        f"Intervals: 95% percentile bootstrap over patients ({first.get('n_boot', '?')} "
+        "resamples). From metrics_val.json and metrics_test.json.",
+        "",
+    ]
+    header = ["split", "patients", "positive", "prevalence", "ROC AUC [95% CI]"]
+    header += ["average precision [95% CI]", "Brier [95% CI]", "ECE"]
+    lines += table(header, ranking_rows(metrics)) + [""]
+    for split, m in metrics.items():
+        if m is None:
+            cmd = f"python -m pneumolib evaluate --run {run} --split {split}"
+            lines += [f"### {split}", "", not_measured(f"no metrics_{split}.json", cmd), ""]
+            continue
+        source = {"val": "chosen on val", "given": "given", "fixed": "fixed at 0.5"}
+        how = source.get(m.get("threshold_source"), "of unknown origin")
+        lines += [f"### {split} (thresholds {how})", ""]
+        header = ["threshold", "value", *(f"{r} [95% CI]" for r in RATES)]
+        lines += table(header, threshold_rows(m)) + [""]
+        if "three_class" in m:
+            lines += three_class_lines(m["three_class"], split)
+    return lines
+
+
+def three_class_lines(tc: Mapping[str, Any], split: str) -> list[str]:
+    """The three-class head's own figures: one-vs-rest AUC per class, macro F1, confusion."""
+    classes = list(tc["classes"])
+    lines = [
+        f"#### Three classes ({split})",
+        "",
+        f"Macro F1 {with_ci(tc.get('macro_f1'), tc.get('macro_f1_ci'))}; "
+        + (
+            f"accuracy of the most probable class {num(tc['accuracy'])}; "
+            if "accuracy" in tc
+            else ""
+        )
+        + "the pneumonia probability above is P(Lung Opacity).",
+        "",
+    ]
+    rows = [
+        [c, tc["n_per_class"][c], with_ci(tc["auc_ovr"].get(c), tc.get("auc_ovr_ci", {}).get(c))]
+        for c in classes
+    ]
+    lines += table(["class", "patients", "AUC one-vs-rest [95% CI]"], rows) + [""]
+    lines += ["Confusion (rows: true class, columns: predicted):", ""]
+    conf = [[c, *counts] for c, counts in zip(classes, tc["confusion"], strict=True)]
+    return lines + table(["true \\ predicted", *classes], conf) + [""]
+
+
+def calibration_section(metrics: Mapping[str, Mapping[str, Any] | None], run: str) -> list[str]:
+    split = "test" if metrics.get("test") else "val" if metrics.get("val") else None
+    lines = ["## Calibration", ""]
+    if split is None:
+        cmd = f"python -m pneumolib evaluate --run {run} --split test"
+        return lines + [not_measured("no metrics files", cmd), ""]
+    m = metrics[split]
+    rows = [
+        [f"{r['lo']:.1f}-{r['hi']:.1f}", r["count"], num(r["mean_pred"]), num(r["observed"])]
+        for r in m.get("reliability", [])
+        if r["count"]
+    ]
+    lines += [
+        f"On {split}: expected calibration error {num(m.get('ece'))}, Brier score "
+        f"{with_ci(m.get('brier'), m.get('brier_ci'))}. Balanced batches and a positive-class "
+        "weight train the model as if positives were commoner than they are, so a probability "
+        "here is a score, not a risk, until it is recalibrated on the population it is used on.",
+        "",
+    ]
+    header = ["predicted probability", "patients", "mean predicted", "observed positive"]
+    return lines + table(header, rows) + [""]
+
+
+# --------------------------------------------------------------------------- subgroups
+def subgroup_section(metrics: Mapping[str, Mapping[str, Any] | None], run: str) -> list[str]:
+    split = "test" if metrics.get("test") else "val" if metrics.get("val") else None
+    lines = [
+        "## Subgroups (factors)",
+        "",
+        "Factors reported apart, from the DICOM headers: view (AP films are mostly portable, "
+        "of sicker patients, and look different), sex and age band. Not available in the data, "
+        "so not reported: ethnicity, hospital, scanner, clinical setting.",
+        "",
+    ]
+    rows = (metrics[split] or {}).get("subgroups", []) if split else []
+    names = [r["threshold_name"] for r in rows]
+    name = next((t for t in SUBGROUP_THRESHOLDS if t in names), names[0] if names else None)
+    if name is None:
+        cmd = f"python -m pneumolib evaluate --run {run} --split test"
+        return lines + [not_measured("no subgroup rows", cmd), ""]
+    rows = [r for r in rows if r["threshold_name"] == name]
+    lines += [
+        f"On {split}, with sensitivity and specificity at the `{name}` threshold chosen on val "
+        f"({num(rows[0]['threshold'])}). Small groups have wide intervals; a group with one "
+        "class has no AUC (n/a).",
+        "",
+    ]
+    body = [
+        [r["variable"], r["group"], r["n"], r["n_pos"]]
+        + [with_ci(r.get(k), [r.get(f"{k}_lo"), r.get(f"{k}_hi")]) for k in _SUB]
+        for r in rows
+    ]
+    header = ["factor", "group", "patients", "positive"] + [f"{k} [95% CI]" for k in _SUB.values()]
+    return lines + table(header, body) + [""]
+
+
+_SUB = {"roc_auc": "ROC AUC", "sensitivity": "sensitivity", "specificity": "specificity"}
+
+
+# --------------------------------------------------------------------------- localisation
+def localisation_section(summaries: Sequence[Mapping[str, Any]], run: str) -> list[str]:
+    lines = ["## Localisation against the expert boxes", ""]
+    if not summaries:
+        cmd = f"python -m pneumolib cam --run {run} --split test"
+        return lines + [not_measured("no cam_<split>.json", cmd), ""]
+    lines += [
+        "Class-activation maps of the true positives (label positive, probability at or above "
+        "the threshold given) scored against the radiologists' boxes: the pointing game (the "
+        "map's peak inside a box) and the energy in the boxes, each against its chance level, "
+        "the share of the image the boxes cover. A high AUC with maps off the boxes means the "
+        "model scores something other than the opacity. From cam_<split>.json.",
+        "",
+    ]
+    rows = []
+    for s in summaries:
+        rows.append(
+            [s["file"], s.get("method", "?"), s.get("layer", "?"), num(s.get("threshold")), s["n"]]
+            + [with_ci(s.get(k), [s.get(f"{k}_ci_low"), s.get(f"{k}_ci_high")]) for k in _LOC]
+        )
+    header = ["file", "method", "layer", "threshold", "true positives"]
+    header += ["pointing game [95% CI]", "energy in box [95% CI]", "chance (box area) [95% CI]"]
+    return lines + table(header, rows) + [""]
+
+
+_LOC = ("pointing_hit", "energy_in_box", "box_area_fraction")
+
+
+# --------------------------------------------------------------------------- prose
+def intended_use_section() -> list[str]:
+    return [
+        "## Intended use",
+        "",
+        "- Primary use: teaching and research. The model shows how a chest-radiograph "
+        "classifier is trained, evaluated with confidence intervals, calibrated, checked across "
+        "subgroups and explained; it is a worked example, not a product.",
+        "- Primary users: students, researchers and engineers learning these methods.",
+        "- Out of scope: any clinical use. It is not a medical device, has no regulatory "
+        "clearance (FDA, CE, UKCA or other), and must not be used to diagnose, triage, screen "
+        "or make any decision about a patient. Also out of scope: lateral films, other "
+        "modalities and findings, and images from other hospitals, devices or populations "
+        "without a new validation; reading its probabilities as risks.",
+        "",
+    ]
+
+
+def ethics_section(synthetic: bool | None) -> list[str]:
+    data = (
+        "- Data: synthetic phantoms, no patients behind them: no privacy risk, and no evidence "
+        "about patients either."
+        if synthetic
+        else "- Data: de-identified public images released for research (RSNA Pneumonia "
+        "Detection Challenge, from NIH ChestX-ray14); the patients did not consent to this use "
+        "in particular. Do not try to re-identify them."
+    )
+    return [
+        "## Ethical considerations",
+        "",
+        data,
+        "- Harm: a missed pneumonia (false negative) delays treatment; a false positive can "
+        "mean needless antibiotics. A model that looks accurate invites more trust than its "
+        "evidence supports (automation bias).",
+        "- Fairness: only view, sex and age band are reported, with wide intervals; how the "
+        "model does for groups the data does not describe is unknown.",
+        "",
+    ]
+
+
+def caveats_section(
+    *,
+    index: pd.DataFrame | None,
+    metrics: Mapping[str, Mapping[str, Any] | None],
+    noisy_labels: tuple[int, int] | None,
+    missing: Sequence[str],
+) -> list[str]:
+    lines = ["## Caveats and recommendations", ""]
+    lines += [_confound(index, metrics)]
+    noise = (
+        f" In this synthetic data {noisy_labels[0]} of {noisy_labels[1]} labels disagree with "
+        "their image by design (demo_truth.csv)."
+        if noisy_labels
+        else ""
+    )
+    lines += [
+        "- Label noise: each RSNA label is one reading (or a small consensus) of one film, and "
+        "readers of chest films disagree often (kappa about 0.4-0.75); every figure here "
+        f"measures agreement with these labels, not with the disease.{noise}",
+        "- Thresholds: pick the operating point for the use at hand, on validation data of the "
+        "population it is used on; none of the ones above is right for every use.",
+        "- Not measured: validation on another hospital or population, prospective use, "
+        "comparison with radiologists, effect on patient outcomes, robustness to other "
+        "scanners and image processing, ethnicity and other unrecorded factors"
+        + ("; " + "; ".join(missing) if missing else "")
+        + ".",
+        "",
+    ]
+    return lines
+
+
+def _confound(index: pd.DataFrame | None, metrics: Mapping[str, Any]) -> str:
+    """The AP/PA confound, with this data's prevalence per view and the AUC within each view."""
+    text = (
+        "- The AP/PA confound: AP films are mostly portable films of sicker patients and look "
+        "different (flatter, noisier, a larger heart), so a model can score the view instead "
+        "of the opacity."
+    )
+    if index is not None and "view" in index:
+        prev = index.groupby(index["view"].astype(str))["target"].mean()
+        if {"AP", "PA"} <= set(prev.index):
+            text += (
+                f" Here AP films are positive {num(float(prev['AP']))} of the time against "
+                f"{num(float(prev['PA']))} for PA (index.csv)."
+            )
+    split = "test" if metrics.get("test") else "val" if metrics.get("val") else None
+    if split:
+        m = metrics[split]
+        # roc_auc is the same on every threshold's row of a group
+        within = {
+            r["group"]: r.get("roc_auc") for r in m.get("subgroups", []) if r["variable"] == "view"
+        }
+        if within:
+            parts = ", ".join(f"{g} {num(v)}" for g, v in within.items())
+            text += (
+                f" ROC AUC on {split}: {num(m.get('roc_auc'))} overall, within each view "
+                f"{parts}; the within-view figures are the ones free of this cue."
+            )
+    return text

@@ -1,0 +1,237 @@
+"""Score new radiographs with a trained checkpoint: DICOM, PNG or JPEG files, folders, globs.
+
+Each file is preprocessed exactly as the training cache was (DICOM: `read_dicom(path,
+size=S)`, the same reduced JPEG decode and letterbox as `preprocess`; PNG/JPEG: grey, 8-bit,
+then the same letterbox), then takes the validation path: one deterministic resize from the
+cache side S to the network input (`augment.eval_affines` + the warp training validated with),
+normalised with the training statistics stored in the checkpoint. A file that cannot be read
+is reported (one line naming it) and skipped; the rest are still scored. A checkpoint trained
+on synthetic data (its stats say so, see `provenance.is_synthetic`) gets one warning line on stderr.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from pneumolib.cam.figures import save_overlays
+from pneumolib.cam.maps import cam
+from pneumolib.config import Config
+from pneumolib.core.augment import eval_affines, to_model_input, warp_cpu, warp_torch
+from pneumolib.core.models import load_checkpoint_model
+from pneumolib.core.progress import bar as progress_bar
+from pneumolib.core.runtime import amp_dtype, resolve_device, warp_on_device
+from pneumolib.core.tasks import pneumonia_probability
+from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
+
+IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
+DEFAULT_BATCH = 32
+
+
+class ImageReadError(ValueError):
+    """A PNG/JPEG that cannot be turned into an image; the message names the file."""
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files, folders (searched recursively for *.dcm, *.png, *.jpg, *.jpeg, any case) and
+    globs -> (files in input order without repeats, one error line per input that found none).
+    A file named explicitly is kept whatever its suffix (DICOMs often have none)."""
+    files: dict[Path, None] = {}  # ordered set
+    errors = []
+    for item in inputs:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                errors.append(f"{text}: folder holds no .dcm, .png, .jpg or .jpeg files")
+        elif path.is_file():
+            found = [path]
+        elif glob.has_magic(text):
+            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+            if not found:
+                errors.append(f"{text}: pattern matches no files")
+        else:
+            found = []
+            errors.append(f"{text}: no such file or folder")
+        files.update(dict.fromkeys(found))
+    return list(files), errors
+
+
+def read_raster(path: str | Path) -> np.ndarray:
+    """PNG/JPEG -> uint8 (H, W) grey. Colour is converted to grey, alpha dropped; a 16-bit
+    image is scaled from its own range to 0..255 (the rule `read_dicom` uses for data deeper
+    than 8 bits without a window)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    # GRAYSCALE | ANYDEPTH keeps 16 bits and applies EXIF orientation (UNCHANGED would not).
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
+    if img is None or img.ndim != 2 or img.size == 0:
+        raise ImageReadError(f"{path}: not a readable PNG/JPEG image")
+    if img.dtype != np.uint8:
+        x = img.astype(np.float64)
+        lo, hi = float(x.min()), float(x.max())
+        img = np.clip(np.rint((x - lo) / max(hi - lo, 1e-9) * 255.0), 0, 255).astype(np.uint8)
+    return img
+
+
+def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
+    """One file -> uint8 (size, size), preprocessed like the cache. PNG/JPEG by suffix,
+    everything else as DICOM (`reduced`: the cache's reduced-scale JPEG decode, within one
+    grey level of a full decode). Raises DicomError / ImageReadError naming the file."""
+    path = Path(path)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        img = read_raster(path)
+        check_informative(img, path)  # as read_dicom does: a flat image is not scored
+        return letterbox(img, size, img.shape)[0]
+    return read_dicom(path, size=size, reduced=reduced).pixels
+
+
+def synthetic_warning(checkpoint: str | Path, stats: dict) -> str | None:
+    """The warning for a checkpoint whose training cache was marked synthetic, else None."""
+    if stats.get("synthetic") is not True:
+        return None
+    return (
+        f"warning: {checkpoint} was trained on synthetic phantoms (pneumolib demo data); "
+        "its probabilities say nothing about real radiographs"
+    )
+
+
+# --- the validation path -----------------------------------------------------------------
+
+
+def model_input(
+    images: np.ndarray,
+    mats: np.ndarray,
+    *,
+    size: int,
+    stats: dict,
+    device: torch.device,
+    warp_on_device: bool,
+) -> torch.Tensor:
+    """uint8 (B, S, S) cache-size images + forward matrices (B, 2, 3) -> normalised float32
+    (B, 1, size, size) on `device`. The warp is the one validation used: `warp_cpu` (uint8,
+    as in loader workers) or, when `warp_on_device`, `warp_torch` on the device (GPU path)."""
+    if warp_on_device:
+        x = warp_torch(torch.from_numpy(np.ascontiguousarray(images)).to(device), mats, size)
+    else:
+        x = torch.from_numpy(warp_cpu(images, mats, size)).to(device)
+    return to_model_input(x, gain=None, bias=None, mean=stats["mean"], std=stats["std"])
+
+
+def _overlay_names(files: Sequence[Path]) -> list[str]:
+    """File stems made safe and unique (a/x.dcm and b/x.dcm -> x, x_2) for overlay PNGs."""
+    seen: dict[str, int] = {}
+    names = []
+    for f in files:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", f.stem) or "image"
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
+
+
+def predict_files(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    device: str = "auto",
+    cam_dir: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    progress: bool = False,
+    reduced: bool = True,
+) -> tuple[pd.DataFrame, list[str]]:
+    """Score every readable file among `inputs` -> (DataFrame with columns `file, probability`
+    in input order, one error line per unreadable file or empty input). With `cam_dir`, also
+    writes one CAM overlay PNG per scored file there (`cam.cam`, default layer). `reduced`
+    keeps the cache's reduced-scale JPEG decode (as `preprocess` does by default)."""
+
+    dev = resolve_device(device)
+    model, config, stats = load_checkpoint_model(checkpoint, map_location=dev)
+    warning = synthetic_warning(checkpoint, stats)
+    if warning:  # stderr: the CSV on stdout stays clean
+        print(warning, file=sys.stderr)
+    cfg = Config.from_dict(config)
+    size_in, size_out = int(stats["size"]), cfg.image_size
+    on_device = warp_on_device(dev, gpu_augment=cfg.gpu_augment)
+    amp = amp_dtype(dev, cfg.amp)
+    files, errors = expand_inputs(inputs)
+    rows: list[dict] = []
+    batches = range(0, len(files), max(1, batch_size))
+    for start in progress_bar(
+        batches, desc="predict", leave=False, disable=not progress, file=sys.stderr
+    ):
+        ok, images = [], []
+        for f in files[start : start + batch_size]:
+            try:
+                images.append(read_image(f, size_in, reduced))
+                ok.append(f)
+            except (DicomError, ImageReadError) as e:
+                errors.append(str(e).splitlines()[0])
+        if not ok:
+            continue
+        batch = np.stack(images)  # (B, S, S) uint8
+        x = model_input(
+            batch,
+            eval_affines(len(batch), size_in, size_out),
+            size=size_out,
+            stats=stats,
+            device=dev,
+            warp_on_device=on_device,
+        )
+        if cam_dir is None:
+            with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                probs = pneumonia_probability(model(x))
+        else:
+            maps, probs = cam(model, x)  # the CAM's own forward pass gives the probabilities
+            names = _overlay_names(ok)
+            empty = [[] for _ in ok]  # no expert boxes for a new file
+            save_overlays(cam_dir, names, images=batch, maps=maps, boxes=empty, probs=probs)
+        probs = probs.detach().float().cpu().numpy()
+        rows += [{"file": str(f), "probability": float(p)} for f, p in zip(ok, probs, strict=True)]
+    return pd.DataFrame(rows, columns=["file", "probability"]), errors
+
+
+def predict_cli(
+    checkpoint: str | Path,
+    inputs: Sequence[str],
+    *,
+    out_csv: str | Path | None = None,
+    cam_dir: str | Path | None = None,
+    device: str = "auto",
+) -> int:
+    """`python -m pneumolib predict`: CSV `file, probability` to stdout (or `out_csv`, written
+    under a temporary name and renamed), one stderr line per unreadable file. Returns the exit
+    code: 1 if any input failed, else 0."""
+    if cam_dir is not None and Path(cam_dir).exists() and not Path(cam_dir).is_dir():
+        raise ValueError(f"--cam {cam_dir}: exists and is not a folder")
+    df, errors = predict_files(checkpoint, inputs, device=device, cam_dir=cam_dir, progress=True)
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    if out_csv is None:
+        df.to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+    else:
+        out = Path(out_csv)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, out)  # never a half-written CSV
+    where = "" if out_csv is None else f" -> {out_csv}"
+    print(f"scored {len(df)} file(s), {len(errors)} failed{where}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,0 +1,393 @@
+"""Evaluate a run: predictions per split (optionally with test-time augmentation), metrics
+from `pneumolib.evaluate.metrics` written to JSON, and the figures of `pneumolib.evaluate.figures`.
+
+Thresholds are chosen on validation and applied unchanged to test (`evaluate_run`). Runs are
+compared on the same patients by `pneumolib.evaluate.compare.compare_runs`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pneumolib.config import Config
+from pneumolib.core import tasks
+from pneumolib.core.augment import AugmentPolicy, compose_affines
+from pneumolib.core.loader import make_loader
+from pneumolib.core.models import load_checkpoint_model
+from pneumolib.core.progress import bar as progress_bar
+from pneumolib.core.run_files import file_sha256, predictions_path, read_predictions
+from pneumolib.core.runtime import amp_dtype, predict_logits, resolve_device, warp_on_device
+from pneumolib.data.labels import read_index, read_stats
+from pneumolib.evaluate.card import write_card
+from pneumolib.evaluate.figures import sample_predictions_figure, write_figures
+from pneumolib.evaluate.metrics import (
+    RANKING_METRICS,
+    as_thresholds,
+    check_predictions,
+    choose_thresholds,
+    compare_with_reference,
+    jsonable,
+    summarize,
+)
+from pneumolib.evaluate.multiclass import class_table, confusion_table, summarize_classes
+from pneumolib.evaluate.predict import model_input
+
+# --------------------------------------------------------------------------- driver
+__all__ = [
+    "evaluate_predictions",
+    "evaluate_run",
+    "metrics_table",
+    "read_predictions",
+    "summary_table",
+    "tta_affines",
+]
+
+
+def evaluate_predictions(
+    pred_val: pd.DataFrame | None,
+    pred: pd.DataFrame,
+    *,
+    split: str,
+    out_dir: str | Path,
+    thresholds: Mapping[str, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    target_sensitivity: float = 0.9,
+    figures: bool = True,
+) -> dict[str, Any]:
+    """Metrics for `pred` (the `split` table) written to out_dir/metrics_<split>.json, figures
+    to out_dir/figures/. Thresholds: given, else chosen on `pred_val` (or on `pred` when split is
+    "val"); with neither, only 0.5 is used, so test never tunes its own threshold."""
+    pred = check_predictions(pred, f"predictions_{split}")
+    if thresholds is not None:
+        thr, source = as_thresholds(thresholds), "given"
+    elif pred_val is not None or split == "val":
+        val = check_predictions(pred if pred_val is None else pred_val, "predictions_val")
+        thr, source = choose_thresholds(val["target"], val["prob"], target_sensitivity), "val"
+    else:
+        thr, source = {"0.5": 0.5}, "fixed"
+    metrics = {"split": split, "threshold_source": source}
+    metrics |= summarize(pred, thresholds=thr, n_boot=n_boot, seed=seed)
+    classes = summarize_classes(pred, n_boot=n_boot, seed=seed)
+    metrics["task"] = "binary" if classes is None else "three-class"
+    if classes is not None:
+        metrics["three_class"] = classes
+    if split == "val" and "0.5" in metrics["thresholds"]:
+        ref = compare_with_reference(metrics).reset_index()
+        metrics["reference"] = jsonable(ref.to_dict("records"))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if figures:
+        write_figures(pred, metrics, out_dir)
+    path = out_dir / f"metrics_{split}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    os.replace(tmp, path)  # never leave a half-written metrics file behind
+    return metrics
+
+
+# --------------------------------------------------------------------------- a whole run
+TTA_SHIFT = 0.04  # test-time shifts, fraction of the side
+TTA_SCALES = (0.95, 1.05)  # test-time zooms about the centre
+
+
+def tta_affines(in_size: int, out_size: int, hflip: bool = False) -> dict[str, np.ndarray]:
+    """Deterministic test-time variants -> {name: forward matrix (2, 3), cache pixels ->
+    input pixels}: identity (the plain validation resize), shifts of +-4% along x and y, zoom
+    0.95 and 1.05, and a horizontal flip only for runs that trained with hflip."""
+    s = TTA_SHIFT
+    spec = {"identity": (0.0, 0.0, 1.0, False)}
+    spec |= {"x+4%": (s, 0.0, 1.0, False), "x-4%": (-s, 0.0, 1.0, False)}
+    spec |= {"y+4%": (0.0, s, 1.0, False), "y-4%": (0.0, -s, 1.0, False)}
+    spec |= {f"zoom {z:g}": (0.0, 0.0, z, False) for z in TTA_SCALES}
+    if hflip:
+        spec["hflip"] = (0.0, 0.0, 1.0, True)
+    v = np.array([x[:3] for x in spec.values()], dtype=np.float64)
+    n = len(spec)
+    params = {
+        "crop": np.tile([0.0, 0.0, in_size, in_size], (n, 1)),
+        "angle": np.zeros(n),
+        "scale": v[:, 2],
+        "shift": v[:, :2],
+        "flip": np.array([x[3] for x in spec.values()]),
+    }
+    return dict(zip(spec, compose_affines(params, in_size, out_size), strict=True))
+
+
+def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_device: bool):
+    """Mean class probabilities over the variants `mats` {name: (2, 3)} for a loader of raw
+    uint8 (B, S, S) batches -> (probabilities (N, K), targets (N,), positions (N,))."""
+    probs, targets, positions = [], [], []
+    with torch.no_grad():
+        for batch in progress_bar(loader, desc="predict (TTA)", leave=False):
+            images = batch["images"].numpy()  # (B, S, S) uint8
+            total = torch.zeros((), dtype=torch.float64)
+            for m in mats.values():
+                x = model_input(
+                    images,
+                    np.repeat(m[None], len(images), 0),
+                    size=size,
+                    stats=stats,
+                    device=device,
+                    warp_on_device=on_device,
+                )
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    total = total + tasks.probabilities(model(x)).double().cpu()
+            probs.append((total / len(mats)).numpy())
+            targets.append(batch["target"].numpy())
+            positions.append(batch["position"].numpy())
+    return np.concatenate(probs), np.concatenate(targets), np.concatenate(positions)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
+    """Predictions table of one split: reused from RUN when its sidecar says it came from the
+    same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
+    run, cache, index, tta = ctx["run"], ctx["cache"], ctx["index"], ctx["tta"]
+    tag = split + ("_tta" if tta else "")
+    csv = predictions_path(run, split, tta)
+    meta_path = csv.with_name(f"predictions_{tag}.meta.json")
+    rows = index[index["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        rule = ctx["split_rule"]
+        raise ValueError(f"{cache}: no {split} rows (split rule {rule!r}); nothing to evaluate")
+    meta = {"checkpoint_sha256": ctx["sha256"], "cache": str(cache), "tta": tta, "n": len(rows)}
+    if reuse and csv.is_file() and meta_path.is_file():
+        if json.loads(meta_path.read_text()) == meta:
+            pred = read_predictions(run, split, tta)
+            if sorted(pred["patientId"]) == sorted(rows["patientId"]):
+                print(f"{split}: reusing {csv.name} (same checkpoint)")
+                return pred
+    cfg, dev = ctx["config"], ctx["device"]
+    loader = make_loader(
+        cache,
+        rows,
+        batch_size=cfg.eval_batch_size,
+        out_size=ctx["size"],
+        policy=ctx["policy"],
+        train=False,
+        seed=cfg.seed,
+        workers=ctx["workers"],
+        warp_in_worker=not (ctx["on_device"] or tta),
+        pin_memory=dev.type == "cuda",
+    )
+    if tta:
+        p, y, pos = _predict_tta(
+            ctx["model"],
+            loader,
+            dev,
+            ctx["size"],
+            ctx["stats"],
+            ctx["mats"],
+            ctx["amp"],
+            ctx["on_device"],
+        )
+    else:
+        logits, y, pos = predict_logits(
+            ctx["model"],
+            loader,
+            device=dev,
+            size=ctx["size"],
+            stats=ctx["stats"],
+            amp=ctx["amp"],
+            progress=True,
+        )
+        p = tasks.probabilities(torch.from_numpy(logits)).numpy()
+    picked = rows.iloc[pos].reset_index(drop=True)
+    if not np.array_equal(picked["target"].to_numpy(), y.astype(picked["target"].dtype)):
+        raise RuntimeError(f"{cache}: loader targets do not match index.csv rows")
+    pred = _predictions_table(picked, np.clip(p.astype(np.float64), 0.0, 1.0))
+    meta_path.unlink(missing_ok=True)  # a CSV without its sidecar is never reused
+    tmp = csv.with_name(csv.name + ".tmp")
+    pred.to_csv(tmp, index=False)
+    os.replace(tmp, csv)
+    _write_json(meta, meta_path)
+    return pred
+
+
+def _predictions_table(rows: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    """Index rows and their class probabilities (N, K) -> `patientId, prob, target, view, sex,
+    age`, where `prob` is the pneumonia probability; a three-class run adds `class` and one
+    `prob_<class>` column per class (`tasks.class_prob_columns`)."""
+    pred = rows[["patientId"]].assign(prob=tasks.pneumonia(probs))
+    pred = pred.assign(**{c: rows[c] for c in ("target", "view", "sex", "age") if c in rows})
+    columns = tasks.class_prob_columns(tasks.task_of(probs.shape[1]))
+    if columns:
+        pred = pred.assign(**{"class": rows["class"]})
+        pred = pred.assign(**{c: probs[:, k] for k, c in enumerate(columns)})
+    return pred
+
+
+def evaluate_run(
+    run: str | Path,
+    split: str = "val",
+    *,
+    tta: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    cache: str | Path | None = None,
+    workers: int | None = None,
+    n_samples: int = 16,
+    figures: bool = True,
+    print_table: bool = True,
+) -> dict[str, Any]:
+    """Evaluate RUN/best.pt on one split of its cache: RUN/predictions_<split>.csv
+    (`patientId, prob, target, view, sex, age`), RUN/metrics_<split>.json and figures/*_<split>
+    (incl. `samples_<split>.png`). Thresholds are always chosen on val (for test, val
+    predictions of the same checkpoint are reused or made first) and applied unchanged.
+    `tta` averages over `tta_affines` and writes `..._<split>_tta` files instead. `cache`
+    overrides the checkpoint's cache path, `workers` its loader workers; `figures=False` skips
+    the PNGs. On test (without TTA) it also writes RUN/MODEL_CARD.md (`card.write_card`).
+    Prints a one-line summary and, with `print_table` (the command line), the metrics
+    per threshold; a notebook that shows `metrics_table` itself passes False. Returns the
+    metrics."""
+    if split not in ("val", "test"):
+        raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
+    run = Path(run)
+    ctx = _run_context(run, device=device, cache=cache, workers=workers, tta=tta)
+    pred = _split_predictions(ctx, split, reuse=False)
+    pred_val = pred if split == "val" else _split_predictions(ctx, "val", reuse=True)
+    tag = split + ("_tta" if tta else "")
+    metrics = evaluate_predictions(
+        pred_val, pred, split=tag, out_dir=run, n_boot=n_boot, seed=seed, figures=figures
+    )
+    metrics |= {
+        "split": tag,
+        "cache": str(ctx["cache"]),
+        "split_rule": ctx["split_rule"],
+        "checkpoint": {"path": str(run / "best.pt"), "sha256": ctx["sha256"]},
+        "tta": tta,
+        "tta_variants": list(ctx["mats"]),
+        "predictions": f"predictions_{tag}.csv",
+    }
+    _reference_fields(metrics, split, ctx["split_rule"])
+    _write_json(metrics, run / f"metrics_{tag}.json")
+    if tag == "test":  # the held-out numbers exist now: the model card can say them
+        print(f"model card: {write_card(run)}")
+    if figures:
+        fig_path = run / "figures" / f"samples_{tag}.png"
+        sample_predictions_figure(
+            pred, ctx["cache"], metrics=metrics, n=n_samples, seed=seed, out=fig_path
+        )
+    _print_summary(metrics, print_table)
+    return jsonable(metrics)
+
+
+def _run_context(
+    run: Path, *, device: str, cache: str | Path | None, workers: int | None, tta: bool
+) -> dict[str, Any]:
+    """What predicting a run's splits needs: its best.pt model on the device, its config, the
+    cache (checked to match the checkpoint's image size), the warp and precision rules."""
+    ckpt = run / "best.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no checkpoint; train first (python -m pneumolib train)")
+    dev = resolve_device(device)
+    model, config, stats = load_checkpoint_model(ckpt, map_location=dev)
+    cfg = Config.from_dict(config)
+    cache = Path(cache if cache is not None else cfg.cache)
+    index, cache_stats = read_index(cache), read_stats(cache)
+    if int(cache_stats["size"]) != int(stats["size"]):
+        raise ValueError(
+            f"{cache}: images are {cache_stats['size']} px, the checkpoint was trained on a "
+            f"{stats['size']} px cache; pass the run's own cache"
+        )
+    return {
+        "run": run,
+        "cache": cache,
+        "index": index,
+        "tta": tta,
+        "split_rule": cache_stats.get("split_rule"),
+        "sha256": file_sha256(ckpt),
+        "config": cfg,
+        "device": dev,
+        "model": model,
+        "stats": stats,
+        "size": cfg.image_size,
+        "policy": AugmentPolicy.identity(),
+        "workers": cfg.workers if workers is None else workers,
+        "on_device": warp_on_device(dev, gpu_augment=cfg.gpu_augment),
+        "amp": amp_dtype(dev, cfg.amp),
+        "mats": tta_affines(int(stats["size"]), cfg.image_size, hflip=cfg.hflip) if tta else {},
+    }
+
+
+def _reference_fields(metrics: dict[str, Any], split: str, rule: str | None) -> None:
+    """On val: the course's reference figures beside ours, and whether they compare."""
+    if split == "val":
+        if "reference" not in metrics:
+            ref = compare_with_reference(metrics | {"split": "val"})  # TTA on val is still val
+            metrics["reference"] = jsonable(ref.reset_index().to_dict("records"))
+        metrics["reference_comparable"] = rule == "course"
+        metrics["reference_note"] = (
+            "References: validation on the course split (first 24,000 RSNA patients train, the "
+            f"rest val) of the real data, threshold 0.5. This cache's split rule is {rule!r}"
+            + (
+                "; comparable only if it was built from the real RSNA data."
+                if rule == "course"
+                else ", so the numbers are not like for like."
+            )
+        )
+    else:
+        metrics.pop("reference", None)
+
+
+def metrics_table(
+    metrics: Mapping[str, Any],
+    names: Sequence[str] = ("accuracy", "precision", "recall", "specificity", "f1"),
+) -> pd.DataFrame:
+    """One row per (validation-chosen) threshold of a metrics dict: the threshold value and
+    each metric as 'value [lo, hi]' (95% bootstrap CI), for printing and notebooks."""
+
+    rows = {}
+    for name, t in metrics["thresholds"].items():
+        rows[name] = {"threshold": round(float(t["threshold"]), 4)}
+        rows[name] |= {m: _with_ci(t.get(m), t.get("ci", {}).get(m)) for m in names}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "threshold (chosen on val)"
+    return df
+
+
+def summary_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per evaluated split, e.g. {"val": metrics, "test": metrics}: n, positives,
+    ROC AUC, average precision and Brier score as 'value [lo, hi]' (95% CI), and ECE."""
+    rows = {}
+    for name, m in results.items():
+        rows[name] = {"n": m["n"], "positives": m["n_pos"]}
+        rows[name] |= {k: _with_ci(m.get(k), m.get(f"{k}_ci")) for k in RANKING_METRICS}
+        rows[name]["ece"] = _with_ci(m.get("ece"), None)
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _with_ci(v: Any, ci: Any) -> str:
+    """'0.912 [0.880, 0.940]'; 'n/a' where undefined (None/NaN)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    lo, hi = ci if ci else (None, None)
+    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+
+def _print_summary(metrics: Mapping[str, Any], table: bool = True) -> None:
+    auc, (lo, hi) = metrics["roc_auc"], metrics["roc_auc_ci"]
+    ci = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None and hi is not None else ""
+    head = f"{metrics['split']}: n={metrics['n']} ({metrics['n_pos']} positive)  "
+    print(head + (f"AUC {auc:.3f}{ci}" if auc is not None else "AUC n/a (one class)"))
+    if table:
+        print(metrics_table(metrics, ("accuracy", "precision", "recall")).to_string())
+    if table and "three_class" in metrics:
+        print(class_table(metrics["three_class"]).to_string())
+        print(confusion_table(metrics["three_class"]).to_string())

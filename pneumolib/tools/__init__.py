@@ -1,0 +1,1 @@
+"""Repository tools, apart from the pipeline: publishing a fork."""
