@@ -18,6 +18,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from pneumolib.cam.localisation import Boxes, as_numpy, parse_boxes
+from pneumolib.core.plots import figure_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -45,9 +46,7 @@ def overlay(
         raise ValueError(f"overlay: expected 2-D image and map, got {image.shape}, {heat.shape}")
     if tuple(heat.shape) != image.shape:
         heat = F.interpolate(heat[None, None], size=image.shape, mode="bilinear")[0, 0]
-    if ax is None:
-        fig = Figure(figsize=(4, 4))
-        ax = fig.add_subplot()
+    _, ax = figure_axes(ax, (4, 4), layout=None)
     ax.imshow(image, cmap="gray")
     ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
     for x, y, w, h in parse_boxes(boxes):

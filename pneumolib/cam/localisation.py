@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
+from pneumolib.core.fmt import with_ci
+
 Box = Sequence[float]  # [x, y, w, h] in image pixels
 Boxes = Sequence[Box]  # all boxes of one image
 
@@ -175,7 +177,7 @@ def format_localisation(s: dict[str, Any]) -> str:
     """One line: pointing game and energy-in-box with CIs, against their chance level."""
 
     def ci(name: str) -> str:
-        return f"{s[name]:.2f} [{s[name + '_ci_low']:.2f}, {s[name + '_ci_high']:.2f}]"
+        return with_ci(s[name], [s[name + "_ci_low"], s[name + "_ci_high"]], digits=2)
 
     return (
         f"{s['method']} {s['layer']} {s['split']} ({s['n']} true positives): pointing game "

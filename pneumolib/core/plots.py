@@ -5,7 +5,10 @@ No torch and no pyplot state: a notebook shows the Figure, a script saves it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 # The one class -> colour mapping of every figure that colours classes (notebooks 01-06):
@@ -33,3 +36,14 @@ def class_colour(name: str | int) -> str:
     if not isinstance(name, str):
         name = "positive" if int(name) == 1 else "negative"
     return CLASS_COLOURS.get(name, CLASS_COLOURS["unknown"])
+
+
+def figure_axes(
+    ax: Axes | None, figsize: tuple[float, float] = (5, 4), *, layout: str | None = "constrained"
+) -> tuple[Any, Axes]:
+    """(`ax`'s figure, `ax`) to draw into the caller's axes, or a new pyplot-free Figure of
+    `figsize` inches and its one axes."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.add_subplot()

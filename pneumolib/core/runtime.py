@@ -15,6 +15,8 @@ from pneumolib.core.augment import (
     augment_batch_torch,
     batch_rng,
     to_model_input,
+    warp_cpu,
+    warp_torch,
 )
 from pneumolib.core.checkpoint import RunError
 from pneumolib.core.progress import bar as progress_bar
@@ -41,6 +43,25 @@ def warp_on_device(device: torch.device, *, gpu_augment: bool = True) -> bool:
     whole batches on the GPU; everywhere else per image in the loader workers (cv2). Training,
     validation, prediction and CAMs all ask here, so they see the same pixels."""
     return device.type == "cuda" and gpu_augment
+
+
+def model_input(
+    images: np.ndarray,
+    mats: np.ndarray,
+    *,
+    size: int,
+    stats: dict,
+    device: torch.device,
+    warp_on_device: bool,
+) -> torch.Tensor:
+    """uint8 (B, S, S) cache-size images + forward matrices (B, 2, 3) -> normalised float32
+    (B, 1, size, size) on `device`. The warp is the one validation used: `warp_cpu` (uint8,
+    as in loader workers) or, when `warp_on_device`, `warp_torch` on the device (GPU path)."""
+    if warp_on_device:
+        x = warp_torch(torch.from_numpy(np.ascontiguousarray(images)).to(device), mats, size)
+    else:
+        x = torch.from_numpy(warp_cpu(images, mats, size)).to(device)
+    return to_model_input(x, gain=None, bias=None, mean=stats["mean"], std=stats["std"])
 
 
 def to_device_batch(

@@ -12,6 +12,7 @@ import pandas as pd
 
 from pneumolib.cam.localisation import localisation_table
 from pneumolib.config import Config
+from pneumolib.core.fmt import interval
 from pneumolib.data.provenance import read_truth
 from pneumolib.evaluate.card import CARD
 from pneumolib.evaluate.run import metrics_table
@@ -24,11 +25,6 @@ def _f(x: Any) -> str:
     if x is None or (isinstance(x, float) and x != x):
         return "–"
     return f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
-def _ci(ci: Any) -> str:
-    ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, float) for v in ci)
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ok else "–"
 
 
 def data_section(cfg: Config) -> list[str]:
@@ -78,11 +74,13 @@ def training_section(cfg: Config, summary: Mapping[str, Any]) -> list[str]:
 def test_section(metrics: Mapping[str, Any], run: Path) -> list[str]:
     test, val = metrics["test"], metrics["val"]
     thr = {k: v["threshold"] for k, v in test["thresholds"].items()}
+    auc_ci = interval(test.get("roc_auc_ci"), missing="–")
+    ap_ci = interval(test.get("average_precision_ci"), missing="–")
     lines = [
         "## Test split (thresholds chosen on val, applied unchanged)",
         "",
-        f"ROC AUC {_f(test['roc_auc'])} {_ci(test.get('roc_auc_ci'))}, average precision "
-        f"{_f(test['average_precision'])} {_ci(test.get('average_precision_ci'))} on "
+        f"ROC AUC {_f(test['roc_auc'])} {auc_ci}, average precision "
+        f"{_f(test['average_precision'])} {ap_ci} on "
         f"{test['n']} patients ({test['n_pos']} positive). The ROC curve bends "
         "(figures/roc_test.png): some positives score below some negatives, as on real films.",
         "",
@@ -128,7 +126,7 @@ def view_section(metrics: Mapping[str, Any]) -> list[str]:
     lines = ["## AP and PA apart (test)", "", "| view | n | positive | ROC AUC | 95% CI |"]
     lines.append("| --- | --- | --- | --- | --- |")
     for r in rows:
-        ci = _ci([r.get("roc_auc_lo"), r.get("roc_auc_hi")])
+        ci = interval([r.get("roc_auc_lo"), r.get("roc_auc_hi")], missing="–")
         lines.append(f"| {r['group']} | {r['n']} | {r['n_pos']} | {_f(r.get('roc_auc'))} | {ci} |")
     auc = {r["group"]: r.get("roc_auc") for r in rows}
     lines += [

@@ -21,14 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from pneumolib.core.progress import bar as progress_bar
+from pneumolib.data.labels import CLASS_COLUMNS, CLASSES_CSV, LABEL_COLUMNS, LABELS_CSV
+from pneumolib.data.labels import IMAGES_DIR as TRAIN_DIR
 
 COMPETITION = "rsna-pneumonia-detection-challenge"
-TRAIN_DIR = "stage_2_train_images"
 TEST_DIR = "stage_2_test_images"
-LABELS_CSV = "stage_2_train_labels.csv"
-CLASSES_CSV = "stage_2_detailed_class_info.csv"
-LABEL_COLUMNS = ["patientId", "x", "y", "width", "height", "Target"]
-CLASS_COLUMNS = ["patientId", "class"]
 N_TRAIN_DICOMS = 26_684  # stage 2 training images, one per patient
 N_LABEL_ROWS = 30_227  # one row per box; negatives have one row with an empty box
 MARKER = ".pneumolib_complete.json"  # provenance of a download, written before the final rename
@@ -154,13 +151,13 @@ def _dicom_ids(folder: Path) -> set[str]:
     return {e.name[:-4] for e in os.scandir(folder) if e.name.endswith(".dcm")}
 
 
-def _read_csv(path: Path, columns: list[str]) -> list[list[str]]:
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[list[str]]:
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as e:  # a zip, an image, a UTF-16 export ...
         raise ValueError(f"{path}: not a readable CSV ({type(e).__name__})") from None
-    if not rows or rows[0] != columns:
+    if not rows or rows[0] != list(columns):
         got = ",".join(rows[0]) if rows else "an empty file"
         raise ValueError(f"{path}: expected columns {','.join(columns)}, got {got}")
     bad = next((i for i, r in enumerate(rows) if len(r) != len(columns)), None)

@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# The RSNA raw folder, declared once: the Kaggle download, the demo data and preprocess use it.
+IMAGES_DIR = "stage_2_train_images"  # <patientId>.dcm
+LABELS_CSV = "stage_2_train_labels.csv"  # one row per box (or one empty row per negative)
+CLASSES_CSV = "stage_2_detailed_class_info.csv"  # one row per box: RSNA's three classes
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 # RSNA's detailed classes, in the three-class head's logit order (pneumonia last; `tasks`), and

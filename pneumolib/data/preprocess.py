@@ -42,14 +42,17 @@ from pneumolib.data.dicom import (
     plain_jpeg,
     read_dicom,
 )
-from pneumolib.data.labels import SplitError, check_splittable, load_labels, make_splits
+from pneumolib.data.labels import (
+    CLASSES_CSV,
+    IMAGES_DIR,
+    LABELS_CSV,
+    SplitError,
+    check_splittable,
+    load_labels,
+    make_splits,
+)
 from pneumolib.data.provenance import is_synthetic
 
-IMAGES_DIR, LABELS_CSV, CLASSES_CSV = (
-    "stage_2_train_images",
-    "stage_2_train_labels.csv",
-    "stage_2_detailed_class_info.csv",
-)
 _LEVELS = np.arange(256, dtype=np.int64)  # pixel values, for exact moments from a histogram
 
 

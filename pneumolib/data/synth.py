@@ -35,6 +35,7 @@ import pandas as pd
 
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.data.dicom_write import write_dicom
+from pneumolib.data.labels import CLASSES_CSV, IMAGES_DIR, LABELS_CSV
 from pneumolib.data.provenance import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, TRUTH_CSV
 
 P_AP = 0.46  # share of AP views in RSNA (12,173 / 26,684)
@@ -334,20 +335,18 @@ def make_demo_data(
         return out
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "stage_2_train_images").mkdir(parents=True)
+    (tmp / IMAGES_DIR).mkdir(parents=True)
     rng, aux = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     label_rows, class_rows, truth = [], [], []
     for _ in progress_bar(range(n), desc="demo DICOMs", unit="img", leave=False):
-        labels, classes, row = _write_patient(rng, aux, r, size, tmp / "stage_2_train_images")
+        labels, classes, row = _write_patient(rng, aux, r, size, tmp / IMAGES_DIR)
         label_rows += labels
         class_rows += classes
         truth.append(row)
     pd.DataFrame(label_rows, columns=["patientId", "x", "y", "width", "height", "Target"]).to_csv(
-        tmp / "stage_2_train_labels.csv", index=False
+        tmp / LABELS_CSV, index=False
     )
-    pd.DataFrame(class_rows, columns=["patientId", "class"]).to_csv(
-        tmp / "stage_2_detailed_class_info.csv", index=False
-    )
+    pd.DataFrame(class_rows, columns=["patientId", "class"]).to_csv(tmp / CLASSES_CSV, index=False)
     cols = ["patientId", "view", "opacity", "label", "label_noise", "faint", "small", "mimic"]
     pd.DataFrame(truth, columns=[*cols, "marker"]).to_csv(tmp / TRUTH_CSV, index=False)
     (tmp / "demo_params.json").write_text(json.dumps(params))

@@ -13,33 +13,13 @@ from typing import Any
 
 import pandas as pd
 
+from pneumolib.core.fmt import num, with_ci
+
 SUBGROUP_THRESHOLDS = ("youden", "0.5")  # the operating point of the subgroup table, if present
 RATES = ("accuracy", "precision", "recall", "specificity", "f1")
 
 
 # --------------------------------------------------------------------------- formatting
-def num(x: Any) -> str:
-    """3 decimals for a float, the integer for an int, "n/a" for None/NaN."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    if isinstance(x, bool) or isinstance(x, int):
-        return str(int(x))
-    return f"{float(x):.3f}"
-
-
-def ci(pair: Any) -> str:
-    """ "[lo, hi]" (3 decimals), or "" when the interval is missing or undefined."""
-    if not isinstance(pair, (list, tuple)) or len(pair) != 2 or "n/a" in map(num, pair):
-        return ""
-    return f"[{float(pair[0]):.3f}, {float(pair[1]):.3f}]"
-
-
-def with_ci(value: Any, pair: Any) -> str:
-    """ "0.912 [0.880, 0.940]"; "n/a" when the value is undefined."""
-    v = num(value)
-    return v if v == "n/a" or not ci(pair) else f"{v} {ci(pair)}"
-
-
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn import metrics as skm
 
-from pneumolib.core.plots import class_colour
+from pneumolib.core.plots import class_colour, figure_axes
 from pneumolib.data.labels import open_images, read_index
 from pneumolib.evaluate.metrics import (
     CLASS_NAMES,
@@ -36,14 +36,6 @@ SAMPLES_THRESHOLD = "youden"  # operating point the sample grid marks right/wron
 
 
 # --------------------------------------------------------------------------- figures
-def _fig_ax(ax: Any, figsize: tuple[float, float] = (5, 4)) -> tuple[Any, Any]:
-    """Use the caller's axes, or a new pyplot-free Figure (Agg-safe, no global state)."""
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.add_subplot()
-
-
 def _save(fig: Any, out: str | Path | None) -> Any:
     """Write the PNG atomically (temporary file, then rename) when `out` is given."""
     if out is not None:
@@ -86,7 +78,7 @@ def _one_class(y: np.ndarray, ax: Any) -> bool:
 def plot_roc(y: Any, p: Any, *, thresholds: Mapping[str, float] | None = None, ax=None, out=None):
     """ROC curve with each threshold's operating point marked; returns the Figure."""
     y, p = check_arrays(y, p)
-    fig, ax = _fig_ax(ax)
+    fig, ax = figure_axes(ax)
     if _one_class(y, ax):
         return _save(fig, out)
     fpr, tpr, _ = skm.roc_curve(y, p)
@@ -101,7 +93,7 @@ def plot_roc(y: Any, p: Any, *, thresholds: Mapping[str, float] | None = None, a
 def plot_pr(y: Any, p: Any, *, thresholds: Mapping[str, float] | None = None, ax=None, out=None):
     """Precision-recall curve with operating points and the prevalence baseline."""
     y, p = check_arrays(y, p)
-    fig, ax = _fig_ax(ax)
+    fig, ax = figure_axes(ax)
     if _one_class(y, ax):
         return _save(fig, out)
     prec, rec, _ = skm.precision_recall_curve(y, p)
@@ -131,7 +123,7 @@ def plot_confusion(
     cm = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]], dtype=np.float64)
     if normalize:
         cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = _fig_ax(ax, (3.6, 3.2))
+    fig, ax = figure_axes(ax, (3.6, 3.2))
     ax.imshow(cm, cmap="Blues", vmin=0, vmax=1 if normalize else max(cm.max(), 1))
     for i in range(2):
         for j in range(2):
@@ -179,7 +171,7 @@ def plot_reliability(y: Any, p: Any, *, n_bins: int | None = None, ax=None, out=
     y, p = check_arrays(y, p)
     wanted = n_bins or reliability_bins(len(y))
     table = reliability(y, p, wanted, strategy="quantile")
-    fig, ax = _fig_ax(ax)
+    fig, ax = figure_axes(ax)
     ax.hist(p, bins=np.linspace(0, 1, 21), weights=np.full(len(p), 1 / len(p)),
             color="lightgrey", label="share of cases")  # fmt: skip
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
@@ -211,7 +203,7 @@ def plot_prob_hist(
     """Histograms of predicted probability for each true class (`core.plots.CLASS_COLOURS`),
     thresholds as vertical lines; the legend sits outside the axes, clear of the bars."""
     y, p = check_arrays(y, p)
-    fig, ax = _fig_ax(ax, (7, 4))
+    fig, ax = figure_axes(ax, (7, 4))
     edges = np.linspace(0, 1, bins + 1)
     for cls in (0, 1):
         label, colour = f"true {CLASS_NAMES[cls]}", class_colour(CLASS_NAMES[cls])
@@ -233,7 +225,7 @@ def plot_subgroups(
     out=None,
 ):
     """Bars of `metric` per subgroup (from `subgroup_metrics`) with CI error bars."""
-    fig, ax = _fig_ax(ax, (7, 3.5))
+    fig, ax = figure_axes(ax, (7, 3.5))
     if "threshold_name" in sub and len(sub):
         sub = sub[sub["threshold_name"] == (threshold_name or sub["threshold_name"].iloc[0])]
     sub = sub.reset_index(drop=True)

@@ -120,6 +120,14 @@ def binary_metrics(y: Any, p: Any, threshold: float = 0.5) -> dict[str, float]:
     return _point_metrics(y, p, [threshold])[0]
 
 
+def binary_summary(y: Any, p: Any, threshold: float = 0.5) -> dict[str, float]:
+    """The trainer's per-epoch val row: AUC (NaN with one class), accuracy, and precision and
+    recall at `threshold` as 0.0 where no call (or no positive) makes them undefined."""
+    m = binary_metrics(y, p, threshold)
+    zero = {k: 0.0 if math.isnan(m[k]) else m[k] for k in ("precision", "recall")}
+    return {"auc": m["roc_auc"], "accuracy": m["accuracy"], **zero}
+
+
 def reliability(y: Any, p: Any, n_bins: int = 10, strategy: str = "uniform") -> pd.DataFrame:
     """Reliability table over `n_bins` bins of [0, 1], as sklearn's calibration_curve: equal
     width ("uniform"), or equal count ("quantile": edges at quantiles of p; tied quantiles merge,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from pneumolib.core.fmt import with_ci
 from pneumolib.core.tasks import THREE_CLASSES, class_codes, class_prob_columns
 from pneumolib.evaluate.metrics import (
     bootstrap_distribution,
@@ -119,12 +120,15 @@ def class_table(three_class: dict[str, Any]) -> pd.DataFrame:
     rows = {}
     for name in three_class["classes"]:
         auc, (lo, hi) = three_class["auc_ovr"][name], three_class["auc_ovr_ci"][name]
-        rows[name] = {"n": three_class["n_per_class"][name], "AUC (one vs rest)": _ci(auc, lo, hi)}
+        rows[name] = {
+            "n": three_class["n_per_class"][name],
+            "AUC (one vs rest)": with_ci(auc, [lo, hi]),
+        }
     lo, hi = three_class["macro_f1_ci"]
     rows["all classes"] = {
         "n": sum(three_class["n_per_class"].values()),
-        "macro-F1": _ci(three_class["macro_f1"], lo, hi),
-        "accuracy": _ci(three_class["accuracy"], None, None),
+        "macro-F1": with_ci(three_class["macro_f1"], [lo, hi]),
+        "accuracy": with_ci(three_class["accuracy"]),
     }
     return pd.DataFrame.from_dict(rows, orient="index").fillna("")
 
@@ -135,9 +139,3 @@ def confusion_table(three_class: dict[str, Any]) -> pd.DataFrame:
     df = pd.DataFrame(three_class["confusion"], index=names, columns=names)
     df.index.name, df.columns.name = "true", "predicted"
     return df
-
-
-def _ci(v: float | None, lo: float | None, hi: float | None) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")

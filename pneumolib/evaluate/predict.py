@@ -26,10 +26,10 @@ import torch
 from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.maps import cam
 from pneumolib.config import Config
-from pneumolib.core.augment import eval_affines, to_model_input, warp_cpu, warp_torch
+from pneumolib.core.augment import eval_affines
 from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.progress import bar as progress_bar
-from pneumolib.core.runtime import amp_dtype, resolve_device, warp_on_device
+from pneumolib.core.runtime import amp_dtype, model_input, resolve_device, warp_on_device
 from pneumolib.core.tasks import pneumonia_probability
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
 
@@ -111,28 +111,6 @@ def synthetic_warning(checkpoint: str | Path, stats: dict) -> str | None:
         f"warning: {checkpoint} was trained on synthetic phantoms (pneumolib demo data); "
         "its probabilities say nothing about real radiographs"
     )
-
-
-# --- the validation path -----------------------------------------------------------------
-
-
-def model_input(
-    images: np.ndarray,
-    mats: np.ndarray,
-    *,
-    size: int,
-    stats: dict,
-    device: torch.device,
-    warp_on_device: bool,
-) -> torch.Tensor:
-    """uint8 (B, S, S) cache-size images + forward matrices (B, 2, 3) -> normalised float32
-    (B, 1, size, size) on `device`. The warp is the one validation used: `warp_cpu` (uint8,
-    as in loader workers) or, when `warp_on_device`, `warp_torch` on the device (GPU path)."""
-    if warp_on_device:
-        x = warp_torch(torch.from_numpy(np.ascontiguousarray(images)).to(device), mats, size)
-    else:
-        x = torch.from_numpy(warp_cpu(images, mats, size)).to(device)
-    return to_model_input(x, gain=None, bias=None, mean=stats["mean"], std=stats["std"])
 
 
 def _overlay_names(files: Sequence[Path]) -> list[str]:

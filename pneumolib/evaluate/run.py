@@ -8,7 +8,6 @@ compared on the same patients by `pneumolib.evaluate.compare.compare_runs`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,11 +20,18 @@ import torch
 from pneumolib.config import Config
 from pneumolib.core import tasks
 from pneumolib.core.augment import AugmentPolicy, compose_affines
+from pneumolib.core.fmt import with_ci
 from pneumolib.core.loader import make_loader
 from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.run_files import file_sha256, predictions_path, read_predictions
-from pneumolib.core.runtime import amp_dtype, predict_logits, resolve_device, warp_on_device
+from pneumolib.core.runtime import (
+    amp_dtype,
+    model_input,
+    predict_logits,
+    resolve_device,
+    warp_on_device,
+)
 from pneumolib.data.labels import read_index, read_stats
 from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.figures import sample_predictions_figure, write_figures
@@ -39,7 +45,6 @@ from pneumolib.evaluate.metrics import (
     summarize,
 )
 from pneumolib.evaluate.multiclass import class_table, confusion_table, summarize_classes
-from pneumolib.evaluate.predict import model_input
 
 # --------------------------------------------------------------------------- driver
 __all__ = [
@@ -356,7 +361,7 @@ def metrics_table(
     rows = {}
     for name, t in metrics["thresholds"].items():
         rows[name] = {"threshold": round(float(t["threshold"]), 4)}
-        rows[name] |= {m: _with_ci(t.get(m), t.get("ci", {}).get(m)) for m in names}
+        rows[name] |= {m: with_ci(t.get(m), t.get("ci", {}).get(m)) for m in names}
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index.name = "threshold (chosen on val)"
     return df
@@ -368,17 +373,9 @@ def summary_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     rows = {}
     for name, m in results.items():
         rows[name] = {"n": m["n"], "positives": m["n_pos"]}
-        rows[name] |= {k: _with_ci(m.get(k), m.get(f"{k}_ci")) for k in RANKING_METRICS}
-        rows[name]["ece"] = _with_ci(m.get("ece"), None)
+        rows[name] |= {k: with_ci(m.get(k), m.get(f"{k}_ci")) for k in RANKING_METRICS}
+        rows[name]["ece"] = with_ci(m.get("ece"), None)
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def _with_ci(v: Any, ci: Any) -> str:
-    """'0.912 [0.880, 0.940]'; 'n/a' where undefined (None/NaN)."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "n/a"
-    lo, hi = ci if ci else (None, None)
-    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
 
 
 def _print_summary(metrics: Mapping[str, Any], table: bool = True) -> None:

@@ -17,11 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from sklearn.metrics import roc_auc_score
 
 from pneumolib.config import EXACT, PATH, STOPPING, Config, field_names
 from pneumolib.core import tasks
@@ -38,6 +36,7 @@ from pneumolib.core.checkpoint import (
 )
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.runtime import predict_logits, resolve_device
+from pneumolib.evaluate.metrics import binary_summary
 from pneumolib.train.best_epoch import epoch_score, improves
 from pneumolib.train.setup import TrainSetup, optimiser_step, prepare_training, seed_everything
 
@@ -47,20 +46,6 @@ RESUMABLE_CHANGES = frozenset(field_names(PATH, EXACT, STOPPING))
 
 
 # --- small pieces ------------------------------------------------------------------------
-
-
-def binary_summary(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """AUC, accuracy, precision, recall at `threshold`; labels y (N,), probabilities p (N,)."""
-    pred = p >= threshold
-    tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
-    fn = int((~pred & (y == 1)).sum())
-    auc = roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan")
-    return {
-        "auc": float(auc),
-        "accuracy": float((pred == (y == 1)).mean()),
-        "precision": tp / (tp + fp) if tp + fp else 0.0,
-        "recall": tp / (tp + fn) if tp + fn else 0.0,
-    }
 
 
 def _check_resume(saved: dict, cfg: Config, out: Path) -> None:

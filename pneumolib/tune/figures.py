@@ -16,18 +16,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from pneumolib.core.plots import figure_axes
 from pneumolib.tune.results import lr_axis, trial_histories
 
 # A study, {run: history}, or a study folder (its run folders' metrics.csv).
 CurveSource = optuna.Study | Mapping[str, pd.DataFrame] | str | Path
-
-
-def figure_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
-    """(`ax`'s figure, `ax`), or a new constrained-layout figure of `figsize` and its axes."""
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.add_subplot()
 
 
 def _batch_size_axis(ax: Axes, sizes: Iterable, which: str = "x") -> None:

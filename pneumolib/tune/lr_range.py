@@ -12,10 +12,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pneumolib.config import Config
+from pneumolib.core.plots import figure_axes
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.runtime import resolve_device
 from pneumolib.train.setup import optimiser_step, prepare_training, seed_everything
-from pneumolib.tune.figures import figure_axes
 
 
 def smooth_curve(loss: Sequence[float], window: int | None = None) -> np.ndarray:

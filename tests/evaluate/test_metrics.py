@@ -228,3 +228,27 @@ def test_bad_tables_fail_with_a_named_reason():
         ev.summarize(df.assign(prob=df["prob"] * 3), thresholds=0.5, n_boot=10)
     with pytest.raises(ValueError, match="one class"):
         ev.choose_thresholds(np.zeros(5), np.linspace(0, 1, 5))
+
+
+def test_binary_summary_is_the_trainers_row_from_binary_metrics():
+    """The per-epoch val row (metrics.csv) as the trainer wrote it before it moved here."""
+
+    def before(y, p, t=0.5):
+        pred = p >= t
+        tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+        fn = int((~pred & (y == 1)).sum())
+        auc = skm.roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan")
+        return {
+            "auc": float(auc),
+            "accuracy": float((pred == (y == 1)).mean()),
+            "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "recall": tp / (tp + fn) if tp + fn else 0.0,
+        }
+
+    rng = np.random.default_rng(3)
+    cases = [(rng.integers(0, 2, 50), rng.random(50)) for _ in range(20)]
+    cases += [(np.zeros(5, int), rng.random(5)), (np.ones(4, int), np.zeros(4))]
+    for y, p in cases:
+        got, want = ev.binary_summary(y, p), before(y, p)
+        assert got.keys() == want.keys()
+        np.testing.assert_array_equal(list(got.values()), list(want.values()))

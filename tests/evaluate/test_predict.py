@@ -213,7 +213,7 @@ def test_model_input_cpu_and_device_warps_agree():
     import torch
 
     from pneumolib.core.augment import eval_affines
-    from pneumolib.evaluate.predict import model_input
+    from pneumolib.core.runtime import model_input
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
