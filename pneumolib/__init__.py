@@ -1,12 +1,12 @@
 """pneumolib: teachable pneumonia classification on RSNA chest radiographs.
 
-Modules, one job each (the README's module table says which): `config`, `dicom`, `dicom_write`,
-`data`, `synth`, `provenance`, `preprocess`, `cache_partial`, `explore`, `intensities`,
-`augment`, `loader`, `models`, `tasks`, `runtime`, `train_setup`, `train`, `checkpoint`,
-`metrics`, `multiclass`, `evaluate`, `evaluate_figures`, `run_files`, `compare`, `card`,
-`card_sections`, `cam`, `cam_run`, `cam_figures`, `localisation`, `predict`, `tune` (a
-package), `demo`, `demo_report`, `shortcut`, `progress`, `figures`, `colab`, `kaggle`,
-`publish`, `cli`. Nothing runs at import.
+One subpackage per stage, in the notebooks' order (the README's package table says which
+module holds which rule): `data` (00-01: labels, DICOMs, the demo phantoms, the cache; no
+torch), `core` (the layer under every stage: augmentation, loader, models, tasks, the
+inference runtime, run folders, progress bars, plotting and number formats), `train` (03),
+`evaluate` (04: metrics, comparisons, the model card), `cam` (05), `tune` (06), `predict`
+(scoring new files), `course` (Colab, the demo and its report, publishing a fork), and
+`config` and `cli` at the top. Nothing runs at import.
 """
 
 from pneumolib.config import Config, demo_config, rsna_config

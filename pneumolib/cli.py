@@ -227,7 +227,7 @@ def _add_publish(sub) -> None:
 
 def publish_cli(repo: str | None, branch: str | None, check: bool) -> int:
     """`python -m pneumolib publish`: rewrite (or with `check`, verify) the derived URLs."""
-    from pneumolib.tools import publish
+    from pneumolib.course import publish
 
     root = publish.find_root()
     if not check:
@@ -375,7 +375,7 @@ def run(argv: list[str] | None = None) -> int:
         result = compare_runs(args.run, args.split, threshold=args.threshold, n_boot=args.n_boot)
         print(comparison_text(result))
     elif cmd == "predict":
-        from pneumolib.evaluate.predict import predict_cli
+        from pneumolib.predict import predict_cli
 
         return predict_cli(
             args.checkpoint, args.inputs, out_csv=args.out, cam_dir=args.cam, device=args.device

@@ -65,3 +65,78 @@ def test_preprocess_and_demo_data_start_without_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+# --- the package's shape: stages import only earlier stages, no cycles -------------------------
+
+# torch-free pieces every stage may use; evaluate.metrics: the trainer scores val with them too
+BASE = {"config", "core.progress", "core.plots", "core.fmt", "core.files", "core.errors"}
+BASE |= {"evaluate.metrics"}
+STAGES = ["data", "core", "train", "evaluate", "cam", "tune", "predict", "course", "cli"]
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """pneumolib module -> the pneumolib modules it imports at module level (not in functions)."""
+    import ast
+
+    pkg = ROOT / "pneumolib"
+    names = {
+        ".".join(p.relative_to(pkg).with_suffix("").parts).removesuffix(".__init__")
+        for p in pkg.rglob("*.py")
+    }
+    graph = {}
+    for name in names:
+        path = pkg / (name.replace(".", "/") + ".py")
+        if not path.exists():
+            path = pkg / name.replace(".", "/") / "__init__.py"
+        found = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pneumolib"):
+                base = node.module.removeprefix("pneumolib").lstrip(".")
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}".lstrip(".")
+                    found.add(sub if sub in names else base)
+        graph[name] = found - {""}
+    return graph
+
+
+def _rank(module: str) -> int:
+    if module in BASE or module in ("__init__", "__main__"):
+        return -1
+    top = module.split(".")[0]
+    return STAGES.index(top) if top in STAGES else len(STAGES)
+
+
+def test_stages_import_only_earlier_stages_and_no_module_imports_in_a_cycle():
+    graph = _module_imports()
+    late = [
+        f"{m} -> {d}"
+        for m, deps in graph.items()
+        for d in deps
+        if _rank(d) > _rank(m) and _rank(m) >= 0
+    ]
+    assert not late, f"imports of a later stage at module level: {late}"
+    base_deps = [f"{m} -> {d}" for m in BASE & graph.keys() for d in graph[m] - BASE]
+    assert not base_deps, f"the torch-free base must stand alone: {base_deps}"
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in graph.get(m, ()):
+            assert state.get(d) != 1, f"import cycle: {' -> '.join([*path, m, d])}"
+            if d not in state:
+                visit(d, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_the_package_has_at_most_ten_entries_at_its_top_level():
+    entries = [
+        p.name
+        for p in (ROOT / "pneumolib").iterdir()
+        if p.name not in ("__init__.py", "__main__.py", "__pycache__")
+    ]
+    assert len(entries) <= 10, sorted(entries)

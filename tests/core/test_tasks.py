@@ -25,8 +25,8 @@ from pneumolib.data.labels import read_index
 from pneumolib.evaluate.compare import compare_runs
 from pneumolib.evaluate.metrics import bootstrap_indices
 from pneumolib.evaluate.multiclass import macro_f1, three_class_metrics
-from pneumolib.evaluate.predict import predict_files
 from pneumolib.evaluate.run import evaluate_run, read_predictions
+from pneumolib.predict import predict_files
 from pneumolib.train.loop import fit
 
 

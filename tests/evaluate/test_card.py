@@ -32,8 +32,8 @@ from pneumolib.data.labels import read_index
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.provenance import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, is_synthetic
 from pneumolib.evaluate.card import CARD, write_card
-from pneumolib.evaluate.predict import synthetic_warning
 from pneumolib.evaluate.run import evaluate_predictions
+from pneumolib.predict import synthetic_warning
 from pneumolib.train.loop import stats_for_ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,8 +232,8 @@ def test_trained_run_card_and_predict_warning(
     warning; evaluate (val, test) and cam -> a card whose every number is the files'."""
     from pneumolib.cam.run import cam_run
     from pneumolib.core.checkpoint import load_checkpoint
-    from pneumolib.evaluate.predict import predict_cli
     from pneumolib.evaluate.run import evaluate_run
+    from pneumolib.predict import predict_cli
     from pneumolib.train.loop import fit
 
     cfg = demo_config(tmp_path, cache=str(demo_cache), out=str(tmp_path / "run"), workers=0)

@@ -1,4 +1,4 @@
-"""Tests for pneumolib.evaluate.predict: scoring DICOM/PNG/JPEG files with a checkpoint, like the
+"""Tests for pneumolib.predict: scoring DICOM/PNG/JPEG files with a checkpoint, like the
 cache."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pneumolib.data.dicom import read_dicom
 from pneumolib.data.dicom_write import write_dicom
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.synth import make_demo_data
-from pneumolib.evaluate.predict import expand_inputs, predict_cli, predict_files, read_raster
 from pneumolib.evaluate.run import evaluate_run, read_predictions
+from pneumolib.predict import expand_inputs, predict_cli, predict_files, read_raster
 from pneumolib.train.loop import fit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SAME_IMAGE = (  # decode to the same 8-bit image (the 12-bit one within one grey level)
     "cxr_pa_monochrome2_raw.dcm",
     "cxr_pa_monochrome1_raw.dcm",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pneumolib.cli import main
-from pneumolib.tools import publish
+from pneumolib.course import publish
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = "https://github.com/pneumolib/pneumolib"

@@ -1,1 +1,0 @@
-"""Repository tools, apart from the pipeline: publishing a fork."""
