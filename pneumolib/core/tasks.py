@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pneumolib.data.labels import CLASS_KEYS, CLASSES
+from pneumolib.errors import PneumolibError
 
 TASKS = ("binary", "three-class")
 # Logit order of the three-class head (the pneumonia class, Lung Opacity, last) and the classes'
@@ -27,7 +28,7 @@ TASKS = ("binary", "three-class")
 THREE_CLASSES = CLASSES
 
 
-class TaskError(ValueError):
+class TaskError(PneumolibError, ValueError):
     """A task that does not fit the data or the options; the message is one line."""
 
 

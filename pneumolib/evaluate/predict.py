@@ -32,13 +32,14 @@ from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.runtime import amp_dtype, resolve_device, warp_on_device
 from pneumolib.core.tasks import pneumonia_probability
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
+from pneumolib.errors import PneumolibError, UsageError
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_BATCH = 32
 
 
-class ImageReadError(ValueError):
+class ImageReadError(PneumolibError, ValueError):
     """A PNG/JPEG that cannot be turned into an image; the message names the file."""
 
 
@@ -219,7 +220,7 @@ def predict_cli(
     under a temporary name and renamed), one stderr line per unreadable file. Returns the exit
     code: 1 if any input failed, else 0."""
     if cam_dir is not None and Path(cam_dir).exists() and not Path(cam_dir).is_dir():
-        raise ValueError(f"--cam {cam_dir}: exists and is not a folder")
+        raise UsageError(f"--cam {cam_dir}: exists and is not a folder")
     df, errors = predict_files(checkpoint, inputs, device=device, cam_dir=cam_dir, progress=True)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

@@ -27,6 +27,7 @@ from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.run_files import file_sha256, predictions_path, read_predictions
 from pneumolib.core.runtime import amp_dtype, predict_logits, resolve_device, warp_on_device
 from pneumolib.data.labels import read_index, read_stats
+from pneumolib.errors import UsageError
 from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.figures import sample_predictions_figure, write_figures
 from pneumolib.evaluate.metrics import (
@@ -164,7 +165,7 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     rows = index[index["split"] == split].reset_index(drop=True)
     if rows.empty:
         rule = ctx["split_rule"]
-        raise ValueError(f"{cache}: no {split} rows (split rule {rule!r}); nothing to evaluate")
+        raise UsageError(f"{cache}: no {split} rows (split rule {rule!r}); nothing to evaluate")
     meta = {"checkpoint_sha256": ctx["sha256"], "cache": str(cache), "tta": tta, "n": len(rows)}
     if reuse and csv.is_file() and meta_path.is_file():
         if json.loads(meta_path.read_text()) == meta:
@@ -257,7 +258,7 @@ def evaluate_run(
     per threshold; a notebook that shows `metrics_table` itself passes False. Returns the
     metrics."""
     if split not in ("val", "test"):
-        raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
+        raise UsageError(f"split: expected 'val' or 'test', got {split!r}")
     run = Path(run)
     ctx = _run_context(run, device=device, cache=cache, workers=workers, tta=tta)
     pred = _split_predictions(ctx, split, reuse=False)
@@ -302,7 +303,7 @@ def _run_context(
     cache = Path(cache if cache is not None else cfg.cache)
     index, cache_stats = read_index(cache), read_stats(cache)
     if int(cache_stats["size"]) != int(stats["size"]):
-        raise ValueError(
+        raise UsageError(
             f"{cache}: images are {cache_stats['size']} px, the checkpoint was trained on a "
             f"{stats['size']} px cache; pass the run's own cache"
         )
