@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from pneumolib.config import Config
+from pneumolib.config import Config, default_workers
 from pneumolib.core.augment import AugmentPolicy
-from pneumolib.core.loader import default_workers, make_loader
+from pneumolib.core.loader import make_loader
 from pneumolib.core.models import build_model, trainable_parameters
 from pneumolib.core.runtime import amp_dtype, resolve_device, to_device_batch
 from pneumolib.data.labels import read_index, read_stats
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         index, stats = read_index(cache).head(n), read_stats(cache)
         policy = AugmentPolicy.from_config(cfg)
         gpu_warp = cuda and cfg.gpu_augment
-        workers = default_workers(args.workers)
+        workers = default_workers(args.workers, cap=8)  # as make_loader resolves it
         normalise = None if cuda else (stats["mean"], stats["std"])  # as train.fit does
         loader = make_loader(
             cache,

@@ -1,28 +1,56 @@
 """`python -m pneumolib <command>`: the command line over the package (see README).
 
 Each command validates its inputs, prints progress, and exits non-zero with a one-line reason
-on bad input (no traceback for the user's mistakes).
+on bad input (no traceback for the user's mistakes; PNEUMOLIB_DEBUG=1 shows it anyway).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from pneumolib.config import Config
+from pneumolib.config import Config, field_choices, field_help
+from pneumolib.core.errors import PneumolibError
 from pneumolib.data.labels import CLASS_KEYS
 
-# Errors that are the user's input, not a bug: one line, exit 2.
-_USER_ERRORS: tuple[type[BaseException], ...] = (
-    FileNotFoundError,
-    FileExistsError,
-    ValueError,
-    RuntimeError,
-    KeyError,
-)
+# The user's errors, not bugs: one line, exit 2. The package raises PneumolibError on purpose;
+# a path that is missing or already there is named by the OS. Anything else is a bug and shows
+# its traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (PneumolibError, FileNotFoundError, FileExistsError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the package's error contract: one `error: ...` line, exit code 2 (argparse's
+    usage of a command with 50 options would bury the line that matters)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (options: {self.prog} --help)\n")
+
+
+class _Choices:
+    """A Config field's choices for argparse (`config.field_choices`), imported on first use:
+    the modules that declare them import torch, and `preprocess` must start without it. With
+    `or_file`, a path to an existing file is a choice too (listed as FILE)."""
+
+    def __init__(self, name: str, *, or_file: bool = False) -> None:
+        self.name, self.or_file = name, or_file
+
+    @functools.cached_property
+    def values(self) -> tuple[str, ...]:
+        return field_choices(self.name) or ()
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.values or (self.or_file and Path(str(value)).is_file())
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.values
+        if self.or_file:
+            yield "FILE"
 
 
 def _bool(text: str) -> bool:
@@ -33,20 +61,34 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def config_option(p: argparse.ArgumentParser, name: str, flag: str | None = None, **kw) -> None:
+    """`--field-name` (or `flag`) for Config field `name`: its type, its choices, and help from
+    its description and default. `kw` overrides argparse settings (the default is None, so
+    `config_from_args` can tell the options given from those left out)."""
+    f = Config.__dataclass_fields__[name]
+    choices = None
+    if f.metadata.get("choices"):
+        choices = _Choices(name, or_file=f.metadata.get("or_file", False))
+    text, default = (str(s).replace("%", "%%") for s in (field_help(name), f.default))
+    default = "" if kw.get("required") else f"default: {default}"
+    listed = "one of %(choices)s" if choices else ""  # argparse fills it in when help shows
+    settings = {
+        "dest": name,
+        "type": {bool: _bool, int: int, float: float}.get(type(f.default), str),
+        "default": None,
+        "metavar": name.upper(),
+        "choices": choices,
+        "help": f"{text} ({'; '.join(s for s in (listed, default) if s)})".removesuffix(" ()"),
+        **kw,
+    }
+    p.add_argument(flag or "--" + name.replace("_", "-"), **settings)
+
+
 def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One `--field-name` option per Config field (default: the Config default)."""
     for f in dataclasses.fields(Config):
-        if f.name in skip:
-            continue
-        kind = {bool: _bool, int: int, float: float}.get(type(f.default), str)
-        p.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=kind,
-            default=None,
-            metavar=f.name.upper(),
-            help=f"(default: {f.default})",
-        )
+        if f.name not in skip:
+            config_option(p, f.name)
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -60,8 +102,10 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `python -m pneumolib` parser: one sub-command per pipeline stage."""
-    ap = argparse.ArgumentParser(prog="python -m pneumolib", description=__doc__)
+    """The `python -m pneumolib` parser: one sub-command per pipeline stage, each with its
+    handler in `func` (which imports its own modules: `preprocess` and `make-demo-data` start
+    without torch, tested)."""
+    ap = _Parser(prog="python -m pneumolib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     for add in (
         _add_demo,
@@ -84,6 +128,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on synthetic data, minutes on a CPU")
     p.add_argument("--out", default="pneumolib_demo", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smaller data and fewer epochs")
+    p.set_defaults(func=_demo)
 
 
 def _add_make_demo_data(sub) -> None:
@@ -99,18 +144,20 @@ def _add_make_demo_data(sub) -> None:
         help="rsna: as hard as the real task (default); easy: a crisp signal",
     )
     p.add_argument("--shortcut", action="store_true", help="burn a PORTABLE marker into AP films")
+    p.set_defaults(func=make_demo_data_cli)
 
 
 def _add_preprocess(sub) -> None:
     p = sub.add_parser("preprocess", help="build the packed cache from an RSNA folder")
-    p.add_argument("--raw", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=0, help="0 = one per core")
-    p.add_argument("--split", default="stratified", choices=["stratified", "course"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-frac", type=float, default=0.15)
-    p.add_argument("--test-frac", type=float, default=0.15)
+    d = Config()  # the cache options are Config fields under other names
+    config_option(p, "raw", required=True)
+    config_option(p, "cache", "--out", required=True)
+    config_option(p, "cache_size", "--size", default=d.cache_size)
+    config_option(p, "workers", default=Config().workers)
+    config_option(p, "split", default=d.split)
+    config_option(p, "seed", default=d.seed)
+    config_option(p, "val_frac", default=d.val_frac)
+    config_option(p, "test_frac", default=d.test_frac)
     p.add_argument(
         "--decoder",
         default="opencv",
@@ -120,11 +167,13 @@ def _add_preprocess(sub) -> None:
     )
     p.add_argument("--full-decode", action="store_true", help="no reduced-scale JPEG decode")
     p.add_argument("--rebuild", action="store_true", help="replace a cache made differently")
+    p.set_defaults(func=preprocess_cli)
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train or resume a run")
     add_config_options(p)
+    p.set_defaults(func=_train)
 
 
 def _add_evaluate(sub) -> None:
@@ -133,6 +182,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--tta", action="store_true", help="average over deterministic flips/shifts")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.set_defaults(func=_evaluate)
 
 
 def _add_cam(sub) -> None:
@@ -158,6 +208,7 @@ def _add_cam(sub) -> None:
         default=0.5,
         help="a true positive is target 1 with probability >= this (default 0.5)",
     )
+    p.set_defaults(func=_cam)
 
 
 def _add_predict(sub) -> None:
@@ -166,7 +217,8 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", help="files, folders or globs")
     p.add_argument("--out", help="CSV path (default: stdout)")
     p.add_argument("--cam", help="folder for heat-map overlays")
-    p.add_argument("--device", default="auto")
+    config_option(p, "device", default=Config().device)
+    p.set_defaults(func=_predict)
 
 
 def _add_tune(sub) -> None:
@@ -201,11 +253,13 @@ def _add_tune(sub) -> None:
         "(default: tune.PROGRESS_TIMEOUT_S, 30 min)",
     )
     add_config_options(p, skip=("batch_size", "lr"))
+    p.set_defaults(func=tune_cli)
 
 
 def _add_card(sub) -> None:
     p = sub.add_parser("card", help="RUN/MODEL_CARD.md from the run's own files")
     p.add_argument("--run", required=True)
+    p.set_defaults(func=_card)
 
 
 def _add_compare(sub) -> None:
@@ -214,6 +268,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--n-boot", type=int, default=1000)
+    p.set_defaults(func=_compare)
 
 
 def _add_publish(sub) -> None:
@@ -223,69 +278,16 @@ def _add_publish(sub) -> None:
         "--branch", help="the branch the badges open (default: main; --check: the badges' own)"
     )
     p.add_argument("--check", action="store_true", help="only list disagreements; exit 1 if any")
+    p.set_defaults(func=lambda args: publish_cli(args.repo, args.branch, check=args.check))
 
 
-def publish_cli(repo: str | None, branch: str | None, check: bool) -> int:
-    """`python -m pneumolib publish`: rewrite (or with `check`, verify) the derived URLs."""
-    from pneumolib.course import publish
-
-    root = publish.find_root()
-    if not check:
-        if repo is None:
-            raise ValueError("publish: give --repo https://github.com/OWNER/NAME (or --check)")
-        changed = publish.rewrite_sources(root, repo, branch=branch or "main")
-        print(f"{len(changed)} file(s) now point at {publish.github_url(repo)}")
-        for rel in changed:
-            print(f"  {rel}")
-    problems = publish.check_sources(root, repo, branch=branch)
-    for line in problems:
-        print(line)
-    if check and not problems:
-        print(f"install cells and Colab badges agree with {publish.declared_url(root)}")
-    elif check:
-        print("to point them all at one URL: python -m pneumolib publish --repo URL")
-    return 1 if problems else 0
+# --- the handlers: one per command, each importing what it needs ------------------------------
 
 
-def _parse_list(text: str, kind: type, flag: str) -> list:
-    """`16,32,64` -> [16, 32, 64]; a one-line error naming `flag` on a bad or empty list."""
-    try:
-        values = [kind(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(
-            f"{flag}: expected comma-separated {kind.__name__}s, got {text!r}"
-        ) from None
-    if not values:
-        raise ValueError(f"{flag}: no values in {text!r}")
-    return values
+def _demo(args: argparse.Namespace) -> None:
+    from pneumolib.course.demo import run_demo
 
-
-def tune_cli(args: argparse.Namespace, cfg: Config) -> None:
-    """`python -m pneumolib tune`: the sweep into `cfg.out` (the --out folder); prints the table."""
-    # Heavy (pandas, and torch and optuna under tune): only when this command runs.
-    import pandas as pd
-
-    from pneumolib import tune
-
-    table = tune.sweep(
-        cfg,
-        batch_sizes=_parse_list(args.batch_sizes, int, "--batch-sizes"),
-        lrs=_parse_list(args.lrs, float, "--lrs"),
-        storage=args.storage,
-        study=args.study,
-        sampler=args.sampler,
-        n_trials=args.n_trials,
-        max_micro_batch=args.max_micro_batch,
-        lr_scaling=args.lr_scaling,
-        ref_batch_size=args.ref_batch_size,
-        prune=args.prune,
-        heartbeat=args.heartbeat,
-        grace=args.grace,
-        progress_timeout=args.progress_timeout or tune.PROGRESS_TIMEOUT_S,
-    )
-    with pd.option_context("display.width", 160, "display.max_columns", 30):
-        print(table.drop(columns=["run_dir"]).to_string(index=False))
-    print(f"results: {Path(cfg.out) / args.study}")
+    run_demo(args.out, quick=args.quick)
 
 
 def make_demo_data_cli(args: argparse.Namespace) -> None:
@@ -309,8 +311,8 @@ def preprocess_cli(args: argparse.Namespace) -> None:
 
     cfg = Config(
         raw=args.raw,
-        cache=args.out,
-        cache_size=args.size,
+        cache=args.cache,
+        cache_size=args.cache_size,
         split=args.split,
         seed=args.seed,
         val_frac=args.val_frac,
@@ -318,89 +320,157 @@ def preprocess_cli(args: argparse.Namespace) -> None:
     )
     cache_for(
         cfg,
-        workers=args.workers or None,
+        workers=args.workers,
         reduced=not args.full_decode,
         decoder=args.decoder,
         rebuild=args.rebuild,
     )
 
 
+def _train(args: argparse.Namespace) -> None:
+    from pneumolib.train.loop import fit
+
+    saved = Path(args.out) / "config.json" if args.out else None
+    base = Config.load(saved) if saved and saved.exists() else None  # resume the run's settings
+    fit(config_from_args(args, base))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from pneumolib.evaluate.run import evaluate_run
+
+    evaluate_run(args.run, args.split, tta=args.tta, n_boot=args.n_boot)
+
+
+def _cam(args: argparse.Namespace) -> None:
+    from pneumolib.cam.run import cam_run
+
+    cam_run(
+        args.run,
+        args.split,
+        n_overlays=args.n,
+        method=args.method,
+        layer=args.layer,
+        target=args.target,
+        tolerance=args.tolerance,
+        tag=args.tag,
+        threshold=args.threshold,
+    )
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pneumolib.predict import predict_cli
+
+    return predict_cli(
+        args.checkpoint, args.inputs, out_csv=args.out, cam_dir=args.cam, device=args.device
+    )
+
+
+def _card(args: argparse.Namespace) -> None:
+    from pneumolib.evaluate.card import write_card
+
+    print(f"model card: {write_card(args.run)}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from pneumolib.evaluate.compare import compare_runs, comparison_text
+
+    result = compare_runs(args.run, args.split, threshold=args.threshold, n_boot=args.n_boot)
+    print(comparison_text(result))
+
+
+def publish_cli(repo: str | None, branch: str | None, *, check: bool) -> int:
+    """`python -m pneumolib publish`: rewrite (or with `check`, verify) the derived URLs."""
+    from pneumolib.core.errors import UsageError
+    from pneumolib.course import publish
+
+    root = publish.find_root()
+    if not check:
+        if repo is None:
+            raise UsageError("publish: give --repo https://github.com/OWNER/NAME (or --check)")
+        changed = publish.rewrite_sources(root, repo, branch=branch or "main")
+        print(f"{len(changed)} file(s) now point at {publish.github_url(repo)}")
+        for rel in changed:
+            print(f"  {rel}")
+    problems = publish.check_sources(root, repo, branch=branch)
+    for line in problems:
+        print(line)
+    if check and not problems:
+        print(f"install cells and Colab badges agree with {publish.declared_url(root)}")
+    elif check:
+        print("to point them all at one URL: python -m pneumolib publish --repo URL")
+    return 1 if problems else 0
+
+
+def _parse_list(text: str, kind: type, flag: str) -> list:
+    """`16,32,64` -> [16, 32, 64]; a one-line error naming `flag` on a bad, empty or
+    non-positive list."""
+    from pneumolib.core.errors import UsageError
+
+    try:
+        values = [kind(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(
+            f"{flag}: expected comma-separated {kind.__name__}s, got {text!r}"
+        ) from None
+    if not values:
+        raise UsageError(f"{flag}: no values in {text!r}")
+    if min(values) <= 0:
+        raise UsageError(f"{flag}: expected positive values, got {text!r}")
+    return values
+
+
+def tune_cli(args: argparse.Namespace) -> None:
+    """`python -m pneumolib tune`: the sweep into --out; prints the table."""
+    # Heavy (pandas, and torch and optuna under tune): only when this command runs.
+    import pandas as pd
+
+    from pneumolib import tune
+
+    cfg = config_from_args(args)
+    table = tune.sweep(
+        cfg,
+        batch_sizes=_parse_list(args.batch_sizes, int, "--batch-sizes"),
+        lrs=_parse_list(args.lrs, float, "--lrs"),
+        storage=args.storage,
+        study=args.study,
+        sampler=args.sampler,
+        n_trials=args.n_trials,
+        max_micro_batch=args.max_micro_batch,
+        lr_scaling=args.lr_scaling,
+        ref_batch_size=args.ref_batch_size,
+        prune=args.prune,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+        progress_timeout=args.progress_timeout or tune.PROGRESS_TIMEOUT_S,
+    )
+    with pd.option_context("display.width", 160, "display.max_columns", 30):
+        print(table.drop(columns=["run_dir"]).to_string(index=False))
+    print(f"results: {Path(cfg.out) / args.study}")
+
+
 def run(argv: list[str] | None = None) -> int:
-    """Parse `argv` and run its command. Each command imports its module in its own branch:
-    `preprocess` and `make-demo-data` must start without torch (tested)."""
+    """Parse `argv` and run its command's handler; returns the exit code."""
     args = build_parser().parse_args(argv)
-    cmd = args.command
-    if cmd == "demo":
-        from pneumolib.course.demo import run_demo
-
-        run_demo(args.out, quick=args.quick)
-    elif cmd == "make-demo-data":
-        make_demo_data_cli(args)
-    elif cmd == "preprocess":
-        preprocess_cli(args)
-    elif cmd == "train":
-        from pneumolib.train.loop import fit
-
-        base = (
-            Config.load(Path(args.out) / "config.json")
-            if args.out and (Path(args.out) / "config.json").exists()
-            else None
-        )
-        fit(config_from_args(args, base))
-    elif cmd == "evaluate":
-        from pneumolib.evaluate.run import evaluate_run
-
-        evaluate_run(args.run, args.split, tta=args.tta, n_boot=args.n_boot)
-    elif cmd == "cam":
-        from pneumolib.cam.run import cam_run
-
-        cam_run(
-            args.run,
-            args.split,
-            n_overlays=args.n,
-            method=args.method,
-            layer=args.layer,
-            target=args.target,
-            tolerance=args.tolerance,
-            tag=args.tag,
-            threshold=args.threshold,
-        )
-    elif cmd == "card":
-        from pneumolib.evaluate.card import write_card
-
-        print(f"model card: {write_card(args.run)}")
-    elif cmd == "compare":
-        from pneumolib.evaluate.compare import compare_runs, comparison_text
-
-        result = compare_runs(args.run, args.split, threshold=args.threshold, n_boot=args.n_boot)
-        print(comparison_text(result))
-    elif cmd == "predict":
-        from pneumolib.predict import predict_cli
-
-        return predict_cli(
-            args.checkpoint, args.inputs, out_csv=args.out, cam_dir=args.cam, device=args.device
-        )
-    elif cmd == "tune":
-        tune_cli(args, config_from_args(args))
-    elif cmd == "publish":
-        return publish_cli(args.repo, args.branch, args.check)
-    return 0
+    return args.func(args) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`run`, with the error contract: the user's errors as one `error: ...` line (exit 2; the
+    machine's OS errors exit 1), Ctrl-C as 130, bugs with their traceback."""
+    debug = bool(os.environ.get("PNEUMOLIB_DEBUG"))  # the full traceback, for bug reports
     try:
         return run(argv)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     except _USER_ERRORS as e:
-        if os.environ.get("PNEUMOLIB_DEBUG"):  # the full traceback, for bug reports
+        if debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine's trouble (full disk, permissions, I/O): one line too
-        if os.environ.get("PNEUMOLIB_DEBUG"):
+        if debug:
             raise
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)

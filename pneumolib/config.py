@@ -8,10 +8,14 @@ Override fields with `dataclasses.replace(cfg, lr=2e-4)` or on the command line
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from pneumolib.core.errors import UsageError
 
 # What a field is, declared once beside it (`_tagged`); the field lists other modules need are
 # derived from these tags by `field_names`:
@@ -21,88 +25,172 @@ MACHINE = "machine"  # how fast on this machine, numbers may differ in the last 
 STOPPING = "stopping"  # when to stop early, not how each epoch trains
 STRENGTH = "strength"  # an augmentation range scaled by the sweep's augmentation strength
 
+# What `workers` means, in every command (the loader's workers in train/evaluate/cam/tune, the
+# decoding processes in preprocess), resolved by `default_workers`:
+WORKERS_HELP = "worker processes: -1 = one per core (loaders: at most 8), 0 = in this process"
 
-def _tagged(*tags: str, default: Any) -> Any:
-    return field(default=default, metadata={"tags": frozenset(tags)})
+
+# Choices of an enumerated field, declared once in the module that acts on them and named here
+# as "module:NAME": those modules import torch, and `preprocess` must start without it, so the
+# command line imports them only when it checks a value (see `field_choices`).
+MODELS = "pneumolib.core.models:MODEL_NAMES"
+MODES = "pneumolib.core.models:MODES"
+WEIGHTS = "pneumolib.core.models:NAMED_WEIGHTS"
+TASKS = "pneumolib.core.tasks:TASKS"
+LABELS = "pneumolib.data.labels:LABELS"
+SPLITS = "pneumolib.data.labels:SPLIT_RULES"
+OPTIMIZERS = "pneumolib.train.setup:OPTIMIZERS"
+SCHEDULES = "pneumolib.train.setup:SCHEDULES"
+MONITORS = "pneumolib.train.best_epoch:MONITORS"
+DEVICES = "pneumolib.core.runtime:DEVICES"
+
+
+def _tagged(
+    *tags: str, default: Any, help: str, choices: str | None = None, or_file: bool = False
+) -> Any:
+    """A Config field with its tags, its one-line description (`help`: the CLI's option help),
+    its `choices` ("module:NAME", see above) and whether a path to a file is allowed besides."""
+    meta = {"tags": frozenset(tags), "help": help, "choices": choices, "or_file": or_file}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class Config:
     # --- data -----------------------------------------------------------------------
-    # RSNA raw folder (stage_2_train_images/ + label CSVs)
-    raw: str = _tagged(PATH, default="data/rsna")
-    # preprocessed cache folder (images.npy, index.csv, ...)
-    cache: str = _tagged(PATH, default="cache/rsna_256")
-    # run folder written by train (checkpoints, metrics)
-    out: str = _tagged(PATH, default="runs/resnet18")
-    cache_size: int = 256  # side of the square images stored in the cache, pixels
-    split: str = "stratified"  # "stratified" (train/val/test) or "course" (24,000 train, rest val)
-    val_frac: float = 0.15  # stratified split: share of patients in val
-    test_frac: float = 0.15  # stratified split: share of patients in test
-
-    label: str = "pneumonia"  # what the model learns: pneumonia (Target) | view (AP = 1, PA = 0)
-    # binary (1 logit: pneumonia) | three-class (Normal / No Lung Opacity-Not Normal / Lung
-    # Opacity; the pneumonia probability is P(Lung Opacity)); see pneumolib.core.tasks
-    task: str = "binary"
+    raw: str = _tagged(
+        PATH, default="data/rsna", help="RSNA raw folder (stage_2_train_images/ + label CSVs)"
+    )
+    cache: str = _tagged(
+        PATH,
+        default="cache/rsna_256",
+        help="preprocessed cache folder (images.npy, index.csv, ...)",
+    )
+    out: str = _tagged(
+        PATH, default="runs/resnet18", help="run folder written by train (checkpoints, metrics)"
+    )
+    cache_size: int = _tagged(
+        default=256, help="side of the square images stored in the cache, pixels"
+    )
+    split: str = _tagged(
+        default="stratified",
+        help="stratified (train/val/test) or course (24,000 train, rest val)",
+        choices=SPLITS,
+    )
+    val_frac: float = _tagged(default=0.15, help="stratified split: share of patients in val")
+    test_frac: float = _tagged(default=0.15, help="stratified split: share of patients in test")
+    label: str = _tagged(
+        default="pneumonia",
+        help="what the model learns: pneumonia (Target) or view (AP = 1, PA = 0)",
+        choices=LABELS,
+    )
+    task: str = _tagged(
+        default="binary",
+        help="binary (1 logit: pneumonia) or three-class (Normal / No Lung Opacity-Not Normal / "
+        "Lung Opacity; the pneumonia probability is P(Lung Opacity))",
+        choices=TASKS,
+    )
 
     # --- model ----------------------------------------------------------------------
-    model: str = "resnet18"  # torchvision architecture name
-    mode: str = "finetune"  # finetune | feature-extraction | scratch
-    weights: str = "imagenet"  # imagenet | none | path to a state-dict file
-    image_size: int = 224  # network input side, pixels (crops are resized to this)
+    model: str = _tagged(default="resnet18", help="torchvision architecture", choices=MODELS)
+    mode: str = _tagged(
+        default="finetune",
+        help="train every layer, only the head on frozen features, or from random init",
+        choices=MODES,
+    )
+    weights: str = _tagged(
+        default="imagenet",
+        help="initial weights: imagenet, none, or a path to a state-dict FILE",
+        choices=WEIGHTS,
+        or_file=True,
+    )
+    image_size: int = _tagged(
+        default=224, help="network input side, pixels (crops are resized to this)"
+    )
 
     # --- optimisation ---------------------------------------------------------------
-    epochs: int = 10  # passes over the train split
-    batch_size: int = 64  # effective batch size (per optimiser step, all GPUs together)
-    # batch per forward pass; 0 = batch_size (no accumulation)
-    micro_batch_size: int = _tagged(MACHINE, default=0)
-    lr: float = 1e-4  # peak learning rate
-    weight_decay: float = 1e-4  # decoupled weight decay (AdamW) or L2 (SGD)
-    optimizer: str = "adamw"  # adam | adamw | sgd
-    momentum: float = 0.9  # SGD momentum
-    schedule: str = "cosine"  # none | cosine | onecycle
-    warmup_epochs: float = 0.0  # linear warm-up length (cosine), in epochs
-    # binary task: BCE positive-class weight; 0 = negatives/positives on train
-    pos_weight: float = 0.0
-    # draw train batches class-balanced (both tasks) instead of weighting the loss
-    balanced_sampling: bool = False
+    epochs: int = _tagged(default=10, help="passes over the train split")
+    batch_size: int = _tagged(
+        default=64, help="effective batch size (per optimiser step, all GPUs together)"
+    )
+    micro_batch_size: int = _tagged(
+        MACHINE, default=0, help="batch per forward pass; 0 = batch_size (no accumulation)"
+    )
+    lr: float = _tagged(default=1e-4, help="peak learning rate")
+    weight_decay: float = _tagged(default=1e-4, help="decoupled weight decay (AdamW) or L2 (SGD)")
+    optimizer: str = _tagged(default="adamw", help="optimiser", choices=OPTIMIZERS)
+    momentum: float = _tagged(default=0.9, help="SGD momentum")
+    schedule: str = _tagged(default="cosine", help="learning-rate schedule", choices=SCHEDULES)
+    warmup_epochs: float = _tagged(default=0.0, help="linear warm-up length (cosine), in epochs")
+    pos_weight: float = _tagged(
+        default=0.0, help="binary task: BCE positive-class weight; 0 = negatives/positives on train"
+    )
+    balanced_sampling: bool = _tagged(
+        default=False,
+        help="draw train batches class-balanced (both tasks) instead of weighting the loss",
+    )
 
     # --- augmentation (course policy as reference) ----------------------------------
-    rotate_deg: float = _tagged(STRENGTH, default=5.0)  # random tilt, +- degrees
-    translate: float = _tagged(STRENGTH, default=0.05)  # random shift, fraction of the side
-    scale_min: float = _tagged(STRENGTH, default=0.9)  # random zoom range
-    scale_max: float = _tagged(STRENGTH, default=1.1)
-    # random-resized-crop area range (fraction of the image)
-    crop_scale_min: float = _tagged(STRENGTH, default=0.35)
-    crop_scale_max: float = 1.0
-    # random-resized-crop aspect-ratio range
-    crop_ratio_min: float = _tagged(STRENGTH, default=3 / 4)
-    crop_ratio_max: float = _tagged(STRENGTH, default=4 / 3)
-    # +- additive brightness, in [0, 1] intensity units
-    brightness: float = _tagged(STRENGTH, default=0.1)
-    contrast: float = _tagged(STRENGTH, default=0.1)  # +- relative contrast change
-    hflip: bool = False  # horizontal flip (off: anatomy is not left-right symmetric)
+    rotate_deg: float = _tagged(STRENGTH, default=5.0, help="random tilt, +- degrees")
+    translate: float = _tagged(STRENGTH, default=0.05, help="random shift, fraction of the side")
+    scale_min: float = _tagged(STRENGTH, default=0.9, help="random zoom range, lower end")
+    scale_max: float = _tagged(STRENGTH, default=1.1, help="random zoom range, upper end")
+    crop_scale_min: float = _tagged(
+        STRENGTH, default=0.35, help="random-resized-crop area range (fraction of the image), lower"
+    )
+    crop_scale_max: float = _tagged(
+        default=1.0, help="random-resized-crop area range (fraction of the image), upper"
+    )
+    crop_ratio_min: float = _tagged(
+        STRENGTH, default=3 / 4, help="random-resized-crop aspect-ratio range, lower end"
+    )
+    crop_ratio_max: float = _tagged(
+        STRENGTH, default=4 / 3, help="random-resized-crop aspect-ratio range, upper end"
+    )
+    brightness: float = _tagged(
+        STRENGTH, default=0.1, help="+- additive brightness, in [0, 1] intensity units"
+    )
+    contrast: float = _tagged(STRENGTH, default=0.1, help="+- relative contrast change")
+    hflip: bool = _tagged(
+        default=False, help="horizontal flip (off: anatomy is not left-right symmetric)"
+    )
 
     # --- speed ----------------------------------------------------------------------
-    device: str = _tagged(EXACT, default="auto")  # auto | cpu | cuda
-    # mixed precision on CUDA (bf16 where supported, else fp16 + scaler)
-    amp: bool = _tagged(MACHINE, default=True)
-    channels_last: bool = _tagged(MACHINE, default=True)  # NHWC memory format on CUDA
-    compile: bool = _tagged(EXACT, default=False)  # torch.compile the model
-    # loader worker processes; -1 = one per core (at most 8)
-    workers: int = _tagged(EXACT, default=-1)
-    # on CUDA, warp whole batches on the GPU instead of in workers
-    gpu_augment: bool = _tagged(MACHINE, default=True)
+    device: str = _tagged(
+        EXACT, default="auto", help="auto: CUDA when visible, else CPU", choices=DEVICES
+    )
+    amp: bool = _tagged(
+        MACHINE,
+        default=True,
+        help="mixed precision on CUDA (bf16 where supported, else fp16 + scaler)",
+    )
+    channels_last: bool = _tagged(MACHINE, default=True, help="NHWC memory format on CUDA")
+    compile: bool = _tagged(EXACT, default=False, help="torch.compile the model")
+    workers: int = _tagged(EXACT, default=-1, help=WORKERS_HELP)
+    gpu_augment: bool = _tagged(
+        MACHINE, default=True, help="on CUDA, warp whole batches on the GPU instead of in workers"
+    )
 
     # --- training control -----------------------------------------------------------
-    monitor: str = "auc"  # validation metric for best.pt and early stopping
-    # early stopping after this many epochs without improvement; 0 = off
-    patience: int = _tagged(STOPPING, default=0)
-    seed: int = 0  # seeds Python, NumPy and torch, and the augmentation streams
-    # deterministic kernels (slower; exact resume on CPU)
-    deterministic: bool = _tagged(MACHINE, default=False)
-    max_steps_per_epoch: int = 0  # cap on optimiser steps per epoch; 0 = whole split
-    eval_batch_size: int = _tagged(EXACT, default=128)  # batch size for validation and prediction
+    monitor: str = _tagged(
+        default="auc", help="validation metric for best.pt and early stopping", choices=MONITORS
+    )
+    patience: int = _tagged(
+        STOPPING,
+        default=0,
+        help="early stopping after this many epochs without improvement; 0 = off",
+    )
+    seed: int = _tagged(
+        default=0, help="seeds Python, NumPy and torch, and the augmentation streams"
+    )
+    deterministic: bool = _tagged(
+        MACHINE, default=False, help="deterministic kernels (slower; exact resume on CPU)"
+    )
+    max_steps_per_epoch: int = _tagged(
+        default=0, help="cap on optimiser steps per epoch; 0 = whole split"
+    )
+    eval_batch_size: int = _tagged(
+        EXACT, default=128, help="batch size for validation and prediction"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +206,10 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as e:  # a run folder's config.json cut short or hand-edited
+            raise UsageError(f"{path}: not valid JSON ({e})") from None
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -165,3 +256,28 @@ def field_names(*tags: str) -> tuple[str, ...]:
     """Names of the Config fields carrying any of `tags`, in declaration order. E.g. the fields
     a resumed run may change: `field_names(PATH, EXACT, STOPPING)`."""
     return tuple(f.name for f in fields(Config) if f.metadata.get("tags", frozenset()) & set(tags))
+
+
+def field_help(name: str) -> str:
+    """The one-line description declared beside Config field `name`."""
+    return Config.__dataclass_fields__[name].metadata["help"]
+
+
+def field_choices(name: str) -> tuple[str, ...] | None:
+    """The values Config field `name` may take (None: any value of its type). Imports the module
+    that declares them, so call it only where that module's imports are affordable."""
+    ref = Config.__dataclass_fields__[name].metadata.get("choices")
+    if ref is None:
+        return None
+    module, attr = ref.split(":")
+    return tuple(getattr(importlib.import_module(module), attr))
+
+
+def default_workers(requested: int = -1, *, cap: int | None = None) -> int:
+    """Worker processes for a `workers` setting, the same in every command: a negative value
+    (-1, the default) = one per available core (at most `cap`), 0 = none (the work runs in this
+    process), N = N."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, cap or cores or 1))

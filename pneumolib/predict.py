@@ -27,6 +27,7 @@ from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.maps import cam
 from pneumolib.config import Config
 from pneumolib.core.augment import eval_affines
+from pneumolib.core.errors import PneumolibError, UsageError
 from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.runtime import amp_dtype, model_input, resolve_device, warp_on_device
@@ -38,7 +39,7 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_BATCH = 32
 
 
-class ImageReadError(ValueError):
+class ImageReadError(PneumolibError, ValueError):
     """A PNG/JPEG that cannot be turned into an image; the message names the file."""
 
 
@@ -197,7 +198,7 @@ def predict_cli(
     under a temporary name and renamed), one stderr line per unreadable file. Returns the exit
     code: 1 if any input failed, else 0."""
     if cam_dir is not None and Path(cam_dir).exists() and not Path(cam_dir).is_dir():
-        raise ValueError(f"--cam {cam_dir}: exists and is not a folder")
+        raise UsageError(f"--cam {cam_dir}: exists and is not a folder")
     df, errors = predict_files(checkpoint, inputs, device=device, cam_dir=cam_dir, progress=True)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import DenseNet
 
+from pneumolib.core.errors import UsageError
 from pneumolib.core.models import feature_layer_name, head
 from pneumolib.core.tasks import CLASS_KEYS, pneumonia_probability
 
@@ -56,7 +57,7 @@ class ClassTarget:
 
     def __call__(self, logits: Tensor) -> Tensor:
         if logits.ndim != 2 or logits.shape[1] != len(CLASS_KEYS):
-            raise ValueError(
+            raise UsageError(
                 f"target {CLASS_KEYS[self.k]!r} needs a three-class run; this head has "
                 f"{logits.shape[-1]} logit(s) (explain 'pneumonia' instead)"
             )
@@ -72,7 +73,7 @@ def class_target(name: str) -> BinaryLogitTarget | ClassTarget:
     if name == "pneumonia":
         return BinaryLogitTarget()
     if name not in CLASS_KEYS:
-        raise ValueError(f"unknown target {name!r}: pneumonia or one of {', '.join(CLASS_KEYS)}")
+        raise UsageError(f"unknown target {name!r}: pneumonia or one of {', '.join(CLASS_KEYS)}")
     return ClassTarget(CLASS_KEYS.index(name))
 
 
@@ -85,7 +86,7 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         names = [n for n, _ in model.named_children()]
-        raise ValueError(
+        raise UsageError(
             f"layer={name!r}: model has no such submodule (top level: {names})"
         ) from None
 
@@ -109,7 +110,7 @@ class FeatureHook:
     def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Tensor | None:
         if not isinstance(output, Tensor) or output.ndim != 4:
             shape = getattr(output, "shape", type(output).__name__)
-            raise ValueError(f"layer={self.layer!r}: expected a (B, K, h, w) output, got {shape}")
+            raise UsageError(f"layer={self.layer!r}: expected a (B, K, h, w) output, got {shape}")
         if self.requires_grad:
             leaf = output.detach().requires_grad_(requires_grad=True)
             self.features.append(leaf)
@@ -204,7 +205,7 @@ def _forward(model: nn.Module, x: Tensor, layer: str, requires_grad: bool) -> tu
     ):
         logits = model(x)
     if not hook.features:
-        raise ValueError(f"layer={layer!r}: the layer did not run in the model's forward pass")
+        raise UsageError(f"layer={layer!r}: the layer did not run in the model's forward pass")
     if logits.ndim > 2 or logits.reshape(len(x), -1).shape[1] not in (1, len(CLASS_KEYS)):
         raise ValueError(
             f"model: expected 1 or {len(CLASS_KEYS)} logits per image, got {tuple(logits.shape)}"
@@ -278,7 +279,7 @@ def cam(
         linear = head(model)
     features, logits = feature_maps(model, x, layer, relu_features)
     if features.shape[1] != linear.in_features:
-        raise ValueError(
+        raise UsageError(
             f"linear: expects {linear.in_features} features, layer={layer!r} has "
             f"{features.shape[1]} channels; pass the layer the head pools"
         )

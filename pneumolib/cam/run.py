@@ -31,6 +31,7 @@ from pneumolib.cam.localisation import (
 from pneumolib.cam.maps import cam, class_target, default_layer, grad_cam, resolve_layer
 from pneumolib.config import Config
 from pneumolib.core.augment import AugmentPolicy
+from pneumolib.core.errors import UsageError
 from pneumolib.core.loader import make_loader
 from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.progress import bar as progress_bar
@@ -54,7 +55,7 @@ SCORE_COLUMNS = ["patientId", "pointing_hit", "energy_in_box", "box_area_fractio
 def _method(method: str) -> str:
     name = method.lower().replace("_", "").replace("-", "")
     if name not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+        raise UsageError(f"method: expected one of {METHODS}, got {method!r}")
     return name
 
 
@@ -282,17 +283,17 @@ def _split_rows(cfg: Config, stats: dict, split: str) -> tuple[pd.DataFrame, flo
     """The index rows of `split` in the run's cache and the factor from cache to input pixels;
     refuses a cache of another size than the run was trained on."""
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split: expected train, val or test, got {split!r}")
+        raise UsageError(f"split: expected train, val or test, got {split!r}")
     cache_size = int(read_stats(cfg.cache)["size"])
     if "size" in stats and int(stats["size"]) != cache_size:
-        raise ValueError(
+        raise UsageError(
             f"{cfg.cache}: cache of {cache_size} px, but the run was trained on a "
             f"{stats['size']} px cache; pass the run's cache"
         )
     index = read_index(cfg.cache)
     index = index[index["split"] == split].reset_index(drop=True)
     if index.empty:
-        raise ValueError(f"split={split!r}: no rows in {cfg.cache}/index.csv")
+        raise UsageError(f"split={split!r}: no rows in {cfg.cache}/index.csv")
     return index, _box_factor(cfg, cache_size)
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from pneumolib.core.errors import PneumolibError
 
-class RunError(RuntimeError):
+
+class RunError(PneumolibError, RuntimeError):
     """A run that cannot go on as asked; the message (one line) says why and what to do."""
 
 

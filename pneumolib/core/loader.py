@@ -6,24 +6,16 @@ torch.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from pneumolib.config import default_workers
 from pneumolib.core.augment import augment_batch_cpu, batch_rng, intensity_luts
 from pneumolib.core.tasks import sampling_weights
 from pneumolib.data.labels import open_images
-
-
-def default_workers(requested: int = -1) -> int:
-    """Loader worker count: `requested`, or one per available core (at most 8) for -1."""
-    if requested >= 0:
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(8, cores or 1))
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -189,7 +181,8 @@ def make_loader(
         warp_in_worker,
         normalise,
     )
-    workers = default_workers(workers)
+    # -1: one per core, at most 8 (more only add memory: a batch is one memory-map read)
+    workers = default_workers(workers, cap=8)
     return torch.utils.data.DataLoader(
         ds,
         sampler=sampler,

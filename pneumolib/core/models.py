@@ -28,9 +28,11 @@ from torch import nn
 from torchvision.models import get_model, get_model_weights
 
 from pneumolib.core import tasks
+from pneumolib.core.errors import UsageError
 
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")
 MODES = ("finetune", "feature-extraction", "scratch")
+NAMED_WEIGHTS = ("imagenet", "none")  # besides a path to a state-dict file
 _HINT = "pass a local weights file with --weights FILE (build_model(..., weights='FILE.pth'))"
 
 
@@ -142,11 +144,11 @@ def build_model(
     `mode="scratch"` ignores `weights`.
     """
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "scratch":
-        if weights not in ("imagenet", "none"):
+        if weights not in NAMED_WEIGHTS:
             warnings.warn(f"mode 'scratch' ignores weights file {weights}", stacklevel=2)
         weights = "none"
 
@@ -210,10 +212,10 @@ def _load_state(
         missing, unexpected = module.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches raise even when not strict
         detail = next(ln.strip() for ln in str(e).splitlines()[1:] if ln.strip())
-        raise ValueError(f"{what}: {detail}") from None
+        raise UsageError(f"{what}: {detail}") from None
     wrong = [k for k in missing if k not in may_miss] + list(unexpected)
     if wrong:
-        raise ValueError(f"{what}: {len(wrong)} keys missing or unexpected, e.g. {wrong[0]!r}")
+        raise UsageError(f"{what}: {len(wrong)} keys missing or unexpected, e.g. {wrong[0]!r}")
 
 
 def _torch_load(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
@@ -223,7 +225,7 @@ def _torch_load(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read {what} {path} with torch.load: {type(e).__name__}") from None
+        raise UsageError(f"cannot read {what} {path} with torch.load: {type(e).__name__}") from None
 
 
 def _load_file(model: Classifier, path: str | Path) -> None:
@@ -232,7 +234,7 @@ def _load_file(model: Classifier, path: str | Path) -> None:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # a pneumolib checkpoint
     if not isinstance(state, dict) or not state:
-        raise ValueError(f"weights file {path} does not hold a state dict")
+        raise UsageError(f"weights file {path} does not hold a state dict")
     state = _strip(state)
     what = f"weights file {path} does not fit {model.name}"
     if all(k.startswith("net.") for k in state):  # saved from a pneumolib Classifier
@@ -272,7 +274,7 @@ def load_checkpoint_model(
     """Rebuild the model saved in a pneumolib checkpoint: `(model in eval mode, config, stats)`."""
     ckpt = _torch_load(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or not {"model", "config", "stats"} <= ckpt.keys():
-        raise ValueError(
+        raise UsageError(
             f"{path} is not a pneumolib checkpoint (expected keys 'model', 'config', 'stats')"
         )
     config, stats = dict(ckpt["config"]), dict(ckpt["stats"])

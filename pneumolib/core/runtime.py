@@ -21,6 +21,8 @@ from pneumolib.core.augment import (
 from pneumolib.core.checkpoint import RunError
 from pneumolib.core.progress import bar as progress_bar
 
+DEVICES = ("auto", "cpu", "cuda")  # what the options offer (Config.device, predict --device)
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when visible, else CPU; "cuda" without a GPU -> one-line RunError."""

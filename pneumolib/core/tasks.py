@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from pneumolib.core.errors import PneumolibError
 from pneumolib.data.labels import CLASS_KEYS, CLASSES
 
 TASKS = ("binary", "three-class")
@@ -27,7 +28,7 @@ TASKS = ("binary", "three-class")
 THREE_CLASSES = CLASSES
 
 
-class TaskError(ValueError):
+class TaskError(PneumolibError, ValueError):
     """A task that does not fit the data or the options; the message is one line."""
 
 

@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from pneumolib.core.errors import UsageError
+
 _COLAB = "https://colab.research.google.com/github"
 _GITHUB = re.compile(r"https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?")
 # The install cell's form field: PNEUMOLIB_SOURCE = "..."  # @param {type:"string"}
@@ -30,7 +32,7 @@ def github_url(url: str) -> str:
     """
     m = _GITHUB.fullmatch(url.strip())
     if not m:
-        raise ValueError(
+        raise UsageError(
             f"expected a repository URL https://github.com/OWNER/NAME "
             f"(Colab badges open GitHub only), got {url!r}"
         )
@@ -45,7 +47,7 @@ def pip_source(url: str) -> str:
 def badge_url(url: str, notebook: str, branch: str = "main") -> str:
     """The Colab link that opens `notebooks/<notebook>.ipynb` of `url` on `branch`."""
     if not re.fullmatch(r"[\w./-]+", branch):
-        raise ValueError(f"expected a git branch name (letters, digits, . _ - /), got {branch!r}")
+        raise UsageError(f"expected a git branch name (letters, digits, . _ - /), got {branch!r}")
     owner_name = github_url(url).removeprefix("https://github.com/")
     return f"{_COLAB}/{owner_name}/blob/{branch}/notebooks/{notebook}.ipynb"
 
@@ -67,7 +69,7 @@ def _repository_match(text: str) -> re.Match[str]:
     table = _URLS_TABLE.search(text)
     m = _REPOSITORY.search(text, table.start(1), table.end(1)) if table else None
     if m is None:
-        raise ValueError('pyproject.toml: no Repository = "..." under [project.urls]')
+        raise UsageError('pyproject.toml: no Repository = "..." under [project.urls]')
     return m
 
 

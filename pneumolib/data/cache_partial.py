@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumolib.core.errors import PneumolibError
 from pneumolib.core.progress import bar as progress_bar
 
 # Room for index.csv, errors.csv, stats.json and the progress log beside images.npy: a fixed
@@ -37,7 +38,7 @@ _FULL = {errno.ENOSPC, errno.EDQUOT}
 PROGRESS = "progress.jsonl"  # one JSON line per finished chunk, in CACHE.partial/
 
 
-class CacheError(RuntimeError):
+class CacheError(PneumolibError, RuntimeError):
     """The cache cannot be built as asked; the message says why and what to do."""
 
 

@@ -32,6 +32,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
+from pneumolib.core.errors import PneumolibError
+
 # Reduced-scale decode + area resize against full decode + area resize, in grey levels.
 REDUCED_DECODE_TOLERANCE = {"mean_abs": 0.5, "p99_abs": 2.0}
 # check_informative: an image with at least FLAT_FRACTION of its pixels within FLAT_LEVELS grey
@@ -47,7 +49,7 @@ _REDUCED_FLAGS = {
 }
 
 
-class DicomError(ValueError):
+class DicomError(PneumolibError, ValueError):
     """A DICOM that cannot be turned into an image; the message names the file."""
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumolib.core.errors import PneumolibError, UsageError
+
 # The RSNA raw folder, declared once: the Kaggle download, the demo data and preprocess use it.
 IMAGES_DIR = "stage_2_train_images"  # <patientId>.dcm
 LABELS_CSV = "stage_2_train_labels.csv"  # one row per box (or one empty row per negative)
@@ -29,11 +31,11 @@ CLASS_KEYS = ("normal", "not_normal", "lung_opacity")
 COURSE_TRAIN_N, RSNA_N = 24_000, 26_684
 
 
-class LabelError(ValueError):
+class LabelError(PneumolibError, ValueError):
     """A label CSV that does not say what it should; the message names file, line and column."""
 
 
-class SplitError(ValueError):
+class SplitError(PneumolibError, ValueError):
     """A split that cannot be evaluated (a split without a positive or a negative)."""
 
 
@@ -158,7 +160,7 @@ def make_splits(
         split[n_train:] = "val"
         return split
     if rule != "stratified":
-        raise ValueError(f"unknown split rule {rule!r}: use 'stratified' or 'course'")
+        raise UsageError(f"unknown split rule {rule!r}: use one of {', '.join(SPLIT_RULES)}")
     rng = np.random.default_rng(seed)
     view = labels["view"].fillna("NA") if "view" in labels else pd.Series(["NA"] * n)
     strata = labels["target"].astype(str).values + "/" + view.astype(str).values
@@ -229,17 +231,18 @@ def read_index(cache: str | Path) -> pd.DataFrame:
 
 
 LABELS = ("pneumonia", "view")  # what a model can learn from a cache (Config.label)
+SPLIT_RULES = ("stratified", "course")  # how patients are split (Config.split; make_splits)
 
 
 def with_label(index: pd.DataFrame, label: str) -> pd.DataFrame:
     """`index` with `target` set to what the model learns: "pneumonia" (the RSNA Target, as
     read) or "view" (1 = AP, 0 = PA; a pretext task: the demo pre-trains on it)."""
     if label not in LABELS:
-        raise ValueError(f"unknown label {label!r}: choose one of {', '.join(LABELS)}")
+        raise UsageError(f"unknown label {label!r}: choose one of {', '.join(LABELS)}")
     if label == "pneumonia":
         return index
     if not index["view"].isin(["AP", "PA"]).all():
-        raise ValueError("label 'view' needs every image's view to be AP or PA")
+        raise UsageError("label 'view' needs every image's view to be AP or PA")
     return index.assign(target=(index["view"] == "AP").astype(int))
 
 

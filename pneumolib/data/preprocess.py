@@ -14,7 +14,6 @@ after its label files or images change, and whether the raw folder is marked syn
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from datetime import datetime, timezone
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 import pneumolib
-from pneumolib.config import Config
+from pneumolib.config import Config, default_workers
 from pneumolib.data.cache_partial import (
     PROGRESS,
     CacheError,
@@ -57,10 +56,6 @@ _LEVELS = np.arange(256, dtype=np.int64)  # pixel values, for exact moments from
 
 
 __all__ = ["CacheError", "build_cache", "cache_for", "default_workers", "pixel_stats"]
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _process_chunk(args: tuple) -> list[dict]:
@@ -177,7 +172,7 @@ def _params(
 def cache_for(
     cfg: Config,
     *,
-    workers: int | None = None,
+    workers: int = -1,
     reduced: bool = True,
     decoder: str = "opencv",
     rebuild: bool = False,
@@ -208,7 +203,7 @@ def build_cache(
     out: str | Path,
     *,
     size: int = 256,
-    workers: int | None = None,
+    workers: int = -1,
     split: str = "stratified",
     seed: int = 0,
     val_frac: float = 0.15,
@@ -221,10 +216,12 @@ def build_cache(
 ) -> Path:
     """Build CACHE from an RSNA-shaped RAW folder; returns the cache path.
 
-    `decoder`: "opencv" (CPU, default), or "cuda" / "cpu" for torchvision's batched decode_jpeg
-    (nvJPEG on a GPU). A finished cache with the same parameters and inputs is reused; one
-    with other parameters, or made from other label files or images, is refused unless
-    `rebuild=True`. Files that could not be read are retried when an unfinished build resumes.
+    `workers`: decoding processes as everywhere (`config.default_workers`): -1 = one per core,
+    0 (or 1) = in this process. `decoder`: "opencv" (CPU, default), or "cuda" / "cpu" for
+    torchvision's batched decode_jpeg (nvJPEG on a GPU). A finished cache with the same
+    parameters and inputs is reused; one with other parameters, or made from other label files
+    or images, is refused unless `rebuild=True`. Files that could not be read are retried when
+    an unfinished build resumes.
     """
     raw, out = Path(raw), Path(out)
     params = _params(raw, size, split, seed, val_frac, test_frac, reduced)
@@ -251,7 +248,7 @@ def build_cache(
         _process_chunk,
         jobs=jobs,
         done=done,
-        workers=1 if in_process else workers or default_workers(),
+        workers=0 if in_process else default_workers(workers),
         progress=progress,
         n=n,
     )

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pneumolib.core.errors import UsageError
+
 TRUTH_CSV = "demo_truth.csv"  # what each phantom really shows (beside the RSNA-shaped files)
 PROVENANCE_JSON = "provenance.json"  # the marker file of a folder of phantoms
 SYNTHETIC_MANUFACTURER = "pneumolib synthetic phantom"  # each phantom DICOM's Manufacturer
@@ -27,7 +29,7 @@ def is_synthetic(raw: str | Path) -> bool:
         try:
             return json.loads(marker.read_text()).get("synthetic") is True
         except (ValueError, AttributeError):
-            raise ValueError(f"{marker}: not a JSON object with a 'synthetic' key") from None
+            raise UsageError(f"{marker}: not a JSON object with a 'synthetic' key") from None
     return (raw / "demo_params.json").is_file()
 
 

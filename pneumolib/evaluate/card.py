@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from pneumolib.config import Config
+from pneumolib.core.errors import UsageError
 from pneumolib.core.run_files import file_sha256
 from pneumolib.data.provenance import TRUTH_CSV, is_synthetic
 from pneumolib.evaluate import card_sections as sec
@@ -54,7 +55,7 @@ def _json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
 
 
 def _localisation(run: Path) -> list[dict]:

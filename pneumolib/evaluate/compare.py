@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pneumolib.core.errors import UsageError
 from pneumolib.core.run_files import read_predictions
 from pneumolib.evaluate.metrics import (
     binary_metrics,
@@ -43,7 +44,7 @@ def delong(y: Any, p_a: Any, p_b: Any) -> dict[str, float]:
     pos, neg = y == 1, y == 0
     m, n = int(pos.sum()), int(neg.sum())
     if m < 2 or n < 2:
-        raise ValueError(f"DeLong needs at least 2 positives and 2 negatives, got {m} and {n}")
+        raise UsageError(f"DeLong needs at least 2 positives and 2 negatives, got {m} and {n}")
     scores = np.vstack([p_a, p_b])
     x, z = scores[:, pos], scores[:, neg]
     ranks_all = _midranks(np.hstack([x, z]))
@@ -79,9 +80,9 @@ def paired_predictions(runs: Sequence[str | Path], split: str = "test") -> pd.Da
         table = pred if table is None else table.merge(pred, on="patientId", how="inner")
     targets = table[[f"target_{n}" for n in names]].to_numpy()
     if len(table) == 0:
-        raise ValueError(f"the runs {names} share no {split} patient; compare runs of one cache")
+        raise UsageError(f"the runs {names} share no {split} patient; compare runs of one cache")
     if (targets != targets[:, :1]).any():
-        raise ValueError(f"the runs {names} disagree on the targets: they come from other caches")
+        raise UsageError(f"the runs {names} disagree on the targets: they come from other caches")
     table = table.drop(columns=[f"target_{n}" for n in names]).assign(target=targets[:, 0])
     return table[["patientId", "target", *names]]
 
@@ -105,7 +106,7 @@ def compare_runs(
     paired 95% CI (the same `n_boot` resamples of patients for every run) and DeLong's p-value
     for the AUC difference. Returns {"runs": one row per run, "pairs": one row per pair}."""
     if len(runs) < 2:
-        raise ValueError("compare_runs: give at least two runs")
+        raise UsageError("compare_runs: give at least two runs")
     table = paired_predictions(runs, split)
     y = table["target"].to_numpy()
     names = list(table.columns[2:])

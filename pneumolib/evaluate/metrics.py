@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from pneumolib.core.errors import UsageError
+
 # Published validation results on the course split at threshold 0.5, for comparison.
 REFERENCE_RESULTS: dict[str, dict[str, Any]] = {
     "course checkpoint": {
@@ -168,7 +170,7 @@ def choose_thresholds(y_val: Any, p_val: Any, target_sensitivity: float = 0.9) -
     if not 0 < target_sensitivity <= 1:
         raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
     if y.min() == y.max():
-        raise ValueError("y_val holds one class only: thresholds need positives and negatives")
+        raise UsageError("y_val holds one class only: thresholds need positives and negatives")
     fpr, tpr, thr = skm.roc_curve(y, p, drop_intermediate=False)
     fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # the first point is "predict nothing" (t = inf)
     # Thresholds fall along roc_curve; argmax keeps the highest among ties.

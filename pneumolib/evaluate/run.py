@@ -20,6 +20,7 @@ import torch
 from pneumolib.config import Config
 from pneumolib.core import tasks
 from pneumolib.core.augment import AugmentPolicy, compose_affines
+from pneumolib.core.errors import UsageError
 from pneumolib.core.fmt import with_ci
 from pneumolib.core.loader import make_loader
 from pneumolib.core.models import load_checkpoint_model
@@ -169,7 +170,7 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     rows = index[index["split"] == split].reset_index(drop=True)
     if rows.empty:
         rule = ctx["split_rule"]
-        raise ValueError(f"{cache}: no {split} rows (split rule {rule!r}); nothing to evaluate")
+        raise UsageError(f"{cache}: no {split} rows (split rule {rule!r}); nothing to evaluate")
     meta = {"checkpoint_sha256": ctx["sha256"], "cache": str(cache), "tta": tta, "n": len(rows)}
     if reuse and csv.is_file() and meta_path.is_file():
         if json.loads(meta_path.read_text()) == meta:
@@ -262,7 +263,7 @@ def evaluate_run(
     per threshold; a notebook that shows `metrics_table` itself passes False. Returns the
     metrics."""
     if split not in ("val", "test"):
-        raise ValueError(f"split: expected 'val' or 'test', got {split!r}")
+        raise UsageError(f"split: expected 'val' or 'test', got {split!r}")
     run = Path(run)
     ctx = _run_context(run, device=device, cache=cache, workers=workers, tta=tta)
     pred = _split_predictions(ctx, split, reuse=False)
@@ -307,7 +308,7 @@ def _run_context(
     cache = Path(cache if cache is not None else cfg.cache)
     index, cache_stats = read_index(cache), read_stats(cache)
     if int(cache_stats["size"]) != int(stats["size"]):
-        raise ValueError(
+        raise UsageError(
             f"{cache}: images are {cache_stats['size']} px, the checkpoint was trained on a "
             f"{stats['size']} px cache; pass the run's own cache"
         )

@@ -15,6 +15,10 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
+# What an epoch can be judged on (Config.monitor): the val_<name> columns the trainer writes
+# (`train.loop.binary_summary`, all higher-is-better) and the val loss.
+MONITORS = ("auc", "accuracy", "precision", "recall", "loss")
+
 
 def epoch_score(row: Mapping[str, float], monitor: str) -> float:
     """The epoch's score on `monitor` (higher is better); -val_loss where val_<monitor> is NaN."""

@@ -52,6 +52,10 @@ def lr_lambda(schedule: str, total_steps: int, warmup_steps: int) -> Callable[[i
     return f
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")  # what make_optimizer builds (Config.optimizer)
+SCHEDULES = ("none", "cosine", "onecycle")  # what make_scheduler builds (Config.schedule)
+
+
 def make_optimizer(params: list, cfg: Config) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -61,7 +65,7 @@ def make_optimizer(params: list, cfg: Config) -> torch.optim.Optimizer:
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
         )
-    raise RunError(f"unknown optimizer {cfg.optimizer!r}: use adam, adamw or sgd")
+    raise RunError(f"unknown optimizer {cfg.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
@@ -76,7 +80,7 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int
         )
     if cfg.schedule in ("none", "cosine"):
         return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.schedule, total, warm))
-    raise RunError(f"unknown schedule {cfg.schedule!r}: use none, cosine or onecycle")
+    raise RunError(f"unknown schedule {cfg.schedule!r}: use one of {', '.join(SCHEDULES)}")
 
 
 def accumulate_gradients(

@@ -19,6 +19,8 @@ import torch
 from optuna.trial import TrialState
 
 from pneumolib.config import Config
+from pneumolib.core.checkpoint import RunError
+from pneumolib.core.errors import UsageError
 from pneumolib.data.labels import read_index
 from pneumolib.train import loop as train
 from pneumolib.tune.claims import (
@@ -295,13 +297,13 @@ def _check_arguments(
 ) -> None:
     """Refuse a sweep's arguments before anything is written."""
     if sampler not in SAMPLERS:
-        raise ValueError(f"--sampler: expected one of {SAMPLERS}, got {sampler!r}")
+        raise UsageError(f"--sampler: expected one of {SAMPLERS}, got {sampler!r}")
     if sampler != "grid" and n_trials < 1:
-        raise ValueError(f"--sampler {sampler} needs --n-trials of at least 1")
+        raise UsageError(f"--sampler {sampler} needs --n-trials of at least 1")
     if prune and sampler == "grid":
-        raise ValueError("pruning is off for the grid: every grid point runs all its epochs")
+        raise UsageError("pruning is off for the grid: every grid point runs all its epochs")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", study):
-        raise ValueError(f"--study {study!r}: use letters, digits, '_', '-' or '.'")
+        raise UsageError(f"--study {study!r}: use letters, digits, '_', '-' or '.'")
     scaled_lr(1.0, 1, lr_scaling, ref_batch_size)  # validates the rule
 
 
@@ -389,7 +391,7 @@ def sweep(
         metric = metric or f"val_{cfg.monitor}"
         write_report(study_dir, table, study=opt_study, base=cfg, metric=metric)
     if errors:
-        raise RuntimeError(
+        raise RunError(
             f"{len(errors)} trial(s) failed, first: {errors[0]} (all in {study_dir / 'sweep.log'})"
         )
     return table

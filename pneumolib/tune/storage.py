@@ -16,6 +16,7 @@ import pandas as pd
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from pneumolib.core.errors import UsageError
 from pneumolib.tune.plan import plan_diff
 
 
@@ -43,7 +44,7 @@ def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
         return str(path)
     if path.suffix in (".db", ".sqlite", ".sqlite3"):
         return f"sqlite:///{path}"
-    raise ValueError(
+    raise UsageError(
         f"--storage {storage!r}: expected a database URL (sqlite:///FILE.db, "
         "postgresql://...) or a journal file ending in .log or .journal"
     )
@@ -69,7 +70,7 @@ def open_storage(storage: str | None, sweep_dir: str | Path) -> optuna.storages.
         return retry(optuna.storages.RDBStorage, url, engine_kwargs=kwargs)
     except Exception as e:  # a wrong URL, an unreachable server, a missing database driver
         reason = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"--storage {masked_url(url)}: cannot open it ({reason})") from e
+        raise UsageError(f"--storage {masked_url(url)}: cannot open it ({reason})") from e
 
 
 def masked_url(url: str) -> str:
@@ -105,7 +106,7 @@ def open_study(
     if old is None:
         retry(study.set_user_attr, "plan", plan)
     elif old != plan:
-        raise ValueError(
+        raise UsageError(
             f"study {name!r} was made with other settings {plan_diff(old, plan)}; "
             "use another --study (or --out), or the same settings"
         )
