@@ -42,7 +42,8 @@ P_AP = 0.46  # share of AP views in RSNA (12,173 / 26,684)
 P_POS = {"AP": 0.38, "PA": 0.09}  # P(positive | view)
 P_NOT_NORMAL = 0.57  # among negatives: "No Lung Opacity / Not Normal" vs "Normal"
 _BASE = 256  # anatomy is drawn at this side, then resized; noise is added at full size
-GENERATOR = "pneumolib.data.synth v3"
+# The format's name, kept when the module moved to data.synth: existing demo folders stay valid.
+GENERATOR = "pneumolib.synth v3"
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,7 @@ def make_demo_data(
     cols = ["patientId", "view", "opacity", "label", "label_noise", "faint", "small", "mimic"]
     pd.DataFrame(truth, columns=[*cols, "marker"]).to_csv(tmp / TRUTH_CSV, index=False)
     (tmp / "demo_params.json").write_text(json.dumps(params))
-    marker = {"synthetic": True, "generator": GENERATOR, "made_by": "pneumolib.data.synth"}
+    marker = {"synthetic": True, "generator": GENERATOR, "made_by": "pneumolib.synth"}
     (tmp / PROVENANCE_JSON).write_text(json.dumps(marker, indent=2))
     if out.exists():
         out.rmdir()

@@ -298,3 +298,11 @@ def test_marker_box_holds_the_burned_in_text() -> None:
         x, y, w, h = marker_box(size)
         inside = changed[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))].sum()
         assert changed.sum() > 20 and inside / changed.sum() > 0.95
+
+
+def test_the_format_keeps_its_name_so_existing_demo_folders_stay_valid():
+    """A demo folder made before the module moved (generator "pneumolib.synth v3") is reused,
+    not refused: the marker names the format, not the module path."""
+    from pneumolib.data import synth
+
+    assert synth.GENERATOR == "pneumolib.synth v3"
