@@ -1,6 +1,8 @@
 """Do two checkouts of pneumolib write the same files? Runs one small pipeline through the
-command line in each (the same commands, the same relative paths) and compares every output
-file byte for byte; only what records the clock (creation times, seconds per epoch) is set aside.
+command line in each (the same commands in the same folder, one after the other) and compares
+every output file byte for byte; only what records the clock (creation times, seconds per
+epoch) is set aside. The new checkout's pipeline starts from the old one's demo DICOMs (their
+UIDs are random); its own demo DICOMs are compared by pixels and by every tag but the UIDs.
 
     python benchmarks/same_outputs.py --old ../old-checkout --new . --work /tmp/same
 
@@ -53,16 +55,17 @@ STEPS = [  # (the command's arguments, what it may print that is not compared)
     ["card", "--run", "run"],
     ["predict", "--checkpoint", "run/best.pt", "--out", "predict.csv", "raw/stage_2_train_images"],
 ]
+# what records the clock, or is a hash of a file that does (a checkpoint holds its cache's time)
 CLOCK_KEYS = {"created", "creation_time", "seconds", "started", "finished", "elapsed_s"}
+CLOCK_KEYS |= {"sha256", "checkpoint_sha256"}
+CLOCK_LINES = ("training time", "sha256", "made by pneumolib")  # in MODEL_CARD.md
 
 
-def run_pipeline(checkout: Path, work: Path) -> float:
+def run_pipeline(checkout: Path, work: Path, steps: list[list[str]]) -> float:
     """Every step in `work` with `checkout` first on the path -> seconds taken."""
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve()), "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    for args in STEPS:
+    for args in steps:
         res = subprocess.run(
             [sys.executable, "-m", "pneumolib", *args],
             cwd=work,
@@ -83,6 +86,22 @@ def _strip_clock(obj):
     return obj
 
 
+def _same_checkpoint(a: Path, b: Path) -> bool:
+    import torch
+
+    def equal(x, y) -> bool:
+        if isinstance(x, torch.Tensor):
+            return isinstance(y, torch.Tensor) and torch.equal(x, y)
+        if isinstance(x, dict):
+            keys = set(x) - CLOCK_KEYS
+            return keys == set(y) - CLOCK_KEYS and all(equal(x[k], y[k]) for k in keys)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(equal(u, v) for u, v in zip(x, y, strict=True))
+        return x == y
+
+    return equal(torch.load(a, weights_only=True), torch.load(b, weights_only=True))
+
+
 def same(a: Path, b: Path) -> str:
     """ "identical", "same but the clock", or what differs."""
     if a.read_bytes() == b.read_bytes():
@@ -97,11 +116,33 @@ def same(a: Path, b: Path) -> str:
         if x.equals(y):
             return "same but the clock"
     if a.suffix == ".md":
-        strip = [ln for ln in a.read_text().splitlines() if "training time" not in ln]
-        other = [ln for ln in b.read_text().splitlines() if "training time" not in ln]
-        if strip == other:
+        keep = [
+            [ln for ln in f.read_text().splitlines() if not any(c in ln for c in CLOCK_LINES)]
+            for f in (a, b)
+        ]
+        if keep[0] == keep[1]:
             return "same but the clock"
+    if a.suffix == ".pt" and _same_checkpoint(a, b):
+        return "same but the clock"
     return "DIFFERENT"
+
+
+def same_dicoms(a: Path, b: Path) -> str:
+    """Two folders of DICOMs: the same pixels and the same tags apart from the UIDs?"""
+    import numpy as np
+    import pydicom
+
+    names = sorted(p.name for p in a.iterdir())
+    if names != sorted(p.name for p in b.iterdir()):
+        return "DIFFERENT (file names)"
+    for name in names:
+        x, y = pydicom.dcmread(a / name), pydicom.dcmread(b / name)
+        if not np.array_equal(x.pixel_array, y.pixel_array):
+            return f"DIFFERENT (pixels of {name})"
+        tags = {e.keyword: e.value for e in x if e.VR != "UI" and e.keyword != "PixelData"}
+        if tags != {e.keyword: e.value for e in y if e.VR != "UI" and e.keyword != "PixelData"}:
+            return f"DIFFERENT (tags of {name})"
+    return "identical"
 
 
 def main() -> None:
@@ -110,25 +151,30 @@ def main() -> None:
     ap.add_argument("--new", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=Path("same_outputs"))
     args = ap.parse_args()
-    secs = {side: run_pipeline(getattr(args, side), args.work / side) for side in ("old", "new")}
-    old, new = args.work / "old", args.work / "new"
+    old, new, work = args.work / "old", args.work / "new", args.work / "work"
+    for folder in (old, new, work):
+        shutil.rmtree(folder, ignore_errors=True)
+    work.mkdir(parents=True)
+    secs = {"old": run_pipeline(args.old, work, STEPS)}
+    work.rename(old)
+    shutil.copytree(old / "raw", work / "raw")  # the same DICOMs (their UIDs are random)
+    secs["new"] = run_pipeline(args.new, work, [STEPS[0][:1] + ["raw_new"] + STEPS[0][2:]])
+    secs["new"] += run_pipeline(args.new, work, STEPS[1:])
+    work.rename(new)
     files = sorted(
         {p.relative_to(old) for p in old.rglob("*") if p.is_file()}
         | {p.relative_to(new) for p in new.rglob("*") if p.is_file()}
     )
-    files = [f for f in files if "stage_2_train_images" not in f.parts] + [
-        Path("raw/stage_2_train_images (all DICOMs)")
-    ]
+    files = [f for f in files if "stage_2_train_images" not in f.parts and f.parts[0] != "raw_new"]
+    files += [Path(f"raw_new/{p.name}") for p in sorted((new / "raw_new").iterdir()) if p.is_file()]
+    files += [Path("raw_new/stage_2_train_images (all DICOMs)")]
     bad = 0
     for f in files:
         if f.name.endswith("(all DICOMs)"):
-            a = sorted((old / "raw/stage_2_train_images").iterdir())
-            b = sorted((new / "raw/stage_2_train_images").iterdir())
-            verdict = (
-                "identical"
-                if [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
-                else "DIFFERENT"
-            )
+            dicoms = "stage_2_train_images"
+            verdict = same_dicoms(old / "raw" / dicoms, new / "raw_new" / dicoms)
+        elif f.parts[0] == "raw_new":  # the new checkout's demo data against the old one's
+            verdict = same(old / "raw" / f.name, new / f)
         elif not (old / f).exists() or not (new / f).exists():
             verdict = "only in " + ("new" if not (old / f).exists() else "old")
         else:
