@@ -16,8 +16,8 @@ from pneumolib.core.augment import (
     batch_rng,
     to_model_input,
 )
-from pneumolib.core.checkpoint import RunError
 from pneumolib.core.progress import bar as progress_bar
+from pneumolib.core.rundir import RunError
 
 
 def resolve_device(name: str) -> torch.device:

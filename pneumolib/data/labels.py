@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pneumolib.data.cache_files import images_path, index_path, stats_path
+
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 # RSNA's detailed classes, in the three-class head's logit order (pneumonia last; `tasks`), and
@@ -214,7 +216,7 @@ def check_splittable(
 
 def read_index(cache: str | Path) -> pd.DataFrame:
     """CACHE/index.csv with `boxes` parsed back into lists of [x, y, w, h] (cache pixels)."""
-    path = Path(cache) / "index.csv"
+    path = index_path(cache)
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no cache index; run `python -m pneumolib preprocess` first"
@@ -240,9 +242,9 @@ def with_label(index: pd.DataFrame, label: str) -> pd.DataFrame:
 
 
 def read_stats(cache: str | Path) -> dict:
-    return json.loads((Path(cache) / "stats.json").read_text())
+    return json.loads(stats_path(cache).read_text())
 
 
 def open_images(cache: str | Path) -> np.ndarray:
     """CACHE/images.npy memory-mapped read-only -> uint8 (N, S, S)."""
-    return np.load(Path(cache) / "images.npy", mmap_mode="r")
+    return np.load(images_path(cache), mmap_mode="r")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pneumolib.core.run_files import read_predictions
+from pneumolib.core.rundir import read_predictions
 from pneumolib.evaluate.metrics import (
     binary_metrics,
     bootstrap_distribution,
