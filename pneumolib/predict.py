@@ -12,7 +12,6 @@ on synthetic data (its stats say so, see `provenance.is_synthetic`) gets one war
 from __future__ import annotations
 
 import glob
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -25,12 +24,12 @@ import torch
 
 from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.maps import cam
-from pneumolib.config import Config
 from pneumolib.core.augment import eval_affines
+from pneumolib.core.checkpoint import load_run
 from pneumolib.core.errors import PneumolibError, UsageError
-from pneumolib.core.models import load_checkpoint_model
+from pneumolib.core.files import atomic_write
 from pneumolib.core.progress import bar as progress_bar
-from pneumolib.core.runtime import amp_dtype, model_input, resolve_device, warp_on_device
+from pneumolib.core.runtime import amp_dtype, model_input, warp_on_device
 from pneumolib.core.tasks import pneumonia_probability
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
 
@@ -140,12 +139,11 @@ def predict_files(
     writes one CAM overlay PNG per scored file there (`cam.cam`, default layer). `reduced`
     keeps the cache's reduced-scale JPEG decode (as `preprocess` does by default)."""
 
-    dev = resolve_device(device)
-    model, config, stats = load_checkpoint_model(checkpoint, map_location=dev)
+    run = load_run(checkpoint, device=device)
+    model, cfg, stats, dev = run.model, run.config, run.stats, run.device
     warning = synthetic_warning(checkpoint, stats)
     if warning:  # stderr: the CSV on stdout stays clean
         print(warning, file=sys.stderr)
-    cfg = Config.from_dict(config)
     size_in, size_out = int(stats["size"]), cfg.image_size
     on_device = warp_on_device(dev, gpu_augment=cfg.gpu_augment)
     amp = amp_dtype(dev, cfg.amp)
@@ -208,9 +206,7 @@ def predict_cli(
     else:
         out = Path(out_csv)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, out)  # never a half-written CSV
+        atomic_write(out, lambda p: df.to_csv(p, index=False))  # never a half-written CSV
     where = "" if out_csv is None else f" -> {out_csv}"
     print(f"scored {len(df)} file(s), {len(errors)} failed{where}", file=sys.stderr)
     return 1 if errors else 0

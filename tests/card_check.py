@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pneumolib.core.rundir import CARD
 from pneumolib.data.labels import read_index
-from pneumolib.evaluate.card import CARD
 
 BOLD_SYNTHETIC = "**Trained on synthetic data"
 

@@ -111,7 +111,7 @@ def test_a_pneumolib_error_is_one_line_and_exit_2(monkeypatch, capsys):
 
 
 def test_every_user_error_class_is_a_pneumolib_error():
-    from pneumolib.core.checkpoint import RunError
+    from pneumolib.core.errors import RunError
     from pneumolib.core.tasks import TaskError
     from pneumolib.data.cache_partial import CacheError
     from pneumolib.data.dicom import DicomError

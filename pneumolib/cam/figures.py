@@ -5,7 +5,6 @@ Figures are pyplot-free `matplotlib.figure.Figure`s, so nothing leaks between ca
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from matplotlib.patches import Rectangle
 from torch import Tensor
 
 from pneumolib.cam.localisation import Boxes, as_numpy, parse_boxes
+from pneumolib.core.files import atomic_write
 from pneumolib.core.plots import figure_axes
 
 if TYPE_CHECKING:
@@ -112,8 +112,8 @@ def save_overlays(
         title = str(name) if probs is None else f"{name}  p={float(probs[i]):.2f}"
         fig = overlay(images[i], maps[i], boxes=boxes[i], title=title, **kwargs)
         path = out_dir / f"{name}.png"
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        atomic_write(
+            path, lambda p, f=fig: f.savefig(p, format="png", dpi=dpi, bbox_inches="tight")
+        )
         paths.append(path)
     return paths

@@ -31,11 +31,14 @@ from pneumolib.cam.localisation import (
 from pneumolib.cam.maps import cam, class_target, default_layer, grad_cam, resolve_layer
 from pneumolib.config import Config
 from pneumolib.core.augment import AugmentPolicy
+from pneumolib.core.checkpoint import load_run
 from pneumolib.core.errors import UsageError
+from pneumolib.core.files import atomic_write
 from pneumolib.core.loader import make_loader
-from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.progress import bar as progress_bar
-from pneumolib.core.runtime import resolve_device, to_device_batch, warp_on_device
+from pneumolib.core.rundir import BEST, cam_stem, figures_dir
+from pneumolib.core.runtime import to_device_batch, warp_on_device
+from pneumolib.data.cache_files import INDEX
 from pneumolib.data.labels import read_index, read_stats
 
 # --- a whole run: maps over a split, scores, overlays -------------------------------------
@@ -57,24 +60,6 @@ def _method(method: str) -> str:
     if name not in METHODS:
         raise UsageError(f"method: expected one of {METHODS}, got {method!r}")
     return name
-
-
-def load_run(
-    run: str | Path,
-    device: str = "cpu",
-    cache: str | Path | None = None,
-    checkpoint: str = "best.pt",
-) -> tuple[nn.Module, Config, dict]:
-    """RUN/best.pt (or RUN/`checkpoint`) -> (model in eval mode on `device`, its Config, its
-    pixel stats). `cache` overrides the cache folder recorded in the run (a moved run)."""
-    path = Path(run) / checkpoint
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no checkpoint; train the run first")
-    model, config, stats = load_checkpoint_model(path, map_location=resolve_device(device))
-    cfg = Config.from_dict(config)
-    if cache is not None:
-        cfg = cfg.replace(cache=str(cache))
-    return model, cfg, stats
 
 
 def iter_cam_batches(
@@ -159,18 +144,19 @@ def cam_examples(
     target: str = "pneumonia",
     device: str = "cpu",
     cache: str | Path | None = None,
-    checkpoint: str = "best.pt",
+    checkpoint: str = BEST,
 ) -> dict[str, Any]:
     """Maps for a few patients of a run's cache (for notebooks): dict with `patientId`,
     `images` uint8 (N, S, S), `maps` (N, S, S) in [0, 1], `probs` (N,), `targets` (N,) and
     `boxes` (N lists of [x, y, w, h] in input pixels), in the order of `patient_ids`."""
     if len(patient_ids) == 0:
         raise ValueError("patient_ids: empty; pass at least one patient")
-    model, cfg, stats = load_run(run, device, cache, checkpoint)
+    loaded = load_run(run, device=device, cache=cache, checkpoint=checkpoint)
+    model, cfg, stats = loaded.model, loaded.config, loaded.stats
     index = read_index(cfg.cache).set_index("patientId", drop=False)
     missing = [p for p in patient_ids if p not in index.index]
     if missing:
-        raise ValueError(f"patient_ids: not in {cfg.cache}/index.csv: {missing[:3]}")
+        raise ValueError(f"patient_ids: not in {cfg.cache}/{INDEX}: {missing[:3]}")
     rows = index.loc[list(patient_ids)]
     parts = list(
         iter_cam_batches(
@@ -214,7 +200,7 @@ def cam_run(
     device: str = "auto",
     cache: str | Path | None = None,
     tag: str = "",
-    checkpoint: str = "best.pt",
+    checkpoint: str = BEST,
     progress: bool = True,
 ) -> dict[str, Any]:
     """CAM (or Grad-CAM) over one split of a run's cache, scored against the expert boxes.
@@ -238,7 +224,8 @@ def cam_run(
     """
     method = _method(method)
     run = Path(run)
-    model, cfg, stats = load_run(run, device, cache, checkpoint)
+    loaded = load_run(run, device=device, cache=cache, checkpoint=checkpoint)
+    model, cfg, stats = loaded.model, loaded.config, loaded.stats
     layer = resolve_layer(model, layer)
     index, factor = _split_rows(cfg, stats, split)
     batches = iter_cam_batches(
@@ -273,7 +260,7 @@ def cam_run(
         "checkpoint": checkpoint,
         **summarize_localisation(scores, n_boot=n_boot, seed=seed),
     }
-    stem = f"cam_{split}_{tag}" if tag else f"cam_{split}"
+    stem = cam_stem(split, tag)
     _write_outputs(run, stem, scores=scores, summary=summary, kept=kept)
     print(format_localisation(summary))
     return summary
@@ -293,7 +280,7 @@ def _split_rows(cfg: Config, stats: dict, split: str) -> tuple[pd.DataFrame, flo
     index = read_index(cfg.cache)
     index = index[index["split"] == split].reset_index(drop=True)
     if index.empty:
-        raise UsageError(f"split={split!r}: no rows in {cfg.cache}/index.csv")
+        raise UsageError(f"split={split!r}: no rows in {cfg.cache}/{INDEX}")
     return index, _box_factor(cfg, cache_size)
 
 
@@ -353,22 +340,16 @@ def _score_split(
     return scores, counts, kept
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _write_outputs(
     run: Path, stem: str, *, scores: pd.DataFrame, summary: dict[str, Any], kept: dict[str, list]
 ) -> None:
     """RUN/<stem>.csv, RUN/<stem>.json and RUN/figures/<stem>/, each complete or absent."""
-    _write_atomic(run / f"{stem}.csv", lambda p: scores.to_csv(p, index=False))
+    atomic_write(run / f"{stem}.csv", lambda p: scores.to_csv(p, index=False))
     # NaN (no true positives) is not JSON: written as null.
     plain = {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in summary.items()}
     text = json.dumps(plain, indent=2)
-    _write_atomic(run / f"{stem}.json", lambda p: p.write_text(text))
-    _write_overlay_folder(run / "figures" / stem, kept)
+    atomic_write(run / f"{stem}.json", text)
+    _write_overlay_folder(figures_dir(run) / stem, kept)
 
 
 def _write_overlay_folder(out: Path, kept: dict[str, list]) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 from pneumolib.cam.localisation import box_mask, energy_in_box
 from pneumolib.cam.run import cam_examples
 from pneumolib.config import Config
+from pneumolib.core.rundir import best_path, config_path
 from pneumolib.data.labels import read_index
 from pneumolib.data.preprocess import cache_for
 from pneumolib.data.provenance import read_truth
@@ -37,7 +38,7 @@ def shortcut_run(cfg: Config, data: dict, root: str | Path) -> Path:
     )
     make_demo_data(sc.raw, **data, shortcut=True)
     cache_for(sc, progress=False)
-    if not (Path(sc.out) / "best.pt").is_file():
+    if not best_path(sc.out).is_file():
         fit(sc)
     return Path(sc.out)
 
@@ -76,9 +77,9 @@ def shortcut_table(
     evidence lies on the text) and the mean share of the map's evidence there, beside the
     box's share of the image (what a map that ignored it would put there)."""
     clean_run, shortcut_run = Path(clean_run), Path(shortcut_run)
-    clean_cache = Config.load(clean_run / "config.json").cache
-    marker_cache = Config.load(shortcut_run / "config.json").cache
-    truth = read_truth(Config.load(shortcut_run / "config.json").raw)[["patientId", "marker"]]
+    clean_cache = Config.load(config_path(clean_run)).cache
+    marker_cache = Config.load(config_path(shortcut_run)).cache
+    truth = read_truth(Config.load(config_path(shortcut_run)).raw)[["patientId", "marker"]]
     index = read_index(clean_cache)
     index = index[index.split == split].reset_index(drop=True)
     marked = set(truth.patientId[truth.marker.astype(bool)])
@@ -91,7 +92,7 @@ def shortcut_table(
     for name, (run, cache) in cases.items():
         df = _scores(run, cache, index)
         on = df.patientId.isin(marked)
-        size = int(Config.load(run / "config.json").image_size)
+        size = int(Config.load(config_path(run)).image_size)
         _, _, w, h = marker_box(size)
         rows[name] = {
             "ROC AUC": _auc(df),

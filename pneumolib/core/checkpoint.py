@@ -1,94 +1,41 @@
-"""A run folder's files on disk: checkpoints, metrics.csv, and the checks made on resume.
+"""A run folder's checkpoints: saving them each epoch, loading them to resume (with the checks
+made then) and to use the model (`load_run`, for evaluate, cam and predict).
 
-Every write goes to a unique temporary name in the same folder, is fsync'ed, then renamed over
-the old file (and the folder fsync'ed), so a kill at any moment leaves either the old file or
-the new one, never half of one. `best.pt` is written before `last.pt`: a kill between the two
-leaves a `best.pt` one epoch ahead of `last.pt`, and `resume_best` picks that score up on
-resume, so the pair never disagrees for good. A full disk ends in one line that names the file
-and the space it needs; the previous file stays as it was.
+Every write goes through `core.files.atomic_write` (unique temporary name, fsync, rename), so a
+kill at any moment leaves either the old file or the new one, never half of one. `best.pt` is
+written before `last.pt`: a kill between the two leaves a `best.pt` one epoch ahead of
+`last.pt`, and `resume_best` picks that score up on resume, so the pair never disagrees for
+good. A full disk ends in one line that names the file and the space it needs; the previous
+file stays as it was. File names come from `core.rundir`.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
-import os
 import random
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 
-from pneumolib.core.errors import PneumolibError
-
-
-class RunError(PneumolibError, RuntimeError):
-    """A run that cannot go on as asked; the message (one line) says why and what to do."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on some platforms (Windows); the rename still happened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a unique temporary file beside `path`, fsync it, rename it over `path`.
-
-    The space is checked first and a short write caught too: on a full disk, `RunError` naming
-    `path` and the space it needs, with `path` as it was and no temporary file left behind.
-    """
-    path = Path(path)
-    free = _free_bytes(path.parent)
-    if free is not None and free < len(data):
-        raise _disk_full(path, len(data), free)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _disk_full(path, len(data), _free_bytes(path.parent)) from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _disk_full(path: Path, needed: int, free: int | None) -> RunError:
-    left = f", {_mb(free)} free" if free is not None else ""
-    return RunError(
-        f"{path}: disk full while saving (needs {_mb(needed)}{left}); free space and re-run "
-        "the same command to resume"
-    )
-
-
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
+from pneumolib.config import Config
+from pneumolib.core.errors import RunError
+from pneumolib.core.files import atomic_write
+from pneumolib.core.models import load_checkpoint_model
+from pneumolib.core.rundir import (
+    BEST,
+    LAST,
+    best_path,
+    file_sha256,
+    last_path,
+    metrics_csv_path,
+)
+from pneumolib.core.runtime import resolve_device
+from pneumolib.data.cache_files import index_path, stats_path
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -101,14 +48,14 @@ def atomic_save(obj: object, path: Path) -> None:
 
 def write_metrics(history: list[dict], out: Path) -> None:
     """OUT/metrics.csv, one row per epoch, written whole through `atomic_write`."""
-    atomic_write(Path(out) / "metrics.csv", pd.DataFrame(history).to_csv(index=False).encode())
+    atomic_write(metrics_csv_path(out), pd.DataFrame(history).to_csv(index=False).encode())
 
 
 def save_epoch(ckpt: dict, out: Path, *, improved: bool) -> None:
     """Write an epoch's checkpoint: `best.pt` first when it improved, then `last.pt`."""
     if improved:
-        atomic_save(ckpt, Path(out) / "best.pt")
-    atomic_save(ckpt, Path(out) / "last.pt")
+        atomic_save(ckpt, best_path(out))
+    atomic_save(ckpt, last_path(out))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -123,7 +70,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         return ckpt
     except Exception as e:
         what = "empty (0 bytes)" if size == 0 else f"unreadable ({type(e).__name__}, {size} bytes)"
-        other = path.with_name("best.pt" if path.name == "last.pt" else "last.pt")
+        other = path.with_name(BEST if path.name == LAST else LAST)
         hint = (
             f"{other.name} is kept: copy it over {path.name} to resume from it, or delete "
             f"{path.parent} to start over"
@@ -136,7 +83,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def resume_best(out: Path, best: float, best_loss: float) -> tuple[float, float]:
     """The best score and its val loss on resume: `last.pt`'s, unless a kill between the two
     saves left a `best.pt` one epoch ahead, whose score then counts."""
-    path = Path(out) / "best.pt"
+    path = best_path(out)
     if not path.exists():
         return best, best_loss
     ahead = load_checkpoint(path)
@@ -149,8 +96,8 @@ def cache_identity(cache: str | Path) -> dict:
     """What a run is tied to in its cache: the hash of index.csv (patients, rows, labels,
     split) and the image size. Recorded in every checkpoint, compared on resume."""
     cache = Path(cache)
-    digest = hashlib.sha256((cache / "index.csv").read_bytes()).hexdigest()
-    stats = json.loads((cache / "stats.json").read_text())
+    digest = hashlib.sha256(index_path(cache).read_bytes()).hexdigest()
+    stats = json.loads(stats_path(cache).read_text())
     return {"index_sha256": digest, "size": int(stats["size"])}
 
 
@@ -182,3 +129,53 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained run, loaded for use (evaluate, cam, predict): its checkpoint's model in eval
+    mode on `device`, the Config it was trained with, and its training cache's pixel `stats`
+    (`mean`, `std`, `size`, ...)."""
+
+    folder: Path  # the run folder (the checkpoint's folder)
+    checkpoint: Path  # the checkpoint file the model came from
+    sha256: str  # of that file: the checkpoint's identity in metrics files and sidecars
+    model: nn.Module  # (B, 1, H, W) -> (B, K) logits, eval mode, on `device`
+    config: Config  # as trained (with `cache` replaced when the caller overrode it)
+    stats: dict  # the training cache's stats.json as stored in the checkpoint
+    device: torch.device
+
+    @property
+    def task(self) -> str:
+        """binary | three-class (`pneumolib.core.tasks`)."""
+        return self.config.task
+
+
+def load_run(
+    path: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    cache: str | Path | None = None,
+    checkpoint: str = BEST,
+) -> Run:
+    """RUN (its `checkpoint`, best.pt by default) or a checkpoint file -> `Run`. `device` as
+    `runtime.resolve_device` takes it; `cache` replaces the cache folder recorded in the run
+    (a moved run or cache)."""
+    path = Path(path)
+    is_file = path.is_file() or (not path.is_dir() and path.suffix in (".pt", ".pth"))
+    ckpt = path if is_file else path / checkpoint
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{ckpt}: no checkpoint; train first (python -m pneumolib train)")
+    dev = resolve_device(device) if isinstance(device, str) else device
+    model, cfg, stats = load_checkpoint_model(ckpt, map_location=dev)
+    if cache is not None:
+        cfg = cfg.replace(cache=str(cache))
+    return Run(
+        folder=ckpt.parent,
+        checkpoint=ckpt,
+        sha256=file_sha256(ckpt),
+        model=model,
+        config=cfg,
+        stats=stats,
+        device=dev,
+    )

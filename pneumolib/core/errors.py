@@ -16,3 +16,8 @@ class PneumolibError(Exception):
 
 class UsageError(PneumolibError, ValueError):
     """A value the user gave (an option, a file's content, a run folder) that cannot work."""
+
+
+class RunError(PneumolibError, RuntimeError):
+    """A run (or a write) that cannot go on as asked: a damaged or foreign run folder, other
+    settings on resume, a full disk. The message (one line) says why and what to do."""

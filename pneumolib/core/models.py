@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
+from pneumolib.config import Config
 from pneumolib.core import tasks
 from pneumolib.core.errors import UsageError
 
@@ -270,15 +271,17 @@ def _load_torchvision_state(model: Classifier, state: dict[str, Any], what: str)
 
 def load_checkpoint_model(
     path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict, dict]:
-    """Rebuild the model saved in a pneumolib checkpoint: `(model in eval mode, config, stats)`."""
+) -> tuple[nn.Module, Config, dict]:
+    """Rebuild the model saved in a pneumolib checkpoint: `(model in eval mode, its Config,
+    stats)`. The Config is read through `Config.from_dict`: fields an older run lacks take
+    their defaults (e.g. `task` binary). Use `checkpoint.load_run` for a whole run."""
     ckpt = _torch_load(path, "checkpoint", map_location)
     if not isinstance(ckpt, dict) or not {"model", "config", "stats"} <= ckpt.keys():
         raise UsageError(
             f"{path} is not a pneumolib checkpoint (expected keys 'model', 'config', 'stats')"
         )
-    config, stats = dict(ckpt["config"]), dict(ckpt["stats"])
-    width = tasks.n_outputs(config.get("task", "binary"))
-    model = build_model(config.get("model"), config.get("mode"), "none", n_outputs=width)
+    config, stats = Config.from_dict(dict(ckpt["config"])), dict(ckpt["stats"])
+    width = tasks.n_outputs(config.task)
+    model = build_model(config.model, config.mode, "none", n_outputs=width)
     _load_state(model, _strip(ckpt["model"]), f"checkpoint {path} does not fit {model.name}")
     return model.to(map_location).eval(), config, stats

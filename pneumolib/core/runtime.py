@@ -18,7 +18,7 @@ from pneumolib.core.augment import (
     warp_cpu,
     warp_torch,
 )
-from pneumolib.core.checkpoint import RunError
+from pneumolib.core.errors import RunError
 from pneumolib.core.progress import bar as progress_bar
 
 DEVICES = ("auto", "cpu", "cuda")  # what the options offer (Config.device, predict --device)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pneumolib.config import Config, demo_config, rsna_config
+from pneumolib.core.rundir import best_path
+from pneumolib.data.cache_files import CACHE_FILES
 from pneumolib.data.kaggle import (
     COMPETITION,
     TEST_DIR,
@@ -29,7 +31,6 @@ from pneumolib.data.kaggle import (
 )
 
 DRIVE_FOLDER = "pneumolib"  # under MyDrive
-CACHE_FILES = ("images.npy", "index.csv", "stats.json")  # a complete cache (preprocess)
 DEMO_DATA = {"n": 300, "size": 256, "seed": 0}  # the demo folder every notebook uses
 
 
@@ -336,9 +337,9 @@ def ensure_run(cfg: Config, profile: str) -> Path:
     from pneumolib.train.loop import fit
 
     run = Path(cfg.out)
-    if not (run / "best.pt").exists():
+    if not best_path(run).exists():
         if profile != "demo":
-            raise FileNotFoundError(f"{run / 'best.pt'} not found: train the run in notebook 03")
+            raise FileNotFoundError(f"{best_path(run)} not found: train the run in notebook 03")
         ensure_cache(cfg, profile)
         fit(cfg)
     return run

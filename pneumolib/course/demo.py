@@ -22,6 +22,7 @@ import pandas as pd
 
 from pneumolib.cam.run import cam_run
 from pneumolib.config import Config, demo_config
+from pneumolib.core.rundir import best_path, figures_dir
 from pneumolib.course.report import write_report
 from pneumolib.data.preprocess import cache_for
 from pneumolib.data.synth import make_demo_data
@@ -67,7 +68,7 @@ def pretext_weights(root: str | Path, *, n: int = 300, epochs: int = 6) -> Path:
         epochs=epochs,
         balanced_sampling=False,
     )
-    best = Path(cfg.out) / "best.pt"
+    best = best_path(cfg.out)
     if not best.is_file():
         make_cache(cfg, n=n, size=256, seed=1, progress=False)
         fit(cfg)
@@ -89,8 +90,8 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
     t = _step(f"3. train {cfg.model} ({cfg.mode}, {cfg.epochs} epochs) -> {cfg.out}")
     summary = fit(cfg)
     run = Path(cfg.out)
-    (run / "figures").mkdir(exist_ok=True)
-    plot_history({cfg.mode: summary["history"]}).savefig(run / "figures" / "curves.png", dpi=100)
+    figures_dir(run).mkdir(exist_ok=True)
+    plot_history({cfg.mode: summary["history"]}).savefig(figures_dir(run) / "curves.png", dpi=100)
     times["train"] = time.perf_counter() - t
 
     t = _step("4. evaluate on val (thresholds chosen here) and test (thresholds applied)")

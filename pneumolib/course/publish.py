@@ -10,11 +10,11 @@ Standard library only: it runs before anything heavy is installed.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from pneumolib.core.errors import UsageError
+from pneumolib.core.files import atomic_write
 
 _COLAB = "https://colab.research.google.com/github"
 _GITHUB = re.compile(r"https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?")
@@ -140,9 +140,7 @@ def _write(path: Path, text: str) -> bool:
     """Replace `path` with `text` atomically (temporary file + rename); -> whether it changed."""
     if path.read_text() == text:
         return False
-    tmp = path.with_name(f".{path.name}.publish.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text)
     return True
 
 

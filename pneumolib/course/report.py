@@ -13,8 +13,8 @@ import pandas as pd
 from pneumolib.cam.localisation import localisation_table
 from pneumolib.config import Config
 from pneumolib.core.fmt import interval
+from pneumolib.core.rundir import CARD, figures_dir, predictions_path
 from pneumolib.data.provenance import read_truth
-from pneumolib.evaluate.card import CARD
 from pneumolib.evaluate.run import metrics_table
 from pneumolib.train.best_epoch import best_epoch_index
 from pneumolib.tune import seed_agreement, seed_verdict
@@ -102,7 +102,7 @@ def test_section(metrics: Mapping[str, Any], run: Path) -> list[str]:
 
 def _calibration_sentence(run: Path) -> str:
     """Which way the test probabilities are off: their mean against the share positive."""
-    pred = pd.read_csv(run / "predictions_test.csv")
+    pred = pd.read_csv(predictions_path(run, "test"))
     mean_p, frac = float(pred.prob.mean()), float(pred.target.mean())
     why = (
         "balanced batches train the model as if half the patients were positive"
@@ -142,7 +142,7 @@ def view_section(metrics: Mapping[str, Any]) -> list[str]:
 
 def mistakes_section(run: Path, raw: str) -> list[str]:
     """The most confident test mistakes at 0.5, and how many are label noise."""
-    pred = pd.read_csv(run / "predictions_test.csv", dtype={"patientId": str})
+    pred = pd.read_csv(predictions_path(run, "test"), dtype={"patientId": str})
     pred = pred.merge(read_truth(raw).drop(columns="view"), on="patientId", how="left")
     wrong = pred[(pred.prob >= 0.5) != (pred.target == 1)]
     if wrong.empty:
@@ -250,6 +250,6 @@ def write_report(cfg, *, summary, metrics, loc, tables, times, out: Path) -> str
     lines += card_section(run, out)
     lines += sweep_section(tables)
     lines += ["## Seconds per step", ""] + [f"- {k}: {v:.1f}" for k, v in times.items()]
-    figs = ", ".join(str(p.relative_to(out)) for p in sorted((run / "figures").glob("*.png")))
+    figs = ", ".join(str(p.relative_to(out)) for p in sorted(figures_dir(run).glob("*.png")))
     lines += ["", f"Figures: {figs}", "Sweep heat map (mean over seeds): sweep/heatmap.png", ""]
     return "\n".join(lines)

@@ -28,6 +28,7 @@ import numpy as np
 
 from pneumolib.core.errors import PneumolibError
 from pneumolib.core.progress import bar as progress_bar
+from pneumolib.data.cache_files import PARAMS, images_path
 
 # Room for index.csv, errors.csv, stats.json and the progress log beside images.npy: a fixed
 # part plus about 2.5x the ~400 bytes of text a row takes in them.
@@ -172,9 +173,9 @@ def open_partial(part: Path, params: dict, *, shape: tuple[int, int, int], rebui
     """Make sure PART holds an unfinished build for `params` (which include "n" and "inputs")
     with images.npy allocated on disk: reuse a matching one, refuse or discard (`rebuild`) one
     made otherwise, else start afresh. Checks the free space before allocating anything."""
-    images = part / "images.npy"
-    if (part / "params.json").exists():
-        old = json.loads((part / "params.json").read_text())
+    images = images_path(part)
+    if (part / PARAMS).exists():
+        old = json.loads((part / PARAMS).read_text())
         why = _differs(old, params)
         if why and not rebuild:
             raise CacheError(
@@ -184,8 +185,8 @@ def open_partial(part: Path, params: dict, *, shape: tuple[int, int, int], rebui
             shutil.rmtree(part)
         elif "inputs" not in old:  # made by a version before fingerprints: adopt it as it is
             print(f"resuming {part}, made before input fingerprints: inputs not checked")
-            (part / "params.json").write_text(json.dumps(params))
-    if (part / "params.json").exists():  # resuming: allocate what an older version left sparse
+            (part / PARAMS).write_text(json.dumps(params))
+    if (part / PARAMS).exists():  # resuming: allocate what an older version left sparse
         check_space(part, needed=space_needed(shape[0], unallocated=unallocated_bytes(images)))
         allocate(images, part=part)
         return
@@ -199,7 +200,7 @@ def open_partial(part: Path, params: dict, *, shape: tuple[int, int, int], rebui
     except BaseException:
         shutil.rmtree(part, ignore_errors=True)  # nothing done yet: leave no sparse file behind
         raise
-    (part / "params.json").write_text(json.dumps(params))
+    (part / PARAMS).write_text(json.dumps(params))
 
 
 def _differs(old: dict, params: dict) -> str:

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from pneumolib.core.files import atomic_write
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.data.labels import CLASS_COLUMNS, CLASSES_CSV, LABEL_COLUMNS, LABELS_CSV
 from pneumolib.data.labels import IMAGES_DIR as TRAIN_DIR
@@ -65,13 +66,9 @@ def install_kaggle_credentials(src: str | Path) -> Path:
     dest_dir = kaggle_config_dir()
     dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     dest = dest_dir / "kaggle.json"
-    tmp = dest_dir / f".kaggle.json.tmp-{os.getpid()}"
     # Created with mode 600 from the start, so the token is never readable by others.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, dest)
+    atomic_write(dest, data, mode=0o600)
+    os.chmod(dest, 0o600)  # exactly 600 whatever the umask, as before
     print(f"Kaggle credentials installed at {dest} (mode 600)")
     return dest
 

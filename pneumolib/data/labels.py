@@ -21,6 +21,8 @@ from pneumolib.core.errors import PneumolibError, UsageError
 IMAGES_DIR = "stage_2_train_images"  # <patientId>.dcm
 LABELS_CSV = "stage_2_train_labels.csv"  # one row per box (or one empty row per negative)
 CLASSES_CSV = "stage_2_detailed_class_info.csv"  # one row per box: RSNA's three classes
+from pneumolib.data.cache_files import images_path, index_path, stats_path
+
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 # RSNA's detailed classes, in the three-class head's logit order (pneumonia last; `tasks`), and
@@ -220,7 +222,7 @@ def check_splittable(
 
 def read_index(cache: str | Path) -> pd.DataFrame:
     """CACHE/index.csv with `boxes` parsed back into lists of [x, y, w, h] (cache pixels)."""
-    path = Path(cache) / "index.csv"
+    path = index_path(cache)
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no cache index; run `python -m pneumolib preprocess` first"
@@ -247,9 +249,9 @@ def with_label(index: pd.DataFrame, label: str) -> pd.DataFrame:
 
 
 def read_stats(cache: str | Path) -> dict:
-    return json.loads((Path(cache) / "stats.json").read_text())
+    return json.loads(stats_path(cache).read_text())
 
 
 def open_images(cache: str | Path) -> np.ndarray:
     """CACHE/images.npy memory-mapped read-only -> uint8 (N, S, S)."""
-    return np.load(Path(cache) / "images.npy", mmap_mode="r")
+    return np.load(images_path(cache), mmap_mode="r")

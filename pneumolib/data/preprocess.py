@@ -24,6 +24,14 @@ import pandas as pd
 
 import pneumolib
 from pneumolib.config import Config, default_workers
+from pneumolib.data.cache_files import (
+    PARAMS,
+    errors_path,
+    images_path,
+    index_path,
+    partial_path,
+    stats_path,
+)
 from pneumolib.data.cache_partial import (
     PROGRESS,
     CacheError,
@@ -225,18 +233,18 @@ def build_cache(
     """
     raw, out = Path(raw), Path(out)
     params = _params(raw, size, split, seed, val_frac, test_frac, reduced)
-    if (out / "stats.json").exists() and _reuse(out, raw, params, rebuild=rebuild):
+    if stats_path(out).exists() and _reuse(out, raw, params, rebuild=rebuild):
         return out
     labels, paths, errors, inputs = _inputs(raw)
     synthetic = is_synthetic(raw)  # read before the long part: a bad marker fails at once
     _check_splittable(raw, labels, split=split, val_frac=val_frac, test_frac=test_frac, seed=seed)
     n = len(labels)
-    part = out.with_name(out.name + ".partial")
+    part = partial_path(out)
     open_partial(part, {**params, "n": n, "inputs": inputs}, shape=(n, size, size), rebuild=rebuild)
     done = read_progress(part / PROGRESS)
     todo = [r for r in range(n) if r not in done]
     jobs = [
-        (str(part / "images.npy"), rows, [paths[r] for r in rows], size, reduced, decoder)
+        (str(images_path(part)), rows, [paths[r] for r in rows], size, reduced, decoder)
         for rows in (todo[i : i + chunk] for i in range(0, len(todo), chunk))
     ]
     if done:
@@ -268,7 +276,7 @@ def build_cache(
     print(
         f"cache {out}: {n - failed} images of {size}x{size}, {failed} unreadable, "
         f"{len(errors)} label/image mismatches; {rate:.0f} images/s"
-        + (f" (see {out / 'errors.csv'})" if failed or errors else "")
+        + (f" (see {errors_path(out)})" if failed or errors else "")
     )
     return out
 
@@ -276,7 +284,7 @@ def build_cache(
 def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
     """True when the finished cache `out` was made with `params` from the inputs in `raw` now;
     False when it is to be rebuilt (`rebuild`); else a CacheError saying what differs."""
-    stats = json.loads((out / "stats.json").read_text())
+    stats = json.loads(stats_path(out).read_text())
     old = stats.get("params", {})
     if old != params:
         if rebuild:
@@ -395,9 +403,9 @@ def _finish(
         idx, rule=split, val_frac=params["val_frac"], test_frac=params["test_frac"], seed=seed
     )
     cols = ["patientId", "row", "target", "class", "split", "sex", "age", "view", "boxes"]
-    idx[cols].to_csv(part / "index.csv", index=False)
+    idx[cols].to_csv(index_path(part), index=False)
     pd.DataFrame(errors, columns=["patientId", "path", "error"]).to_csv(
-        part / "errors.csv", index=False
+        errors_path(part), index=False
     )
     train_rows = idx.loc[idx.split == "train", "row"].to_numpy()
     mean, std = pixel_stats([done[r] for r in train_rows], size * size)
@@ -417,9 +425,9 @@ def _finish(
         "params": params,
         "inputs": inputs,
     }
-    (part / "stats.json").write_text(json.dumps(stats, indent=2))
+    stats_path(part).write_text(json.dumps(stats, indent=2))
     (part / PROGRESS).unlink(missing_ok=True)
-    (part / "params.json").unlink(missing_ok=True)
+    (part / PARAMS).unlink(missing_ok=True)
     if out.exists():  # --rebuild: swap, so a whole cache is always in place
         trash = out.with_name(out.name + ".old")
         shutil.rmtree(trash, ignore_errors=True)

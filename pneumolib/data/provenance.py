@@ -15,6 +15,7 @@ from pneumolib.core.errors import UsageError
 
 TRUTH_CSV = "demo_truth.csv"  # what each phantom really shows (beside the RSNA-shaped files)
 PROVENANCE_JSON = "provenance.json"  # the marker file of a folder of phantoms
+DEMO_PARAMS = "demo_params.json"  # the settings a folder of phantoms was made with
 SYNTHETIC_MANUFACTURER = "pneumolib synthetic phantom"  # each phantom DICOM's Manufacturer
 
 
@@ -30,7 +31,7 @@ def is_synthetic(raw: str | Path) -> bool:
             return json.loads(marker.read_text()).get("synthetic") is True
         except (ValueError, AttributeError):
             raise UsageError(f"{marker}: not a JSON object with a 'synthetic' key") from None
-    return (raw / "demo_params.json").is_file()
+    return (raw / DEMO_PARAMS).is_file()
 
 
 def read_truth(raw: str | Path) -> pd.DataFrame:

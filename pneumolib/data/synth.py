@@ -36,7 +36,12 @@ import pandas as pd
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.data.dicom_write import write_dicom
 from pneumolib.data.labels import CLASSES_CSV, IMAGES_DIR, LABELS_CSV
-from pneumolib.data.provenance import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, TRUTH_CSV
+from pneumolib.data.provenance import (
+    DEMO_PARAMS,
+    PROVENANCE_JSON,
+    SYNTHETIC_MANUFACTURER,
+    TRUTH_CSV,
+)
 
 P_AP = 0.46  # share of AP views in RSNA (12,173 / 26,684)
 P_POS = {"AP": 0.38, "PA": 0.09}  # P(positive | view)
@@ -350,7 +355,7 @@ def make_demo_data(
     pd.DataFrame(class_rows, columns=["patientId", "class"]).to_csv(tmp / CLASSES_CSV, index=False)
     cols = ["patientId", "view", "opacity", "label", "label_noise", "faint", "small", "mimic"]
     pd.DataFrame(truth, columns=[*cols, "marker"]).to_csv(tmp / TRUTH_CSV, index=False)
-    (tmp / "demo_params.json").write_text(json.dumps(params))
+    (tmp / DEMO_PARAMS).write_text(json.dumps(params))
     marker = {"synthetic": True, "generator": GENERATOR, "made_by": "pneumolib.synth"}
     (tmp / PROVENANCE_JSON).write_text(json.dumps(marker, indent=2))
     if out.exists():
@@ -361,7 +366,7 @@ def make_demo_data(
 
 def _made_already(out: Path, params: dict) -> bool:
     """True when `out` holds demo data made with `params`; refused when it holds anything else."""
-    marker = out / "demo_params.json"
+    marker = out / DEMO_PARAMS
     if marker.exists():
         if json.loads(marker.read_text()) == params:
             return True

@@ -13,19 +13,28 @@ imported, except to read the provenance from best.pt when the cache is gone. `wr
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from pneumolib.config import Config
-from pneumolib.core.errors import UsageError
-from pneumolib.core.run_files import file_sha256
+from pneumolib.core.errors import RunError, UsageError
+from pneumolib.core.files import atomic_write
+from pneumolib.core.rundir import (
+    BEST,
+    CAM_SUMMARIES,
+    best_path,
+    card_path,
+    config_path,
+    file_sha256,
+    metrics_csv_path,
+    split_metrics_path,
+)
+from pneumolib.data.cache_files import STATS, errors_path, index_path, stats_path
 from pneumolib.data.provenance import TRUTH_CSV, is_synthetic
 from pneumolib.evaluate import card_sections as sec
 
-CARD = "MODEL_CARD.md"
 SPLITS = ("val", "test")
 PAPER = 'Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019)'
 
@@ -66,7 +75,7 @@ def _localisation(run: Path) -> list[dict]:
         return (SPLITS.index(split) if split in SPLITS else len(SPLITS), p.stem)
 
     found = []
-    for path in sorted(run.glob("cam_*.json"), key=order):
+    for path in sorted(run.glob(CAM_SUMMARIES), key=order):
         summary = _json(path)
         if summary and "n" in summary:
             found.append(summary | {"file": path.name})
@@ -77,11 +86,11 @@ def _cache_files(cache: Path) -> tuple[dict | None, pd.DataFrame | None, int | N
     """(stats.json, index.csv, rows of errors.csv) of a cache; None for what is missing."""
     if not cache.is_dir():
         return None, None, None
-    stats = _json(cache / "stats.json")
+    stats = _json(stats_path(cache))
     index = None
-    if (cache / "index.csv").is_file():
-        index = pd.read_csv(cache / "index.csv", dtype={"patientId": str, "view": str})
-    errors = cache / "errors.csv"  # absent or empty when every file was read
+    if index_path(cache).is_file():
+        index = pd.read_csv(index_path(cache), dtype={"patientId": str, "view": str})
+    errors = errors_path(cache)  # absent or empty when every file was read
     n_errors = len(pd.read_csv(errors)) if errors.is_file() and errors.stat().st_size else 0
     return stats, index, n_errors
 
@@ -90,7 +99,7 @@ def _provenance(stats: dict | None, checkpoint: Path) -> tuple[bool | None, str]
     """Whether the training data was synthetic, and which file says so: the cache's stats.json;
     for a cache older than that record, the raw folder's marker; with no cache, best.pt."""
     if stats is not None and "synthetic" in stats:
-        return stats["synthetic"], "the cache's stats.json"
+        return stats["synthetic"], f"the cache's {STATS}"
     if stats is not None:
         raw = Path(stats.get("source", ""))
         if raw.is_dir():
@@ -98,13 +107,13 @@ def _provenance(stats: dict | None, checkpoint: Path) -> tuple[bool | None, str]
         return None, "nowhere"
     if checkpoint.is_file():
         # Only here is torch imported: the cache is gone and best.pt is the last record.
-        from pneumolib.core.checkpoint import RunError, load_checkpoint
+        from pneumolib.core.checkpoint import load_checkpoint
 
         try:
             flag = load_checkpoint(checkpoint).get("stats", {}).get("synthetic")
         except RunError:  # a damaged best.pt: the card still says what it can
             flag = None
-        return flag, "best.pt" if flag is not None else "nowhere"
+        return flag, BEST if flag is not None else "nowhere"
     return None, "nowhere"
 
 
@@ -120,20 +129,20 @@ def _noisy_labels(stats: dict | None) -> tuple[int, int] | None:
 def read_run(run: str | Path) -> RunFiles:
     """Everything the card shows, read from RUN and the cache named in its config.json."""
     run = Path(run)
-    if not (run / "config.json").is_file():
+    if not config_path(run).is_file():
         raise FileNotFoundError(
-            f"{run / 'config.json'}: not found; is {run} a run folder (python -m pneumolib train)?"
+            f"{config_path(run)}: not found; is {run} a run folder (python -m pneumolib train)?"
         )
-    config = Config.load(run / "config.json")
-    history = pd.read_csv(run / "metrics.csv") if (run / "metrics.csv").is_file() else None
-    ckpt = run / "best.pt"
+    config = Config.load(config_path(run))
+    history = pd.read_csv(metrics_csv_path(run)) if metrics_csv_path(run).is_file() else None
+    ckpt = best_path(run)
     stats, index, n_errors = _cache_files(Path(config.cache))
     synthetic, where = _provenance(stats, ckpt)
     return RunFiles(
         run=run,
         config=config,
         history=history,
-        metrics={s: _json(run / f"metrics_{s}.json") for s in SPLITS},
+        metrics={s: _json(split_metrics_path(run, s)) for s in SPLITS},
         localisation=_localisation(run),
         checkpoint_sha256=file_sha256(ckpt) if ckpt.is_file() else None,
         stats=stats,
@@ -236,8 +245,6 @@ def card_text(f: RunFiles) -> str:
 def write_card(run: str | Path) -> Path:
     """Write RUN/MODEL_CARD.md (whole or not at all) from the run's files; returns its path."""
     text = card_text(read_run(run))
-    path = Path(run) / CARD
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path = card_path(run)
+    atomic_write(path, text)
     return path

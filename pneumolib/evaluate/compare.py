@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from pneumolib.core.errors import UsageError
-from pneumolib.core.run_files import read_predictions
+from pneumolib.core.rundir import read_predictions
 from pneumolib.evaluate.metrics import (
     binary_metrics,
     bootstrap_distribution,

@@ -8,7 +8,6 @@ when given; `write_figures` draws the whole set for one split (`evaluate.evaluat
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn import metrics as skm
 
+from pneumolib.core.files import atomic_write
 from pneumolib.core.plots import class_colour, figure_axes
+from pneumolib.core.rundir import figures_dir
 from pneumolib.data.labels import open_images, read_index
 from pneumolib.evaluate.metrics import (
     CLASS_NAMES,
@@ -39,10 +40,7 @@ SAMPLES_THRESHOLD = "youden"  # operating point the sample grid marks right/wron
 def _save(fig: Any, out: str | Path | None) -> Any:
     """Write the PNG atomically (temporary file, then rename) when `out` is given."""
     if out is not None:
-        out = Path(out)
-        tmp = out.with_name(out.name + ".tmp")
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, out)
+        atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=110))
     return fig
 
 
@@ -260,7 +258,7 @@ def write_figures(
     """Write ROC, PR, confusion, reliability, histogram and subgroup PNGs to out_dir/figures/,
     named `<kind>_<split>.png`; `metrics` is the `summarize` output. Returns the paths."""
     pred = check_predictions(pred)
-    fig_dir = Path(out_dir) / "figures"
+    fig_dir = figures_dir(out_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)
     suffix = f"_{metrics['split']}" if metrics.get("split") else ""
     thr = {k: v["threshold"] for k, v in metrics["thresholds"].items()}

@@ -8,7 +8,6 @@ compared on the same patients by `pneumolib.evaluate.compare.compare_runs`.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pneumolib.config import Config
 from pneumolib.core import tasks
 from pneumolib.core.augment import AugmentPolicy, compose_affines
+from pneumolib.core.checkpoint import load_run
 from pneumolib.core.errors import UsageError
+from pneumolib.core.files import atomic_write
 from pneumolib.core.fmt import with_ci
 from pneumolib.core.loader import make_loader
-from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.progress import bar as progress_bar
-from pneumolib.core.run_files import file_sha256, predictions_path, read_predictions
+from pneumolib.core.rundir import (
+    predictions_meta_path,
+    predictions_name,
+    predictions_path,
+    read_predictions,
+    samples_figure_path,
+    split_metrics_path,
+    split_tag,
+)
 from pneumolib.core.runtime import (
     amp_dtype,
     model_input,
     predict_logits,
-    resolve_device,
     warp_on_device,
 )
 from pneumolib.data.labels import read_index, read_stats
@@ -94,10 +100,8 @@ def evaluate_predictions(
     out_dir.mkdir(parents=True, exist_ok=True)
     if figures:
         write_figures(pred, metrics, out_dir)
-    path = out_dir / f"metrics_{split}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    os.replace(tmp, path)  # never leave a half-written metrics file behind
+    # never leave a half-written metrics file behind
+    atomic_write(split_metrics_path(out_dir, split), json.dumps(metrics, indent=2, allow_nan=False))
     return metrics
 
 
@@ -155,18 +159,15 @@ def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_de
 
 
 def _write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(jsonable(obj), indent=2, allow_nan=False))
 
 
 def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
     """Predictions table of one split: reused from RUN when its sidecar says it came from the
     same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
     run, cache, index, tta = ctx["run"], ctx["cache"], ctx["index"], ctx["tta"]
-    tag = split + ("_tta" if tta else "")
     csv = predictions_path(run, split, tta)
-    meta_path = csv.with_name(f"predictions_{tag}.meta.json")
+    meta_path = predictions_meta_path(run, split, tta)
     rows = index[index["split"] == split].reset_index(drop=True)
     if rows.empty:
         rule = ctx["split_rule"]
@@ -218,9 +219,7 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
         raise RuntimeError(f"{cache}: loader targets do not match index.csv rows")
     pred = _predictions_table(picked, np.clip(p.astype(np.float64), 0.0, 1.0))
     meta_path.unlink(missing_ok=True)  # a CSV without its sidecar is never reused
-    tmp = csv.with_name(csv.name + ".tmp")
-    pred.to_csv(tmp, index=False)
-    os.replace(tmp, csv)
+    atomic_write(csv, lambda p: pred.to_csv(p, index=False))
     _write_json(meta, meta_path)
     return pred
 
@@ -268,7 +267,7 @@ def evaluate_run(
     ctx = _run_context(run, device=device, cache=cache, workers=workers, tta=tta)
     pred = _split_predictions(ctx, split, reuse=False)
     pred_val = pred if split == "val" else _split_predictions(ctx, "val", reuse=True)
-    tag = split + ("_tta" if tta else "")
+    tag = split_tag(split, tta)
     metrics = evaluate_predictions(
         pred_val, pred, split=tag, out_dir=run, n_boot=n_boot, seed=seed, figures=figures
     )
@@ -276,17 +275,17 @@ def evaluate_run(
         "split": tag,
         "cache": str(ctx["cache"]),
         "split_rule": ctx["split_rule"],
-        "checkpoint": {"path": str(run / "best.pt"), "sha256": ctx["sha256"]},
+        "checkpoint": {"path": str(ctx["checkpoint"]), "sha256": ctx["sha256"]},
         "tta": tta,
         "tta_variants": list(ctx["mats"]),
-        "predictions": f"predictions_{tag}.csv",
+        "predictions": predictions_name(split, tta),
     }
     _reference_fields(metrics, split, ctx["split_rule"])
-    _write_json(metrics, run / f"metrics_{tag}.json")
+    _write_json(metrics, split_metrics_path(run, tag))
     if tag == "test":  # the held-out numbers exist now: the model card can say them
         print(f"model card: {write_card(run)}")
     if figures:
-        fig_path = run / "figures" / f"samples_{tag}.png"
+        fig_path = samples_figure_path(run, tag)
         sample_predictions_figure(
             pred, ctx["cache"], metrics=metrics, n=n_samples, seed=seed, out=fig_path
         )
@@ -299,13 +298,9 @@ def _run_context(
 ) -> dict[str, Any]:
     """What predicting a run's splits needs: its best.pt model on the device, its config, the
     cache (checked to match the checkpoint's image size), the warp and precision rules."""
-    ckpt = run / "best.pt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: no checkpoint; train first (python -m pneumolib train)")
-    dev = resolve_device(device)
-    model, config, stats = load_checkpoint_model(ckpt, map_location=dev)
-    cfg = Config.from_dict(config)
-    cache = Path(cache if cache is not None else cfg.cache)
+    loaded = load_run(run, device=device, cache=cache)
+    cfg, dev, stats = loaded.config, loaded.device, loaded.stats
+    cache = Path(cfg.cache)
     index, cache_stats = read_index(cache), read_stats(cache)
     if int(cache_stats["size"]) != int(stats["size"]):
         raise UsageError(
@@ -318,10 +313,11 @@ def _run_context(
         "index": index,
         "tta": tta,
         "split_rule": cache_stats.get("split_rule"),
-        "sha256": file_sha256(ckpt),
+        "checkpoint": loaded.checkpoint,
+        "sha256": loaded.sha256,
         "config": cfg,
         "device": dev,
-        "model": model,
+        "model": loaded.model,
         "stats": stats,
         "size": cfg.image_size,
         "policy": AugmentPolicy.identity(),

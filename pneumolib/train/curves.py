@@ -4,7 +4,6 @@ their best epochs, picked by the trainer's own rule (`train.best_epoch`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from pneumolib.config import Config
+from pneumolib.core.rundir import METRICS, config_path, metrics_csv_path
 from pneumolib.train.best_epoch import best_epoch_index
 
 
@@ -19,16 +20,16 @@ def _history(h: pd.DataFrame | str | Path) -> pd.DataFrame:
     """A metrics table: the DataFrame itself, or RUN/metrics.csv for a run folder."""
     if isinstance(h, pd.DataFrame):
         return h
-    path = Path(h) / "metrics.csv" if Path(h).is_dir() else Path(h)
+    path = metrics_csv_path(h) if Path(h).is_dir() else Path(h)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.csv (has this run finished an epoch?)")
+        raise FileNotFoundError(f"{path}: no {METRICS} (has this run finished an epoch?)")
     return pd.read_csv(path)
 
 
 def _monitor(h: pd.DataFrame | str | Path) -> str:
     """The run's `monitor` from RUN/config.json; "auc" for a bare table or an older run."""
-    cfg = Path(h) / "config.json" if not isinstance(h, pd.DataFrame) else None
-    return json.loads(cfg.read_text()).get("monitor", "auc") if cfg and cfg.is_file() else "auc"
+    cfg = config_path(h) if not isinstance(h, pd.DataFrame) else None
+    return Config.load(cfg).monitor if cfg and cfg.is_file() else "auc"
 
 
 def plot_history(histories: Mapping[str, pd.DataFrame | str | Path]) -> Figure:
@@ -76,13 +77,13 @@ def best_epochs(run_dirs: Sequence[str | Path] | Mapping[str, str | Path]) -> pd
     rows = []
     for name, run in runs.items():
         df = _history(Path(run))
-        cfg_path = Path(run) / "config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        weights = str(cfg.get("weights", ""))
+        cfg_path = config_path(run)
+        cfg = Config.load(cfg_path) if cfg_path.is_file() else None
+        weights = cfg.weights if cfg else ""
         if weights not in ("", "imagenet", "none"):  # a file: its run folder and name suffice
             weights = "/".join(Path(weights).parts[-2:])
-        row = {"run": name, "mode": cfg.get("mode", ""), "weights": weights, "epochs": len(df)}
-        best = best_epoch_index(df, cfg.get("monitor", "auc"))
+        row = {"run": name, "mode": cfg.mode if cfg else "", "weights": weights, "epochs": len(df)}
+        best = best_epoch_index(df, cfg.monitor if cfg else "auc")
         row["best_epoch"] = None if best is None else int(df["epoch"].iloc[best])
         for k in ("val_auc", "val_accuracy", "val_precision", "val_recall", "val_loss"):
             row[k] = float("nan") if best is None else float(df[k].iloc[best])

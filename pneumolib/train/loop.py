@@ -24,7 +24,6 @@ import torch.distributed as dist
 from pneumolib.config import EXACT, PATH, STOPPING, Config, field_names
 from pneumolib.core import tasks
 from pneumolib.core.checkpoint import (
-    RunError,
     cache_identity,
     check_same_cache,
     load_checkpoint,
@@ -34,7 +33,9 @@ from pneumolib.core.checkpoint import (
     set_rng_state,
     write_metrics,
 )
+from pneumolib.core.errors import RunError
 from pneumolib.core.progress import bar as progress_bar
+from pneumolib.core.rundir import DDP_CHECK, config_path, last_path
 from pneumolib.core.runtime import predict_logits, resolve_device
 from pneumolib.evaluate.metrics import binary_summary
 from pneumolib.train.best_epoch import epoch_score, improves
@@ -97,7 +98,7 @@ def _join_processes(cfg: Config) -> tuple[torch.device, int, int]:
 
 def _resume(s: TrainSetup, out: Path) -> RunState:
     """Load `last.pt` into the setup (refused for other settings or another cache)."""
-    ckpt = load_checkpoint(out / "last.pt", map_location=s.device)
+    ckpt = load_checkpoint(last_path(out), map_location=s.device)
     _check_resume(ckpt["config"], s.cfg, out)
     check_same_cache(ckpt, s.cfg.cache, out)
     s.model.load_state_dict(ckpt["model"])
@@ -205,14 +206,14 @@ def fit(
     device, rank, world = _join_processes(cfg)
     main, out = rank == 0, Path(cfg.out)
     seed_everything(cfg.seed, cfg.deterministic)
-    resuming = (out / "last.pt").exists()  # then the weights come from last.pt, not a download
+    resuming = last_path(out).exists()  # then the weights come from last.pt, not a download
     s = prepare_training(cfg, device, rank=rank, world=world, weights="none" if resuming else None)
     state = _resume(s, out) if resuming else RunState()
     if main and resuming:
         print(f"resuming {out} after epoch {state.start_epoch} of {cfg.epochs}")
     elif main:
         out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.json")
+        cfg.save(config_path(out))
     cache_id = cache_identity(cfg.cache)
     writer = _tensorboard(out) if main else None
     # One bar for the whole run (not one per epoch): its ETA is the run's, and its redraws stay
@@ -258,7 +259,7 @@ def _summary(s: TrainSetup, state: RunState, out: Path, world: int, writer) -> d
     if s.distributed:
         summary["rank_checksums"] = _rank_checksums(s.model, world)
         if dist.get_rank() == 0:
-            (out / "ddp_check.json").write_text(json.dumps(summary["rank_checksums"]))
+            (out / DDP_CHECK).write_text(json.dumps(summary["rank_checksums"]))
         dist.barrier()
     if writer:
         writer.close()

@@ -19,8 +19,9 @@ import torch
 from optuna.trial import TrialState
 
 from pneumolib.config import Config
-from pneumolib.core.checkpoint import RunError
-from pneumolib.core.errors import UsageError
+from pneumolib.core.errors import RunError, UsageError
+from pneumolib.core.files import atomic_write
+from pneumolib.core.rundir import config_path, last_path, metrics_csv_path
 from pneumolib.data.labels import read_index
 from pneumolib.train import loop as train
 from pneumolib.tune.claims import (
@@ -90,7 +91,7 @@ def _fit(cfg: Config, callback: Callable, progress: bool) -> tuple[dict, Config]
             return train.fit(cfg, callback=callback, progress=progress), cfg
         except torch.cuda.OutOfMemoryError:
             micro = cfg.micro_batch_size or cfg.batch_size
-            if (Path(cfg.out) / "last.pt").exists() or micro == 1:
+            if last_path(cfg.out).exists() or micro == 1:
                 raise
             smaller = pick_micro_batch(cfg.batch_size, micro // 2)
             print(f"out of GPU memory with micro-batch {micro}; trying {smaller}")
@@ -124,9 +125,9 @@ def _trial_setup(
 ) -> tuple[Config, bool, str]:
     """(the trial's Config, whether it resumes, the log line saying where it starts)."""
     params = dict(trial.params)
-    resuming = (run_dir / "last.pt").exists() and (run_dir / "config.json").exists()
+    resuming = last_path(run_dir).exists() and config_path(run_dir).exists()
     if resuming:  # keep the micro-batch it began with (fit refuses another one)
-        micro = Config.load(run_dir / "config.json").micro_batch_size or params["batch_size"]
+        micro = Config.load(config_path(run_dir)).micro_batch_size or params["batch_size"]
     else:
         micro = pick_micro_batch(int(params["batch_size"]), max_micro)
     cfg = trial_config(
@@ -137,7 +138,7 @@ def _trial_setup(
         lr_scaling=plan["lr_scaling"],
         ref_batch_size=plan["ref_batch_size"] or 64,
     )
-    metrics = run_dir / "metrics.csv"  # written just after last.pt: may lag one epoch behind
+    metrics = metrics_csv_path(run_dir)  # written just after last.pt: may lag one epoch behind
     done = len(pd.read_csv(metrics)) if resuming and metrics.exists() else 0
     how = f"epoch {done}/{cfg.epochs}, micro-batch {micro} x {cfg.batch_size // micro}"
     return cfg, resuming, how
@@ -166,7 +167,7 @@ def _run_trial(
         summary, cfg = _fit(cfg, on_event, opts.progress)
         state, history = TrialState.COMPLETE, summary["history"]
     except optuna.TrialPruned:
-        state, history = TrialState.PRUNED, pd.read_csv(run_dir / "metrics.csv")
+        state, history = TrialState.PRUNED, pd.read_csv(metrics_csv_path(run_dir))
     except _Lost:
         pass
     except KeyboardInterrupt:  # mark it at once, so that a re-run resumes it without waiting
@@ -277,9 +278,7 @@ def write_report(
     study_dir: Path, table: pd.DataFrame, *, study: optuna.Study, base: Config, metric: str
 ) -> None:
     """results.csv, best_config.json and the heat map, slices and curves PNGs in `study_dir`."""
-    tmp = study_dir / f"results.csv.{os.getpid()}.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, study_dir / "results.csv")
+    atomic_write(study_dir / "results.csv", lambda p: table.to_csv(p, index=False))
     if (table["state"] == "complete").any() and table[metric].notna().any():
         write_best(table, study_dir / "best_config.json", base=base, metric=metric)
     shown = dict.fromkeys([metric, "val_accuracy", "val_precision"])  # the study's headline
@@ -287,9 +286,7 @@ def write_report(
     figures[f"slices_{metric}.png"] = plot_slices(table, metric)
     figures["curves.png"] = plot_curves(trial_histories(study))
     for name, fig in figures.items():
-        tmp = study_dir / f"{name}.{os.getpid()}.tmp"
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, study_dir / name)
+        atomic_write(study_dir / name, lambda p, f=fig: f.savefig(p, format="png", dpi=100))
 
 
 def _check_arguments(

@@ -4,7 +4,6 @@ grid is, and whether its best point holds over training seeds."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import optuna
 import pandas as pd
 
 from pneumolib.config import Config
+from pneumolib.core.files import atomic_write
 from pneumolib.train.best_epoch import best_epoch_index, epoch_score
 from pneumolib.tune.claims import FINISHED
 from pneumolib.tune.plan import with_aug_strength
@@ -122,9 +122,7 @@ def write_best(
     tuning = {"metric": metric, "value": float(row[metric]), "run": row["run"]}
     tuning["trial"] = int(row["trial"])
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**cfg.to_dict(), "tuning": tuning}, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({**cfg.to_dict(), "tuning": tuning}, indent=2))
     return cfg
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from pneumolib.config import demo_config
-from pneumolib.core import checkpoint
-from pneumolib.core.checkpoint import RunError, atomic_save
+from pneumolib.core import files
+from pneumolib.core.checkpoint import atomic_save
+from pneumolib.core.errors import RunError
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.synth import make_demo_data
 from pneumolib.train.loop import fit
@@ -65,7 +66,7 @@ def test_a_kill_at_either_save_resumes_to_the_uninterrupted_pair(
 ):
     """Epoch 2 improves, so it writes both checkpoints; a kill at the first rename or between
     the two must resume to the same pair as a run never killed (a stale best.pt would not)."""
-    real_replace, renames = checkpoint.os.replace, []
+    real_replace, renames = files.os.replace, []
 
     def replace(src, dst):
         if Path(dst).suffix == ".pt":
@@ -74,10 +75,10 @@ def test_a_kill_at_either_save_resumes_to_the_uninterrupted_pair(
                 raise Killed
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    monkeypatch.setattr(files.os, "replace", replace)
     with pytest.raises(Killed):
         fit(_cfg(cache, tmp_path / "b"), progress=False)
-    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    monkeypatch.setattr(files.os, "replace", real_replace)
     written = {n: _load(tmp_path / "b" / n)["epoch"] for n in ("best.pt", "last.pt")}
     assert sorted(written.values()) == ([0, 0] if kill_at == 3 else [0, 1]), written
     fit(_cfg(cache, tmp_path / "b"), progress=False)  # the same call again
@@ -94,7 +95,7 @@ def test_a_kill_inside_the_write_leaves_the_old_file_whole(tmp_path, monkeypatch
     def killed(fd):
         raise Killed  # the new bytes are in the temporary file, not yet renamed
 
-    monkeypatch.setattr(checkpoint.os, "fsync", killed)
+    monkeypatch.setattr(files.os, "fsync", killed)
     with pytest.raises(Killed):
         atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 1}, tmp_path / "last.pt")
     assert _load(tmp_path / "last.pt")["epoch"] == 0
@@ -152,13 +153,13 @@ def test_full_disk_on_save_is_one_line_and_keeps_the_old_checkpoint(tmp_path, mo
     (at fsync, as delayed allocation does)."""
     atomic_save({"model": {"w": torch.ones(1000)}, "epoch": 0}, tmp_path / "last.pt")
     if where == "before":
-        monkeypatch.setattr(checkpoint, "_free_bytes", lambda folder: 100)
+        monkeypatch.setattr(files, "_free_bytes", lambda folder: 100)
     else:
 
         def no_space(fd):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(checkpoint.os, "fsync", no_space)
+        monkeypatch.setattr(files.os, "fsync", no_space)
     with pytest.raises(RunError) as e:
         atomic_save({"model": {"w": torch.zeros(1000)}, "epoch": 1}, tmp_path / "last.pt")
     msg = str(e.value)
@@ -198,3 +199,26 @@ def test_cli_turns_an_os_error_into_one_line(monkeypatch, capsys):
     assert cli.main(["preprocess"]) == 1
     err = capsys.readouterr().err
     assert err == "error: /data/cache.partial/images.npy: No space left on device\n"
+
+
+def test_load_run_reads_an_older_checkpoint_through_config_from_dict(tmp_path):
+    """A checkpoint whose config predates `task` (and holds a key since removed) loads as a
+    typed Run: the Config's defaults fill in, the model is in eval mode on the device."""
+    from pneumolib.config import Config
+    from pneumolib.core.checkpoint import load_run
+    from pneumolib.core.models import build_model
+    from pneumolib.core.rundir import file_sha256
+
+    model = build_model("resnet18", "scratch", "none")
+    old = {k: v for k, v in Config(mode="scratch", amp=False).to_dict().items() if k != "task"}
+    stats = {"mean": 0.5, "std": 0.25, "size": 64}
+    ckpt = {"model": model.state_dict(), "config": old | {"gone": 1}, "stats": stats}
+    torch.save(ckpt, tmp_path / "best.pt")
+    run = load_run(tmp_path, device="cpu", cache=tmp_path / "moved")
+    assert isinstance(run.config, Config) and run.task == "binary" and run.config.amp is False
+    assert run.config.cache == str(tmp_path / "moved") and run.stats == stats
+    assert run.folder == tmp_path and run.checkpoint == tmp_path / "best.pt"
+    assert run.sha256 == file_sha256(tmp_path / "best.pt") and not run.model.training
+    assert load_run(tmp_path / "best.pt").checkpoint == run.checkpoint  # a file works too
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_run(tmp_path / "nowhere")

@@ -28,10 +28,11 @@ from card_check import (  # tests/ on sys.path
 from pneumolib.cam.localisation import summarize_localisation
 from pneumolib.cli import main
 from pneumolib.config import demo_config
+from pneumolib.core.rundir import CARD
 from pneumolib.data.labels import read_index
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.provenance import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, is_synthetic
-from pneumolib.evaluate.card import CARD, write_card
+from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.run import evaluate_predictions
 from pneumolib.predict import synthetic_warning
 from pneumolib.train.loop import stats_for_ckpt

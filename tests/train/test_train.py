@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 
 from pneumolib.config import demo_config
+from pneumolib.core.errors import RunError
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.synth import make_demo_data
-from pneumolib.train.loop import RunError, fit
+from pneumolib.train.loop import fit
 from pneumolib.train.setup import accumulate_gradients, lr_lambda
 
 ROOT = Path(__file__).resolve().parents[2]
