@@ -18,6 +18,7 @@ from pneumolib.core.augment import (
 )
 from pneumolib.core.checkpoint import RunError
 from pneumolib.core.progress import bar as progress_bar
+from pneumolib.data.cache_stats import CacheStats
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,7 +50,7 @@ def to_device_batch(
     *,
     size: int,
     policy: AugmentPolicy,
-    stats: dict,
+    stats: CacheStats,
     train: bool,
     seed: int,
     channels_last: bool,
@@ -72,7 +73,7 @@ def to_device_batch(
         rng = batch_rng(seed, int(batch["epoch"]), int(batch["batch"])) if train else None
         res = augment_batch_torch(x, out_size=size, policy=policy, rng=rng, train=train)
         x, gain, bias = res["images"], res["gain"], res["bias"]
-    x = to_model_input(x, gain=gain, bias=bias, mean=stats["mean"], std=stats["std"])
+    x = to_model_input(x, gain=gain, bias=bias, mean=stats.mean, std=stats.std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -83,7 +84,7 @@ def predict_logits(
     *,
     device: torch.device,
     size: int,
-    stats: dict,
+    stats: CacheStats,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,
@@ -118,7 +119,7 @@ def predict_probs(
     *,
     device: torch.device,
     size: int,
-    stats: dict,
+    stats: CacheStats,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,

@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# Re-exported: `read_index`, `open_images` and `read_stats` read a cache from one place.
+from pneumolib.data.cache_stats import CacheStats as CacheStats
+from pneumolib.data.cache_stats import read_stats as read_stats
+
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
 # RSNA's detailed classes, in the three-class head's logit order (pneumonia last; `tasks`), and
@@ -237,10 +241,6 @@ def with_label(index: pd.DataFrame, label: str) -> pd.DataFrame:
     if not index["view"].isin(["AP", "PA"]).all():
         raise ValueError("label 'view' needs every image's view to be AP or PA")
     return index.assign(target=(index["view"] == "AP").astype(int))
-
-
-def read_stats(cache: str | Path) -> dict:
-    return json.loads((Path(cache) / "stats.json").read_text())
 
 
 def open_images(cache: str | Path) -> np.ndarray:

@@ -31,6 +31,7 @@ from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.runtime import amp_dtype, resolve_device, warp_on_device
 from pneumolib.core.tasks import pneumonia_probability
+from pneumolib.data.cache_stats import CacheStats
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
@@ -103,9 +104,9 @@ def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
     return read_dicom(path, size=size, reduced=reduced).pixels
 
 
-def synthetic_warning(checkpoint: str | Path, stats: dict) -> str | None:
+def synthetic_warning(checkpoint: str | Path, stats: CacheStats) -> str | None:
     """The warning for a checkpoint whose training cache was marked synthetic, else None."""
-    if stats.get("synthetic") is not True:
+    if stats.synthetic is not True:
         return None
     return (
         f"warning: {checkpoint} was trained on synthetic phantoms (pneumolib demo data); "
@@ -121,7 +122,7 @@ def model_input(
     mats: np.ndarray,
     *,
     size: int,
-    stats: dict,
+    stats: CacheStats,
     device: torch.device,
     warp_on_device: bool,
 ) -> torch.Tensor:
@@ -132,7 +133,7 @@ def model_input(
         x = warp_torch(torch.from_numpy(np.ascontiguousarray(images)).to(device), mats, size)
     else:
         x = torch.from_numpy(warp_cpu(images, mats, size)).to(device)
-    return to_model_input(x, gain=None, bias=None, mean=stats["mean"], std=stats["std"])
+    return to_model_input(x, gain=None, bias=None, mean=stats.mean, std=stats.std)
 
 
 def _overlay_names(files: Sequence[Path]) -> list[str]:
@@ -162,12 +163,13 @@ def predict_files(
     keeps the cache's reduced-scale JPEG decode (as `preprocess` does by default)."""
 
     dev = resolve_device(device)
-    model, config, stats = load_checkpoint_model(checkpoint, map_location=dev)
+    model, config, stats_dict = load_checkpoint_model(checkpoint, map_location=dev)
+    stats = CacheStats.from_dict(stats_dict)
     warning = synthetic_warning(checkpoint, stats)
     if warning:  # stderr: the CSV on stdout stays clean
         print(warning, file=sys.stderr)
     cfg = Config.from_dict(config)
-    size_in, size_out = int(stats["size"]), cfg.image_size
+    size_in, size_out = stats.size, cfg.image_size
     on_device = warp_on_device(dev, gpu_augment=cfg.gpu_augment)
     amp = amp_dtype(dev, cfg.amp)
     files, errors = expand_inputs(inputs)

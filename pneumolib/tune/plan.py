@@ -18,7 +18,7 @@ import torch
 from pneumolib.config import EXACT, MACHINE, PATH, STRENGTH, Config, field_names
 from pneumolib.core import runtime
 from pneumolib.core.models import build_model, trainable_parameters
-from pneumolib.core.tasks import n_outputs
+from pneumolib.core.tasks import task_spec
 from pneumolib.train.setup import make_optimizer
 
 ORIGINAL_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024)
@@ -179,7 +179,8 @@ def auto_max_micro_batch(cfg: Config, fraction: float = 0.6) -> int:
 
 def probe_cuda(cfg: Config, device: torch.device) -> tuple[float, int]:
     """(bytes per image of one training step of `cfg`, free bytes with the model loaded)."""
-    model = build_model(cfg.model, cfg.mode, "none", n_outputs=n_outputs(cfg.task)).to(device)
+    width = task_spec(cfg.task).n_outputs
+    model = build_model(cfg.model, cfg.mode, "none", n_outputs=width).to(device)
     channels_last = cfg.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -36,9 +36,10 @@ def _true_positives(cfg, split: str) -> set[str]:
     from pneumolib.core.loader import make_loader
     from pneumolib.core.models import load_checkpoint_model
     from pneumolib.core.runtime import predict_probs
-    from pneumolib.data.labels import read_index
+    from pneumolib.data.labels import CacheStats, read_index
 
-    model, _, stats = load_checkpoint_model(f"{cfg.out}/best.pt")
+    model, _, saved = load_checkpoint_model(f"{cfg.out}/best.pt")
+    stats = CacheStats.from_dict(saved)
     index = read_index(cfg.cache)
     index = index[index.split == split].reset_index(drop=True)
     loader = make_loader(
