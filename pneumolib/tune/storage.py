@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pneumolib.tune.plan import plan_diff
+from pneumolib.tune.plan import Plan, plan_diff
 
 
 def retry(fn: Callable[..., Any], *args: Any, tries: int = 8, **kwargs: Any) -> Any:
@@ -86,7 +86,7 @@ def open_study(
     storage: optuna.storages.BaseStorage,
     name: str,
     *,
-    plan: dict[str, Any],
+    plan: Plan,
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
@@ -101,12 +101,12 @@ def open_study(
         pruner=pruner or optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
-    old = study.user_attrs.get("plan")
+    old, new = study.user_attrs.get("plan"), plan.to_dict()
     if old is None:
-        retry(study.set_user_attr, "plan", plan)
-    elif old != plan:
+        retry(study.set_user_attr, "plan", new)
+    elif old != new:
         raise ValueError(
-            f"study {name!r} was made with other settings {plan_diff(old, plan)}; "
+            f"study {name!r} was made with other settings {plan_diff(old, new)}; "
             "use another --study (or --out), or the same settings"
         )
     return study
