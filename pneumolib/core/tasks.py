@@ -241,4 +241,4 @@ def pneumonia(probs: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
 
 def pneumonia_probability(logits: torch.Tensor) -> torch.Tensor:
     """Logits (B, K) -> P(pneumonia) (B,) as float32."""
-    return pneumonia(probabilities(logits))
+    return probabilities(logits)[:, -1]

@@ -121,7 +121,7 @@ def data_section(
         ]
     params = stats.params or {}
     rule = stats.split_rule if stats.split_rule is not None else params.get("split_rule")
-    how = SPLIT_RULES.get(rule, "not described").format(
+    how = SPLIT_RULES.get(str(rule), "not described").format(
         seed=stats.seed if stats.seed is not None else params.get("seed"),
         val_frac=params.get("val_frac", math.nan),
         test_frac=params.get("test_frac", math.nan),

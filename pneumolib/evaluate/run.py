@@ -76,7 +76,7 @@ def evaluate_predictions(
         thr, source = choose_thresholds(val["target"], val["prob"], target_sensitivity), "val"
     else:
         thr, source = {"0.5": 0.5}, "fixed"
-    metrics = {"split": split, "threshold_source": source}
+    metrics: dict[str, Any] = {"split": split, "threshold_source": source}
     metrics |= summarize(pred, thresholds=thr, n_boot=n_boot, seed=seed)
     classes = summarize_classes(pred, n_boot=n_boot, seed=seed)
     metrics["task"] = tasks.task_of_columns(pred.columns).name

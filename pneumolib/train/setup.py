@@ -11,6 +11,7 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -157,7 +158,7 @@ def _loaders(
     task = tasks.task_spec(cfg.task)
     train_targets = task.targets(train_idx, where=where)
     policy = AugmentPolicy.from_config(cfg)
-    shared = {
+    shared: dict[str, Any] = {
         "out_size": cfg.image_size,
         "policy": policy,
         "seed": cfg.seed,

@@ -116,7 +116,10 @@ def points_to_claim(
 ) -> tuple[list, int]:
     """(points to claim, number of points running elsewhere). A point is a parameter dict;
     None stands for a new random/TPE point. `tried`: points that errored in this process."""
-    done, running, errored, again_params = set(), set(), set(), {}
+    done: set[str] = set()
+    running: set[str] = set()
+    errored: set[str] = set()
+    again_params: dict[str, dict[str, Any]] = {}
     for t in trials:
         key = t.user_attrs.get("run")
         if key is None or t.user_attrs.get("duplicate"):
