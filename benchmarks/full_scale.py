@@ -222,7 +222,7 @@ def loader_epoch(cache: Path, image_size: int) -> int:
         train=True,
         seed=cfg.seed,
         workers=cfg.workers,
-        normalise=(stats["mean"], stats["std"]),
+        normalise=(stats.mean, stats.std),
     )
     seen, t0 = 0, time.perf_counter()
     for batch in loader:

@@ -460,7 +460,7 @@ def tile_cache(base: Path, out: Path, n_train: int, n_val: int) -> Path:
     from pneumolib.data.labels import open_images, read_index, read_stats
 
     params = {"base": str(base.resolve()), "n_train": n_train, "n_val": n_val}
-    if (out / "stats.json").exists() and read_stats(out).get("params") == params:
+    if (out / "stats.json").exists() and read_stats(out).params == params:
         return out
     idx, src, stats = read_index(base), open_images(base), read_stats(base)
     n, k, side = n_train + n_val, len(idx), src.shape[1]
@@ -492,8 +492,8 @@ def tile_cache(base: Path, out: Path, n_train: int, n_val: int) -> Path:
     mean = float(copies @ hists @ levels / 255.0 / count)
     sq = float(copies @ hists @ levels**2 / 255.0**2 / count)
     std = float(np.sqrt(max(sq - mean**2, 0.0)))
-    stats = {
-        **stats,
+    tiled = {
+        **stats.to_dict(),
         "mean": mean,
         "std": std,
         "n": n,
@@ -503,7 +503,7 @@ def tile_cache(base: Path, out: Path, n_train: int, n_val: int) -> Path:
         "split_rule": f"first {n_train} rows train, the rest val",
         "params": params,
     }
-    (part / "stats.json").write_text(json.dumps(stats, indent=2))
+    (part / "stats.json").write_text(json.dumps(tiled, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     part.rename(out)
     return out
@@ -541,7 +541,7 @@ def cmd_epoch(a: argparse.Namespace) -> int:
 
     report, cache = Path(a.report), Path(a.cache)
     stats = read_stats(cache)
-    n_train, n_val = stats["n_train"], stats["n"] - stats["n_train"]
+    n_train, n_val = stats.n_train, stats.n - stats.n_train
     device = resolve_device(a.device)
     cuda = device.type == "cuda"
     dtype = amp_dtype(device, enabled=True)

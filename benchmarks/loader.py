@@ -79,7 +79,7 @@ def measure(batches: Iterator[torch.Tensor], out_size: int, images: int, warmup:
 def package_batches(cache: Path, n: int, out_size: int, policy: AugmentPolicy) -> Iterator:
     index = read_index(cache).head(n)
     stats = read_stats(cache)
-    normalise = (stats["mean"], stats["std"])
+    normalise = (stats.mean, stats.std)
     loader = make_loader(
         cache,
         index,
@@ -164,16 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         # small more threads there only contend with the 2 workers. Same for both pipelines.
         torch.set_num_threads(1)
         print(
-            f"{n} images of {stats['size']} px -> ({BATCH}, 1, {args.out_size}, "
+            f"{n} images of {stats.size} px -> ({BATCH}, 1, {args.out_size}, "
             f"{args.out_size}) float32, {WORKERS} workers each, {os.cpu_count()} cores, "
             f"torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}"
         )
 
-        root = write_npy_folders(cache, n, work / f"npy_{n}_{stats['size']}")
+        root = write_npy_folders(cache, n, work / f"npy_{n}_{stats.size}")
         pkg, course = [], []
         for r in range(args.repeat):  # alternate, so a burst of other load hits both pipelines
             pkg.append(measure(package_batches(cache, n, out, policy), out, args.images))
-            batches = course_batches(root, out, stats["mean"], stats["std"])
+            batches = course_batches(root, out, stats.mean, stats.std)
             course.append(measure(batches, out, args.images))
             print(f"run {r + 1}: package {pkg[-1]:,.0f} img/s, course {course[-1]:,.0f} img/s")
         best_pkg, best_course = max(pkg), max(course)  # best of: the least disturbed run

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = AugmentPolicy.from_config(cfg)
         gpu_warp = cuda and cfg.gpu_augment
         workers = default_workers(args.workers, cap=8)  # as make_loader resolves it
-        normalise = None if cuda else (stats["mean"], stats["std"])  # as train.fit does
+        normalise = None if cuda else (stats.mean, stats.std)  # as train.fit does
         loader = make_loader(
             cache,
             index,

@@ -127,9 +127,9 @@ cache = cache_for(cfg)
 index = read_index(cache)
 images = open_images(cache)
 stats = read_stats(cache)
-size = stats["size"]
+size = stats.size
 print(f"images: {images.dtype} {images.shape}, {images.nbytes / 2**20:,.0f} MiB")
-print(f"train pixels: mean {stats['mean']:.4f}, std {stats['std']:.4f} (in [0, 1])")
+print(f"train pixels: mean {stats.mean:.4f}, std {stats.std:.4f} (in [0, 1])")
 index.head()
 
 # %% [markdown]
@@ -241,7 +241,7 @@ display(intensities.intensity_histograms_figure(images, index, by="class", max_p
 # %%
 rng = np.random.default_rng(0)
 examples = [images[r] for r in rng.choice(index["row"].to_numpy(), size=3, replace=False)]
-display(intensities.scalings_figure(examples, stats["mean"], stats["std"]))
+display(intensities.scalings_figure(examples, stats.mean, stats.std))
 
 # %% [markdown]
 # ## Mean image per class

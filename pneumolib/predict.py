@@ -31,6 +31,7 @@ from pneumolib.core.files import atomic_write
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.runtime import amp_dtype, model_input, warp_on_device
 from pneumolib.core.tasks import pneumonia_probability
+from pneumolib.data.cache_stats import CacheStats
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
@@ -103,9 +104,9 @@ def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
     return read_dicom(path, size=size, reduced=reduced).pixels
 
 
-def synthetic_warning(checkpoint: str | Path, stats: dict) -> str | None:
+def synthetic_warning(checkpoint: str | Path, stats: CacheStats) -> str | None:
     """The warning for a checkpoint whose training cache was marked synthetic, else None."""
-    if stats.get("synthetic") is not True:
+    if stats.synthetic is not True:
         return None
     return (
         f"warning: {checkpoint} was trained on synthetic phantoms (pneumolib demo data); "
@@ -144,7 +145,7 @@ def predict_files(
     warning = synthetic_warning(checkpoint, stats)
     if warning:  # stderr: the CSV on stdout stays clean
         print(warning, file=sys.stderr)
-    size_in, size_out = int(stats["size"]), cfg.image_size
+    size_in, size_out = stats.size, cfg.image_size
     on_device = warp_on_device(dev, gpu_augment=cfg.gpu_augment)
     amp = amp_dtype(dev, cfg.amp)
     files, errors = expand_inputs(inputs)

@@ -67,8 +67,8 @@ def test_tiled_epoch_cache_has_the_cache_format(demo_cache: Path, tmp_path: Path
         assert np.array_equal(images[i], base_images[b.row])
         assert idx.target[i] == b.target and idx.boxes[i] == b.boxes
     train = images[:150].astype(np.float64) / 255
-    assert stats["n"] == 190 and stats["n_train"] == 150 and stats["size"] == images.shape[1]
-    assert np.isclose(stats["mean"], train.mean()) and np.isclose(stats["std"], train.std())
+    assert stats.n == 190 and stats.n_train == 150 and stats.size == images.shape[1]
+    assert np.isclose(stats.mean, train.mean()) and np.isclose(stats.std, train.std())
     assert gc.tile_cache(demo_cache, tmp_path / "big", 150, 40) == tmp_path / "big"  # reused
 
 

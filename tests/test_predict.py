@@ -214,11 +214,12 @@ def test_model_input_cpu_and_device_warps_agree():
 
     from pneumolib.core.augment import eval_affines
     from pneumolib.core.runtime import model_input
+    from pneumolib.data.cache_stats import CacheStats
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
     images = cv2.GaussianBlur(images.transpose(1, 2, 0), (5, 5), 2).transpose(2, 0, 1).copy()
-    stats = {"mean": 0.5, "std": 0.25}
+    stats = CacheStats(mean=0.5, std=0.25, size=64)
     mats = eval_affines(3, 64, 48)
     cpu = model_input(
         images, mats, size=48, stats=stats, device=torch.device("cpu"), warp_on_device=False

@@ -25,7 +25,7 @@ from torchvision.models import DenseNet
 
 from pneumolib.core.errors import UsageError
 from pneumolib.core.models import feature_layer_name, head
-from pneumolib.core.tasks import CLASS_KEYS, pneumonia_probability
+from pneumolib.core.tasks import CLASS_KEYS, TASKS, pneumonia_probability, task_spec
 
 # --- what to explain ----------------------------------------------------------------
 
@@ -206,9 +206,11 @@ def _forward(model: nn.Module, x: Tensor, layer: str, requires_grad: bool) -> tu
         logits = model(x)
     if not hook.features:
         raise UsageError(f"layer={layer!r}: the layer did not run in the model's forward pass")
-    if logits.ndim > 2 or logits.reshape(len(x), -1).shape[1] not in (1, len(CLASS_KEYS)):
+    widths = sorted({t.n_outputs for t in map(task_spec, TASKS)})  # one head per task
+    if logits.ndim > 2 or logits.reshape(len(x), -1).shape[1] not in widths:
         raise ValueError(
-            f"model: expected 1 or {len(CLASS_KEYS)} logits per image, got {tuple(logits.shape)}"
+            f"model: expected {' or '.join(map(str, widths))} logits per image, "
+            f"got {tuple(logits.shape)}"
         )
     return hook.features[-1], logits.reshape(len(x), -1)
 

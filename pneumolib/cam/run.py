@@ -39,7 +39,7 @@ from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.rundir import BEST, cam_stem, figures_dir
 from pneumolib.core.runtime import to_device_batch, warp_on_device
 from pneumolib.data.cache_files import INDEX
-from pneumolib.data.labels import read_index, read_stats
+from pneumolib.data.labels import CacheStats, read_index, read_stats
 
 # --- a whole run: maps over a split, scores, overlays -------------------------------------
 
@@ -68,7 +68,7 @@ def iter_cam_batches(
     *,
     index: pd.DataFrame,
     image_size: int,
-    stats: dict,
+    stats: CacheStats,
     gpu_augment: bool = True,
     method: str = "cam",
     layer: str | None = None,
@@ -106,7 +106,7 @@ def iter_cam_batches(
         workers=workers,
         warp_in_worker=not warp_on_device(device, gpu_augment=gpu_augment),
     )
-    mean, std = float(stats["mean"]), float(stats["std"])
+    mean, std = float(stats.mean), float(stats.std)
     for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         x = to_device_batch(
             batch,
@@ -172,7 +172,7 @@ def cam_examples(
             batch_size=max(1, len(rows)),
         )
     )
-    factor = _box_factor(cfg, int(read_stats(cfg.cache)["size"]))
+    factor = _box_factor(cfg, read_stats(cfg.cache).size)
     return {
         "patientId": list(patient_ids),
         "images": np.concatenate([p["images"] for p in parts]),
@@ -266,16 +266,16 @@ def cam_run(
     return summary
 
 
-def _split_rows(cfg: Config, stats: dict, split: str) -> tuple[pd.DataFrame, float]:
+def _split_rows(cfg: Config, stats: CacheStats, split: str) -> tuple[pd.DataFrame, float]:
     """The index rows of `split` in the run's cache and the factor from cache to input pixels;
     refuses a cache of another size than the run was trained on."""
     if split not in ("train", "val", "test"):
         raise UsageError(f"split: expected train, val or test, got {split!r}")
-    cache_size = int(read_stats(cfg.cache)["size"])
-    if "size" in stats and int(stats["size"]) != cache_size:
+    cache_size = read_stats(cfg.cache).size
+    if stats.size != cache_size:
         raise UsageError(
             f"{cfg.cache}: cache of {cache_size} px, but the run was trained on a "
-            f"{stats['size']} px cache; pass the run's cache"
+            f"{stats.size} px cache; pass the run's cache"
         )
     index = read_index(cfg.cache)
     index = index[index["split"] == split].reset_index(drop=True)

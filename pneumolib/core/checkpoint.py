@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,8 @@ from pneumolib.core.rundir import (
     metrics_csv_path,
 )
 from pneumolib.core.runtime import resolve_device
-from pneumolib.data.cache_files import index_path, stats_path
+from pneumolib.data.cache_files import index_path
+from pneumolib.data.cache_stats import CacheStats, read_stats
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -97,8 +97,7 @@ def cache_identity(cache: str | Path) -> dict:
     split) and the image size. Recorded in every checkpoint, compared on resume."""
     cache = Path(cache)
     digest = hashlib.sha256(index_path(cache).read_bytes()).hexdigest()
-    stats = json.loads(stats_path(cache).read_text())
-    return {"index_sha256": digest, "size": int(stats["size"])}
+    return {"index_sha256": digest, "size": read_stats(cache).size}
 
 
 def check_same_cache(ckpt: dict, cache: str | Path, out: Path) -> None:
@@ -142,7 +141,7 @@ class Run:
     sha256: str  # of that file: the checkpoint's identity in metrics files and sidecars
     model: nn.Module  # (B, 1, H, W) -> (B, K) logits, eval mode, on `device`
     config: Config  # as trained (with `cache` replaced when the caller overrode it)
-    stats: dict  # the training cache's stats.json as stored in the checkpoint
+    stats: CacheStats  # the training cache's pixel statistics as stored in the checkpoint
     device: torch.device
 
     @property

@@ -158,7 +158,7 @@ def make_loader(
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of whole uint8 batches over the given `index` rows (see `CacheBatches`;
     `normalise=(mean, std)` adds each image's intensity lookup table). Batches carry
-    `targets` (N,) (default: the `target` column; the trainer passes `tasks.training_targets`),
+    `targets` (N,) (default: the `target` column; the trainer passes `Task.targets`),
     and `balanced` draws every class among them equally often."""
     targets = index["target"].to_numpy() if targets is None else np.asarray(targets)
     sampler = EpochBatchSampler(

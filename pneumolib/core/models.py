@@ -30,6 +30,7 @@ from torchvision.models import get_model, get_model_weights
 from pneumolib.config import Config
 from pneumolib.core import tasks
 from pneumolib.core.errors import UsageError
+from pneumolib.data.cache_stats import CacheStats
 
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")
 MODES = ("finetune", "feature-extraction", "scratch")
@@ -271,7 +272,7 @@ def _load_torchvision_state(model: Classifier, state: dict[str, Any], what: str)
 
 def load_checkpoint_model(
     path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, Config, dict]:
+) -> tuple[nn.Module, Config, CacheStats]:
     """Rebuild the model saved in a pneumolib checkpoint: `(model in eval mode, its Config,
     stats)`. The Config is read through `Config.from_dict`: fields an older run lacks take
     their defaults (e.g. `task` binary). Use `checkpoint.load_run` for a whole run."""
@@ -280,7 +281,7 @@ def load_checkpoint_model(
         raise UsageError(
             f"{path} is not a pneumolib checkpoint (expected keys 'model', 'config', 'stats')"
         )
-    config, stats = Config.from_dict(dict(ckpt["config"])), dict(ckpt["stats"])
+    config, stats = Config.from_dict(dict(ckpt["config"])), CacheStats.from_dict(ckpt["stats"])
     width = tasks.n_outputs(config.task)
     model = build_model(config.model, config.mode, "none", n_outputs=width)
     _load_state(model, _strip(ckpt["model"]), f"checkpoint {path} does not fit {model.name}")

@@ -20,6 +20,7 @@ from pneumolib.core.augment import (
 )
 from pneumolib.core.errors import RunError
 from pneumolib.core.progress import bar as progress_bar
+from pneumolib.data.cache_stats import CacheStats
 
 DEVICES = ("auto", "cpu", "cuda")  # what the options offer (Config.device, predict --device)
 
@@ -52,7 +53,7 @@ def model_input(
     mats: np.ndarray,
     *,
     size: int,
-    stats: dict,
+    stats: CacheStats,
     device: torch.device,
     warp_on_device: bool,
 ) -> torch.Tensor:
@@ -63,7 +64,7 @@ def model_input(
         x = warp_torch(torch.from_numpy(np.ascontiguousarray(images)).to(device), mats, size)
     else:
         x = torch.from_numpy(warp_cpu(images, mats, size)).to(device)
-    return to_model_input(x, gain=None, bias=None, mean=stats["mean"], std=stats["std"])
+    return to_model_input(x, gain=None, bias=None, mean=stats.mean, std=stats.std)
 
 
 def to_device_batch(
@@ -72,7 +73,7 @@ def to_device_batch(
     *,
     size: int,
     policy: AugmentPolicy,
-    stats: dict,
+    stats: CacheStats,
     train: bool,
     seed: int,
     channels_last: bool,
@@ -95,7 +96,7 @@ def to_device_batch(
         rng = batch_rng(seed, int(batch["epoch"]), int(batch["batch"])) if train else None
         res = augment_batch_torch(x, out_size=size, policy=policy, rng=rng, train=train)
         x, gain, bias = res["images"], res["gain"], res["bias"]
-    x = to_model_input(x, gain=gain, bias=bias, mean=stats["mean"], std=stats["std"])
+    x = to_model_input(x, gain=gain, bias=bias, mean=stats.mean, std=stats.std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
@@ -106,7 +107,7 @@ def predict_logits(
     *,
     device: torch.device,
     size: int,
-    stats: dict,
+    stats: CacheStats,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,
@@ -141,7 +142,7 @@ def predict_probs(
     *,
     device: torch.device,
     size: int,
-    stats: dict,
+    stats: CacheStats,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = False,

@@ -16,12 +16,16 @@ import numpy as np
 import pandas as pd
 
 from pneumolib.core.errors import PneumolibError, UsageError
+from pneumolib.data.cache_files import images_path, index_path
+
+# Re-exported: `read_index`, `open_images` and `read_stats` read a cache from one place.
+from pneumolib.data.cache_stats import CacheStats as CacheStats
+from pneumolib.data.cache_stats import read_stats as read_stats
 
 # The RSNA raw folder, declared once: the Kaggle download, the demo data and preprocess use it.
 IMAGES_DIR = "stage_2_train_images"  # <patientId>.dcm
 LABELS_CSV = "stage_2_train_labels.csv"  # one row per box (or one empty row per negative)
 CLASSES_CSV = "stage_2_detailed_class_info.csv"  # one row per box: RSNA's three classes
-from pneumolib.data.cache_files import images_path, index_path, stats_path
 
 LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 CLASS_COLUMNS = ("patientId", "class")
@@ -246,10 +250,6 @@ def with_label(index: pd.DataFrame, label: str) -> pd.DataFrame:
     if not index["view"].isin(["AP", "PA"]).all():
         raise UsageError("label 'view' needs every image's view to be AP or PA")
     return index.assign(target=(index["view"] == "AP").astype(int))
-
-
-def read_stats(cache: str | Path) -> dict:
-    return json.loads(stats_path(cache).read_text())
 
 
 def open_images(cache: str | Path) -> np.ndarray:

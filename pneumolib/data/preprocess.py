@@ -41,6 +41,7 @@ from pneumolib.data.cache_partial import (
     open_partial,
     read_progress,
 )
+from pneumolib.data.cache_stats import CacheStats, read_stats, write_stats
 from pneumolib.data.dicom import (
     DicomError,
     check_informative,
@@ -284,8 +285,8 @@ def build_cache(
 def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
     """True when the finished cache `out` was made with `params` from the inputs in `raw` now;
     False when it is to be rebuilt (`rebuild`); else a CacheError saying what differs."""
-    stats = json.loads(stats_path(out).read_text())
-    old = stats.get("params", {})
+    stats = read_stats(out)
+    old = dict(stats.params or {})
     if old != params:
         if rebuild:
             return False
@@ -294,11 +295,11 @@ def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
             f"{out}: existing cache was made with other parameters {diff}; "
             "pass --rebuild to replace it"
         )
-    if "inputs" not in stats or not (raw / LABELS_CSV).is_file():
-        why = "made before input fingerprints" if "inputs" not in stats else f"{raw} not found"
+    if stats.inputs is None or not (raw / LABELS_CSV).is_file():
+        why = "made before input fingerprints" if stats.inputs is None else f"{raw} not found"
         print(f"cache {out} matches its parameters ({why}: inputs not checked); nothing to do")
         return True
-    changes = fingerprint_changes(stats["inputs"], _scan(raw)[1])
+    changes = fingerprint_changes(dict(stats.inputs), _scan(raw)[1])
     if not changes:
         print(f"cache {out} is complete and matches; nothing to do")
         return True
@@ -409,23 +410,23 @@ def _finish(
     )
     train_rows = idx.loc[idx.split == "train", "row"].to_numpy()
     mean, std = pixel_stats([done[r] for r in train_rows], size * size)
-    stats = {
-        "mean": mean,
-        "std": std,
-        "size": size,
-        "n": len(idx),
-        "n_train": int((idx.split == "train").sum()),
-        "positive_rate": float(idx.target.mean()),
-        "source": params["source"],
-        "synthetic": synthetic,
-        "split_rule": split,
-        "seed": seed,
-        "package_version": pneumolib.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "params": params,
-        "inputs": inputs,
-    }
-    stats_path(part).write_text(json.dumps(stats, indent=2))
+    stats = CacheStats(
+        mean=mean,
+        std=std,
+        size=size,
+        n=len(idx),
+        n_train=int((idx.split == "train").sum()),
+        positive_rate=float(idx.target.mean()),
+        source=params["source"],
+        synthetic=synthetic,
+        split_rule=split,
+        seed=seed,
+        package_version=pneumolib.__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        params=params,
+        inputs=inputs,
+    )
+    write_stats(stats, stats_path(part))
     (part / PROGRESS).unlink(missing_ok=True)
     (part / PARAMS).unlink(missing_ok=True)
     if out.exists():  # --rebuild: swap, so a whole cache is always in place

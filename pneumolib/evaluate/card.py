@@ -32,6 +32,7 @@ from pneumolib.core.rundir import (
     split_metrics_path,
 )
 from pneumolib.data.cache_files import STATS, errors_path, index_path, stats_path
+from pneumolib.data.cache_stats import CacheStats
 from pneumolib.data.provenance import TRUTH_CSV, is_synthetic
 from pneumolib.evaluate import card_sections as sec
 
@@ -49,7 +50,7 @@ class RunFiles:
     metrics: dict[str, dict | None]  # split -> metrics_<split>.json
     localisation: list[dict]  # cam_*.json, each with its file name under "file"
     checkpoint_sha256: str | None  # of best.pt as it is now
-    stats: dict | None  # CACHE/stats.json
+    stats: CacheStats | None  # CACHE/stats.json
     index: pd.DataFrame | None  # CACHE/index.csv
     n_errors: int | None  # rows of CACHE/errors.csv
     synthetic: bool | None  # None: not recorded
@@ -82,11 +83,12 @@ def _localisation(run: Path) -> list[dict]:
     return found
 
 
-def _cache_files(cache: Path) -> tuple[dict | None, pd.DataFrame | None, int | None]:
+def _cache_files(cache: Path) -> tuple[CacheStats | None, pd.DataFrame | None, int | None]:
     """(stats.json, index.csv, rows of errors.csv) of a cache; None for what is missing."""
     if not cache.is_dir():
         return None, None, None
-    stats = _json(stats_path(cache))
+    found = _json(stats_path(cache))
+    stats = CacheStats.from_dict(found) if found is not None else None
     index = None
     if index_path(cache).is_file():
         index = pd.read_csv(index_path(cache), dtype={"patientId": str, "view": str})
@@ -95,13 +97,13 @@ def _cache_files(cache: Path) -> tuple[dict | None, pd.DataFrame | None, int | N
     return stats, index, n_errors
 
 
-def _provenance(stats: dict | None, checkpoint: Path) -> tuple[bool | None, str]:
+def _provenance(stats: CacheStats | None, checkpoint: Path) -> tuple[bool | None, str]:
     """Whether the training data was synthetic, and which file says so: the cache's stats.json;
     for a cache older than that record, the raw folder's marker; with no cache, best.pt."""
-    if stats is not None and "synthetic" in stats:
-        return stats["synthetic"], f"the cache's {STATS}"
+    if stats is not None and stats.synthetic is not None:
+        return stats.synthetic, f"the cache's {STATS}"
     if stats is not None:
-        raw = Path(stats.get("source", ""))
+        raw = Path(stats.source or "")
         if raw.is_dir():
             return is_synthetic(raw), f"the raw folder {raw} (the cache does not record it)"
         return None, "nowhere"
@@ -117,9 +119,9 @@ def _provenance(stats: dict | None, checkpoint: Path) -> tuple[bool | None, str]
     return None, "nowhere"
 
 
-def _noisy_labels(stats: dict | None) -> tuple[int, int] | None:
+def _noisy_labels(stats: CacheStats | None) -> tuple[int, int] | None:
     """Labels that disagree with their phantom, from the demo folder's truth table, if any."""
-    truth = Path(stats.get("source", "")) / TRUTH_CSV if stats else None
+    truth = Path(stats.source or "") / TRUTH_CSV if stats else None
     if truth is None or not truth.is_file():
         return None
     t = pd.read_csv(truth, keep_default_na=False)
@@ -182,8 +184,8 @@ def header(f: RunFiles) -> list[str]:
 
 def model_details(f: RunFiles) -> list[str]:
     cfg = f.config
-    task = getattr(cfg, "task", "binary")  # runs from before the three-class task: binary
-    cache_px = f.stats["size"] if f.stats else cfg.cache_size
+    task = cfg.task  # Config.from_dict gives runs from before the three-class task "binary"
+    cache_px = f.stats.size if f.stats else cfg.cache_size
     rows = [
         ["task", f"{task}; label `{cfg.label}`"],
         ["architecture", f"{cfg.model} (torchvision), 1-channel input"],

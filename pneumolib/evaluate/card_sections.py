@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from pneumolib.core.fmt import num, with_ci
+from pneumolib.data.cache_stats import CacheStats
 
 SUBGROUP_THRESHOLDS = ("youden", "0.5")  # the operating point of the subgroup table, if present
 RATES = ("accuracy", "precision", "recall", "specificity", "f1")
@@ -57,8 +58,8 @@ SPLIT_RULES = {
 }
 
 
-def source_lines(synthetic: bool | None, where: str, stats: Mapping[str, Any] | None) -> list[str]:
-    raw = f"`{stats['source']}`" if stats and "source" in stats else "a folder not recorded"
+def source_lines(synthetic: bool | None, where: str, stats: CacheStats | None) -> list[str]:
+    raw = f"`{stats.source}`" if stats and stats.source is not None else "a folder not recorded"
     if synthetic is True:
         return [
             f"- Source: synthetic phantoms made by `pneumolib.data.synth` in {raw} "
@@ -81,7 +82,7 @@ def source_lines(synthetic: bool | None, where: str, stats: Mapping[str, Any] | 
 def data_section(
     *,
     cache: str,
-    stats: Mapping[str, Any] | None,
+    stats: CacheStats | None,
     index: pd.DataFrame | None,
     n_errors: int | None,
     synthetic: bool | None,
@@ -97,16 +98,16 @@ def data_section(
             "below give the patients and positives they were computed on.",
             "",
         ]
-    params = stats.get("params", {})
-    rule = stats.get("split_rule", params.get("split_rule"))
-    how = SPLIT_RULES.get(rule, "not described").format(
-        seed=stats.get("seed", params.get("seed")),
+    params = stats.params or {}
+    rule = stats.split_rule if stats.split_rule is not None else params.get("split_rule")
+    how = SPLIT_RULES.get(str(rule), "not described").format(
+        seed=stats.seed if stats.seed is not None else params.get("seed"),
         val_frac=params.get("val_frac", math.nan),
         test_frac=params.get("test_frac", math.nan),
     )
     lines += [
-        f"- Cache: `{cache}`, {stats['size']} px images, made by pneumolib "
-        f"{stats.get('package_version', '?')} on {stats.get('created', '?')}; "
+        f"- Cache: `{cache}`, {stats.size} px images, made by pneumolib "
+        f"{stats.package_version or '?'} on {stats.created or '?'}; "
         f"{num(n_errors) if n_errors is not None else 'n/a'} files could not be read "
         "(errors.csv).",
         f"- Split rule `{rule}`: {how}. Train fits the weights; val picks the epoch kept "

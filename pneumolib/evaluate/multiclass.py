@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pneumolib.core.fmt import with_ci
-from pneumolib.core.tasks import THREE_CLASSES, class_codes, class_prob_columns
+from pneumolib.core.tasks import THREE_CLASSES, class_codes, task_spec
 from pneumolib.evaluate.metrics import (
     bootstrap_distribution,
     bootstrap_indices,
@@ -107,7 +107,7 @@ def summarize_classes(
     """`three_class_metrics` of a predictions table with a `class` column and the per-class
     probability columns `prob_normal, prob_not_normal, prob_lung_opacity`; None for a binary
     run's table (no such columns)."""
-    cols = list(class_prob_columns("three-class"))
+    cols = list(task_spec("three-class").prob_columns)
     if not set(cols) <= set(pred.columns):
         return None
     y = class_codes(pred["class"], where="predictions (column class)")

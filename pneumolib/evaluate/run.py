@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pneumolib.config import Config
 from pneumolib.core import tasks
 from pneumolib.core.augment import AugmentPolicy, compose_affines
 from pneumolib.core.checkpoint import load_run
@@ -39,7 +41,7 @@ from pneumolib.core.runtime import (
     predict_logits,
     warp_on_device,
 )
-from pneumolib.data.labels import read_index, read_stats
+from pneumolib.data.labels import CacheStats, read_index, read_stats
 from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.figures import sample_predictions_figure, write_figures
 from pneumolib.evaluate.metrics import (
@@ -87,10 +89,10 @@ def evaluate_predictions(
         thr, source = choose_thresholds(val["target"], val["prob"], target_sensitivity), "val"
     else:
         thr, source = {"0.5": 0.5}, "fixed"
-    metrics = {"split": split, "threshold_source": source}
+    metrics: dict[str, Any] = {"split": split, "threshold_source": source}
     metrics |= summarize(pred, thresholds=thr, n_boot=n_boot, seed=seed)
     classes = summarize_classes(pred, n_boot=n_boot, seed=seed)
-    metrics["task"] = "binary" if classes is None else "three-class"
+    metrics["task"] = tasks.task_of_columns(pred.columns).name
     if classes is not None:
         metrics["three_class"] = classes
     if split == "val" and "0.5" in metrics["thresholds"]:
@@ -133,7 +135,7 @@ def tta_affines(in_size: int, out_size: int, hflip: bool = False) -> dict[str, n
     return dict(zip(spec, compose_affines(params, in_size, out_size), strict=True))
 
 
-def _predict_tta(model, loader, device, size: int, stats: dict, mats, amp, on_device: bool):
+def _predict_tta(model, loader, device, size: int, stats: CacheStats, mats, amp, on_device: bool):
     """Mean class probabilities over the variants `mats` {name: (2, 3)} for a loader of raw
     uint8 (B, S, S) batches -> (probabilities (N, K), targets (N,), positions (N,))."""
     probs, targets, positions = [], [], []
@@ -162,55 +164,48 @@ def _write_json(obj: Any, path: Path) -> None:
     atomic_write(path, json.dumps(jsonable(obj), indent=2, allow_nan=False))
 
 
-def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
+def _split_predictions(ctx: _RunContext, split: str, reuse: bool) -> pd.DataFrame:
     """Predictions table of one split: reused from RUN when its sidecar says it came from the
     same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
-    run, cache, index, tta = ctx["run"], ctx["cache"], ctx["index"], ctx["tta"]
+    run, cache, index, tta = ctx.run, ctx.cache, ctx.index, ctx.tta
     csv = predictions_path(run, split, tta)
     meta_path = predictions_meta_path(run, split, tta)
     rows = index[index["split"] == split].reset_index(drop=True)
     if rows.empty:
-        rule = ctx["split_rule"]
+        rule = ctx.split_rule
         raise UsageError(f"{cache}: no {split} rows (split rule {rule!r}); nothing to evaluate")
-    meta = {"checkpoint_sha256": ctx["sha256"], "cache": str(cache), "tta": tta, "n": len(rows)}
+    meta = {"checkpoint_sha256": ctx.sha256, "cache": str(cache), "tta": tta, "n": len(rows)}
     if reuse and csv.is_file() and meta_path.is_file():
         if json.loads(meta_path.read_text()) == meta:
             pred = read_predictions(run, split, tta)
             if sorted(pred["patientId"]) == sorted(rows["patientId"]):
                 print(f"{split}: reusing {csv.name} (same checkpoint)")
                 return pred
-    cfg, dev = ctx["config"], ctx["device"]
+    cfg, dev = ctx.config, ctx.device
     loader = make_loader(
         cache,
         rows,
         batch_size=cfg.eval_batch_size,
-        out_size=ctx["size"],
-        policy=ctx["policy"],
+        out_size=cfg.image_size,
+        policy=AugmentPolicy.identity(),
         train=False,
         seed=cfg.seed,
-        workers=ctx["workers"],
-        warp_in_worker=not (ctx["on_device"] or tta),
+        workers=ctx.workers,
+        warp_in_worker=not (ctx.on_device or tta),
         pin_memory=dev.type == "cuda",
     )
     if tta:
         p, y, pos = _predict_tta(
-            ctx["model"],
-            loader,
-            dev,
-            ctx["size"],
-            ctx["stats"],
-            ctx["mats"],
-            ctx["amp"],
-            ctx["on_device"],
+            ctx.model, loader, dev, cfg.image_size, ctx.stats, ctx.mats, ctx.amp, ctx.on_device
         )
     else:
         logits, y, pos = predict_logits(
-            ctx["model"],
+            ctx.model,
             loader,
             device=dev,
-            size=ctx["size"],
-            stats=ctx["stats"],
-            amp=ctx["amp"],
+            size=cfg.image_size,
+            stats=ctx.stats,
+            amp=ctx.amp,
             progress=True,
         )
         p = tasks.probabilities(torch.from_numpy(logits)).numpy()
@@ -227,10 +222,10 @@ def _split_predictions(ctx: dict, split: str, reuse: bool) -> pd.DataFrame:
 def _predictions_table(rows: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
     """Index rows and their class probabilities (N, K) -> `patientId, prob, target, view, sex,
     age`, where `prob` is the pneumonia probability; a three-class run adds `class` and one
-    `prob_<class>` column per class (`tasks.class_prob_columns`)."""
+    `prob_<class>` column per class (`Task.prob_columns`)."""
     pred = rows[["patientId"]].assign(prob=tasks.pneumonia(probs))
     pred = pred.assign(**{c: rows[c] for c in ("target", "view", "sex", "age") if c in rows})
-    columns = tasks.class_prob_columns(tasks.task_of(probs.shape[1]))
+    columns = tasks.task_of(probs.shape[1]).prob_columns
     if columns:
         pred = pred.assign(**{"class": rows["class"]})
         pred = pred.assign(**{c: probs[:, k] for k, c in enumerate(columns)})
@@ -273,59 +268,78 @@ def evaluate_run(
     )
     metrics |= {
         "split": tag,
-        "cache": str(ctx["cache"]),
-        "split_rule": ctx["split_rule"],
-        "checkpoint": {"path": str(ctx["checkpoint"]), "sha256": ctx["sha256"]},
+        "cache": str(ctx.cache),
+        "split_rule": ctx.split_rule,
+        "checkpoint": {"path": str(ctx.checkpoint), "sha256": ctx.sha256},
         "tta": tta,
-        "tta_variants": list(ctx["mats"]),
+        "tta_variants": list(ctx.mats),
         "predictions": predictions_name(split, tta),
     }
-    _reference_fields(metrics, split, ctx["split_rule"])
+    _reference_fields(metrics, split, ctx.split_rule)
     _write_json(metrics, split_metrics_path(run, tag))
     if tag == "test":  # the held-out numbers exist now: the model card can say them
         print(f"model card: {write_card(run)}")
     if figures:
         fig_path = samples_figure_path(run, tag)
         sample_predictions_figure(
-            pred, ctx["cache"], metrics=metrics, n=n_samples, seed=seed, out=fig_path
+            pred, ctx.cache, metrics=metrics, n=n_samples, seed=seed, out=fig_path
         )
     _print_summary(metrics, print_table)
     return jsonable(metrics)
 
 
+@dataclass(frozen=True)
+class _RunContext:
+    """What predicting a run's splits needs, built once by `_run_context`."""
+
+    run: Path  # the run folder
+    cache: Path  # its cache (or the one passed instead)
+    index: pd.DataFrame  # the cache's index.csv
+    split_rule: str | None  # the cache's split rule (stats.json)
+    tta: bool  # average over `mats`
+    mats: dict[str, np.ndarray]  # test-time variants {name: (2, 3)}; empty without TTA
+    checkpoint: Path  # RUN/best.pt
+    sha256: str  # of the checkpoint: a predictions sidecar names it
+    config: Config  # the run's
+    device: torch.device
+    model: torch.nn.Module  # best.pt in eval mode on `device`
+    stats: CacheStats  # the checkpoint's pixel statistics
+    workers: int  # loader workers
+    on_device: bool  # the warp runs on the device (`warp_on_device`)
+    amp: torch.dtype | None  # autocast dtype, None for float32
+
+
 def _run_context(
     run: Path, *, device: str, cache: str | Path | None, workers: int | None, tta: bool
-) -> dict[str, Any]:
+) -> _RunContext:
     """What predicting a run's splits needs: its best.pt model on the device, its config, the
     cache (checked to match the checkpoint's image size), the warp and precision rules."""
     loaded = load_run(run, device=device, cache=cache)
     cfg, dev, stats = loaded.config, loaded.device, loaded.stats
     cache = Path(cfg.cache)
     index, cache_stats = read_index(cache), read_stats(cache)
-    if int(cache_stats["size"]) != int(stats["size"]):
+    if cache_stats.size != stats.size:
         raise UsageError(
-            f"{cache}: images are {cache_stats['size']} px, the checkpoint was trained on a "
-            f"{stats['size']} px cache; pass the run's own cache"
+            f"{cache}: images are {cache_stats.size} px, the checkpoint was trained on a "
+            f"{stats.size} px cache; pass the run's own cache"
         )
-    return {
-        "run": run,
-        "cache": cache,
-        "index": index,
-        "tta": tta,
-        "split_rule": cache_stats.get("split_rule"),
-        "checkpoint": loaded.checkpoint,
-        "sha256": loaded.sha256,
-        "config": cfg,
-        "device": dev,
-        "model": loaded.model,
-        "stats": stats,
-        "size": cfg.image_size,
-        "policy": AugmentPolicy.identity(),
-        "workers": cfg.workers if workers is None else workers,
-        "on_device": warp_on_device(dev, gpu_augment=cfg.gpu_augment),
-        "amp": amp_dtype(dev, cfg.amp),
-        "mats": tta_affines(int(stats["size"]), cfg.image_size, hflip=cfg.hflip) if tta else {},
-    }
+    return _RunContext(
+        run=run,
+        cache=cache,
+        index=index,
+        split_rule=cache_stats.split_rule,
+        tta=tta,
+        mats=tta_affines(stats.size, cfg.image_size, hflip=cfg.hflip) if tta else {},
+        checkpoint=loaded.checkpoint,
+        sha256=loaded.sha256,
+        config=cfg,
+        device=dev,
+        model=loaded.model,
+        stats=stats,
+        workers=cfg.workers if workers is None else workers,
+        on_device=warp_on_device(dev, gpu_augment=cfg.gpu_augment),
+        amp=amp_dtype(dev, cfg.amp),
+    )
 
 
 def _reference_fields(metrics: dict[str, Any], split: str, rule: str | None) -> None:

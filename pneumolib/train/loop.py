@@ -155,7 +155,7 @@ def _validate(s: TrainSetup, epoch: int, train_loss: float, t0: float) -> dict:
     logits_t = torch.from_numpy(logits).double()
     val_loss = tasks.loss(logits_t, torch.from_numpy(y), None)  # unweighted, as in every run
     p = tasks.pneumonia_probability(logits_t).numpy()
-    summary = binary_summary(tasks.is_pneumonia(y, s.cfg.task), p)
+    summary = binary_summary(tasks.task_spec(s.cfg.task).is_pneumonia(y), p)
     return {
         "epoch": epoch + 1,
         "train_loss": train_loss,
@@ -174,7 +174,7 @@ def _checkpoint(s: TrainSetup, state: RunState, row: dict, cache_id: dict) -> di
         "scaler": s.scaler.state_dict(),
         "epoch": row["epoch"] - 1,
         "config": s.cfg.to_dict(),
-        "stats": stats_for_ckpt(s.stats),
+        "stats": s.stats.for_checkpoint(),
         "metrics": row,
         "best": state.best,
         "best_loss": state.best_loss,
@@ -264,13 +264,6 @@ def _summary(s: TrainSetup, state: RunState, out: Path, world: int, writer) -> d
     if writer:
         writer.close()
     return summary
-
-
-def stats_for_ckpt(stats: dict) -> dict:
-    """What prediction needs to preprocess a new image exactly like the cache did, and whether
-    the cache was made from synthetic data (None: a cache from before that was recorded)."""
-    kept = {"mean": stats["mean"], "std": stats["std"], "size": stats["size"]}
-    return kept | {"synthetic": stats.get("synthetic")}
 
 
 def _rank_checksums(model: torch.nn.Module, world: int) -> list[float]:

@@ -11,6 +11,7 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from pneumolib.core.errors import RunError
 from pneumolib.core.loader import make_loader
 from pneumolib.core.models import build_model, trainable_parameters
 from pneumolib.core.runtime import amp_dtype, to_device_batch, warp_on_device
-from pneumolib.data.labels import read_index, read_stats, with_label
+from pneumolib.data.labels import CacheStats, read_index, read_stats, with_label
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -123,7 +124,7 @@ class TrainSetup:
 
     cfg: Config
     device: torch.device
-    stats: dict
+    stats: CacheStats
     policy: AugmentPolicy
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader | None
@@ -140,8 +141,8 @@ class TrainSetup:
     distributed: bool
 
 
-def _rows(cfg: Config) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    if cfg.task != "binary" and cfg.label != "pneumonia":
+def _rows(cfg: Config) -> tuple[CacheStats, pd.DataFrame, pd.DataFrame]:
+    if tasks.task_spec(cfg.task).needs_classes and cfg.label != "pneumonia":
         raise RunError(f"--task {cfg.task} learns RSNA's classes, not --label {cfg.label}")
     index, stats = with_label(read_index(cfg.cache), cfg.label), read_stats(cfg.cache)
     train_idx = index[index.split == "train"].reset_index(drop=True)
@@ -158,9 +159,10 @@ def _loaders(
 ):
     stats, train_idx, val_idx = _rows(cfg)
     where = f"{cfg.cache}/index.csv"
-    train_targets = tasks.training_targets(train_idx, cfg.task, where=where)
+    task = tasks.task_spec(cfg.task)
+    train_targets = task.targets(train_idx, where=where)
     policy = AugmentPolicy.from_config(cfg)
-    shared = {
+    shared: dict[str, Any] = {
         "out_size": cfg.image_size,
         "policy": policy,
         "seed": cfg.seed,
@@ -169,7 +171,7 @@ def _loaders(
         "pin_memory": device.type == "cuda",
         # On the CPU, intensity and normalisation become one lookup table per image (made in
         # the workers, applied by cv2.LUT); on a GPU, uint8 crosses and the device normalises.
-        "normalise": (stats["mean"], stats["std"]) if device.type == "cpu" else None,
+        "normalise": (stats.mean, stats.std) if device.type == "cpu" else None,
     }
     train_loader = make_loader(
         cfg.cache,
@@ -188,7 +190,7 @@ def _loaders(
             val_idx,
             batch_size=cfg.eval_batch_size,
             train=False,
-            targets=tasks.training_targets(val_idx, cfg.task, where=where),
+            targets=task.targets(val_idx, where=where),
             **shared,
         )
         if validation
@@ -230,7 +232,7 @@ def prepare_training(
         cfg.model,
         cfg.mode,
         cfg.weights if weights is None else weights,
-        n_outputs=tasks.n_outputs(cfg.task),
+        n_outputs=tasks.task_spec(cfg.task).n_outputs,
     )
     model = model.to(device)
     channels_last = cfg.channels_last and device.type == "cuda"
@@ -259,8 +261,8 @@ def prepare_training(
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         dtype=dtype,
         loss_weight=torch.tensor(
-            tasks.loss_weight(
-                train_targets, cfg.task, pos_weight=cfg.pos_weight, balanced=cfg.balanced_sampling
+            tasks.task_spec(cfg.task).class_weights(
+                train_targets, pos_weight=cfg.pos_weight, balanced=cfg.balanced_sampling
             ),
             device=device,
         ),

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from pneumolib.tune.plan import grid_points, run_name
+from pneumolib.tune.plan import Plan, grid_points, run_name
 from pneumolib.tune.storage import log_event, retry
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -112,11 +112,14 @@ def reap_stale(
 
 
 def points_to_claim(
-    trials: Iterable[FrozenTrial], plan: dict, n_trials: int, tried: set[str]
+    trials: Iterable[FrozenTrial], plan: Plan, n_trials: int, tried: set[str]
 ) -> tuple[list, int]:
     """(points to claim, number of points running elsewhere). A point is a parameter dict;
     None stands for a new random/TPE point. `tried`: points that errored in this process."""
-    done, running, errored, again_params = set(), set(), set(), {}
+    done: set[str] = set()
+    running: set[str] = set()
+    errored: set[str] = set()
+    again_params: dict[str, dict[str, Any]] = {}
     for t in trials:
         key = t.user_attrs.get("run")
         if key is None or t.user_attrs.get("duplicate"):
@@ -130,17 +133,17 @@ def points_to_claim(
         elif t.state == TrialState.FAIL:  # killed, interrupted or stale: run it again
             again_params.setdefault(key, t.params)
     busy = done | running | tried
-    if plan["sampler"] == "grid":  # an errored point is tried again, once per worker process
-        return [p for p in grid_points(plan["space"]) if run_name(p) not in busy], len(running)
+    if plan.sampler == "grid":  # an errored point is tried again, once per worker process
+        return [p for p in grid_points(plan.space) if run_name(p) not in busy], len(running)
     # Random/TPE: killed trials first (same point, same folder), then new points up to n_trials.
     again = [p for k, p in again_params.items() if k not in busy | errored]
     n_new = n_trials - len(done | errored) - len(running) - len(again)
     return again + [None] * max(0, n_new), len(running)
 
 
-def _suggest(trial: optuna.Trial, plan: dict) -> dict[str, Any]:
-    space = plan["space"]
-    if plan["sampler"] == "grid":
+def _suggest(trial: optuna.Trial, plan: Plan) -> dict[str, Any]:
+    space = plan.space
+    if plan.sampler == "grid":
         return {k: trial.suggest_categorical(k, v) for k, v in space.items()}
     params = {"batch_size": trial.suggest_categorical("batch_size", space["batch_size"])}
     for k, (lo, hi) in space.items():
@@ -151,7 +154,7 @@ def _suggest(trial: optuna.Trial, plan: dict) -> dict[str, Any]:
 
 def claim_point(
     study: optuna.Study,
-    plan: dict,
+    plan: Plan,
     *,
     point: dict | None,
     sampler: optuna.samplers.BaseSampler,

@@ -36,6 +36,7 @@ from pneumolib.tune.plan import (
     ORIGINAL_BATCH_SIZES,
     ORIGINAL_LRS,
     SAMPLERS,
+    Plan,
     auto_max_micro_batch,
     make_plan,
     pick_micro_batch,
@@ -121,7 +122,7 @@ def _trial_callback(
 
 
 def _trial_setup(
-    trial: optuna.Trial, plan: dict, base: Config, run_dir: Path, max_micro: int
+    trial: optuna.Trial, plan: Plan, base: Config, run_dir: Path, max_micro: int
 ) -> tuple[Config, bool, str]:
     """(the trial's Config, whether it resumes, the log line saying where it starts)."""
     params = dict(trial.params)
@@ -135,8 +136,8 @@ def _trial_setup(
         params,
         micro=micro,
         out=run_dir,
-        lr_scaling=plan["lr_scaling"],
-        ref_batch_size=plan["ref_batch_size"] or 64,
+        lr_scaling=plan.lr_scaling,
+        ref_batch_size=plan.ref_batch_size or 64,
     )
     metrics = metrics_csv_path(run_dir)  # written just after last.pt: may lag one epoch behind
     done = len(pd.read_csv(metrics)) if resuming and metrics.exists() else 0
@@ -147,7 +148,7 @@ def _trial_setup(
 def _run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
-    plan: dict,
+    plan: Plan,
     base: Config,
     study_dir: Path,
     opts: SweepOptions,
@@ -228,7 +229,7 @@ def _finish(
 
 def _work(
     study: optuna.Study,
-    plan: dict,
+    plan: Plan,
     base: Config,
     study_dir: Path,
     base_sampler: optuna.samplers.BaseSampler,

@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from pneumolib.config import EXACT, MACHINE, PATH, STRENGTH, Config, field_names
 from pneumolib.core import runtime
 from pneumolib.core.models import build_model, trainable_parameters
-from pneumolib.core.tasks import n_outputs
+from pneumolib.core.tasks import task_spec
 from pneumolib.train.setup import make_optimizer
 
 ORIGINAL_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024)
@@ -136,20 +137,58 @@ def grid_points(space: Mapping[str, Sequence]) -> list[dict[str, Any]]:
 # --- what the workers of one study agree on -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What every worker of one study agrees on; stored in the study as `to_dict()`."""
+
+    sampler: str  # "grid", "random" or "tpe"
+    space: dict[str, list]  # grid: each axis's values; random/TPE: batch sizes, [low, high] ranges
+    lr_scaling: str  # "none", "linear" or "sqrt": the lr axis is a base lr at ref_batch_size
+    config: dict[str, Any]  # the Config's fixed fields (less LOCAL_FIELDS and the swept ones)
+    ref_batch_size: int | None  # the batch size a base lr is for; None without lr scaling
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as the study stores it (JSON: lists, not tuples), keys in the stored order."""
+        d = {
+            "sampler": self.sampler,
+            "space": self.space,
+            "lr_scaling": self.lr_scaling,
+            "config": self.config,
+            "ref_batch_size": self.ref_batch_size,
+        }
+        return json.loads(json.dumps(d))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Plan:
+        """A plan as a study stored it."""
+        return cls(
+            sampler=d["sampler"],
+            space=dict(d["space"]),
+            lr_scaling=d["lr_scaling"],
+            config=dict(d["config"]),
+            ref_batch_size=d.get("ref_batch_size"),
+        )
+
+
 def make_plan(
     cfg: Config, sampler: str, *, space: dict, lr_scaling: str, ref_batch_size: int
-) -> dict[str, Any]:
+) -> Plan:
     """What every worker of a study must agree on: the points and the fixed settings (the
     Config less the fields that may differ between workers and those the sweep varies)."""
     swept = {"batch_size", "lr"} | (set() if sampler == "grid" else {"weight_decay", *AUG_FIELDS})
     fixed = {k: v for k, v in cfg.to_dict().items() if k not in LOCAL_FIELDS | swept}
-    plan = {"sampler": sampler, "space": space, "lr_scaling": lr_scaling, "config": fixed}
-    plan["ref_batch_size"] = ref_batch_size if lr_scaling != "none" else None
-    return json.loads(json.dumps(plan))  # as the storage gives it back: lists, not tuples
+    plan = Plan(
+        sampler=sampler,
+        space=space,
+        lr_scaling=lr_scaling,
+        config=fixed,
+        ref_batch_size=ref_batch_size if lr_scaling != "none" else None,
+    )
+    return Plan.from_dict(plan.to_dict())  # as the storage gives it back: lists, not tuples
 
 
-def plan_diff(old: dict, new: dict) -> dict[str, tuple]:
-    """{setting: (old value, new value)} for every setting on which two plans differ."""
+def plan_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple]:
+    """{setting: (old value, new value)} for every setting on which two stored plans differ."""
     diff = {k: (old.get(k), new.get(k)) for k in new if k != "config" and old.get(k) != new[k]}
     a, b = old.get("config", {}), new["config"]
     diff.update({k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)})
@@ -179,7 +218,8 @@ def auto_max_micro_batch(cfg: Config, fraction: float = 0.6) -> int:
 
 def probe_cuda(cfg: Config, device: torch.device) -> tuple[float, int]:
     """(bytes per image of one training step of `cfg`, free bytes with the model loaded)."""
-    model = build_model(cfg.model, cfg.mode, "none", n_outputs=n_outputs(cfg.task)).to(device)
+    width = task_spec(cfg.task).n_outputs
+    model = build_model(cfg.model, cfg.mode, "none", n_outputs=width).to(device)
     channels_last = cfg.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

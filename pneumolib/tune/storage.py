@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pneumolib.core.errors import UsageError
-from pneumolib.tune.plan import plan_diff
+from pneumolib.tune.plan import Plan, plan_diff
 
 
 def retry(fn: Callable[..., Any], *args: Any, tries: int = 8, **kwargs: Any) -> Any:
@@ -87,7 +87,7 @@ def open_study(
     storage: optuna.storages.BaseStorage,
     name: str,
     *,
-    plan: dict[str, Any],
+    plan: Plan,
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
@@ -102,12 +102,12 @@ def open_study(
         pruner=pruner or optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
-    old = study.user_attrs.get("plan")
+    old, new = study.user_attrs.get("plan"), plan.to_dict()
     if old is None:
-        retry(study.set_user_attr, "plan", plan)
-    elif old != plan:
+        retry(study.set_user_attr, "plan", new)
+    elif old != new:
         raise UsageError(
-            f"study {name!r} was made with other settings {plan_diff(old, plan)}; "
+            f"study {name!r} was made with other settings {plan_diff(old, new)}; "
             "use another --study (or --out), or the same settings"
         )
     return study

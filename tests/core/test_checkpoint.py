@@ -216,7 +216,7 @@ def test_load_run_reads_an_older_checkpoint_through_config_from_dict(tmp_path):
     torch.save(ckpt, tmp_path / "best.pt")
     run = load_run(tmp_path, device="cpu", cache=tmp_path / "moved")
     assert isinstance(run.config, Config) and run.task == "binary" and run.config.amp is False
-    assert run.config.cache == str(tmp_path / "moved") and run.stats == stats
+    assert run.config.cache == str(tmp_path / "moved") and run.stats.to_dict() == stats
     assert run.folder == tmp_path and run.checkpoint == tmp_path / "best.pt"
     assert run.sha256 == file_sha256(tmp_path / "best.pt") and not run.model.training
     assert load_run(tmp_path / "best.pt").checkpoint == run.checkpoint  # a file works too

@@ -179,7 +179,7 @@ def test_load_checkpoint_model_round_trip(tmp_path):
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert not loaded.training and cfg2.to_dict() == cfg and stats2 == stats
+    assert not loaded.training and cfg2.to_dict() == cfg and stats2.to_dict() == stats
 
     torch.save(model.state_dict(), tmp_path / "bare.pt")
     with pytest.raises(ValueError, match="not a pneumolib checkpoint"):

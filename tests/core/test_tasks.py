@@ -33,11 +33,41 @@ from pneumolib.train.loop import fit
 # --- the rules ------------------------------------------------------------------------
 def test_head_width_and_task_round_trip():
     assert tasks.n_outputs("binary") == 1 and tasks.n_outputs("three-class") == 3
-    assert tasks.task_of(1) == "binary" and tasks.task_of(3) == "three-class"
+    assert tasks.task_of(1).name == "binary" and tasks.task_of(3).name == "three-class"
     with pytest.raises(tasks.TaskError, match="unknown task 'multi'"):
-        tasks.n_outputs("multi")
+        tasks.task_spec("multi")
     with pytest.raises(tasks.TaskError, match="2 outputs"):
         tasks.task_of(2)
+
+
+@pytest.mark.parametrize("name", tasks.TASKS)
+def test_every_task_in_the_table_is_consistent(name):
+    """One row per task: the head width names its outputs, the pneumonia score is the last
+    probability, the targets that mean pneumonia are the last output, the loss is BCE for one
+    logit and cross-entropy for several, and a built head has the width."""
+    t = tasks.task_spec(name)
+    assert t.name == name and tasks.task_of(t.n_outputs) is t
+    assert t.n_outputs == len(t.outputs) and t.pneumonia_target == max(1, t.n_outputs - 1)
+    assert t.outputs[-1] in ("pneumonia", "Lung Opacity")
+    assert len(t.prob_columns) in (0, t.n_outputs) and t.needs_classes == bool(t.prob_columns)
+    torch.manual_seed(0)
+    logits = torch.randn(6, t.n_outputs)
+    probs = tasks.probabilities(logits)
+    if t.n_outputs == 1:
+        y = torch.randint(0, 2, (6,))
+        want = F.binary_cross_entropy_with_logits(logits[:, 0], y.float())
+        assert torch.allclose(probs[:, -1], torch.sigmoid(logits[:, 0]))
+    else:
+        y = torch.randint(0, t.n_outputs, (6,))
+        want = F.cross_entropy(logits, y)
+        assert torch.allclose(probs[:, -1], torch.softmax(logits, 1)[:, -1])
+    assert torch.allclose(t.loss_fn(logits, y, None, "mean"), want)
+    assert torch.allclose(tasks.pneumonia_probability(logits), probs[:, -1])
+    assert t.is_pneumonia(np.array([t.pneumonia_target, 0])).tolist() == [1, 0]
+    assert build_model("resnet18", "scratch", "none", n_outputs=t.n_outputs)(
+        torch.zeros(2, 1, 32, 32)
+    ).shape == (2, t.n_outputs)
+    assert tasks.task_of_columns(["prob", *t.prob_columns]) is t
 
 
 def test_class_codes_follow_the_logit_order_and_refuse_missing_classes():
@@ -46,7 +76,12 @@ def test_class_codes_follow_the_logit_order_and_refuse_missing_classes():
     assert tasks.THREE_CLASSES[-1] == "Lung Opacity"  # the pneumonia class is last
     with pytest.raises(tasks.TaskError, match=r"X/index.csv: 1 of 2 patients have no RSNA class"):
         tasks.class_codes(["Normal", ""], where="X/index.csv")
-    assert tasks.is_pneumonia(np.array([0, 1, 2, 2]), "three-class").tolist() == [0, 0, 1, 1]
+    assert tasks.task_spec("three-class").is_pneumonia(np.array([0, 1, 2, 2])).tolist() == [
+        0,
+        0,
+        1,
+        1,
+    ]
 
 
 def test_pneumonia_probability_is_sigmoid_or_the_lung_opacity_softmax():
@@ -71,13 +106,15 @@ def test_loss_is_bce_or_cross_entropy_with_the_weights():
 
 def test_class_weights_balance_the_total_weight_per_class():
     y = np.array([0] * 6 + [1] * 3 + [2] * 1)
-    w = tasks.loss_weight(y, "three-class")
+    three, binary = tasks.task_spec("three-class"), tasks.task_spec("binary")
+    w = three.class_weights(y)
     totals = np.bincount(y) * np.array(w)
     np.testing.assert_allclose(totals, totals[0])  # every class carries the same total
-    assert tasks.loss_weight(y, "three-class", balanced=True) == [1.0, 1.0, 1.0]
-    assert tasks.loss_weight(np.array([0, 0, 0, 1]), "binary") == [3.0]
+    assert three.class_weights(y, balanced=True) == [1.0, 1.0, 1.0]
+    assert binary.class_weights(np.array([0, 0, 0, 1])) == [3.0]
+    assert binary.class_weights(np.array([0, 1]), pos_weight=2.0) == [2.0]
     with pytest.raises(tasks.TaskError, match="--pos-weight is for the binary task"):
-        tasks.loss_weight(y, "three-class", pos_weight=2.0)
+        three.class_weights(y, pos_weight=2.0)
 
 
 def test_balanced_sampling_draws_every_class_equally():
@@ -156,7 +193,7 @@ def runs(demo_cache: Path, tmp_path_factory) -> dict[str, Path]:
 def test_three_class_run_evaluates_with_per_class_metrics(runs, demo_cache):
     run = runs["three-class"]
     pred = read_predictions(run, "test")
-    cols = list(tasks.class_prob_columns("three-class"))
+    cols = list(tasks.task_spec("three-class").prob_columns)
     np.testing.assert_allclose(pred[cols].sum(1), 1.0, atol=1e-6)
     np.testing.assert_allclose(pred["prob"], pred["prob_lung_opacity"])
     index = read_index(demo_cache).set_index("patientId")

@@ -16,6 +16,7 @@ from pneumolib.core.loader import EpochBatchSampler, make_loader
 from pneumolib.data.labels import (
     COURSE_TRAIN_N,
     RSNA_N,
+    CacheStats,
     LabelError,
     load_labels,
     make_splits,
@@ -261,7 +262,7 @@ def test_lookup_table_batches_give_the_same_model_input(
     batch function turns both into the same input, bit for bit (1 worker vs in-process too)."""
     from pneumolib.core.runtime import to_device_batch
 
-    stats, policy, cpu = {"mean": 0.45, "std": 0.22}, AugmentPolicy(), torch.device("cpu")
+    stats, policy, cpu = CacheStats(0.45, 0.22, 64), AugmentPolicy(), torch.device("cpu")
     plain = batches(loader(demo_cache, index, train=train), epoch=1)
     tables = batches(
         loader(demo_cache, index, train=train, workers=1, normalise=(0.45, 0.22)), epoch=1

@@ -121,7 +121,7 @@ def test_overview_counts_match_index(cache) -> None:
 
 def test_box_heatmap_sums_to_total_box_area(cache) -> None:
     index, _, stats = cache
-    size = stats["size"]
+    size = stats.size
     heat = explore.box_heatmap(index, size)
     assert heat.shape == (size, size)
     area = sum(w * h for bs in index.boxes for _, _, w, h in bs)
@@ -178,7 +178,7 @@ def test_figures_have_the_expected_axes(cache) -> None:
     from matplotlib.figure import Figure
 
     index, images, stats = cache
-    size = stats["size"]
+    size = stats.size
     n_pos = int(index.target.sum())
     n_classes = index["class"].nunique()
     heat = explore.box_heatmap(index, size)

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 
 import pneumolib.data.preprocess as pre
+from pneumolib.data.cache_stats import CacheStats, write_stats
 from pneumolib.data.dicom import REDUCED_DECODE_TOLERANCE, read_dicom
 from pneumolib.data.dicom_write import write_dicom
 from pneumolib.data.labels import load_labels, open_images, read_index, read_stats
@@ -52,10 +53,10 @@ def test_cache_files_follow_the_contract(demo_raw: Path, demo_cache: Path) -> No
     assert sorted(idx.row) == list(range(60))
     assert set(idx.split) == {"train", "val", "test"}
     stats = read_stats(demo_cache)
-    assert stats["size"] == 64 and stats["n"] == 60
-    assert 0 < stats["mean"] < 1 and 0 < stats["std"] < 0.5
-    assert stats["split_rule"] == "stratified"
-    assert Path(stats["source"]) == demo_raw.resolve()
+    assert stats.size == 64 and stats.n == 60
+    assert 0 < stats.mean < 1 and 0 < stats.std < 0.5
+    assert stats.split_rule == "stratified"
+    assert Path(stats.source) == demo_raw.resolve()
     errors = pd.read_csv(demo_cache / "errors.csv")
     assert list(errors.columns) == ["patientId", "path", "error"] and errors.empty
     assert not demo_cache.with_name(demo_cache.name + ".partial").exists()
@@ -70,15 +71,38 @@ def test_cached_pixels_and_header_fields(demo_raw: Path, demo_cache: Path) -> No
     assert images[idx.row].std(axis=(1, 2)).min() > 10  # every row holds an image
 
 
+def test_cache_stats_round_trip_byte_for_byte(demo_cache: Path, tmp_path: Path) -> None:
+    """stats.json -> CacheStats -> the same dict and the same bytes; a stats.json from before
+    the newer keys loads (they are None) and writes back as it was."""
+    text = (demo_cache / "stats.json").read_text()
+    d = json.loads(text)
+    stats = CacheStats.from_dict(d)
+    assert stats.to_dict() == d and list(stats.to_dict()) == list(d)
+    write_stats(stats, tmp_path / "stats.json")
+    assert (tmp_path / "stats.json").read_text() == text
+    old = {k: d[k] for k in ("mean", "std", "size", "n", "source", "created")} | {"x": 1}
+    legacy = CacheStats.from_dict(old)
+    assert legacy.synthetic is None and legacy.inputs is None and legacy.extra == {"x": 1}
+    assert legacy.to_dict() == old
+    assert legacy.for_checkpoint() == {
+        "mean": d["mean"],
+        "std": d["std"],
+        "size": d["size"],
+        "synthetic": None,
+    }
+    with pytest.raises(ValueError, match="without size"):
+        CacheStats.from_dict({"mean": 0.5, "std": 0.2})
+
+
 def test_stats_are_train_only(demo_cache: Path) -> None:
     idx, images, stats = read_index(demo_cache), open_images(demo_cache), read_stats(demo_cache)
     train = np.asarray(images[np.sort(idx.row[idx.split == "train"])], np.float64) / 255
-    assert stats["mean"] == pytest.approx(train.mean(), rel=1e-9)
-    assert stats["std"] == pytest.approx(train.std(), rel=1e-6)
-    assert stats["n_train"] == (idx.split == "train").sum()
+    assert stats.mean == pytest.approx(train.mean(), rel=1e-9)
+    assert stats.std == pytest.approx(train.std(), rel=1e-6)
+    assert stats.n_train == (idx.split == "train").sum()
     everything = np.asarray(images, np.float64) / 255
-    assert abs(everything.mean() - stats["mean"]) > 1e-5
-    assert abs(everything.std() - stats["std"]) > 1e-6
+    assert abs(everything.mean() - stats.mean) > 1e-5
+    assert abs(everything.std() - stats.std) > 1e-6
 
 
 def test_boxes_are_in_cache_pixels(demo_raw: Path, demo_cache: Path) -> None:
@@ -155,7 +179,7 @@ def test_bad_files_land_in_errors_csv(
     for r in idx.iloc[::10].itertuples():
         d = read_dicom(broken_raw["raw"] / IMAGES / f"{r.patientId}.dcm", size=32)
         np.testing.assert_array_equal(images[r.row], d.pixels)
-    assert read_stats(out)["n"] == 57
+    assert read_stats(out).n == 57
 
 
 def test_missing_label_file_is_refused(tmp_path: Path) -> None:
@@ -196,7 +220,7 @@ def test_other_params_refused_unless_rebuild(demo_raw: Path, cache32: Path, tmp_
         build_cache(demo_raw, out, size=32, seed=1, workers=1, progress=False)
     assert tree(out) == before
     build_cache(demo_raw, out, size=48, workers=1, progress=False, rebuild=True)
-    assert open_images(out).shape == (60, 48, 48) and read_stats(out)["size"] == 48
+    assert open_images(out).shape == (60, 48, 48) and read_stats(out).size == 48
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no .old / .partial left
 
 
@@ -243,7 +267,7 @@ def test_interrupted_build_resumes_to_the_identical_cache(
     assert (out / "images.npy").read_bytes() == (cache32 / "images.npy").read_bytes()
     assert (out / "index.csv").read_bytes() == (cache32 / "index.csv").read_bytes()
     a, b = read_stats(out), read_stats(cache32)
-    assert (a["mean"], a["std"], a["n"]) == (b["mean"], b["std"], b["n"])
+    assert (a.mean, a.std, a.n) == (b.mean, b.std, b.n)
 
 
 # --- decoders -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,12 @@ from pneumolib.cam.localisation import summarize_localisation
 from pneumolib.cli import main
 from pneumolib.config import demo_config
 from pneumolib.core.rundir import CARD
-from pneumolib.data.labels import read_index
+from pneumolib.data.labels import CacheStats, read_index
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.provenance import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, is_synthetic
 from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.run import evaluate_predictions
 from pneumolib.predict import synthetic_warning
-from pneumolib.train.loop import stats_for_ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
 from card_check import BOLD_SYNTHETIC
@@ -202,12 +202,12 @@ def test_cache_records_provenance(demo_raw: Path, demo_cache: Path, tmp_path: Pa
 
 
 def test_checkpoint_and_predict_carry_provenance(tmp_path: Path) -> None:
-    stats = {"mean": 0.4, "std": 0.2, "size": 64}
-    assert stats_for_ckpt(stats | {"synthetic": True})["synthetic"] is True
-    assert stats_for_ckpt(stats)["synthetic"] is None  # a cache from before the record
-    line = synthetic_warning("run/best.pt", stats | {"synthetic": True})
+    stats = CacheStats(mean=0.4, std=0.2, size=64)
+    assert replace(stats, synthetic=True).for_checkpoint()["synthetic"] is True
+    assert stats.for_checkpoint()["synthetic"] is None  # a cache from before the record
+    line = synthetic_warning("run/best.pt", replace(stats, synthetic=True))
     assert line.startswith("warning: run/best.pt") and "synthetic" in line and "\n" not in line
-    assert synthetic_warning("x", stats | {"synthetic": False}) is None
+    assert synthetic_warning("x", replace(stats, synthetic=False)) is None
     assert synthetic_warning("x", stats) is None
 
 
@@ -217,7 +217,7 @@ def test_card_reads_provenance_from_the_checkpoint_when_the_cache_is_gone(tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     demo_config(tmp_path, cache=str(tmp_path / "gone")).save(run / "config.json")
-    stats = stats_for_ckpt({"mean": 0.5, "std": 0.2, "size": 8, "synthetic": True})
+    stats = CacheStats(mean=0.5, std=0.2, size=8, synthetic=True).for_checkpoint()
     torch.save({"model": {}, "stats": stats}, run / "best.pt")
     card = write_card(run).read_text()
     assert card.index(BOLD_SYNTHETIC) < card.index("## Model details")

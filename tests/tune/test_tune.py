@@ -25,7 +25,7 @@ from pneumolib.train import setup as train_setup
 from pneumolib.tune import claims
 from pneumolib.tune.claims import Heartbeat, claim_point, points_to_claim, reap_stale
 from pneumolib.tune.engine import SweepOptions, _trial_callback
-from pneumolib.tune.plan import make_plan
+from pneumolib.tune.plan import Plan, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(  # about a second per trial on 2 CPU cores: only the last layer learns
@@ -111,7 +111,18 @@ def grid_study(folder: Path, batch_sizes: list[int], cfg: Config | None = None):
     return tune.open_study(tune.open_storage(None, folder), "grid", plan=plan), plan
 
 
-def claim(study, plan: dict, point: dict | None, folder: Path):
+def test_the_plan_is_stored_as_the_dict_it_always_was(tmp_path: Path) -> None:
+    space = tune.search_space("grid", [4, 8], [1e-3])
+    plan = make_plan(Config(), "grid", space=space, lr_scaling="linear", ref_batch_size=32)
+    d = plan.to_dict()
+    assert list(d) == ["sampler", "space", "lr_scaling", "config", "ref_batch_size"]
+    assert d["space"] == {"batch_size": [4, 8], "lr": [1e-3]} and d["ref_batch_size"] == 32
+    assert Plan.from_dict(d) == plan
+    study = tune.open_study(tune.open_storage(None, tmp_path), "grid", plan=plan)
+    assert study.user_attrs["plan"] == d
+
+
+def claim(study, plan: Plan, point: dict | None, folder: Path):
     """One worker's claim on `point` (None: a new point of the sampler's choice)."""
     rnd = optuna.samplers.RandomSampler()
     return claim_point(study, plan, point=point, sampler=rnd, study_dir=folder)
