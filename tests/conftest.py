@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny demo RSNA folder and its cache (session-wide), the real DICOMs."""
+"""Shared fixtures: a tiny demo RSNA folder and its cache (session-wide), the real DICOMs, and
+the briefly trained runs several test files read (trained once per session; read-only: a test
+that writes into a run copies it first with shutil.copytree)."""
 
 from __future__ import annotations
 
@@ -40,3 +42,33 @@ def demo_cache(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """The cache of `demo_raw` at 64x64 (stratified split, seed 0). Treat as read-only."""
     out = tmp_path_factory.mktemp("demo_cache") / "cache"
     return build_cache(demo_raw, out, size=CACHE_SIZE, workers=1, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo preset trained briefly on `demo_cache`: binary, 64 px, 2 epochs. The run folder
+    (best.pt, last.pt, config.json, metrics.csv), not evaluated. Read-only: copy to write."""
+    from pneumolib.config import demo_config
+    from pneumolib.train.loop import fit
+
+    d = tmp_path_factory.mktemp("demo_run")
+    cfg = demo_config(d, cache=str(demo_cache), out=str(d / "run"), workers=0)
+    fit(cfg.replace(cache_size=64, image_size=64, epochs=2), progress=False)
+    return d / "run"
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A demo run trained briefly (2 epochs) on 160 phantoms (seed 5) at 64 px, with its raw
+    DICOM folder and cache: the run predict and evaluate are tested on. Read-only."""
+    from pneumolib.config import demo_config
+    from pneumolib.train.loop import fit
+
+    d = tmp_path_factory.mktemp("small_run")
+    raw = make_demo_data(d / "raw", n=160, size=128, seed=5)
+    cache = build_cache(raw, d / "cache", size=64, workers=1, progress=False)
+    cfg = demo_config(
+        d, cache=str(cache), out=str(d / "run"), workers=0, cache_size=64, image_size=64
+    )
+    fit(cfg.replace(epochs=2), progress=False)
+    return {"ckpt": d / "run" / "best.pt", "run": d / "run", "raw": raw, "cache": cache}

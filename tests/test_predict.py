@@ -15,14 +15,10 @@ import pandas as pd
 import pytest
 
 from pneumolib.cli import main as cli_main
-from pneumolib.config import demo_config
 from pneumolib.data.dicom import read_dicom
 from pneumolib.data.dicom_write import write_dicom
-from pneumolib.data.preprocess import build_cache
-from pneumolib.data.synth import make_demo_data
 from pneumolib.evaluate.run import evaluate_run, read_predictions
 from pneumolib.predict import expand_inputs, predict_cli, predict_files, read_raster
-from pneumolib.train.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 SAME_IMAGE = (  # decode to the same 8-bit image (the 12-bit one within one grey level)
@@ -35,16 +31,10 @@ INVERTED = "cxr_pa_monochrome1_jpeg_relabelled.dcm"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
-    """A briefly trained demo run (64 px cache and input) and its raw DICOM folder."""
-    d = tmp_path_factory.mktemp("predict")
-    raw = make_demo_data(d / "raw", n=160, size=128, seed=5)
-    cache = build_cache(raw, d / "cache", size=64, workers=1, progress=False)
-    cfg = demo_config(
-        d, cache=str(cache), out=str(d / "run"), workers=0, cache_size=64, image_size=64
-    )
-    fit(cfg.replace(epochs=2), progress=False)
-    return {"ckpt": d / "run" / "best.pt", "run": d / "run", "raw": raw, "cache": cache}
+def run(small_run) -> dict:
+    """A briefly trained demo run (64 px cache and input) and its raw DICOM folder (conftest's
+    `small_run`, shared with test_evaluate.py; read-only)."""
+    return small_run
 
 
 def _dicoms(run: dict, n: int) -> list[Path]:
@@ -78,10 +68,11 @@ def test_real_radiograph_variants_score_alike(run, real_dicom):
 
 
 @pytest.mark.slow
-def test_predict_equals_validation_probabilities(run):
+def test_predict_equals_validation_probabilities(run, tmp_path):
     """A DICOM scored by `predict` gets the probability that evaluation gave its cache row."""
-    evaluate_run(run["run"], "val", n_boot=0, workers=0, device="cpu", n_samples=4)
-    val = read_predictions(run["run"], "val").set_index("patientId")["prob"]
+    folder = Path(shutil.copytree(run["run"], tmp_path / "run"))  # evaluate writes there
+    evaluate_run(folder, "val", n_boot=0, workers=0, device="cpu", n_samples=4)
+    val = read_predictions(folder, "val").set_index("patientId")["prob"]
     files = [run["raw"] / "stage_2_train_images" / f"{pid}.dcm" for pid in val.index]
     df, errors = predict_files(run["ckpt"], files, device="cpu", batch_size=7)
     assert errors == [] and len(df) == len(val)

@@ -6,6 +6,7 @@ compares with a binary run on the same patients."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -175,14 +176,15 @@ def test_three_class_intervals_match_an_explicit_bootstrap_loop():
 
 # --- a three-class run end to end -----------------------------------------------------
 @pytest.fixture(scope="module")
-def runs(demo_cache: Path, tmp_path_factory) -> dict[str, Path]:
-    """A binary and a three-class run on the same demo cache, 2 epochs each, evaluated."""
+def runs(demo_cache: Path, demo_run: Path, tmp_path_factory) -> dict[str, Path]:
+    """A binary and a three-class run on the same demo cache, 2 epochs each, evaluated. The
+    binary one is a copy of conftest's `demo_run` (the same settings, trained once)."""
     d = tmp_path_factory.mktemp("tasks")
+    shutil.copytree(demo_run, d / "binary")
+    cfg = demo_config(d, cache=str(demo_cache), out=str(d / "three-class"), workers=0)
+    fit(cfg.replace(cache_size=64, image_size=64, epochs=2, task="three-class"), progress=False)
     out = {}
     for task in tasks.TASKS:
-        cfg = demo_config(d, cache=str(demo_cache), out=str(d / task), workers=0)
-        cfg = cfg.replace(cache_size=64, image_size=64, epochs=2, task=task)
-        fit(cfg, progress=False)
         for split in ("val", "test"):
             evaluate_run(d / task, split, n_boot=50, device="cpu", workers=0, figures=False)
         out[task] = d / task

@@ -227,7 +227,7 @@ def test_card_reads_provenance_from_the_checkpoint_when_the_cache_is_gone(tmp_pa
 # --------------------------------------------------------------------------- a trained run
 @pytest.mark.slow
 def test_trained_run_card_and_predict_warning(
-    demo_raw: Path, demo_cache: Path, tmp_path: Path, capsys
+    demo_raw: Path, demo_run: Path, tmp_path: Path, capsys
 ) -> None:
     """The whole chain on a real tiny run: demo folder -> cache -> checkpoint -> predict's
     warning; evaluate (val, test) and cam -> a card whose every number is the files'."""
@@ -235,11 +235,9 @@ def test_trained_run_card_and_predict_warning(
     from pneumolib.core.checkpoint import load_checkpoint
     from pneumolib.evaluate.run import evaluate_run
     from pneumolib.predict import predict_cli
-    from pneumolib.train.loop import fit
 
-    cfg = demo_config(tmp_path, cache=str(demo_cache), out=str(tmp_path / "run"), workers=0)
-    fit(cfg.replace(cache_size=64, image_size=64, epochs=2), progress=False)
-    run = Path(cfg.out)
+    # conftest's demo_run: the demo preset on demo_cache, 64 px, 2 epochs (copied: written to)
+    run = Path(shutil.copytree(demo_run, tmp_path / "run"))
     assert load_checkpoint(run / "best.pt")["stats"]["synthetic"] is True
 
     dicom = next((demo_raw / "stage_2_train_images").glob("*.dcm"))

@@ -60,21 +60,10 @@ PRED_COLUMNS = ["patientId", "prob", "target", "view", "sex", "age"]
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A demo run trained briefly on a 64 px cache (stratified train/val/test)."""
-    from pneumolib.config import demo_config
-    from pneumolib.data.preprocess import build_cache
-    from pneumolib.data.synth import make_demo_data
-    from pneumolib.train.loop import fit
-
-    d = tmp_path_factory.mktemp("evaluate_run")
-    raw = make_demo_data(d / "raw", n=240, size=128, seed=3)
-    cache = build_cache(raw, d / "cache", size=64, workers=1, progress=False)
-    cfg = demo_config(
-        d, cache=str(cache), out=str(d / "run"), workers=0, cache_size=64, image_size=64
-    )
-    fit(cfg.replace(epochs=3), progress=False)
-    return {"run": d / "run", "cache": cache}
+def trained_run(small_run):
+    """A demo run trained briefly on a 64 px cache (stratified train/val/test): conftest's
+    `small_run`, shared with test_predict.py (read-only; `_fresh_run` copies what it needs)."""
+    return small_run
 
 
 def _fresh_run(trained_run, tmp_path):

@@ -67,6 +67,7 @@ def test_trainer_curves_and_sweep_agree_on_random_histories_with_ties(monitor, t
         assert curves.best_epochs([run]).loc[run.name, "best_epoch"] == expected + 1
 
 
+@pytest.mark.slow  # trains (a 4-epoch sweep point): ~20 s, half the fast tier's budget
 def test_the_sweep_names_the_epoch_best_pt_holds_when_aucs_tie(demo_cache, tmp_path, monkeypatch):
     """Every epoch's val AUC ties (0.5), so only the loss tie-break picks best.pt; the sweep's
     table, the curves' table and best.pt must name the same epoch."""
