@@ -1,16 +1,11 @@
-"""`python -m pneumolib <command>`: the command line over the package (see README).
-
-Each command validates its inputs, prints progress, and exits non-zero with a one-line reason
-on bad input (no traceback for the user's mistakes; PNEUMOLIB_DEBUG=1 shows it anyway).
-"""
+"""The command line's parser: every command's options, Config fields as options (their help
+and choices declared beside the fields), and each command's handler (`cli.commands`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import functools
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +16,28 @@ from pneumolib.data.labels import CLASS_KEYS
 # The user's errors, not bugs: one line, exit 2. The package raises PneumolibError on purpose;
 # a path that is missing or already there is named by the OS. Anything else is a bug and shows
 # its traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (PneumolibError, FileNotFoundError, FileExistsError)
+USER_ERRORS: tuple[type[BaseException], ...] = (PneumolibError, FileNotFoundError, FileExistsError)
+
+from pneumolib.cli.commands import (
+    cam_command,
+    card_command,
+    compare_command,
+    demo_command,
+    evaluate_command,
+    make_demo_data_cli,
+    predict_command,
+    preprocess_cli,
+    publish_cli,
+    train_command,
+    tune_cli,
+)
+
+
+DESCRIPTION = """`python -m pneumolib <command>`: the command line over the package (see README).
+
+Each command validates its inputs, prints progress, and exits non-zero with a one-line reason
+on bad input (no traceback for the user's mistakes; PNEUMOLIB_DEBUG=1 shows it anyway).
+"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,21 +107,11 @@ def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
             config_option(p, f.name)
 
 
-def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    base = base or Config()
-    changes = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(Config)
-        if getattr(args, f.name, None) is not None
-    }
-    return dataclasses.replace(base, **changes)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m pneumolib` parser: one sub-command per pipeline stage, each with its
     handler in `func` (which imports its own modules: `preprocess` and `make-demo-data` start
     without torch, tested)."""
-    ap = _Parser(prog="python -m pneumolib", description=__doc__)
+    ap = _Parser(prog="python -m pneumolib", description=DESCRIPTION)
     sub = ap.add_subparsers(dest="command", required=True)
     for add in (
         _add_demo,
@@ -128,7 +134,7 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on synthetic data, minutes on a CPU")
     p.add_argument("--out", default="pneumolib_demo", help="output folder (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smaller data and fewer epochs")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=demo_command)
 
 
 def _add_make_demo_data(sub) -> None:
@@ -173,7 +179,7 @@ def _add_preprocess(sub) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train or resume a run")
     add_config_options(p)
-    p.set_defaults(func=_train)
+    p.set_defaults(func=train_command)
 
 
 def _add_evaluate(sub) -> None:
@@ -182,7 +188,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--tta", action="store_true", help="average over deterministic flips/shifts")
     p.add_argument("--n-boot", type=int, default=1000)
-    p.set_defaults(func=_evaluate)
+    p.set_defaults(func=evaluate_command)
 
 
 def _add_cam(sub) -> None:
@@ -208,7 +214,7 @@ def _add_cam(sub) -> None:
         default=0.5,
         help="a true positive is target 1 with probability >= this (default 0.5)",
     )
-    p.set_defaults(func=_cam)
+    p.set_defaults(func=cam_command)
 
 
 def _add_predict(sub) -> None:
@@ -218,7 +224,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", help="CSV path (default: stdout)")
     p.add_argument("--cam", help="folder for heat-map overlays")
     config_option(p, "device", default=Config().device)
-    p.set_defaults(func=_predict)
+    p.set_defaults(func=predict_command)
 
 
 def _add_tune(sub) -> None:
@@ -259,7 +265,7 @@ def _add_tune(sub) -> None:
 def _add_card(sub) -> None:
     p = sub.add_parser("card", help="RUN/MODEL_CARD.md from the run's own files")
     p.add_argument("--run", required=True)
-    p.set_defaults(func=_card)
+    p.set_defaults(func=card_command)
 
 
 def _add_compare(sub) -> None:
@@ -268,7 +274,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--n-boot", type=int, default=1000)
-    p.set_defaults(func=_compare)
+    p.set_defaults(func=compare_command)
 
 
 def _add_publish(sub) -> None:
@@ -279,199 +285,3 @@ def _add_publish(sub) -> None:
     )
     p.add_argument("--check", action="store_true", help="only list disagreements; exit 1 if any")
     p.set_defaults(func=lambda args: publish_cli(args.repo, args.branch, check=args.check))
-
-
-# --- the handlers: one per command, each importing what it needs ------------------------------
-
-
-def _demo(args: argparse.Namespace) -> None:
-    from pneumolib.course.demo import run_demo
-
-    run_demo(args.out, quick=args.quick)
-
-
-def make_demo_data_cli(args: argparse.Namespace) -> None:
-    """`python -m pneumolib make-demo-data` (starts without torch)."""
-    from pneumolib.data.synth import make_demo_data
-
-    out = make_demo_data(
-        args.out,
-        n=args.n,
-        size=args.size,
-        seed=args.seed,
-        realism=args.realism,
-        shortcut=args.shortcut,
-    )
-    print(f"demo data: {out} ({args.n} DICOMs of {args.size}x{args.size}, {args.realism})")
-
-
-def preprocess_cli(args: argparse.Namespace) -> None:
-    """`python -m pneumolib preprocess` (starts without torch)."""
-    from pneumolib.data.preprocess import cache_for
-
-    cfg = Config(
-        raw=args.raw,
-        cache=args.cache,
-        cache_size=args.cache_size,
-        split=args.split,
-        seed=args.seed,
-        val_frac=args.val_frac,
-        test_frac=args.test_frac,
-    )
-    cache_for(
-        cfg,
-        workers=args.workers,
-        reduced=not args.full_decode,
-        decoder=args.decoder,
-        rebuild=args.rebuild,
-    )
-
-
-def _train(args: argparse.Namespace) -> None:
-    from pneumolib.train.loop import fit
-
-    saved = Path(args.out) / "config.json" if args.out else None
-    base = Config.load(saved) if saved and saved.exists() else None  # resume the run's settings
-    fit(config_from_args(args, base))
-
-
-def _evaluate(args: argparse.Namespace) -> None:
-    from pneumolib.evaluate.run import evaluate_run
-
-    evaluate_run(args.run, args.split, tta=args.tta, n_boot=args.n_boot)
-
-
-def _cam(args: argparse.Namespace) -> None:
-    from pneumolib.cam.run import cam_run
-
-    cam_run(
-        args.run,
-        args.split,
-        n_overlays=args.n,
-        method=args.method,
-        layer=args.layer,
-        target=args.target,
-        tolerance=args.tolerance,
-        tag=args.tag,
-        threshold=args.threshold,
-    )
-
-
-def _predict(args: argparse.Namespace) -> int:
-    from pneumolib.predict import predict_cli
-
-    return predict_cli(
-        args.checkpoint, args.inputs, out_csv=args.out, cam_dir=args.cam, device=args.device
-    )
-
-
-def _card(args: argparse.Namespace) -> None:
-    from pneumolib.evaluate.card import write_card
-
-    print(f"model card: {write_card(args.run)}")
-
-
-def _compare(args: argparse.Namespace) -> None:
-    from pneumolib.evaluate.compare import compare_runs, comparison_text
-
-    result = compare_runs(args.run, args.split, threshold=args.threshold, n_boot=args.n_boot)
-    print(comparison_text(result))
-
-
-def publish_cli(repo: str | None, branch: str | None, *, check: bool) -> int:
-    """`python -m pneumolib publish`: rewrite (or with `check`, verify) the derived URLs."""
-    from pneumolib.core.errors import UsageError
-    from pneumolib.course import publish
-
-    root = publish.find_root()
-    if not check:
-        if repo is None:
-            raise UsageError("publish: give --repo https://github.com/OWNER/NAME (or --check)")
-        changed = publish.rewrite_sources(root, repo, branch=branch or "main")
-        print(f"{len(changed)} file(s) now point at {publish.github_url(repo)}")
-        for rel in changed:
-            print(f"  {rel}")
-    problems = publish.check_sources(root, repo, branch=branch)
-    for line in problems:
-        print(line)
-    if check and not problems:
-        print(f"install cells and Colab badges agree with {publish.declared_url(root)}")
-    elif check:
-        print("to point them all at one URL: python -m pneumolib publish --repo URL")
-    return 1 if problems else 0
-
-
-def _parse_list(text: str, kind: type, flag: str) -> list:
-    """`16,32,64` -> [16, 32, 64]; a one-line error naming `flag` on a bad, empty or
-    non-positive list."""
-    from pneumolib.core.errors import UsageError
-
-    try:
-        values = [kind(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(
-            f"{flag}: expected comma-separated {kind.__name__}s, got {text!r}"
-        ) from None
-    if not values:
-        raise UsageError(f"{flag}: no values in {text!r}")
-    if min(values) <= 0:
-        raise UsageError(f"{flag}: expected positive values, got {text!r}")
-    return values
-
-
-def tune_cli(args: argparse.Namespace) -> None:
-    """`python -m pneumolib tune`: the sweep into --out; prints the table."""
-    # Heavy (pandas, and torch and optuna under tune): only when this command runs.
-    import pandas as pd
-
-    from pneumolib import tune
-
-    cfg = config_from_args(args)
-    table = tune.sweep(
-        cfg,
-        batch_sizes=_parse_list(args.batch_sizes, int, "--batch-sizes"),
-        lrs=_parse_list(args.lrs, float, "--lrs"),
-        storage=args.storage,
-        study=args.study,
-        sampler=args.sampler,
-        n_trials=args.n_trials,
-        max_micro_batch=args.max_micro_batch,
-        lr_scaling=args.lr_scaling,
-        ref_batch_size=args.ref_batch_size,
-        prune=args.prune,
-        heartbeat=args.heartbeat,
-        grace=args.grace,
-        progress_timeout=args.progress_timeout or tune.PROGRESS_TIMEOUT_S,
-    )
-    with pd.option_context("display.width", 160, "display.max_columns", 30):
-        print(table.drop(columns=["run_dir"]).to_string(index=False))
-    print(f"results: {Path(cfg.out) / args.study}")
-
-
-def run(argv: list[str] | None = None) -> int:
-    """Parse `argv` and run its command's handler; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    return args.func(args) or 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`run`, with the error contract: the user's errors as one `error: ...` line (exit 2; the
-    machine's OS errors exit 1), Ctrl-C as 130, bugs with their traceback."""
-    debug = bool(os.environ.get("PNEUMOLIB_DEBUG"))  # the full traceback, for bug reports
-    try:
-        return run(argv)
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
-    except _USER_ERRORS as e:
-        if debug:
-            raise
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine's trouble (full disk, permissions, I/O): one line too
-        if debug:
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
