@@ -9,15 +9,6 @@ import functools
 from collections.abc import Iterator
 from pathlib import Path
 
-from pneumolib.config import Config, field_choices, field_help
-from pneumolib.core.errors import PneumolibError
-from pneumolib.data.labels import CLASS_KEYS
-
-# The user's errors, not bugs: one line, exit 2. The package raises PneumolibError on purpose;
-# a path that is missing or already there is named by the OS. Anything else is a bug and shows
-# its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (PneumolibError, FileNotFoundError, FileExistsError)
-
 from pneumolib.cli.commands import (
     cam_command,
     card_command,
@@ -31,6 +22,14 @@ from pneumolib.cli.commands import (
     train_command,
     tune_cli,
 )
+from pneumolib.config import Config, field_choices, field_help
+from pneumolib.core.errors import PneumolibError
+from pneumolib.data.labels import CLASS_KEYS
+
+# The user's errors, not bugs: one line, exit 2. The package raises PneumolibError on purpose;
+# a path that is missing or already there is named by the OS. Anything else is a bug and shows
+# its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (PneumolibError, FileNotFoundError, FileExistsError)
 
 
 DESCRIPTION = """`python -m pneumolib <command>`: the command line over the package (see README).
