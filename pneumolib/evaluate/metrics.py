@@ -22,20 +22,6 @@ from sklearn import metrics as skm
 
 from pneumolib.core.errors import UsageError
 
-# Published validation results on the course split at threshold 0.5, for comparison.
-REFERENCE_RESULTS: dict[str, dict[str, Any]] = {
-    "course checkpoint": {
-        "accuracy": 0.8458,
-        "precision": 0.700,
-        "note": "published course checkpoint, course split, validation, threshold 0.5",
-    },
-    "tuned blog": {
-        "accuracy": 0.8405,
-        "precision": 0.7025,
-        "note": "tuned model from the blog post, course split, validation, threshold 0.5",
-    },
-}
-
 THRESHOLD_METRICS = (
     "accuracy",
     "precision",
@@ -426,29 +412,3 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def compare_with_reference(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    """This run's accuracy and precision at threshold 0.5 beside REFERENCE_RESULTS.
-    `metrics` is a `summarize` output or a `binary_metrics(y, p, 0.5)` dict."""
-    at = metrics.get("thresholds", {}).get("0.5") if "thresholds" in metrics else metrics
-    if not at or "accuracy" not in at or at.get("threshold", 0.5) != 0.5:
-        raise ValueError(
-            "compare_with_reference: metrics has no accuracy/precision at threshold 0.5"
-        )
-    ci = at.get("ci", {})
-    split = metrics.get("split", "?")
-    run = {
-        "source": f"this run ({split})",
-        "accuracy": at["accuracy"],
-        "precision": at["precision"],
-    }
-    for m in ("accuracy", "precision"):
-        lo, hi = ci.get(m) or (None, None)
-        run[f"{m}_lo"], run[f"{m}_hi"] = lo, hi
-    run["note"] = "threshold 0.5" + ("" if split == "val" else "; references are validation")
-    rows = [run] + [{"source": k} | v for k, v in REFERENCE_RESULTS.items()]
-    df = pd.DataFrame(rows).set_index("source").astype({"accuracy": float, "precision": float})
-    for m in ("accuracy", "precision"):
-        df[f"{m}_minus_run"] = df[m] - float(run[m] if run[m] is not None else np.nan)
-    return df

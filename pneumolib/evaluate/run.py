@@ -49,11 +49,11 @@ from pneumolib.evaluate.metrics import (
     as_thresholds,
     check_predictions,
     choose_thresholds,
-    compare_with_reference,
     jsonable,
     summarize,
 )
 from pneumolib.evaluate.multiclass import class_table, confusion_table, summarize_classes
+from pneumolib.evaluate.reference import compare_with_reference
 
 # --------------------------------------------------------------------------- driver
 __all__ = [

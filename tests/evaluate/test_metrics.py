@@ -12,6 +12,7 @@ from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
 from pneumolib.evaluate import metrics as ev
+from pneumolib.evaluate import reference
 
 
 def _scores(n: int, seed: int, shift: float = 0.0, decimals: int | None = None):
@@ -207,7 +208,7 @@ def test_compare_with_reference():
     val = _table(400, seed=16)
     m = ev.summarize(val, thresholds=ev.choose_thresholds(val["target"], val["prob"]), n_boot=50)
     m["split"] = "val"
-    df = ev.compare_with_reference(m)
+    df = reference.compare_with_reference(m)
     assert df.loc["course checkpoint", "accuracy"] == 0.8458
     assert df.loc["course checkpoint", "precision"] == 0.700
     assert df.loc["tuned blog", "accuracy"] == 0.8405
@@ -217,7 +218,7 @@ def test_compare_with_reference():
     assert df.loc["this run (val)", "accuracy"] == pytest.approx(run_acc)
     assert df.loc["tuned blog", "accuracy_minus_run"] == pytest.approx(0.8405 - run_acc)
     with pytest.raises(ValueError, match="threshold 0.5"):
-        ev.compare_with_reference({"thresholds": {"youden": {"accuracy": 0.9}}})
+        reference.compare_with_reference({"thresholds": {"youden": {"accuracy": 0.9}}})
 
 
 def test_bad_tables_fail_with_a_named_reason():
