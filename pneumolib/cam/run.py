@@ -260,8 +260,7 @@ def cam_run(
         "checkpoint": checkpoint,
         **summarize_localisation(scores, n_boot=n_boot, seed=seed),
     }
-    stem = cam_stem(split, tag)
-    _write_outputs(run, stem, scores=scores, summary=summary, kept=kept)
+    _write_outputs(run, cam_stem(split, tag), scores=scores, summary=summary, kept=kept)
     print(format_localisation(summary))
     return summary
 
