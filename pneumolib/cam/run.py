@@ -31,7 +31,7 @@ from pneumolib.cam.localisation import (
 from pneumolib.cam.maps import cam, class_target, default_layer, grad_cam, resolve_layer
 from pneumolib.config import Config
 from pneumolib.core.augment import AugmentPolicy
-from pneumolib.core.checkpoint import load_run
+from pneumolib.core.checkpoint import Run, load_run
 from pneumolib.core.errors import UsageError
 from pneumolib.core.files import atomic_write
 from pneumolib.core.loader import make_loader
@@ -152,24 +152,15 @@ def cam_examples(
     if len(patient_ids) == 0:
         raise ValueError("patient_ids: empty; pass at least one patient")
     loaded = load_run(run, device=device, cache=cache, checkpoint=checkpoint)
-    model, cfg, stats = loaded.model, loaded.config, loaded.stats
+    cfg = loaded.config
     index = read_index(cfg.cache).set_index("patientId", drop=False)
     missing = [p for p in patient_ids if p not in index.index]
     if missing:
         raise ValueError(f"patient_ids: not in {cfg.cache}/{INDEX}: {missing[:3]}")
     rows = index.loc[list(patient_ids)]
     parts = list(
-        iter_cam_batches(
-            model,
-            cfg.cache,
-            index=rows,
-            image_size=cfg.image_size,
-            stats=stats,
-            gpu_augment=cfg.gpu_augment,
-            method=method,
-            layer=layer,
-            target=target,
-            batch_size=max(1, len(rows)),
+        _run_batches(
+            loaded, rows, method=method, layer=layer, target=target, batch_size=max(1, len(rows))
         )
     )
     factor = _box_factor(cfg, read_stats(cfg.cache).size)
@@ -181,6 +172,21 @@ def cam_examples(
         "targets": rows["target"].to_numpy(),
         "boxes": [scale_boxes(b, factor) for b in rows["boxes"]],
     }
+
+
+def _run_batches(loaded: Run, rows: pd.DataFrame, **options: Any) -> Iterator[dict]:
+    """`iter_cam_batches` over `rows` of a loaded run's cache, with the run's own input size,
+    pixel statistics and warp rule; `options` are the rest of its keywords."""
+    cfg = loaded.config
+    return iter_cam_batches(
+        loaded.model,
+        cfg.cache,
+        index=rows,
+        image_size=cfg.image_size,
+        stats=loaded.stats,
+        gpu_augment=cfg.gpu_augment,
+        **options,
+    )
 
 
 def cam_run(
@@ -228,13 +234,9 @@ def cam_run(
     model, cfg, stats = loaded.model, loaded.config, loaded.stats
     layer = resolve_layer(model, layer)
     index, factor = _split_rows(cfg, stats, split)
-    batches = iter_cam_batches(
-        model,
-        cfg.cache,
-        index=index,
-        image_size=cfg.image_size,
-        stats=stats,
-        gpu_augment=cfg.gpu_augment,
+    batches = _run_batches(
+        loaded,
+        index,
         method=method,
         layer=layer,
         target=target,
