@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumolib.core.errors import UsageError
+from pneumolib.core.files import atomic_write
 
 # What a field is, declared once beside it (`_tagged`); the field lists other modules need are
 # derived from these tags by `field_names`:
@@ -196,7 +197,7 @@ class Config:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        atomic_write(Path(path), json.dumps(self.to_dict(), indent=2))  # complete or absent
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:

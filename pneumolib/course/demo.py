@@ -22,6 +22,7 @@ import pandas as pd
 
 from pneumolib.cam.run import cam_run
 from pneumolib.config import Config, demo_config
+from pneumolib.core.files import atomic_write
 from pneumolib.core.rundir import best_path, figures_dir
 from pneumolib.course.report import write_report
 from pneumolib.data.preprocess import cache_for
@@ -114,9 +115,10 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
     text = write_report(
         cfg, summary=summary, metrics=metrics, loc=loc, tables=tables, times=times, out=out
     )
-    report.write_text(text)
-    (out / "report.json").write_text(
-        json.dumps({"test_auc": metrics["test"].get("roc_auc"), "times": times})
+    atomic_write(report, text)
+    atomic_write(
+        out / "report.json",
+        json.dumps({"test_auc": metrics["test"].get("roc_auc"), "times": times}),
     )
     print(f"\nreport: {report}")
     return report

@@ -34,6 +34,7 @@ from pneumolib.core.checkpoint import (
     write_metrics,
 )
 from pneumolib.core.errors import RunError
+from pneumolib.core.files import atomic_write
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.rundir import DDP_CHECK, config_path, last_path
 from pneumolib.core.runtime import predict_logits, resolve_device
@@ -259,7 +260,7 @@ def _summary(s: TrainSetup, state: RunState, out: Path, world: int, writer) -> d
     if s.distributed:
         summary["rank_checksums"] = _rank_checksums(s.model, world)
         if dist.get_rank() == 0:
-            (out / DDP_CHECK).write_text(json.dumps(summary["rank_checksums"]))
+            atomic_write(out / DDP_CHECK, json.dumps(summary["rank_checksums"]))
         dist.barrier()
     if writer:
         writer.close()
