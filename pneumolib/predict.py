@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from pneumolib.cam.figures import save_overlays
+from pneumolib.cam.localisation import Boxes
 from pneumolib.cam.maps import cam
 from pneumolib.core.augment import eval_affines
 from pneumolib.core.checkpoint import load_run
@@ -178,10 +179,10 @@ def predict_files(
         else:
             maps, probs = cam(model, x)  # the CAM's own forward pass gives the probabilities
             names = _overlay_names(ok)
-            empty = [[] for _ in ok]  # no expert boxes for a new file
+            empty: list[Boxes] = [[] for _ in ok]  # no expert boxes for a new file
             save_overlays(cam_dir, names, images=batch, maps=maps, boxes=empty, probs=probs)
-        probs = probs.detach().float().cpu().numpy()
-        rows += [{"file": str(f), "probability": float(p)} for f, p in zip(ok, probs, strict=True)]
+        values = probs.detach().float().cpu().numpy()
+        rows += [{"file": str(f), "probability": float(p)} for f, p in zip(ok, values, strict=True)]
     return pd.DataFrame(rows, columns=["file", "probability"]), errors
 
 

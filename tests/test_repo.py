@@ -1,4 +1,4 @@
-"""Repository hygiene: notebooks in sync with their .py twins and stripped; ruff clean."""
+"""Repository hygiene: notebooks in sync with their .py twins and stripped; ruff and mypy clean."""
 
 from __future__ import annotations
 
@@ -42,6 +42,16 @@ def test_ruff_clean():
         [sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True, cwd=ROOT
     )
     assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_type_checker_is_clean_on_the_package():
+    """mypy with pyproject's [tool.mypy] (default strictness). Its cache (.mypy_cache/, ignored
+    by git) makes a re-run take seconds; the first run reads torch's stubs (~30 s)."""
+    pytest.importorskip("mypy", reason="mypy is in the test extra: pip install -e .[test]")
+    res = subprocess.run(
+        [sys.executable, "-m", "mypy", "pneumolib"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
 
 
 def test_notebook_extras_include_ipywidgets():

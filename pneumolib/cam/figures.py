@@ -6,6 +6,7 @@ Figures are pyplot-free `matplotlib.figure.Figure`s, so nothing leaks between ca
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ def overlay(
         raise ValueError(f"overlay: expected 2-D image and map, got {image.shape}, {heat.shape}")
     if tuple(heat.shape) != image.shape:
         heat = F.interpolate(heat[None, None], size=image.shape, mode="bilinear")[0, 0]
-    _, ax = figure_axes(ax, (4, 4), layout=None)
+    fig, ax = figure_axes(ax, (4, 4), layout=None)
     ax.imshow(image, cmap="gray")
     ax.imshow(heat.numpy(), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
     for x, y, w, h in parse_boxes(boxes):
@@ -54,7 +55,7 @@ def overlay(
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
-    return ax.figure
+    return fig
 
 
 def overlay_grid(
@@ -112,8 +113,6 @@ def save_overlays(
         title = str(name) if probs is None else f"{name}  p={float(probs[i]):.2f}"
         fig = overlay(images[i], maps[i], boxes=boxes[i], title=title, **kwargs)
         path = out_dir / f"{name}.png"
-        atomic_write(
-            path, lambda p, f=fig: f.savefig(p, format="png", dpi=dpi, bbox_inches="tight")
-        )
+        atomic_write(path, partial(fig.savefig, format="png", dpi=dpi, bbox_inches="tight"))
         paths.append(path)
     return paths

@@ -10,7 +10,7 @@ are [[x, y, w, h], ...] in the map's pixels, or the JSON strings of the cache's 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -186,7 +186,7 @@ def format_localisation(s: dict[str, Any]) -> str:
     )
 
 
-def localisation_table(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def localisation_table(summaries: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per named `cam_run` summary: n, pointing game, energy in box and their chance
     level (the box area fraction), each value followed by its 95% CI as "[low, high]"."""
     rows = {}

@@ -112,7 +112,7 @@ class FeatureHook:
             shape = getattr(output, "shape", type(output).__name__)
             raise UsageError(f"layer={self.layer!r}: expected a (B, K, h, w) output, got {shape}")
         if self.requires_grad:
-            leaf = output.detach().requires_grad_(requires_grad=True)
+            leaf = output.detach().requires_grad_()
             self.features.append(leaf)
             # A copy goes on, so in-place ops downstream (DenseNet's ReLU) never touch the leaf.
             return leaf.clone()
@@ -215,7 +215,7 @@ def _forward(model: nn.Module, x: Tensor, layer: str, requires_grad: bool) -> tu
     return hook.features[-1], logits.reshape(len(x), -1)
 
 
-def _weighted_maps(features: Tensor, weights: Tensor, size: tuple[int, int]) -> Tensor:
+def _weighted_maps(features: Tensor, weights: Tensor, size: tuple[int, ...]) -> Tensor:
     """ReLU(sum_k w_k A_k) upsampled to `size`, each map scaled to [0, 1] by its maximum.
 
     features (B, K, h, w), weights (B, K) -> (B, H, W). Dividing by the maximum (not min-max)

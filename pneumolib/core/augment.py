@@ -16,6 +16,7 @@ coordinates (side `out_size`), OpenCV convention: pixel centres at integer coord
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -149,7 +150,9 @@ def eval_affines(n: int, in_size: int, out_size: int) -> np.ndarray:
     return compose_affines(params, in_size, out_size)
 
 
-def warp_boxes(boxes: list[list[float]], mat: np.ndarray, out_size: int) -> list[list[float]]:
+def warp_boxes(
+    boxes: Sequence[Sequence[float]], mat: np.ndarray, out_size: int
+) -> list[list[float]]:
     """Boxes [x, y, w, h] (pixel-edge units) -> axis-aligned box of the 4 warped corners,
     clipped to the output; boxes left with no area inside the output are dropped."""
     m = np.asarray(mat, dtype=np.float64)

@@ -92,7 +92,7 @@ class CacheBatches(torch.utils.data.Dataset):
         self.cache, self.rows, self.targets = str(cache), np.asarray(rows), np.asarray(targets)
         self.out_size, self.policy, self.train, self.seed = out_size, policy, train, seed
         self.warp_in_worker, self.normalise = warp_in_worker, normalise
-        self._images = None  # opened lazily, once per worker process
+        self._images: np.ndarray | None = None  # opened lazily, once per worker process
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -110,7 +110,7 @@ def _replace(root: nn.Module, dotted: str, module: nn.Module) -> None:
 def head(model: nn.Module) -> nn.Linear:
     """The final `nn.Linear` layer (one output per logit)."""
     m = _unwrap(model)
-    return m.net.get_submodule(_FAMILIES[m.family].head)
+    return cast(nn.Linear, m.net.get_submodule(_FAMILIES[m.family].head))  # by _FAMILIES
 
 
 def feature_layer_name(model: nn.Module) -> str:

@@ -5,7 +5,7 @@ No torch and no pyplot state: a notebook shows the Figure, a script saves it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -39,7 +39,10 @@ def class_colour(name: str | int) -> str:
 
 
 def figure_axes(
-    ax: Axes | None, figsize: tuple[float, float] = (5, 4), *, layout: str | None = "constrained"
+    ax: Axes | None,
+    figsize: tuple[float, float] = (5, 4),
+    *,
+    layout: Literal["constrained", "compressed", "tight"] | None = "constrained",
 ) -> tuple[Any, Axes]:
     """(`ax`'s figure, `ax`) to draw into the caller's axes, or a new pyplot-free Figure of
     `figsize` inches and its one axes."""

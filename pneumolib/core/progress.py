@@ -12,8 +12,8 @@ So a bar redraws at most `MAX_REFRESHES` times (with a known total) and at most 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import IO
+from collections.abc import Iterable, Sized
+from typing import IO, cast
 
 from tqdm.auto import tqdm
 
@@ -38,7 +38,7 @@ def bar(
     the text changes with the next scheduled redraw instead of adding one.
     """
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
-        total = len(iterable)
+        total = len(cast(Sized, iterable))  # hasattr(__len__) checked it
     miniters = max(1, math.ceil((total - initial) / MAX_REFRESHES)) if total else None
     return tqdm(
         iterable,

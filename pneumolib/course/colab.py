@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pneumolib.config import Config, demo_config, rsna_config
 from pneumolib.core.rundir import best_path
@@ -31,7 +31,17 @@ from pneumolib.data.kaggle import (
 )
 
 DRIVE_FOLDER = "pneumolib"  # under MyDrive
-DEMO_DATA = {"n": 300, "size": 256, "seed": 0}  # the demo folder every notebook uses
+
+
+class DemoData(TypedDict):
+    """`make_demo_data`'s keywords for the notebooks' demo folder (type-checked at `**`)."""
+
+    n: int
+    size: int
+    seed: int
+
+
+DEMO_DATA: DemoData = {"n": 300, "size": 256, "seed": 0}  # the demo folder every notebook uses
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import pandas as pd
 
@@ -35,7 +36,16 @@ from pneumolib.tune import plot_heatmap, sweep
 
 DEMO_N, DEMO_SIZE = 500, 1024  # 500 patients (75 in test) in DICOMs as large as RSNA's
 SWEEP_SEEDS = (0, 1, 2)  # the sweep is repeated per training seed: does its best point hold?
-SWEEP_GRID = {"batch_sizes": [16, 64], "lrs": [1e-3, 3e-3]}
+
+
+class SweepGrid(TypedDict):
+    """`sweep`'s grid keywords, so that `sweep(cfg, **SWEEP_GRID)` is type-checked."""
+
+    batch_sizes: list[int]
+    lrs: list[float]
+
+
+SWEEP_GRID: SweepGrid = {"batch_sizes": [16, 64], "lrs": [1e-3, 3e-3]}
 
 
 def _step(title: str) -> float:

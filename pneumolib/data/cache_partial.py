@@ -17,7 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
@@ -145,7 +145,9 @@ def fingerprint_changes(old: dict, new: dict) -> list[str]:
     return changes
 
 
-def run_chunks(fn: Callable[[Any], Any], jobs: list, *, workers: int, part: Path) -> Iterator[Any]:
+def run_chunks(
+    fn: Callable[[Any], Any], jobs: list, *, workers: int, part: Path
+) -> Generator[Any, None, None]:
     """Yield `fn(job)` for every job as each finishes: in this process when `workers` <= 1,
     else in `workers` processes. A worker that dies (SIGKILL from the OOM killer, SIGBUS)
     ends the build with a CacheError naming `part`; what was yielded before is kept."""

@@ -113,7 +113,9 @@ def intensity_histogram(images: np.ndarray, rows: Sequence[int], chunk: int = 25
     return counts
 
 
-def mean_image(images: np.ndarray, rows: Sequence[int], chunk: int = 256) -> np.ndarray:
+def mean_image(
+    images: np.ndarray, rows: Sequence[int] | np.ndarray, chunk: int = 256
+) -> np.ndarray:
     """Mean of images[rows] (grey levels 0..255) -> float64 (S, S), summed in chunks."""
     if len(rows) == 0:
         raise ValueError("rows: no images to average")

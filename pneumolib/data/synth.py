@@ -28,6 +28,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -256,7 +257,7 @@ def _film(
     rng: np.random.Generator, img: np.ndarray, r: Realism, *, portable: float, marker: bool
 ) -> np.ndarray:
     """Blur, exposure and the film-level effects of `r` on a (_BASE, _BASE) float image."""
-    img = cv2.GaussianBlur(img, (0, 0), 1.2)
+    img = cast(np.ndarray, cv2.GaussianBlur(img, (0, 0), 1.2))  # float in, float out
     img *= rng.uniform(0.85, 1.15)  # exposure
     if portable:  # bedside film: scatter lowers contrast, a small detector dose adds noise
         img = img.mean() + (img - img.mean()) * (1 - 0.2 * portable)
@@ -418,7 +419,8 @@ def _write_patient(
         view=p["view"],
         manufacturer=SYNTHETIC_MANUFACTURER,
     )
-    for b in boxes or [[None] * 4]:
+    no_box: list[list[float | None]] = [[None] * 4]  # one row with empty box columns
+    for b in boxes or no_box:
         label_rows.append([p["patientId"], *b, int(label)])
         class_rows.append([p["patientId"], cls])
     noise = f["noise"] if drawn != label else ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -186,7 +187,7 @@ def model_details(f: RunFiles) -> list[str]:
     cfg = f.config
     task = cfg.task  # Config.from_dict gives runs from before the three-class task "binary"
     cache_px = f.stats.size if f.stats else cfg.cache_size
-    rows = [
+    rows: list[list[Any]] = [
         ["task", f"{task}; label `{cfg.label}`"],
         ["architecture", f"{cfg.model} (torchvision), 1-channel input"],
         ["training mode", cfg.mode],

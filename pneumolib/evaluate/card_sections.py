@@ -166,7 +166,11 @@ def metrics_section(metrics: Mapping[str, Mapping[str, Any] | None], run: str) -
             cmd = f"python -m pneumolib evaluate --run {run} --split {split}"
             lines += [f"### {split}", "", not_measured(f"no metrics_{split}.json", cmd), ""]
             continue
-        source = {"val": "chosen on val", "given": "given", "fixed": "fixed at 0.5"}
+        source: dict[str | None, str] = {
+            "val": "chosen on val",
+            "given": "given",
+            "fixed": "fixed at 0.5",
+        }
         how = source.get(m.get("threshold_source"), "of unknown origin")
         lines += [f"### {split} (thresholds {how})", ""]
         header = ["threshold", "value", *(f"{r} [95% CI]" for r in RATES)]
@@ -208,6 +212,7 @@ def calibration_section(metrics: Mapping[str, Mapping[str, Any] | None], run: st
         cmd = f"python -m pneumolib evaluate --run {run} --split test"
         return lines + [not_measured("no metrics files", cmd), ""]
     m = metrics[split]
+    assert m is not None  # split was chosen because metrics.get(split) is truthy
     rows = [
         [f"{r['lo']:.1f}-{r['hi']:.1f}", r["count"], num(r["mean_pred"]), num(r["observed"])]
         for r in m.get("reliability", [])

@@ -73,11 +73,12 @@ def paired_predictions(runs: Sequence[str | Path], split: str = "test") -> pd.Da
     names = [Path(r).name for r in runs]
     if len(set(names)) != len(names):
         names = [str(r) for r in runs]
-    table = None
+    table: pd.DataFrame | None = None
     for run, name in zip(runs, names, strict=True):
         pred = read_predictions(run, split)[["patientId", "target", "prob"]]
         pred = pred.rename(columns={"prob": name, "target": f"target_{name}"})
         table = pred if table is None else table.merge(pred, on="patientId", how="inner")
+    assert table is not None  # runs is not empty: compare_runs asks for two or more
     targets = table[[f"target_{n}" for n in names]].to_numpy()
     if len(table) == 0:
         raise UsageError(f"the runs {names} share no {split} patient; compare runs of one cache")

@@ -384,13 +384,13 @@ def sample_predictions_figure(
     images = np.empty((len(rows), *open_images(cache).shape[1:]), np.uint8)
     images[order] = open_images(cache)[rows["row"].to_numpy()[order]]  # memory map, in order
     wrong = int(((picked["prob"] >= t) != picked["target"].astype(bool)).sum())
-    order = (
+    picks = (
         f"{wrong} mistake{'s' * (wrong != 1)}, most confident first, then random correct calls"
         if wrong
         else "no mistakes at this threshold: random correct calls"
     )
     title = (
-        f"{metrics.get('split', '')}: {order} "
+        f"{metrics.get('split', '')}: {picks} "
         f"({name} threshold {t:.3f}, chosen on val; expert boxes in yellow)"
     )
     if out is not None:

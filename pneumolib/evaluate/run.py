@@ -369,7 +369,7 @@ def metrics_table(
     """One row per (validation-chosen) threshold of a metrics dict: the threshold value and
     each metric as 'value [lo, hi]' (95% bootstrap CI), for printing and notebooks."""
 
-    rows = {}
+    rows: dict[str, dict[str, float | str]] = {}
     for name, t in metrics["thresholds"].items():
         rows[name] = {"threshold": round(float(t["threshold"]), 4)}
         rows[name] |= {m: with_ci(t.get(m), t.get("ci", {}).get(m)) for m in names}

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 import torch
@@ -35,6 +36,7 @@ from pneumolib.core.checkpoint import (
 )
 from pneumolib.core.errors import RunError
 from pneumolib.core.files import atomic_write
+from pneumolib.core.loader import EpochBatchSampler
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.rundir import DDP_CHECK, config_path, last_path
 from pneumolib.core.runtime import predict_logits, resolve_device
@@ -120,7 +122,7 @@ def _resume(s: TrainSetup, out: Path) -> RunState:
 
 def _train_epoch(s: TrainSetup, epoch: int, bar, callback) -> float:
     """One epoch of optimiser steps -> mean training loss."""
-    s.train_loader.sampler.set_epoch(epoch)
+    cast(EpochBatchSampler, s.train_loader.sampler).set_epoch(epoch)  # make_loader's
     s.net.train()
     batches = iter(s.train_loader)
     run_loss, seen = 0.0, 0

@@ -11,7 +11,7 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -104,9 +104,10 @@ def accumulate_gradients(
     all-reduce runs once, on the last micro-batch.
     """
     pairs = list(pairs) if distributed else pairs  # DDP must know which micro-batch is last
-    total, count = 0.0, len(pairs) if distributed else None
+    total, count = 0.0, len(pairs) if distributed else 0  # count is read under DDP only
     for i, (x, y) in enumerate(pairs):
-        ctx = net.no_sync() if distributed and i < count - 1 else contextlib.nullcontext()
+        ddp = cast(torch.nn.parallel.DistributedDataParallel, net)  # when distributed
+        ctx = ddp.no_sync() if distributed and i < count - 1 else contextlib.nullcontext()
         with ctx:
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
                 loss = tasks.loss(net(x).float(), y, loss_weight, reduction="sum") / n_step
@@ -240,13 +241,13 @@ def prepare_training(
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(trainable_parameters(model), cfg)
     dtype = amp_dtype(device, cfg.amp)
-    net = model
+    net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if cfg.compile:
-        net = torch.compile(net)
+        net = cast(torch.nn.Module, torch.compile(net))  # an OptimizedModule; stub says Callable
     return TrainSetup(
         cfg=cfg,
         device=device,

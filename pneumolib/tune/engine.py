@@ -10,6 +10,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,7 @@ def _run_trial(
         log_event(study_dir, "error", run=key, trial=trial.number, detail=error)
         print(f"trial {trial.number} failed: {error}")
         return error
+    assert state is not None  # else error or the 'lost' return above
     _finish(study, trial, state, history, info, cfg, study_dir)
     return None
 
@@ -287,7 +289,7 @@ def write_report(
     figures[f"slices_{metric}.png"] = plot_slices(table, metric)
     figures["curves.png"] = plot_curves(trial_histories(study))
     for name, fig in figures.items():
-        atomic_write(study_dir / name, lambda p, f=fig: f.savefig(p, format="png", dpi=100))
+        atomic_write(study_dir / name, partial(fig.savefig, format="png", dpi=100))
 
 
 def _check_arguments(

@@ -20,9 +20,9 @@ from pneumolib.train.setup import optimiser_step, prepare_training, seed_everyth
 
 def smooth_curve(loss: Sequence[float], window: int | None = None) -> np.ndarray:
     """Centred moving average (no lag, unlike an exponential average); window ~ n/8."""
-    loss = pd.Series(np.asarray(loss, float))
-    window = window or max(5, len(loss) // 8)
-    return loss.rolling(window, center=True, min_periods=1).mean().to_numpy()
+    series = pd.Series(np.asarray(loss, float))
+    window = window or max(5, len(series) // 8)
+    return series.rolling(window, center=True, min_periods=1).mean().to_numpy()
 
 
 def _endless(loader) -> Iterator[dict]:
