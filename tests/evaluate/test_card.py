@@ -245,7 +245,7 @@ def test_trained_run_card_and_predict_warning(
     assert predict_cli(run / "best.pt", [str(dicom)], device="cpu") == 0
     out, err = capsys.readouterr()
     assert [ln for ln in err.splitlines() if ln.startswith("warning:")] == [
-        synthetic_warning(run / "best.pt", {"synthetic": True})
+        synthetic_warning(run / "best.pt", CacheStats(mean=0.5, std=0.25, size=64, synthetic=True))
     ]
     assert out.splitlines()[0] == "file,probability" and len(out.splitlines()) == 2
 
