@@ -16,13 +16,19 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 # What an epoch can be judged on (Config.monitor): the val_<name> columns the trainer writes
-# (`train.loop.binary_summary`, all higher-is-better) and the val loss.
+# (`evaluate.metrics.binary_summary`, all higher-is-better) and the val loss.
 MONITORS = ("auc", "accuracy", "precision", "recall", "loss")
+
+
+def monitor_score(row: Mapping[str, float], monitor: str) -> float:
+    """val_<monitor> (higher is better), or -val_loss for "loss"; NaN where undefined (what an
+    epoch reports to the sweep's pruner, which skips NaN)."""
+    return -row["val_loss"] if monitor == "loss" else row[f"val_{monitor}"]
 
 
 def epoch_score(row: Mapping[str, float], monitor: str) -> float:
     """The epoch's score on `monitor` (higher is better); -val_loss where val_<monitor> is NaN."""
-    score = -row["val_loss"] if monitor == "loss" else row[f"val_{monitor}"]
+    score = monitor_score(row, monitor)
     return -row["val_loss"] if math.isnan(score) else float(score)
 
 

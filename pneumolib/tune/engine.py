@@ -25,6 +25,7 @@ from pneumolib.core.files import atomic_write
 from pneumolib.core.rundir import config_path, last_path, metrics_csv_path
 from pneumolib.data.labels import read_index
 from pneumolib.train import loop as train
+from pneumolib.train.best_epoch import monitor_score
 from pneumolib.tune.claims import (
     PROGRESS_TIMEOUT_S,
     Heartbeat,
@@ -48,7 +49,6 @@ from pneumolib.tune.plan import (
 )
 from pneumolib.tune.results import (
     history_summary,
-    monitor_score,
     results_table,
     trial_histories,
     write_best,

@@ -22,12 +22,6 @@ TABLE_COLUMNS = ["batch_size", "lr", "epochs", "best_epoch", *METRICS, "seconds"
 TABLE_COLUMNS += ["micro_batch_size", "state", "trial", "run", "run_dir"]
 
 
-def monitor_score(row: Mapping[str, float], monitor: str) -> float:
-    """What an epoch reports to the pruner (higher is better): val_<monitor>, or -val_loss for
-    "loss"; NaN where undefined, so nothing is reported. The best epoch is `best_epoch`'s rule."""
-    return -row["val_loss"] if monitor == "loss" else row[f"val_{monitor}"]
-
-
 def history_summary(history: pd.DataFrame, monitor: str = "auc") -> dict[str, Any]:
     """Epochs run, the best epoch (the one the trial's best.pt holds), the val metrics there,
     its score and the total seconds."""
