@@ -11,7 +11,10 @@ area resize (tested) and is the single largest saving when building the cache.
 Grey values follow the DICOM standard (PS3.3): modality rescale/LUT, then the VOI LUT (scaled
 by its own output depth) or window; colour and palette images become luma; samples scale by
 their stored bit depth. An image that decodes to almost a single grey level is refused
-(`check_informative`), and every failure is a one-line DicomError naming the file.
+(`check_informative`), and every failure is a one-line DicomError naming the file and its
+cause (`dicom_checks`: a decoder to install, a header that contradicts itself, float or empty
+pixel data). A file without the 128-byte preamble is read when its content is a DICOM header
+(`dicom_detect`).
 """
 
 from __future__ import annotations
@@ -28,11 +31,27 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
+from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+)
 
 from pneumolib.core.errors import PneumolibError
+from pneumolib.data.dicom_checks import (
+    j2k_sign_conflict,
+    missing_codec,
+    modality_lut_problem,
+    needs_extra,
+    pixel_data_problem,
+)
+from pneumolib.data.dicom_detect import read_without_preamble
+from pneumolib.data.letterbox import letterbox
 
 # Reduced-scale decode + area resize against full decode + area resize, in grey levels.
 REDUCED_DECODE_TOLERANCE = {"mean_abs": 0.5, "p99_abs": 2.0}
@@ -59,6 +78,8 @@ class DicomImage:
     sex: str | None = None  # "M" / "F" / None
     age: int | None = None  # years, None when missing or unparsable
     view: str | None = None  # "AP" / "PA" / ...
+    modality: str | None = None  # "CR", "DX", ... (`dicom_detect.radiograph_problem` judges)
+    body_part: str | None = None  # BodyPartExamined: "CHEST", ...
     pixel_spacing: tuple[float, float] | None = None  # mm per pixel (row, column)
     rows: int = 0  # original height
     columns: int = 0  # original width
@@ -131,6 +152,11 @@ def _read_header(ds: pydicom.Dataset, path: Path) -> _Header:
         raise DicomError(f"{path}: header BitsStored = {bits} is outside 1..32")
     slope, icpt = (num(k, default=None, kind=float) for k in ("RescaleSlope", "RescaleIntercept"))
     center, width = (num(k, default=None, kind=float) for k in ("WindowCenter", "WindowWidth"))
+    if center is not None and width is not None and width < 1 and not ds.get("VOILUTSequence"):
+        raise DicomError(
+            f"{path}: header WindowWidth = {width:g} is below 1, which DICOM does not allow "
+            "(PS3.3 C.11.2.1.2); the file's window is broken: correct or remove it"
+        )
     rescale = None
     if slope is not None or icpt is not None:
         rescale = (1.0 if slope is None else slope, icpt or 0.0)
@@ -217,7 +243,7 @@ def _colour_to_grey(rgb: np.ndarray, bits: int) -> np.ndarray:
 
 def _decode(ds: pydicom.Dataset, h: _Header, path: Path, size: int | None) -> np.ndarray:
     """The pixel data -> uint8 grey (H, W), bright = dense. `size` allows a reduced JPEG decode."""
-    tsyntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    tsyntax = _transfer_syntax(ds)
     if h.photometric == "PALETTE COLOR":
         depth = int(ds.RedPaletteColorLookupTableDescriptor[2])  # bits per palette entry
         rgb = apply_color_lut(ds.pixel_array, ds)
@@ -230,7 +256,14 @@ def _decode(ds: pydicom.Dataset, h: _Header, path: Path, size: int | None) -> np
     if tsyntax in _JPEG_SYNTAXES and _is_grey_jpeg(h):
         reduced = size if _is_plain(ds, h) else None
         return _grey_to_uint8(ds, h, _decode_jpeg(ds, h, path, reduced), path)
+    conflict = j2k_sign_conflict(tsyntax, ds.PixelData, signed=h.signed)
+    if conflict:
+        raise DicomError(f"{path}: {conflict}")
     return _grey_to_uint8(ds, h, ds.pixel_array, path)
+
+
+def _transfer_syntax(ds: pydicom.Dataset) -> UID:
+    return UID(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian))
 
 
 def _is_grey_jpeg(h: _Header) -> bool:
@@ -249,7 +282,7 @@ def plain_jpeg(ds: pydicom.Dataset, path: str | Path) -> bool:
     the image (at a reduced scale, or by nvJPEG), then inverted if MONOCHROME1. DicomError (one
     line) for a header that does not parse."""
     h = _read_header(ds, Path(path))
-    tsyntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    tsyntax = _transfer_syntax(ds)
     return (
         tsyntax == JPEGBaseline8Bit
         and h.samples == 1
@@ -327,30 +360,6 @@ def _window_output_range(h: _Header) -> tuple[float, float]:
     return min(a, b), max(a, b)
 
 
-def letterbox(
-    img: np.ndarray, size: int, orig_hw: tuple[int, int]
-) -> tuple[np.ndarray, float, tuple[float, float]]:
-    """Pad (H, W) to a centred square, area-resize to (size, size).
-
-    Returns the image and the original->output mapping (scale, (offset_x, offset_y)), computed
-    from the ORIGINAL size so it holds whatever scale the JPEG was decoded at.
-    """
-    h, w = img.shape
-    side = max(h, w)
-    if h != w:
-        top, left = (side - h) // 2, (side - w) // 2
-        img = cv2.copyMakeBorder(
-            img, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=0
-        )
-    if side != size:
-        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-        img = cv2.resize(img, (size, size), interpolation=interp)
-    oh, ow = orig_hw
-    oside = max(oh, ow)
-    scale = size / oside
-    return img, scale, ((oside - ow) // 2 * scale, (oside - oh) // 2 * scale)
-
-
 def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) -> DicomImage:
     """Read one DICOM file -> DicomImage with uint8 pixels (H, W), or (size, size) if given.
 
@@ -361,8 +370,9 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
     """
     path = Path(path)
     ds = _read_dataset(path)
-    if "PixelData" not in ds:
-        raise DicomError(f"{path}: DICOM has no pixel data")
+    problem = pixel_data_problem(ds) or modality_lut_problem(ds)
+    if problem:
+        raise DicomError(f"{path}: {problem}")
     h = _read_header(ds, path)
     if h.samples not in (1, 3):
         raise DicomError(f"{path}: expected 1 or 3 samples per pixel, got {h.samples}")
@@ -376,6 +386,9 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
     except DicomError:
         raise
     except Exception as e:
+        tsyntax = _transfer_syntax(ds)
+        if needs_extra(tsyntax):  # not corrupt, perhaps: a decoder is missing here
+            raise DicomError(f"{path}: {missing_codec(tsyntax, _one_line(e))}") from None
         raise DicomError(f"{path}: pixel data could not be decoded ({_one_line(e)})") from None
     if img.ndim != 2 or img.size == 0:
         raise DicomError(f"{path}: expected a 2-D image, got shape {img.shape}")
@@ -390,6 +403,8 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
         sex=(str(ds.get("PatientSex", "")).strip().upper() or None),
         age=parse_age(ds.get("PatientAge")),
         view=(str(ds.get("ViewPosition", "")).strip().upper() or None),
+        modality=(str(ds.get("Modality", "")).strip().upper() or None),
+        body_part=(str(ds.get("BodyPartExamined", "")).strip().upper() or None),
         pixel_spacing=_pixel_spacing(ds),
         rows=h.rows,
         columns=h.columns,
@@ -399,11 +414,18 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
 
 
 def _read_dataset(path: Path) -> pydicom.Dataset:
-    """pydicom.dcmread with its failures (missing, truncated, not DICOM) as one-line DicomErrors."""
+    """pydicom.dcmread with its failures (missing, truncated, not DICOM) as one-line DicomErrors;
+    a file without the preamble is read when it opens on a DICOM header (`dicom_detect`)."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path)
+            ds: pydicom.Dataset | None
+            try:
+                ds = pydicom.dcmread(path)
+            except InvalidDicomError:
+                ds = read_without_preamble(path)
+        if ds is None:
+            raise DicomError(f"{path}: not a readable DICOM (no 'DICM' at byte 128, no header)")
         for w in caught:  # pydicom only warns when a file ends early
             if "End of file reached" in str(w.message):
                 raise DicomError(f"{path}: truncated file ({w.message})")
@@ -413,6 +435,10 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
         raise DicomError(f"{path}: file not found") from None
     except Exception as e:  # pydicom raises many types for bad files
         raise DicomError(f"{path}: not a readable DICOM ({_one_line(e)})") from None
+    if "TransferSyntaxUID" not in ds.file_meta:  # no file meta: take it from the encoding
+        implicit, little = ds.original_encoding
+        syntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else syntax
     return ds
 
 
