@@ -34,6 +34,7 @@ from pneumolib.core.runtime import amp_dtype, model_input, warp_on_device
 from pneumolib.core.tasks import pneumonia_probability
 from pneumolib.data.cache_stats import CacheStats
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
+from pneumolib.data.dicom_detect import file_kind, radiograph_problem
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -48,20 +49,22 @@ class ImageReadError(PneumolibError, ValueError):
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Files, folders (searched recursively for *.dcm, *.png, *.jpg, *.jpeg, any case) and
-    globs -> (files in input order without repeats, one error line per input that found none).
-    A file named explicitly is kept whatever its suffix (DICOMs often have none)."""
+    """Files, folders (searched recursively for *.dcm, *.png, *.jpg, *.jpeg, any case, and for
+    files of other names whose content is DICOM, PNG or JPEG: `IM0001` as PACS exports write
+    them) and globs -> (files in input order without repeats, one error line per input that
+    found none). A file named explicitly is kept whatever its suffix."""
     files: dict[Path, None] = {}  # ordered set
     errors = []
     for item in inputs:
         text = str(item)
         path = Path(text)
         if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p))
             if not found:
-                errors.append(f"{text}: folder holds no .dcm, .png, .jpg or .jpeg files")
+                errors.append(
+                    f"{text}: folder holds no .dcm, .png, .jpg or .jpeg files (nor other files "
+                    "whose content is DICOM, PNG or JPEG)"
+                )
         elif path.is_file():
             found = [path]
         elif glob.has_magic(text):
@@ -73,6 +76,11 @@ def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
             errors.append(f"{text}: no such file or folder")
         files.update(dict.fromkeys(found))
     return list(files), errors
+
+
+def _is_image(path: Path) -> bool:
+    """By suffix, or else by content (the first bytes; a header parse only for likely DICOMs)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES or file_kind(path) is not None
 
 
 def read_raster(path: str | Path) -> np.ndarray:
@@ -94,15 +102,26 @@ def read_raster(path: str | Path) -> np.ndarray:
 
 
 def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
-    """One file -> uint8 (size, size), preprocessed like the cache. PNG/JPEG by suffix,
-    everything else as DICOM (`reduced`: the cache's reduced-scale JPEG decode, within one
-    grey level of a full decode). Raises DicomError / ImageReadError naming the file."""
+    """One file -> uint8 (size, size), preprocessed like the cache. PNG/JPEG by content (or by
+    suffix), everything else as DICOM (`reduced`: the cache's reduced-scale JPEG decode, within
+    one grey level of a full decode). Raises DicomError / ImageReadError naming the file. A
+    DICOM that is not a chest radiograph (`radiograph_problem`) gets one warning line on
+    stderr and is scored all the same."""
     path = Path(path)
-    if path.suffix.lower() in RASTER_SUFFIXES:
+    kind = file_kind(path)
+    if kind in ("png", "jpeg") or (kind is None and path.suffix.lower() in RASTER_SUFFIXES):
         img = read_raster(path)
         check_informative(img, path)  # as read_dicom does: a flat image is not scored
         return letterbox(img, size, img.shape)[0]
-    return read_dicom(path, size=size, reduced=reduced).pixels
+    d = read_dicom(path, size=size, reduced=reduced)
+    problem = radiograph_problem(d.modality, d.body_part)
+    if problem:
+        print(
+            f"warning: {path}: {problem}; scored all the same, but the model knows only chest "
+            "radiographs",
+            file=sys.stderr,
+        )
+    return d.pixels
 
 
 def synthetic_warning(checkpoint: str | Path, stats: CacheStats) -> str | None:

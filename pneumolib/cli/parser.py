@@ -172,6 +172,12 @@ def _add_preprocess(sub) -> None:
     )
     p.add_argument("--full-decode", action="store_true", help="no reduced-scale JPEG decode")
     p.add_argument("--rebuild", action="store_true", help="replace a cache made differently")
+    p.add_argument(
+        "--allow-any-modality",
+        action="store_true",
+        help="keep DICOMs whose header says CT, MR, US... or a body part other than the chest "
+        "(default: listed in errors.csv and left out)",
+    )
     p.set_defaults(func=preprocess_cli)
 
 

@@ -9,6 +9,7 @@ describe a chest radiograph: `predict` warns about the others, `preprocess` leav
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -109,13 +110,15 @@ def image_files(folder: str | Path) -> dict[str, Path]:
     A `.dcm` file wins over a same-named file without the suffix."""
     found: dict[str, Path] = {}
     others = []
-    for p in sorted(Path(folder).iterdir()):
-        if not p.is_file():
-            continue
-        if p.suffix.lower() == DICOM_SUFFIX:
-            found[p.stem] = p
-        else:
-            others.append(p)
+    with os.scandir(folder) as entries:  # file type from the listing: no stat per file
+        for e in sorted(entries, key=lambda e: e.name):
+            if not e.is_file():
+                continue
+            p = Path(e.path)
+            if p.suffix.lower() == DICOM_SUFFIX:
+                found[p.stem] = p
+            else:
+                others.append(p)
     for p in others:  # content checks only for files without the suffix (none in RSNA)
         if p.name not in found and is_dicom(p):
             found[p.name] = p

@@ -42,14 +42,8 @@ from pneumolib.data.cache_partial import (
     read_progress,
 )
 from pneumolib.data.cache_stats import CacheStats, read_stats, write_stats
-from pneumolib.data.dicom import (
-    DicomError,
-    check_informative,
-    letterbox,
-    parse_age,
-    plain_jpeg,
-    read_dicom,
-)
+from pneumolib.data.decode_files import read_files
+from pneumolib.data.dicom_detect import image_files
 from pneumolib.data.labels import (
     CLASSES_CSV,
     IMAGES_DIR,
@@ -69,13 +63,12 @@ __all__ = ["CacheError", "build_cache", "cache_for", "default_workers", "pixel_s
 
 def _process_chunk(args: tuple) -> list[dict]:
     """Worker: read one chunk of files into rows of the partial images.npy -> their metadata."""
-    images_path, rows, paths, size, reduced, decoder = args
+    images_path, rows, paths, size, reduced, decoder, allow_any_modality = args
     images = np.load(images_path, mmap_mode="r+")
     out = []
-    if decoder == "opencv":
-        results = [_read_one(p, size, reduced=reduced) for p in paths]
-    else:
-        results = _read_batch_torchvision(paths, size, decoder)
+    results = read_files(
+        paths, size, reduced=reduced, decoder=decoder, allow_any_modality=allow_any_modality
+    )
     for row, path, (pixels, meta) in zip(rows, paths, results, strict=True):
         if pixels is not None:
             images[row] = pixels
@@ -86,82 +79,6 @@ def _process_chunk(args: tuple) -> list[dict]:
     images.flush()
     del images
     return out
-
-
-def _read_one(path: str, size: int, *, reduced: bool) -> tuple[np.ndarray | None, dict]:
-    try:
-        d = read_dicom(path, size=size, reduced=reduced)
-    except DicomError as e:
-        return None, {"error": str(e)}
-    except Exception as e:  # never let one file kill the build
-        return None, {"error": f"{path}: {type(e).__name__}: {e}"}
-    return d.pixels, {**d.meta(), "scale": d.scale, "ox": d.offset[0], "oy": d.offset[1]}
-
-
-def _plain_jpeg(ds, path: str) -> bool:
-    try:
-        return plain_jpeg(ds, path)
-    except DicomError:  # the general reader reports it
-        return False
-
-
-def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
-    """Decode the JPEG frames of a batch at once with torchvision (nvJPEG when device='cuda')."""
-    # torch here only: `preprocess` must start without it (the opencv decoder needs none)
-    import pydicom
-    import torch
-    import torch.nn.functional as F
-    from pydicom.encaps import generate_frames
-    from torchvision.io import decode_jpeg
-
-    results: list = [None] * len(paths)
-    frames, where, metas = [], [], []
-    for i, p in enumerate(paths):
-        try:
-            ds = pydicom.dcmread(p)
-            if not _plain_jpeg(ds, p):
-                # not RSNA-style: the general reader
-                results[i] = _read_one(p, size, reduced=True)
-                continue
-            frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-            frames.append(torch.frombuffer(bytearray(frame), dtype=torch.uint8))
-            where.append(i)
-            metas.append(ds)
-        except Exception as e:
-            results[i] = (None, {"error": f"{p}: not a readable DICOM ({type(e).__name__}: {e})"})
-    if frames:
-        try:
-            decoded = decode_jpeg(frames, device=device)
-        except RuntimeError:  # one bad frame fails the batch: fall back file by file
-            decoded = [None] * len(frames)
-        for i, img, ds in zip(where, decoded, metas, strict=True):
-            if img is None:
-                results[i] = _read_one(paths[i], size, reduced=True)
-                continue
-            try:  # the rule read_dicom applies, on the decoded image
-                check_informative(img[0].cpu().numpy(), paths[i])
-            except DicomError as e:
-                results[i] = (None, {"error": str(e)})
-                continue
-            h, w = img.shape[-2:]
-            if h == w:
-                x = F.interpolate(img[None].float(), size=(size, size), mode="area")
-                px = x[0, 0].round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-                scale, off = size / h, (0.0, 0.0)
-            else:
-                px, scale, off = letterbox(img[0].cpu().numpy(), size, (h, w))
-            if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-                px = 255 - px
-            meta = {
-                "sex": str(ds.get("PatientSex", "")).upper() or None,
-                "age": parse_age(ds.get("PatientAge")),
-                "view": str(ds.get("ViewPosition", "")).upper() or None,
-                "scale": scale,
-                "ox": off[0],
-                "oy": off[1],
-            }
-            results[i] = (px, meta)
-    return results
 
 
 def _params(
@@ -186,6 +103,7 @@ def cache_for(
     decoder: str = "opencv",
     rebuild: bool = False,
     progress: bool = True,
+    allow_any_modality: bool = False,
 ) -> Path:
     """The cache of `cfg` (`cfg.raw` -> `cfg.cache` at `cfg.cache_size`, its split rule, seed
     and fractions): the one way from a config to a cache, used by the notebooks, the demo,
@@ -204,6 +122,7 @@ def cache_for(
         decoder=decoder,
         rebuild=rebuild,
         progress=progress,
+        allow_any_modality=allow_any_modality,
     )
 
 
@@ -222,6 +141,7 @@ def build_cache(
     rebuild: bool = False,
     chunk: int = 64,
     progress: bool = True,
+    allow_any_modality: bool = False,
 ) -> Path:
     """Build CACHE from an RSNA-shaped RAW folder; returns the cache path.
 
@@ -230,10 +150,14 @@ def build_cache(
     torchvision's batched decode_jpeg (nvJPEG on a GPU). A finished cache with the same
     parameters and inputs is reused; one with other parameters, or made from other label files
     or images, is refused unless `rebuild=True`. Files that could not be read are retried when
-    an unfinished build resumes.
+    an unfinished build resumes. A DICOM whose header is not a chest radiograph (CT, MR, US...,
+    another body part: `dicom_detect.radiograph_problem`) goes to errors.csv unless
+    `allow_any_modality`.
     """
     raw, out = Path(raw), Path(out)
     params = _params(raw, size, split, seed, val_frac, test_frac, reduced)
+    if allow_any_modality:  # recorded only when set: caches made before it still match
+        params["allow_any_modality"] = True
     if stats_path(out).exists() and _reuse(out, raw, params, rebuild=rebuild):
         return out
     labels, paths, errors, inputs = _inputs(raw)
@@ -244,8 +168,9 @@ def build_cache(
     open_partial(part, {**params, "n": n, "inputs": inputs}, shape=(n, size, size), rebuild=rebuild)
     done = read_progress(part / PROGRESS)
     todo = [r for r in range(n) if r not in done]
+    any_ok = allow_any_modality
     jobs = [
-        (str(images_path(part)), rows, [paths[r] for r in rows], size, reduced, decoder)
+        (str(images_path(part)), rows, [paths[r] for r in rows], size, reduced, decoder, any_ok)
         for rows in (todo[i : i + chunk] for i in range(0, len(todo), chunk))
     ]
     if done:
@@ -317,7 +242,7 @@ def _scan(raw: Path) -> tuple[dict[str, Path], dict]:
         raise CacheError(f"{raw / LABELS_CSV}: label file not found (is {raw} an RSNA folder?)")
     if not (raw / IMAGES_DIR).is_dir():
         raise CacheError(f"{raw / IMAGES_DIR}: image folder not found")
-    on_disk = {p.stem: p for p in (raw / IMAGES_DIR).glob("*.dcm")}
+    on_disk = image_files(raw / IMAGES_DIR)  # <patientId>.dcm, or a DICOM by content
     return on_disk, input_fingerprint([raw / LABELS_CSV, raw / CLASSES_CSV], on_disk.values())
 
 
