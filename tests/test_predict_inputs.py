@@ -1,0 +1,111 @@
+"""pneumolib.predict's inputs as hospitals hand them over: files found by content whatever their
+name, and one warning line for a DICOM that is not a chest radiograph (still scored)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from pneumolib.data.dicom_write import write_dicom
+from pneumolib.predict import expand_inputs, predict_cli, read_image
+
+
+def ramp(n: int = 32) -> np.ndarray:
+    """uint8 (n, n) over 0..255, not symmetric."""
+    img = (np.add.outer(np.arange(n) * 3, np.arange(n) * 5) % 256).astype(np.uint8)
+    img[-1, -1] = 255
+    return img
+
+
+def dicom(path: Path, *, modality: str = "CR", body_part: str = "CHEST", preamble: bool = True):
+    """A small uncompressed DICOM at `path` with that Modality and BodyPartExamined."""
+    write_dicom(path, ramp(), patient_id=path.name, jpeg=False)
+    ds = pydicom.dcmread(path)
+    ds.Modality, ds.BodyPartExamined = modality, body_part
+    ds.save_as(path)
+    if not preamble:  # as some PACS write them: no 128-byte preamble, no 'DICM'
+        path.write_bytes(path.read_bytes()[132:])
+    return path
+
+
+def test_folder_search_finds_images_by_content(tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    (folder / "SERIES1").mkdir(parents=True)
+    dicom(folder / "SERIES1" / "IM0001", preamble=False)
+    dicom(folder / "SERIES1" / "1.2.840.113619.2.1.7")  # named by its UID: suffix '.7'
+    dicom(folder / "a.dcm")
+    cv2.imwrite(str(folder / "scan.png"), ramp())
+    shutil.copy(folder / "scan.png", folder / "scan_no_suffix")
+    (folder / "DICOMDIR.txt").write_text("index\n")
+    (folder / "README").write_bytes(b"\x00" * 400)
+    files, errors = expand_inputs([folder])
+    names = [f.relative_to(folder).as_posix() for f in files]
+    assert names == [
+        "SERIES1/1.2.840.113619.2.1.7",
+        "SERIES1/IM0001",
+        "a.dcm",
+        "scan.png",
+        "scan_no_suffix",
+    ]
+    assert errors == []
+
+
+def test_folder_with_nothing_readable_says_so(tmp_path: Path) -> None:
+    (tmp_path / "notes").write_text("nothing to see\n")
+    files, errors = expand_inputs([tmp_path])
+    assert files == [] and len(errors) == 1
+    assert str(tmp_path) in errors[0] and "no .dcm" in errors[0] and "content" in errors[0]
+
+
+def test_png_without_suffix_is_read_as_png(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "x.png"), ramp())
+    (tmp_path / "x.png").rename(tmp_path / "scan")
+    np.testing.assert_array_equal(read_image(tmp_path / "scan", 32), ramp())
+
+
+@pytest.mark.parametrize(
+    "modality, body_part, warned",
+    [
+        ("CR", "CHEST", None),
+        ("DX", "", None),
+        ("CT", "CHEST", "Modality CT"),
+        ("CR", "HAND", "HAND"),
+    ],
+)
+def test_non_chest_dicom_warns_once_and_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture, modality: str, body_part: str, warned
+) -> None:
+    path = dicom(tmp_path / "IM0001", modality=modality, body_part=body_part, preamble=False)
+    img = read_image(path, 32)
+    np.testing.assert_array_equal(img, ramp())  # scored all the same
+    err = capsys.readouterr().err.strip().splitlines()
+    if warned is None:
+        assert err == []
+    else:
+        assert len(err) == 1 and err[0].startswith("warning: ")
+        assert str(path) in err[0] and warned in err[0]
+
+
+@pytest.mark.slow
+def test_cli_scores_a_pacs_folder_and_warns_about_the_ct(small_run, tmp_path, capsys) -> None:
+    folder = tmp_path / "export"
+    folder.mkdir()
+    src = sorted((small_run["raw"] / "stage_2_train_images").glob("*.dcm"))[0]
+    (folder / "IM0001").write_bytes(src.read_bytes()[132:])  # the phantom, no preamble
+    ds = pydicom.dcmread(src)
+    ds.Modality = "CT"
+    ds.save_as(folder / "IM0002")
+    out = tmp_path / "p.csv"
+    assert predict_cli(small_run["ckpt"], [str(folder)], out_csv=out, device="cpu") == 0
+    df = pd.read_csv(out)
+    assert [Path(f).name for f in df["file"]] == ["IM0001", "IM0002"]
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    warnings = [w for w in warnings if "IM000" in w]
+    assert len(warnings) == 1 and "IM0002" in warnings[0] and "Modality CT" in warnings[0]
