@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.localisation import Boxes
@@ -115,8 +116,8 @@ def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
         return letterbox(img, size, img.shape)[0]
     d = read_dicom(path, size=size, reduced=reduced)
     problem = radiograph_problem(d.modality, d.body_part)
-    if problem:
-        print(
+    if problem:  # tqdm.write: a line of its own, not glued to the progress bar
+        tqdm.write(
             f"warning: {path}: {problem}; scored all the same, but the model knows only chest "
             "radiographs",
             file=sys.stderr,

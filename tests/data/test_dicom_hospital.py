@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from PIL import Image, features
 from pydicom.encaps import encapsulate
+from pydicom.pixels import get_encoder
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
@@ -212,6 +213,20 @@ def test_jpeg2000_sign_contradicting_the_header_is_named(tmp_path: Path) -> None
     ds.PixelRepresentation = 1  # the stream is unsigned
     ds.save_as(path)
     refused(path, "JPEG 2000", "unsigned", "PixelRepresentation 1")
+
+
+def test_with_the_extra_a_12bit_jpeg2000_decodes(tmp_path: Path) -> None:
+    uid = UID("1.2.840.10008.1.2.4.90")
+    if not get_encoder(uid).is_available:  # encoding needs pylibjpeg-openjpeg too
+        pytest.skip(f"codecs extra not installed ({EXTRA}): no JPEG 2000 encoder to write one")
+
+    def twelve_bit(ds: pydicom.Dataset) -> None:  # as cxr_pa_12bit_window.dcm stores P
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+        ds.compress(uid, image().astype(np.uint16) * 16 + 8, encoding_plugin="pylibjpeg")
+
+    got = read_dicom(edited(tmp_path, "j2k12.dcm", twelve_bit)).pixels
+    assert np.abs(got.astype(int) - image().astype(int)).max() <= 1
 
 
 # --- causes named for what they are -----------------------------------------------------
