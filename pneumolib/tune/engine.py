@@ -23,7 +23,7 @@ from pneumolib.config import Config
 from pneumolib.core.errors import RunError, UsageError
 from pneumolib.core.files import atomic_write
 from pneumolib.core.rundir import config_path, last_path, metrics_csv_path
-from pneumolib.data.labels import read_index
+from pneumolib.data.cache_check import verify_cache
 from pneumolib.train import loop as train
 from pneumolib.train.best_epoch import monitor_score
 from pneumolib.tune.claims import (
@@ -357,7 +357,7 @@ def sweep(
     into SWEEP/<study>/.
     """
     _check_arguments(sampler, n_trials, prune, study, lr_scaling, ref_batch_size)
-    read_index(cfg.cache)  # a missing cache fails here, not once per trial
+    verify_cache(cfg.cache)  # a missing or damaged cache fails here, not once per trial
     sweep_dir = Path(cfg.out)
     study_dir = sweep_dir / study
     study_dir.mkdir(parents=True, exist_ok=True)
