@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from pneumolib import tune
 from pneumolib.config import Config
+from pneumolib.data.cache_check import seal_cache
 from pneumolib.train import loop as train
 from pneumolib.train import setup as train_setup
 from pneumolib.tune import claims
@@ -290,6 +291,7 @@ def big_cache(demo_cache, tmp_path_factory) -> Path:
         copies.append(c)
     pd.concat(copies).to_csv(out / "index.csv", index=False)
     (out / "stats.json").write_text((demo_cache / "stats.json").read_text())
+    seal_cache(out)  # built by hand: record its own files
     return out
 
 
