@@ -457,6 +457,7 @@ def tile_cache(base: Path, out: Path, n_train: int, n_val: int) -> Path:
     import numpy as np
     import pandas as pd
 
+    from pneumolib.data.cache_check import seal_cache
     from pneumolib.data.labels import open_images, read_index, read_stats
 
     params = {"base": str(base.resolve()), "n_train": n_train, "n_val": n_val}
@@ -504,6 +505,7 @@ def tile_cache(base: Path, out: Path, n_train: int, n_val: int) -> Path:
         "params": params,
     }
     (part / "stats.json").write_text(json.dumps(tiled, indent=2))
+    seal_cache(part)  # the tiled files' own size and hash, not the base cache's
     shutil.rmtree(out, ignore_errors=True)
     part.rename(out)
     return out

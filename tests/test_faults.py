@@ -14,10 +14,10 @@ was already done. Faults tested well elsewhere are listed here, not tested twice
 | label file absent | test_data::test_missing_label_file, test_preprocess::test_missing_label_file_is_refused |
 | label file that is not a CSV (binary, empty) | here: test_label_file_that_is_not_a_csv_is_one_line |
 | preprocess crash or full disk mid-build (resumes to the identical cache) | test_preprocess::test_interrupted_build_resumes_to_the_identical_cache |
-| Ctrl-C during preprocess, through the CLI | here: test_interrupted_preprocess_cli_resumes_to_the_identical_cache |
+| Ctrl-C during preprocess, through the CLI (exit 130, CACHE.partial named) | here: test_interrupted_preprocess_cli_resumes_to_the_identical_cache |
 | cache made with other parameters (refused unless --rebuild) | test_preprocess::test_other_params_refused_unless_rebuild |
 | interrupt during training (resume equals uninterrupted) | test_train::test_interrupted_then_resumed_equals_uninterrupted |
-| Ctrl-C during training through the CLI (one line; history intact) | here: test_interrupted_training_cli_resumes_with_history_intact |
+| Ctrl-C during training through the CLI (exit 130, RUN named; history intact) | here: test_interrupted_training_cli_resumes_with_history_intact |
 | resuming a run with other settings (refused) | test_train::test_resume_refuses_other_settings |
 | sweep worker killed (SIGKILL): finished trials kept, the point resumed | test_tune::test_killed_worker_resumes_without_redoing_finished_points |
 | sweep worker hung with a live heartbeat (re-queued) | test_tune::test_hung_worker_with_a_fresh_heartbeat_is_reaped_for_no_progress |
@@ -79,6 +79,11 @@ def one_error_line(err: str, *names: str) -> str:
     for name in names:
         assert name in lines[0], (name, lines[0])
     return lines[0]
+
+
+def ctrl_c_line(folder: Path) -> str:
+    """The line Ctrl-C prints in every command (`cli.interrupt`)."""
+    return f"interrupted: {folder} keeps the work done so far; re-run the same command to resume"
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +159,9 @@ def test_interrupted_preprocess_cli_resumes_to_the_identical_cache(
     monkeypatch.setattr(pre, "_process_chunk", interrupted)
     out = tmp_path / "cache"
     args = ["preprocess", "--raw", str(raw), "--out", str(out), "--size", str(CACHE)]
-    assert main([*args, "--workers", "1"]) == 2
-    one_error_line(capsys.readouterr().err, str(out.with_name("cache.partial")), "re-run")
+    assert main([*args, "--workers", "1"]) == 130  # as every command (was 2)
+    part = out.with_name("cache.partial")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == ctrl_c_line(part)
     assert not out.exists()
     monkeypatch.setattr(pre, "_process_chunk", real)
     assert main([*args, "--workers", "1"]) == 0
@@ -190,7 +196,7 @@ def test_interrupted_training_cli_resumes_with_history_intact(interrupted_run: d
     out = interrupted_run["out"]
     assert interrupted_run["codes"] == (130, 0)
     lines = interrupted_run["err"].strip().splitlines()  # (no progress bar in this run)
-    assert lines == ["interrupted; re-run the same command to resume"]
+    assert lines == [ctrl_c_line(out)]  # the same form as preprocess: the folder named
     before, after = interrupted_run["before"], pd.read_csv(out / "metrics.csv")
     assert before.epoch.tolist() == [1] and after.epoch.tolist() == [1, 2, 3]
     pd.testing.assert_frame_equal(after.iloc[:1], before)  # epoch 1 kept as it was

@@ -39,7 +39,7 @@ from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.rundir import BEST, cam_stem, figures_dir
 from pneumolib.core.runtime import to_device_batch, warp_on_device
 from pneumolib.data.cache_files import INDEX
-from pneumolib.data.labels import CacheStats, read_index, read_stats
+from pneumolib.data.labels import CacheStats, open_cache
 
 # --- a whole run: maps over a split, scores, overlays -------------------------------------
 
@@ -153,7 +153,8 @@ def cam_examples(
         raise ValueError("patient_ids: empty; pass at least one patient")
     loaded = load_run(run, device=device, cache=cache, checkpoint=checkpoint)
     cfg = loaded.config
-    index = read_index(cfg.cache).set_index("patientId", drop=False)
+    index, cache_stats = open_cache(cfg.cache)  # refused when damaged since preprocess
+    index = index.set_index("patientId", drop=False)
     missing = [p for p in patient_ids if p not in index.index]
     if missing:
         raise ValueError(f"patient_ids: not in {cfg.cache}/{INDEX}: {missing[:3]}")
@@ -163,7 +164,7 @@ def cam_examples(
             loaded, rows, method=method, layer=layer, target=target, batch_size=max(1, len(rows))
         )
     )
-    factor = _box_factor(cfg, read_stats(cfg.cache).size)
+    factor = _box_factor(cfg, cache_stats.size)
     return {
         "patientId": list(patient_ids),
         "images": np.concatenate([p["images"] for p in parts]),
@@ -272,13 +273,13 @@ def _split_rows(cfg: Config, stats: CacheStats, split: str) -> tuple[pd.DataFram
     refuses a cache of another size than the run was trained on."""
     if split not in ("train", "val", "test"):
         raise UsageError(f"split: expected train, val or test, got {split!r}")
-    cache_size = read_stats(cfg.cache).size
+    index, cache_stats = open_cache(cfg.cache)  # refused when damaged since preprocess
+    cache_size = cache_stats.size
     if stats.size != cache_size:
         raise UsageError(
             f"{cfg.cache}: cache of {cache_size} px, but the run was trained on a "
             f"{stats.size} px cache; pass the run's cache"
         )
-    index = read_index(cfg.cache)
     index = index[index["split"] == split].reset_index(drop=True)
     if index.empty:
         raise UsageError(f"split={split!r}: no rows in {cfg.cache}/{INDEX}")

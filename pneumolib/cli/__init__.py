@@ -10,6 +10,7 @@ import os
 import sys
 
 from pneumolib.cli.commands import config_from_args
+from pneumolib.cli.interrupt import INTERRUPTED, interrupted_line
 from pneumolib.cli.parser import USER_ERRORS, build_parser
 
 __all__ = ["build_parser", "config_from_args", "main", "run"]
@@ -23,13 +24,16 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`run`, with the error contract: the user's errors as one `error: ...` line (exit 2; the
-    machine's OS errors exit 1), Ctrl-C as 130, bugs with their traceback."""
+    machine's OS errors exit 1), Ctrl-C as one line naming the folder kept (exit 130, every
+    command: `cli.interrupt`), bugs with their traceback."""
     debug = bool(os.environ.get("PNEUMOLIB_DEBUG"))  # the full traceback, for bug reports
+    args = None
     try:
-        return run(argv)
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        print(interrupted_line(args), file=sys.stderr)
+        return INTERRUPTED
     except USER_ERRORS as e:
         if debug:
             raise

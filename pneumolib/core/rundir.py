@@ -2,9 +2,10 @@
 name declared once and reading its result files (its errors are `core.errors.RunError`). Torch-free,
 so the model card can import it; checkpoints themselves are `core.checkpoint`.
 
-RUN/config.json, metrics.csv (one row per epoch), last.pt, best.pt, predictions_<split>.csv
-(+ its .meta.json sidecar), metrics_<split>.json, cam_<split>[_<tag>].csv/.json, figures/,
-MODEL_CARD.md; `<split>` gets a `_tta` suffix for test-time-augmented results.
+RUN/config.json, metrics.csv (one row per epoch), last.pt, best.pt, owner.json (a sweep
+trial's worker), predictions_<split>.csv (+ its .meta.json sidecar), metrics_<split>.json,
+cam_<split>[_<tag>].csv/.json, figures/, MODEL_CARD.md; `<split>` gets a `_tta` suffix for
+test-time-augmented results.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ BEST = "best.pt"  # the best epoch's checkpoint (evaluate, cam, predict use it)
 FIGURES = "figures"  # PNGs of evaluate, cam and the demo
 CARD = "MODEL_CARD.md"
 DDP_CHECK = "ddp_check.json"  # per-rank weight checksums of a multi-GPU run
+OWNER = "owner.json"  # which sweep worker may write the run (`core.owner`)
 
 # Columns read as text (ids, codes and class names that would otherwise parse as numbers/NaN).
 TEXT_COLUMNS = {"patientId": str, "sex": str, "view": str, "class": str}
@@ -49,6 +51,11 @@ def last_path(run: str | Path) -> Path:
 def best_path(run: str | Path) -> Path:
     """RUN/best.pt."""
     return Path(run) / BEST
+
+
+def owner_path(run: str | Path) -> Path:
+    """RUN/owner.json: the sweep worker that holds the run (`core.owner`)."""
+    return Path(run) / OWNER
 
 
 def figures_dir(run: str | Path) -> Path:

@@ -250,8 +250,6 @@ def fill(
                 "the same command to resume"
             ) from None
         raise
-    except KeyboardInterrupt:
-        raise CacheError(f"{part}: interrupted; re-run the same command to resume") from None
     finally:
         bar.close()
 

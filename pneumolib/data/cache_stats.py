@@ -36,6 +36,8 @@ class CacheStats:
     created: str | None = None  # ISO time, UTC
     params: Mapping[str, Any] | None = None  # what `build_cache` was asked for
     inputs: Mapping[str, Any] | None = None  # fingerprints of the label files and images
+    images_bytes: int | None = None  # size of images.npy as written (None: made before the record)
+    index_sha256: str | None = None  # of index.csv as written (`cache_check` compares both)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this version does not know
 
     @classmethod

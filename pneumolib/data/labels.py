@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pneumolib.core.errors import PneumolibError, UsageError
+from pneumolib.data.cache_check import CacheDamaged, damaged_line, verify_cache
 from pneumolib.data.cache_files import images_path, index_path
 
 # Re-exported: `read_index`, `open_images` and `read_stats` read a cache from one place.
@@ -252,6 +253,19 @@ def with_label(index: pd.DataFrame, label: str) -> pd.DataFrame:
     return index.assign(target=(index["view"] == "AP").astype(int))
 
 
+def open_cache(cache: str | Path) -> tuple[pd.DataFrame, CacheStats]:
+    """(index, stats) of a cache checked to be whole (`cache_check.verify_cache`): the one way
+    train, evaluate, cam and tune open the cache they work on."""
+    stats = verify_cache(cache)
+    return read_index(cache), stats
+
+
 def open_images(cache: str | Path) -> np.ndarray:
-    """CACHE/images.npy memory-mapped read-only -> uint8 (N, S, S)."""
-    return np.load(images_path(cache), mmap_mode="r")
+    """CACHE/images.npy memory-mapped read-only -> uint8 (N, S, S); a file too short for its
+    header's shape (truncated) is a one-line `CacheDamaged` naming it."""
+    try:
+        return np.load(images_path(cache), mmap_mode="r")
+    except ValueError as e:  # numpy: "mmap length is greater than file size"
+        raise CacheDamaged(
+            damaged_line(cache, f"{images_path(cache).name}: {e}", read_stats(cache))
+        ) from None

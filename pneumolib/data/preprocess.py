@@ -24,6 +24,7 @@ import pandas as pd
 
 import pneumolib
 from pneumolib.config import Config, default_workers
+from pneumolib.data.cache_check import cache_record, reusable
 from pneumolib.data.cache_files import (
     PARAMS,
     errors_path,
@@ -210,6 +211,8 @@ def build_cache(
 def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
     """True when the finished cache `out` was made with `params` from the inputs in `raw` now;
     False when it is to be rebuilt (`rebuild`); else a CacheError saying what differs."""
+    if not reusable(out, rebuild=rebuild):  # damaged since it was made: rebuilt
+        return False
     stats = read_stats(out)
     old = dict(stats.params or {})
     if old != params:
@@ -350,6 +353,7 @@ def _finish(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         params=params,
         inputs=inputs,
+        **cache_record(part),  # size of images.npy and hash of index.csv, checked on each use
     )
     write_stats(stats, stats_path(part))
     (part / PROGRESS).unlink(missing_ok=True)

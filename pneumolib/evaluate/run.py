@@ -41,7 +41,7 @@ from pneumolib.core.runtime import (
     predict_logits,
     warp_on_device,
 )
-from pneumolib.data.labels import CacheStats, read_index, read_stats
+from pneumolib.data.labels import CacheStats, open_cache
 from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.figures import sample_predictions_figure, write_figures
 from pneumolib.evaluate.metrics import (
@@ -317,7 +317,7 @@ def _run_context(
     loaded = load_run(run, device=device, cache=cache)
     cfg, dev, stats = loaded.config, loaded.device, loaded.stats
     cache = Path(cfg.cache)
-    index, cache_stats = read_index(cache), read_stats(cache)
+    index, cache_stats = open_cache(cache)  # refused when damaged since preprocess
     if cache_stats.size != stats.size:
         raise UsageError(
             f"{cache}: images are {cache_stats.size} px, the checkpoint was trained on a "

@@ -37,6 +37,7 @@ from pneumolib.core.checkpoint import (
 from pneumolib.core.errors import RunError
 from pneumolib.core.files import atomic_write
 from pneumolib.core.loader import EpochBatchSampler
+from pneumolib.core.owner import check_owner
 from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.rundir import DDP_CHECK, config_path, last_path
 from pneumolib.core.runtime import predict_logits, resolve_device
@@ -198,13 +199,19 @@ def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
 
 
 def fit(
-    cfg: Config, callback: Callable[[str, dict], None] | None = None, progress: bool = True
+    cfg: Config,
+    callback: Callable[[str, dict], None] | None = None,
+    progress: bool = True,
+    *,
+    owner: str | None = None,
 ) -> dict:
     """Train (or resume) the run in `cfg.out` on the cache `cfg.cache`; returns a summary.
 
     `callback(event, state)` is called with "step" after each optimiser step and "epoch" after
     each epoch (tests use it to interrupt a run). Under torchrun (RANK/WORLD_SIZE set) the model
-    is wrapped in DistributedDataParallel and only rank 0 writes the run folder.
+    is wrapped in DistributedDataParallel and only rank 0 writes the run folder. `owner`: a
+    sweep worker's token (`core.owner.claim_run`); each epoch's files are written only while
+    RUN/owner.json still holds it, else `TakenOver` ends the run with nothing more written.
     """
     device, rank, world = _join_processes(cfg)
     main, out = rank == 0, Path(cfg.out)
@@ -240,6 +247,8 @@ def fit(
         improved = state.record(row, cfg.monitor)
         if main:
             bar.write(_epoch_line(row, cfg.epochs, improved))
+            if owner is not None:  # a sweep trial taken over by another worker: stop unwritten
+                check_owner(out, owner)
             save_epoch(_checkpoint(s, state, row, cache_id), out, improved=improved)
             write_metrics(state.history, out)
             if writer:

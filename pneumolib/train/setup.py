@@ -24,7 +24,7 @@ from pneumolib.core.errors import RunError
 from pneumolib.core.loader import make_loader
 from pneumolib.core.models import build_model, trainable_parameters
 from pneumolib.core.runtime import amp_dtype, to_device_batch, warp_on_device
-from pneumolib.data.labels import CacheStats, read_index, read_stats, with_label
+from pneumolib.data.labels import CacheStats, open_cache, with_label
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -145,7 +145,8 @@ class TrainSetup:
 def _rows(cfg: Config) -> tuple[CacheStats, pd.DataFrame, pd.DataFrame]:
     if tasks.task_spec(cfg.task).needs_classes and cfg.label != "pneumonia":
         raise RunError(f"--task {cfg.task} learns RSNA's classes, not --label {cfg.label}")
-    index, stats = with_label(read_index(cfg.cache), cfg.label), read_stats(cfg.cache)
+    index, stats = open_cache(cfg.cache)  # refused when damaged since preprocess
+    index = with_label(index, cfg.label)
     train_idx = index[index.split == "train"].reset_index(drop=True)
     val_idx = index[index.split == "val"].reset_index(drop=True)
     if len(train_idx) == 0 or len(val_idx) == 0:

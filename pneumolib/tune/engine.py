@@ -22,8 +22,9 @@ from optuna.trial import TrialState
 from pneumolib.config import Config
 from pneumolib.core.errors import RunError, UsageError
 from pneumolib.core.files import atomic_write
+from pneumolib.core.owner import TakenOver, claim_run
 from pneumolib.core.rundir import config_path, last_path, metrics_csv_path
-from pneumolib.data.labels import read_index
+from pneumolib.data.cache_check import verify_cache
 from pneumolib.train import loop as train
 from pneumolib.train.best_epoch import monitor_score
 from pneumolib.tune.claims import (
@@ -85,12 +86,12 @@ class SweepOptions:
 # --- one trial -------------------------------------------------------------------------------
 
 
-def _fit(cfg: Config, callback: Callable, progress: bool) -> tuple[dict, Config]:
-    """`train.fit`, retried with half the micro-batch when the GPU runs out of memory before
-    the first checkpoint (a run with a checkpoint must keep its micro-batch)."""
+def _fit(cfg: Config, callback: Callable, progress: bool, owner: str) -> tuple[dict, Config]:
+    """`train.fit` as the folder's `owner`, retried with half the micro-batch when the GPU runs
+    out of memory before the first checkpoint (a run with a checkpoint keeps its micro-batch)."""
     while True:
         try:
-            return train.fit(cfg, callback=callback, progress=progress), cfg
+            return train.fit(cfg, callback=callback, progress=progress, owner=owner), cfg
         except torch.cuda.OutOfMemoryError:
             micro = cfg.micro_batch_size or cfg.batch_size
             if last_path(cfg.out).exists() or micro == 1:
@@ -108,7 +109,7 @@ def _trial_callback(
 
     def on_event(event: str, state: dict) -> None:
         if beat.lost:
-            raise _Lost(f"trial {trial.number} was taken over by another worker")
+            raise _Lost(f"trial {trial.number} was taken over by another worker; this worker stops")
         beat.progress += 1  # a step or an epoch: the worker is not hung
         if event == "epoch":
             value = monitor_score(state["metrics"], monitor)
@@ -162,16 +163,17 @@ def _run_trial(
     log_event(study_dir, "resume" if resuming else "start", run=key, trial=trial.number, detail=how)
     print(f"\n[{study.study_name}] trial {trial.number}: {key}, lr {cfg.lr:.3g}; {how}")
     retry(trial.set_user_attr, "run_dir", str(run_dir.resolve()))
+    owner = claim_run(run_dir, trial=trial.number)  # a hung worker here stops at its next write
     beat = Heartbeat(trial, opts.heartbeat).start()
     on_event = _trial_callback(trial, beat, cfg.monitor, key, opts)
     state, error = None, None
     try:
-        summary, cfg = _fit(cfg, on_event, opts.progress)
+        summary, cfg = _fit(cfg, on_event, opts.progress, owner)
         state, history = TrialState.COMPLETE, summary["history"]
     except optuna.TrialPruned:
         state, history = TrialState.PRUNED, pd.read_csv(metrics_csv_path(run_dir))
-    except _Lost:
-        pass
+    except (_Lost, TakenOver) as e:  # the point goes on in the worker that took it over
+        print(e)
     except KeyboardInterrupt:  # mark it at once, so that a re-run resumes it without waiting
         beat.stop()
         log_event(study_dir, "interrupted", run=key, trial=trial.number)
@@ -357,7 +359,7 @@ def sweep(
     into SWEEP/<study>/.
     """
     _check_arguments(sampler, n_trials, prune, study, lr_scaling, ref_batch_size)
-    read_index(cfg.cache)  # a missing cache fails here, not once per trial
+    verify_cache(cfg.cache)  # a missing or damaged cache fails here, not once per trial
     sweep_dir = Path(cfg.out)
     study_dir = sweep_dir / study
     study_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from pneumolib.config import demo_config
 from pneumolib.core import files
 from pneumolib.core.checkpoint import atomic_save
 from pneumolib.core.errors import RunError
+from pneumolib.data.cache_check import seal_cache
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.synth import make_demo_data
 from pneumolib.train.loop import fit
@@ -126,6 +127,7 @@ def test_resume_on_another_cache_is_refused(cache, ref_run, tmp_path):
     index = pd.read_csv(other / "index.csv")
     index.loc[index.index[:4], "split"] = "test"  # the same images, another split
     index.to_csv(other / "index.csv", index=False)
+    seal_cache(other)  # a whole cache, just not the run's
     with pytest.raises(RunError, match="another cache"):
         fit(_cfg(other, out), progress=False)
     fit(_cfg(cache, out), progress=False)  # its own cache, moved or not: accepted
@@ -139,6 +141,7 @@ def test_auc_undefined_falls_back_to_val_loss_and_writes_best(cache, tmp_path):
     index = pd.read_csv(other / "index.csv")
     index = index[~((index.split == "val") & (index.target == 1))]
     index.to_csv(other / "index.csv", index=False)
+    seal_cache(other)
     out = tmp_path / "run"
     summary = fit(_cfg(other, out), progress=False)
     hist = pd.read_csv(out / "metrics.csv")

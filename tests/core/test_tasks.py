@@ -22,6 +22,7 @@ from pneumolib.cli import main as cli_main
 from pneumolib.config import demo_config
 from pneumolib.core import tasks
 from pneumolib.core.models import build_model, head
+from pneumolib.data.cache_check import seal_cache
 from pneumolib.data.labels import read_index
 from pneumolib.evaluate.compare import compare_runs
 from pneumolib.evaluate.metrics import bootstrap_indices
@@ -245,9 +246,10 @@ def test_three_class_needs_rsna_classes(demo_cache, tmp_path):
     index = pd.read_csv(demo_cache / "index.csv", dtype=str)
     cache = tmp_path / "cache"
     cache.mkdir()
-    for f in ("images.npy", "stats.json"):
-        (cache / f).symlink_to(demo_cache / f)
+    (cache / "images.npy").symlink_to(demo_cache / "images.npy")
+    shutil.copy(demo_cache / "stats.json", cache / "stats.json")
     index.assign(**{"class": ""}).to_csv(cache / "index.csv", index=False)
+    seal_cache(cache)  # edited on purpose: record the edit
     cfg = demo_config(tmp_path, cache=str(cache), out=str(tmp_path / "run"), workers=0)
     cfg = cfg.replace(cache_size=64, image_size=64, epochs=1, task="three-class")
     with pytest.raises(tasks.TaskError, match="have no RSNA class"):

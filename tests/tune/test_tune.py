@@ -20,11 +20,13 @@ from optuna.trial import TrialState
 
 from pneumolib import tune
 from pneumolib.config import Config
+from pneumolib.core.owner import TakenOver, check_owner, claim_run
+from pneumolib.data.cache_check import seal_cache
 from pneumolib.train import loop as train
 from pneumolib.train import setup as train_setup
 from pneumolib.tune import claims
 from pneumolib.tune.claims import Heartbeat, claim_point, points_to_claim, reap_stale
-from pneumolib.tune.engine import SweepOptions, _trial_callback
+from pneumolib.tune.engine import SweepOptions, _run_trial, _trial_callback
 from pneumolib.tune.plan import Plan, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,6 +228,59 @@ def test_heartbeat_writes_the_step_count_the_callback_makes(tmp_path):
     assert tune.PROGRESS_TIMEOUT_S >= 600  # minutes: validation or compile is not a hang
 
 
+def test_a_taken_over_trial_ends_quietly_in_the_old_worker(tmp_path, monkeypatch, capsys):
+    """The old worker's fit meets another worker's marker at its next write: the trial is
+    neither an error nor told again; the sweep log says `lost` and one line says why."""
+    point = {"batch_size": 4, "lr": 1e-3}
+    study, plan = grid_study(tmp_path, [4])
+    trial = claim(study, plan, point, tmp_path)
+    taken: list[str] = []
+
+    def woken_fit(cfg, *, callback, progress, owner):  # hung, then woken at its next write
+        taken.append(claim_run(cfg.out, trial=trial.number + 1))  # the worker that took over
+        check_owner(cfg.out, owner)  # what fit does before each epoch's files
+        raise AssertionError("wrote into a folder it no longer owns")
+
+    monkeypatch.setattr(train, "fit", woken_fit)
+    base = tiny_config(tmp_path / "cache", tmp_path)
+    opts = SweepOptions(max_micro=4, heartbeat=60.0, progress=False)
+    assert _run_trial(study, trial, plan, base, tmp_path, opts) is None
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].endswith(f"was taken over by {taken[0]}; this worker stops")
+    assert f"trial {trial.number} on " in out[-1]
+    log = tune.sweep_log(tmp_path)
+    assert log.event.tolist() == ["start", "lost"]
+    frozen = study.get_trials()[0]
+    assert "error" not in frozen.user_attrs and frozen.state == TrialState.RUNNING  # not told
+    assert sorted(p.name for p in (tmp_path / "bs4_lr0.001").iterdir()) == ["owner.json"]
+
+
+@pytest.mark.slow
+def test_a_taken_over_runs_old_worker_writes_nothing_more(demo_cache, tmp_path):
+    """Two workers on one run folder: the first is taken over in its 2nd epoch; its write at the
+    end of that epoch is refused and leaves the folder as the takeover found it; the second
+    resumes the folder to the end."""
+    run = tmp_path / "run"
+    cfg = tiny_config(demo_cache, run, epochs=2, batch_size=4)
+    first = claim_run(run, trial=0)
+    seen: dict[str, object] = {}
+
+    def take_over(event: str, state: dict) -> None:
+        if event == "step" and state["epoch"] == 1 and "second" not in seen:
+            seen["second"] = claim_run(run, trial=1)  # reaped as hung, claimed elsewhere
+            seen["files"] = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    with pytest.raises(TakenOver, match="this worker stops"):
+        train.fit(cfg, callback=take_over, progress=False, owner=first)
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == seen["files"]  # nothing the first worker would have written appears
+    assert pd.read_csv(run / "metrics.csv").epoch.tolist() == [1]
+    second = seen["second"]
+    assert isinstance(second, str)
+    train.fit(cfg, progress=False, owner=second)  # the worker that took over: resumes, ends
+    assert pd.read_csv(run / "metrics.csv").epoch.tolist() == [1, 2]
+
+
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     from pneumolib.cli import main
 
@@ -290,6 +345,7 @@ def big_cache(demo_cache, tmp_path_factory) -> Path:
         copies.append(c)
     pd.concat(copies).to_csv(out / "index.csv", index=False)
     (out / "stats.json").write_text((demo_cache / "stats.json").read_text())
+    seal_cache(out)  # built by hand: record its own files
     return out
 
 
