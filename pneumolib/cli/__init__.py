@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     machine's OS errors exit 1), Ctrl-C as one line naming the folder kept (exit 130, every
     command: `cli.interrupt`), bugs with their traceback."""
     debug = bool(os.environ.get("PNEUMOLIB_DEBUG"))  # the full traceback, for bug reports
-    args = None
     try:
-        args = build_parser().parse_args(argv)
-        return args.func(args) or 0
+        return run(argv)
     except KeyboardInterrupt:
+        # argv parsed already (Ctrl-C came from the handler): parse it again for the folder
+        args, _ = build_parser().parse_known_args(argv)
         print(interrupted_line(args), file=sys.stderr)
         return INTERRUPTED
     except USER_ERRORS as e:
