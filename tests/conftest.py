@@ -22,19 +22,20 @@ DEMO_N, DEMO_SIZE, DEMO_SEED, CACHE_SIZE = 60, 128, 0, 64
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under `pytest -n 2` the two workers share the 2 cores: one math thread each (torch reads
-    # this when it is first imported; notebook kernels and subprocesses inherit it), instead of
-    # two each fighting over the same cores.
+    # this when it is first imported; subprocesses inherit it), instead of two each fighting
+    # over the same cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Groups for `pytest -n 2 --dist loadgroup` (the README's test command): all notebooks in
-    one group, so one worker runs them in order (they share ./pneumolib_demo: 03 trains the runs
-    04-06 read), and each test file its own group, so its module fixtures are built once."""
+    """For `pytest -n 2 --dist loadgroup` (the README's test command): each test file is its own
+    group, so one worker runs it and builds its module fixtures once (notebooks/conftest.py
+    groups the notebooks)."""
     for item in items:
         path = item.nodeid.split("::")[0]
-        group = "notebooks" if path.startswith("notebooks/") else path
-        item.add_marker(pytest.mark.xdist_group(group))
+        if path.startswith("tests/"):
+            item.add_marker(pytest.mark.xdist_group(path))
 
 
 @pytest.fixture(scope="session")
