@@ -7,6 +7,11 @@ cache side S to the network input (`augment.eval_affines` + the warp training va
 normalised with the training statistics stored in the checkpoint. A file that cannot be read
 is reported (one line naming it) and skipped; the rest are still scored. A checkpoint trained
 on synthetic data (its stats say so, see `provenance.is_synthetic`) gets one warning line on stderr.
+
+The network's output is calibrated with the run's RUN/calibration.json (fitted on val by
+`evaluate`, `evaluate.calibration`) into a risk, and `positive` applies one of the run's
+val-chosen operating points. A run without it (or fitted on another checkpoint) is scored raw,
+and one stderr line says so.
 """
 
 from __future__ import annotations
@@ -31,15 +36,24 @@ from pneumolib.core.checkpoint import load_run
 from pneumolib.core.errors import PneumolibError, UsageError
 from pneumolib.core.files import atomic_write
 from pneumolib.core.progress import bar as progress_bar
+from pneumolib.core.rundir import calibration_path
 from pneumolib.core.runtime import amp_dtype, model_input, warp_on_device
-from pneumolib.core.tasks import pneumonia_probability
 from pneumolib.data.cache_stats import CacheStats
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
 from pneumolib.data.dicom_detect import file_kind, radiograph_problem
+from pneumolib.evaluate.calibration import (
+    DEFAULT_OPERATING_POINT,
+    OPERATING_POINTS,
+    Calibration,
+    activation,
+    as_threshold,
+    read_calibration,
+)
 
 IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_BATCH = 32
+COLUMNS = ["file", "probability", "probability_raw", "positive"]
 
 
 class ImageReadError(PneumolibError, ValueError):
@@ -146,6 +160,42 @@ def _overlay_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
+def run_calibration(
+    folder: Path, sha256: str, operating_point: str
+) -> tuple[Calibration | None, float, str | None]:
+    """The calibration of the checkpoint with hash `sha256` in `folder` and the threshold of
+    `operating_point` -> (calibration or None, threshold, None or the one line to print when
+    the scores stay raw: no calibration.json, or one fitted on another checkpoint)."""
+    cal = read_calibration(folder)
+    path = calibration_path(folder)
+    if cal is not None and cal.checkpoint_sha256 == sha256:
+        return cal, cal.threshold(operating_point), None
+    why = (
+        f"{path} not found"
+        if cal is None
+        else f"{path} was fitted on another checkpoint (sha256 {cal.checkpoint_sha256})"
+    )
+    threshold = (
+        0.5 if operating_point in OPERATING_POINTS else as_threshold(operating_point, ["0.5"])
+    )
+    note = (
+        f"note: {why}: probabilities are the network's raw output, not a calibrated risk, and "
+        f"`positive` is probability >= {threshold:g}; run `python -m pneumolib evaluate --run "
+        f"{folder}` to calibrate"
+    )
+    return None, threshold, note
+
+
+def _score(
+    logits: torch.Tensor, cal: Calibration | None, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits (B, K) -> (calibrated probability (B,), raw probability (B,), positive (B,))."""
+    z = logits.detach().double().cpu().numpy()
+    raw = activation(z)[:, -1]
+    p = raw if cal is None else cal.pneumonia(z)
+    return p, raw, p >= threshold  # the rule of every metric: positive at p >= threshold
+
+
 def predict_files(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
@@ -155,17 +205,22 @@ def predict_files(
     batch_size: int = DEFAULT_BATCH,
     progress: bool = False,
     reduced: bool = True,
+    operating_point: str = DEFAULT_OPERATING_POINT,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Score every readable file among `inputs` -> (DataFrame with columns `file, probability`
-    in input order, one error line per unreadable file or empty input). With `cam_dir`, also
-    writes one CAM overlay PNG per scored file there (`cam.cam`, default layer). `reduced`
-    keeps the cache's reduced-scale JPEG decode (as `preprocess` does by default)."""
+    """Score every readable file among `inputs` -> (DataFrame with columns `file,
+    probability, probability_raw, positive` in input order, one error line per unreadable
+    file or empty input). `probability` is calibrated by the run's calibration.json (raw,
+    with one stderr line, without it) and `positive` applies `operating_point` (a name in
+    `calibration.OPERATING_POINTS` or a number). With `cam_dir`, also writes one CAM overlay
+    PNG per scored file there (`cam.cam`, default layer). `reduced` keeps the cache's
+    reduced-scale JPEG decode (as `preprocess` does by default)."""
 
     run = load_run(checkpoint, device=device)
     model, cfg, stats, dev = run.model, run.config, run.stats, run.device
-    warning = synthetic_warning(checkpoint, stats)
-    if warning:  # stderr: the CSV on stdout stays clean
-        print(warning, file=sys.stderr)
+    cal, threshold, note = run_calibration(run.folder, run.sha256, operating_point)
+    for line in (synthetic_warning(checkpoint, stats), note):
+        if line:  # stderr: the CSV on stdout stays clean
+            print(line, file=sys.stderr)
     size_in, size_out = stats.size, cfg.image_size
     on_device = warp_on_device(dev, gpu_augment=cfg.gpu_augment)
     amp = amp_dtype(dev, cfg.amp)
@@ -193,17 +248,19 @@ def predict_files(
             device=dev,
             warp_on_device=on_device,
         )
-        if cam_dir is None:
-            with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                probs = pneumonia_probability(model(x))
-        else:
-            maps, probs = cam(model, x)  # the CAM's own forward pass gives the probabilities
+        with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            logits = model(x)  # (B, K)
+        p, raw, positive = _score(logits, cal, threshold)
+        if cam_dir is not None:
+            maps, _ = cam(model, x)
             names = _overlay_names(ok)
             empty: list[Boxes] = [[] for _ in ok]  # no expert boxes for a new file
-            save_overlays(cam_dir, names, images=batch, maps=maps, boxes=empty, probs=probs)
-        values = probs.detach().float().cpu().numpy()
-        rows += [{"file": str(f), "probability": float(p)} for f, p in zip(ok, values, strict=True)]
-    return pd.DataFrame(rows, columns=["file", "probability"]), errors
+            save_overlays(cam_dir, names, images=batch, maps=maps, boxes=empty, probs=p)
+        rows += [
+            dict(zip(COLUMNS, (str(f), float(a), float(b), bool(c)), strict=True))
+            for f, a, b, c in zip(ok, p, raw, positive, strict=True)
+        ]
+    return pd.DataFrame(rows, columns=COLUMNS), errors
 
 
 def predict_cli(
@@ -213,13 +270,21 @@ def predict_cli(
     out_csv: str | Path | None = None,
     cam_dir: str | Path | None = None,
     device: str = "auto",
+    operating_point: str = DEFAULT_OPERATING_POINT,
 ) -> int:
-    """`python -m pneumolib predict`: CSV `file, probability` to stdout (or `out_csv`, written
-    under a temporary name and renamed), one stderr line per unreadable file. Returns the exit
-    code: 1 if any input failed, else 0."""
+    """`python -m pneumolib predict`: CSV `file, probability, probability_raw, positive` to
+    stdout (or `out_csv`, written under a temporary name and renamed), one stderr line per
+    unreadable file. Returns the exit code: 1 if any input failed, else 0."""
     if cam_dir is not None and Path(cam_dir).exists() and not Path(cam_dir).is_dir():
         raise UsageError(f"--cam {cam_dir}: exists and is not a folder")
-    df, errors = predict_files(checkpoint, inputs, device=device, cam_dir=cam_dir, progress=True)
+    df, errors = predict_files(
+        checkpoint,
+        inputs,
+        device=device,
+        cam_dir=cam_dir,
+        progress=True,
+        operating_point=operating_point,
+    )
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     if out_csv is None:

@@ -76,7 +76,9 @@ def train_command(args: argparse.Namespace) -> None:
 def evaluate_command(args: argparse.Namespace) -> None:
     from pneumolib.evaluate.run import evaluate_run
 
-    evaluate_run(args.run, args.split, tta=args.tta, n_boot=args.n_boot)
+    evaluate_run(
+        args.run, args.split, tta=args.tta, n_boot=args.n_boot, calibration=args.calibration
+    )
 
 
 def cam_command(args: argparse.Namespace) -> None:
@@ -99,7 +101,12 @@ def predict_command(args: argparse.Namespace) -> int:
     from pneumolib.predict import predict_cli
 
     return predict_cli(
-        args.checkpoint, args.inputs, out_csv=args.out, cam_dir=args.cam, device=args.device
+        args.checkpoint,
+        args.inputs,
+        out_csv=args.out,
+        cam_dir=args.cam,
+        device=args.device,
+        operating_point=args.operating_point,
     )
 
 

@@ -193,6 +193,13 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--tta", action="store_true", help="average over deterministic flips/shifts")
     p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument(
+        "--calibration",
+        default="temperature",
+        choices=["temperature", "platt", "isotonic", "none"],  # evaluate.calibration.METHODS
+        help="fitted on val after the prior correction, written to RUN/calibration.json "
+        "(default: %(default)s; platt and isotonic are for the binary task)",
+    )
     p.set_defaults(func=evaluate_command)
 
 
@@ -228,6 +235,16 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="+", help="files, folders or globs")
     p.add_argument("--out", help="CSV path (default: stdout)")
     p.add_argument("--cam", help="folder for heat-map overlays")
+    p.add_argument(
+        "--operating-point",
+        default="sens90",  # evaluate.calibration.DEFAULT_OPERATING_POINT (a test checks)
+        metavar="NAME",
+        help="the threshold of the CSV's `positive` column, chosen on val by `evaluate` on the "
+        "calibrated probability: sens90 (default: the highest threshold that still calls 90%% "
+        "of val pneumonia cases positive; a screening aid should miss few cases and leave the "
+        "rest to a reader), youden (max sensitivity + specificity - 1), best_f1, 0.5, or any "
+        "number in [0, 1]",
+    )
     config_option(p, "device", default=Config().device)
     p.set_defaults(func=predict_command)
 

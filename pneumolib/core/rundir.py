@@ -3,9 +3,9 @@ name declared once and reading its result files (its errors are `core.errors.Run
 so the model card can import it; checkpoints themselves are `core.checkpoint`.
 
 RUN/config.json, metrics.csv (one row per epoch), last.pt, best.pt, owner.json (a sweep
-trial's worker), predictions_<split>.csv (+ its .meta.json sidecar), metrics_<split>.json,
-cam_<split>[_<tag>].csv/.json, figures/, MODEL_CARD.md; `<split>` gets a `_tta` suffix for
-test-time-augmented results.
+trial's worker), calibration.json, predictions_<split>.csv (+ its .meta.json sidecar),
+metrics_<split>.json, cam_<split>[_<tag>].csv/.json, figures/, MODEL_CARD.md; `<split>` gets
+a `_tta` suffix for test-time-augmented results.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ LAST = "last.pt"  # the latest epoch's checkpoint (resume from here)
 BEST = "best.pt"  # the best epoch's checkpoint (evaluate, cam, predict use it)
 FIGURES = "figures"  # PNGs of evaluate, cam and the demo
 CARD = "MODEL_CARD.md"
+CALIBRATION = "calibration.json"  # fitted on val: prior correction, temperature, operating points
 DDP_CHECK = "ddp_check.json"  # per-rank weight checksums of a multi-GPU run
 OWNER = "owner.json"  # which sweep worker may write the run (`core.owner`)
 
@@ -66,6 +67,11 @@ def figures_dir(run: str | Path) -> Path:
 def card_path(run: str | Path) -> Path:
     """RUN/MODEL_CARD.md."""
     return Path(run) / CARD
+
+
+def calibration_path(run: str | Path) -> Path:
+    """RUN/calibration.json (`evaluate.calibration`)."""
+    return Path(run) / CALIBRATION
 
 
 def predictions_name(split: str = "val", tta: bool = False) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,12 @@ import torch
 
 from pneumolib.config import Config
 from pneumolib.core import tasks
-from pneumolib.core.augment import AugmentPolicy, compose_affines
+from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.checkpoint import load_run
 from pneumolib.core.errors import UsageError
 from pneumolib.core.files import atomic_write
 from pneumolib.core.fmt import with_ci
 from pneumolib.core.loader import make_loader
-from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.rundir import (
     predictions_meta_path,
     predictions_name,
@@ -37,11 +36,21 @@ from pneumolib.core.rundir import (
 )
 from pneumolib.core.runtime import (
     amp_dtype,
-    model_input,
     predict_logits,
     warp_on_device,
 )
 from pneumolib.data.labels import CacheStats, open_cache
+from pneumolib.evaluate.calibration import (
+    OPERATING_POINTS,
+    Calibration,
+    activation,
+    calibration_block,
+    calibration_figures,
+    fit_calibration,
+    prior_shift,
+    raw_logits,
+    write_calibration,
+)
 from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.figures import sample_predictions_figure, write_figures
 from pneumolib.evaluate.metrics import (
@@ -54,6 +63,7 @@ from pneumolib.evaluate.metrics import (
 )
 from pneumolib.evaluate.multiclass import class_table, confusion_table, summarize_classes
 from pneumolib.evaluate.reference import compare_with_reference
+from pneumolib.evaluate.tta import predict_tta, tta_affines
 
 # --------------------------------------------------------------------------- driver
 __all__ = [
@@ -108,79 +118,31 @@ def evaluate_predictions(
 
 
 # --------------------------------------------------------------------------- a whole run
-TTA_SHIFT = 0.04  # test-time shifts, fraction of the side
-TTA_SCALES = (0.95, 1.05)  # test-time zooms about the centre
-
-
-def tta_affines(in_size: int, out_size: int, hflip: bool = False) -> dict[str, np.ndarray]:
-    """Deterministic test-time variants -> {name: forward matrix (2, 3), cache pixels ->
-    input pixels}: identity (the plain validation resize), shifts of +-4% along x and y, zoom
-    0.95 and 1.05, and a horizontal flip only for runs that trained with hflip."""
-    s = TTA_SHIFT
-    spec = {"identity": (0.0, 0.0, 1.0, False)}
-    spec |= {"x+4%": (s, 0.0, 1.0, False), "x-4%": (-s, 0.0, 1.0, False)}
-    spec |= {"y+4%": (0.0, s, 1.0, False), "y-4%": (0.0, -s, 1.0, False)}
-    spec |= {f"zoom {z:g}": (0.0, 0.0, z, False) for z in TTA_SCALES}
-    if hflip:
-        spec["hflip"] = (0.0, 0.0, 1.0, True)
-    v = np.array([x[:3] for x in spec.values()], dtype=np.float64)
-    n = len(spec)
-    params = {
-        "crop": np.tile([0.0, 0.0, in_size, in_size], (n, 1)),
-        "angle": np.zeros(n),
-        "scale": v[:, 2],
-        "shift": v[:, :2],
-        "flip": np.array([x[3] for x in spec.values()]),
-    }
-    return dict(zip(spec, compose_affines(params, in_size, out_size), strict=True))
-
-
-def _predict_tta(model, loader, device, size: int, stats: CacheStats, mats, amp, on_device: bool):
-    """Mean class probabilities over the variants `mats` {name: (2, 3)} for a loader of raw
-    uint8 (B, S, S) batches -> (probabilities (N, K), targets (N,), positions (N,))."""
-    probs, targets, positions = [], [], []
-    with torch.no_grad():
-        for batch in progress_bar(loader, desc="predict (TTA)", leave=False):
-            images = batch["images"].numpy()  # (B, S, S) uint8
-            total = torch.zeros((), dtype=torch.float64)
-            for m in mats.values():
-                x = model_input(
-                    images,
-                    np.repeat(m[None], len(images), 0),
-                    size=size,
-                    stats=stats,
-                    device=device,
-                    warp_on_device=on_device,
-                )
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    total = total + tasks.probabilities(model(x)).double().cpu()
-            probs.append((total / len(mats)).numpy())
-            targets.append(batch["target"].numpy())
-            positions.append(batch["position"].numpy())
-    return np.concatenate(probs), np.concatenate(targets), np.concatenate(positions)
-
-
 def _write_json(obj: Any, path: Path) -> None:
     atomic_write(path, json.dumps(jsonable(obj), indent=2, allow_nan=False))
 
 
-def _split_predictions(ctx: _RunContext, split: str, reuse: bool) -> pd.DataFrame:
-    """Predictions table of one split: reused from RUN when its sidecar says it came from the
-    same checkpoint, cache rows and TTA setting, else predicted and written (CSV, then sidecar)."""
+def _split_predictions(
+    ctx: _RunContext, split: str, reuse: bool
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """One split's index rows in prediction order and their raw class probabilities (N, K):
+    reused from RUN's predictions CSV when its sidecar says it came from the same checkpoint,
+    cache rows and TTA setting (and it holds the raw columns), else predicted."""
     run, cache, index, tta = ctx.run, ctx.cache, ctx.index, ctx.tta
-    csv = predictions_path(run, split, tta)
-    meta_path = predictions_meta_path(run, split, tta)
     rows = index[index["split"] == split].reset_index(drop=True)
     if rows.empty:
         rule = ctx.split_rule
         raise UsageError(f"{cache}: no {split} rows (split rule {rule!r}); nothing to evaluate")
-    meta = {"checkpoint_sha256": ctx.sha256, "cache": str(cache), "tta": tta, "n": len(rows)}
-    if reuse and csv.is_file() and meta_path.is_file():
-        if json.loads(meta_path.read_text()) == meta:
+    meta_path = predictions_meta_path(run, split, tta)
+    raw_cols = _raw_columns(ctx.config.task)
+    if reuse and predictions_path(run, split, tta).is_file() and meta_path.is_file():
+        if json.loads(meta_path.read_text()) == _sidecar(ctx, len(rows)):
             pred = read_predictions(run, split, tta)
-            if sorted(pred["patientId"]) == sorted(rows["patientId"]):
-                print(f"{split}: reusing {csv.name} (same checkpoint)")
-                return pred
+            same_rows = sorted(pred["patientId"]) == sorted(rows["patientId"])
+            if same_rows and set(raw_cols) <= set(pred.columns):
+                print(f"{split}: reusing {predictions_name(split, tta)} (same checkpoint)")
+                picked = rows.set_index("patientId").loc[pred["patientId"]].reset_index()
+                return picked, pred[list(raw_cols)].to_numpy(np.float64)
     cfg, dev = ctx.config, ctx.device
     loader = make_loader(
         cache,
@@ -195,7 +157,7 @@ def _split_predictions(ctx: _RunContext, split: str, reuse: bool) -> pd.DataFram
         pin_memory=dev.type == "cuda",
     )
     if tta:
-        p, y, pos = _predict_tta(
+        p, y, pos = predict_tta(
             ctx.model, loader, dev, cfg.image_size, ctx.stats, ctx.mats, ctx.amp, ctx.on_device
         )
     else:
@@ -208,28 +170,88 @@ def _split_predictions(ctx: _RunContext, split: str, reuse: bool) -> pd.DataFram
             amp=ctx.amp,
             progress=True,
         )
-        p = tasks.probabilities(torch.from_numpy(logits)).numpy()
+        p = activation(logits)  # float64, so `raw_logits` inverts it closely
     picked = rows.iloc[pos].reset_index(drop=True)
     if not np.array_equal(picked["target"].to_numpy(), y.astype(picked["target"].dtype)):
         raise RuntimeError(f"{cache}: loader targets do not match index.csv rows")
-    pred = _predictions_table(picked, np.clip(p.astype(np.float64), 0.0, 1.0))
-    meta_path.unlink(missing_ok=True)  # a CSV without its sidecar is never reused
-    atomic_write(csv, lambda p: pred.to_csv(p, index=False))
-    _write_json(meta, meta_path)
-    return pred
+    return picked, np.clip(p.astype(np.float64), 0.0, 1.0)
 
 
-def _predictions_table(rows: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
-    """Index rows and their class probabilities (N, K) -> `patientId, prob, target, view, sex,
-    age`, where `prob` is the pneumonia probability; a three-class run adds `class` and one
-    `prob_<class>` column per class (`Task.prob_columns`)."""
+def _sidecar(ctx: _RunContext, n: int) -> dict[str, Any]:
+    """What a predictions CSV was made from: checkpoint, cache, TTA and number of rows."""
+    return {"checkpoint_sha256": ctx.sha256, "cache": str(ctx.cache), "tta": ctx.tta, "n": n}
+
+
+def _write_predictions(ctx: _RunContext, split: str, pred: pd.DataFrame) -> None:
+    """RUN/predictions_<split>.csv, then its sidecar (a CSV without one is never reused)."""
+    meta_path = predictions_meta_path(ctx.run, split, ctx.tta)
+    meta_path.unlink(missing_ok=True)
+    atomic_write(predictions_path(ctx.run, split, ctx.tta), lambda p: pred.to_csv(p, index=False))
+    _write_json(_sidecar(ctx, len(pred)), meta_path)
+
+
+def _raw_columns(task: str) -> tuple[str, ...]:
+    """The columns that keep a task's raw class probabilities (N, K): `prob_raw` (binary) or
+    `prob_raw_<class>` per class (three-class)."""
+    columns = tasks.task_spec(task).prob_columns
+    return tuple(c.replace("prob_", "prob_raw_", 1) for c in columns) or ("prob_raw",)
+
+
+def _predictions_table(rows: pd.DataFrame, raw: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """Index rows, their raw and calibrated class probabilities (N, K) -> `patientId, prob,
+    target, view, sex, age, prob_raw`, where `prob` is the calibrated pneumonia probability and
+    `prob_raw` the network's; a three-class run adds `class`, one `prob_<class>` column per
+    class (`Task.prob_columns`, calibrated) and `prob_raw_<class>`."""
     pred = rows[["patientId"]].assign(prob=tasks.pneumonia(probs))
     pred = pred.assign(**{c: rows[c] for c in ("target", "view", "sex", "age") if c in rows})
-    columns = tasks.task_of(probs.shape[1]).prob_columns
-    if columns:
+    task = tasks.task_of(probs.shape[1])
+    if task.prob_columns:
         pred = pred.assign(**{"class": rows["class"]})
-        pred = pred.assign(**{c: probs[:, k] for k, c in enumerate(columns)})
+        pred = pred.assign(**{c: probs[:, k] for k, c in enumerate(task.prob_columns)})
+    pred = pred.assign(prob_raw=tasks.pneumonia(raw))
+    if task.prob_columns:
+        pred = pred.assign(**{c: raw[:, k] for k, c in enumerate(_raw_columns(task.name))})
     return pred
+
+
+def _fit_run_calibration(
+    ctx: _RunContext, val_rows: pd.DataFrame, val_raw: np.ndarray, method: str
+) -> Calibration:
+    """Calibration of the run's checkpoint fitted on its val predictions (N, K): the prior
+    correction from the train prevalence and the trainer's own loss weights and sampling,
+    then `method`; the operating points chosen on the calibrated val probability."""
+    cfg = ctx.config
+    task = tasks.task_spec(cfg.task)
+    where = f"{ctx.cache}/index.csv"
+    train = task.targets(ctx.index[ctx.index["split"] == "train"], where=where)
+    if len(train) == 0:
+        raise UsageError(f"{where}: no train rows; the prior correction needs the train prevalence")
+    weights = task.class_weights(train, pos_weight=cfg.pos_weight, balanced=cfg.balanced_sampling)
+    k = task.n_outputs
+    prevalence = float(np.mean(train)) if k == 1 else np.bincount(train, minlength=k) / len(train)
+    shift = prior_shift(
+        train_prevalence=prevalence, balanced=cfg.balanced_sampling, loss_weights=weights
+    )
+    logits = raw_logits(val_raw)
+    y_pos = val_rows["target"].to_numpy()
+    cal = fit_calibration(logits, task.targets(val_rows, where=where), shift=shift, method=method)
+    p_raw, p_cal = tasks.pneumonia(val_raw), cal.pneumonia(logits)
+    chosen = choose_thresholds(y_pos, p_cal, 0.9)
+    fitted: dict[str, Any] = {"n": len(y_pos), "n_pos": int(y_pos.sum())}
+    for name, p in (("raw", p_raw), ("calibrated", p_cal)):
+        fitted[name] = {k: v for k, v in calibration_figures(y_pos, p, n_boot=0).items()
+                        if not k.endswith("_ci")}  # fmt: skip
+    return replace(
+        cal,
+        operating_points={n: chosen[_CHOSEN.get(n, n)] for n in OPERATING_POINTS},
+        train_prevalence=float(np.mean(task.is_pneumonia(train))),
+        val_prevalence=float(np.mean(y_pos)),
+        fitted_on=fitted,
+        checkpoint_sha256=ctx.sha256,
+    )
+
+
+_CHOSEN = {"sens90": "sens@0.90"}  # operating point -> its name in `choose_thresholds`
 
 
 def evaluate_run(
@@ -245,10 +267,13 @@ def evaluate_run(
     n_samples: int = 16,
     figures: bool = True,
     print_table: bool = True,
+    calibration: str = "temperature",
 ) -> dict[str, Any]:
-    """Evaluate RUN/best.pt on one split of its cache: RUN/predictions_<split>.csv
-    (`patientId, prob, target, view, sex, age`), RUN/metrics_<split>.json and figures/*_<split>
-    (incl. `samples_<split>.png`). Thresholds are always chosen on val (for test, val
+    """Evaluate RUN/best.pt on one split of its cache: RUN/calibration.json (fitted on val,
+    `calibration` names the method), RUN/predictions_<split>.csv (`patientId, prob, target,
+    view, sex, age, prob_raw`: `prob` calibrated), RUN/metrics_<split>.json (with a
+    `calibration` block: before and after) and figures/*_<split> (incl. `samples_<split>.png`).
+    Thresholds are always chosen on val, on the calibrated probability (for test, val
     predictions of the same checkpoint are reused or made first) and applied unchanged.
     `tta` averages over `tta_affines` and writes `..._<split>_tta` files instead. `cache`
     overrides the checkpoint's cache path, `workers` its loader workers; `figures=False` skips
@@ -260,12 +285,24 @@ def evaluate_run(
         raise UsageError(f"split: expected 'val' or 'test', got {split!r}")
     run = Path(run)
     ctx = _run_context(run, device=device, cache=cache, workers=workers, tta=tta)
-    pred = _split_predictions(ctx, split, reuse=False)
-    pred_val = pred if split == "val" else _split_predictions(ctx, "val", reuse=True)
+    val_rows, val_raw = _split_predictions(ctx, "val", reuse=split != "val")
+    cal = _fit_run_calibration(ctx, val_rows, val_raw, calibration)
+    if not tta:  # predict scores without TTA: the file holds the plain checkpoint's fit
+        print(f"calibration ({cal.method}): {write_calibration(run, cal)}")
+    pred_val = _predictions_table(val_rows, val_raw, cal.apply(raw_logits(val_raw)))
+    _write_predictions(ctx, "val", pred_val)
+    pred = pred_val
+    if split != "val":
+        rows, raw = _split_predictions(ctx, split, reuse=False)
+        pred = _predictions_table(rows, raw, cal.apply(raw_logits(raw)))
+        _write_predictions(ctx, split, pred)
     tag = split_tag(split, tta)
     metrics = evaluate_predictions(
         pred_val, pred, split=tag, out_dir=run, n_boot=n_boot, seed=seed, figures=figures
     )
+    metrics["calibration"] = calibration_block(
+        pred["target"], pred["prob_raw"], pred["prob"], method=cal.method, n_boot=n_boot, seed=seed
+    ) | {"shift": list(cal.shift), "temperature": cal.temperature}
     metrics |= {
         "split": tag,
         "cache": str(ctx.cache),

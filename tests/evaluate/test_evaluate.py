@@ -56,7 +56,7 @@ def test_evaluate_predictions_writes_json_and_figures(tmp_path):
 
 
 # --------------------------------------------------------------------------- a whole run
-PRED_COLUMNS = ["patientId", "prob", "target", "view", "sex", "age"]
+PRED_COLUMNS = ["patientId", "prob", "target", "view", "sex", "age", "prob_raw"]
 
 
 @pytest.fixture(scope="module")
