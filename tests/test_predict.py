@@ -3,6 +3,7 @@ cache."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 
 from pneumolib.cli import main as cli_main
+from pneumolib.core.errors import UsageError
 from pneumolib.data.dicom import read_dicom
 from pneumolib.data.dicom_write import write_dicom
 from pneumolib.evaluate.run import evaluate_run, read_predictions
@@ -27,6 +29,7 @@ SAME_IMAGE = (  # decode to the same 8-bit image (the 12-bit one within one grey
     "cxr_pa_12bit_window.dcm",
 )
 JPEG = "cxr_pa_monochrome2_jpeg.dcm"
+COLUMNS = ["file", "probability", "probability_raw", "positive"]
 INVERTED = "cxr_pa_monochrome1_jpeg_relabelled.dcm"
 
 
@@ -50,7 +53,7 @@ def test_real_radiograph_variants_score_alike(run, real_dicom):
     files = [real_dicom / f for f in (*SAME_IMAGE, JPEG, INVERTED)]
     df, errors = predict_files(run["ckpt"], files, device="cpu")
     assert errors == []
-    assert list(df.columns) == ["file", "probability"] and len(df) == 5
+    assert list(df.columns) == COLUMNS and len(df) == 5
     p = _probs(df)
     assert all(0.0 <= v <= 1.0 for v in p.values())
     same = np.array([p[f] for f in SAME_IMAGE])
@@ -68,16 +71,38 @@ def test_real_radiograph_variants_score_alike(run, real_dicom):
 
 
 @pytest.mark.slow
-def test_predict_equals_validation_probabilities(run, tmp_path):
-    """A DICOM scored by `predict` gets the probability that evaluation gave its cache row."""
+def test_predict_equals_validation_probabilities(run, tmp_path, capsys):
+    """A DICOM scored by `predict` gets the calibrated and raw probabilities that evaluation
+    gave its cache row, and `positive` at the run's val-chosen operating point; the checkpoint
+    alone carries all of it (its folder's calibration.json)."""
     folder = Path(shutil.copytree(run["run"], tmp_path / "run"))  # evaluate writes there
     evaluate_run(folder, "val", n_boot=0, workers=0, device="cpu", n_samples=4)
-    val = read_predictions(folder, "val").set_index("patientId")["prob"]
+    cal = json.loads((folder / "calibration.json").read_text())
+    val = read_predictions(folder, "val").set_index("patientId")
     files = [run["raw"] / "stage_2_train_images" / f"{pid}.dcm" for pid in val.index]
-    df, errors = predict_files(run["ckpt"], files, device="cpu", batch_size=7)
-    assert errors == [] and len(df) == len(val)
-    got = pd.Series(df["probability"].to_numpy(), index=[Path(f).stem for f in df["file"]])
-    np.testing.assert_allclose(got.loc[val.index].to_numpy(), val.to_numpy(), atol=1e-5)
+    capsys.readouterr()
+    for point in ("sens90", "youden"):
+        df, errors = predict_files(
+            folder / "best.pt", files, device="cpu", batch_size=7, operating_point=point
+        )
+        assert errors == [] and len(df) == len(val) and list(df.columns) == COLUMNS
+        df.index = [Path(f).stem for f in df["file"]]
+        got = df.loc[val.index]
+        np.testing.assert_allclose(got["probability"], val["prob"], atol=1e-5)
+        np.testing.assert_allclose(got["probability_raw"], val["prob_raw"], atol=1e-5)
+        assert not np.allclose(got["probability"], got["probability_raw"], atol=1e-3)
+        threshold = cal["operating_points"][point]
+        assert (got["positive"] == (got["probability"] >= threshold)).all()
+    assert "note:" not in capsys.readouterr().err  # calibrated: nothing to say
+    # A calibration fitted on another checkpoint is not applied: raw, and one line says so.
+    (folder / "calibration.json").write_text(json.dumps(cal | {"checkpoint_sha256": "0" * 64}))
+    df, _ = predict_files(folder / "best.pt", files[:3], device="cpu", operating_point="0.3")
+    err = capsys.readouterr().err
+    assert err.count("another checkpoint") == 1 and len(err.strip().splitlines()) == 1
+    np.testing.assert_array_equal(df["probability"], df["probability_raw"])
+    assert (df["positive"] == (df["probability"] >= 0.3)).all()
+    with pytest.raises(UsageError, match="--operating-point 'sens95'"):
+        predict_files(folder / "best.pt", files[:1], device="cpu", operating_point="sens95")
 
 
 @pytest.mark.slow
@@ -129,7 +154,7 @@ def test_unreadable_file_is_reported_and_the_rest_scored(run, tmp_path, capsys):
     assert len(flat_lines) == 2 and "flat.dcm" in flat_lines[0] and "flat.png" in flat_lines[1]
     assert sum(line.startswith("error: ") for line in err.splitlines()) == 4
     df = pd.read_csv(out)
-    assert list(df.columns) == ["file", "probability"]
+    assert list(df.columns) == COLUMNS
     assert df["file"].tolist() == [str(good[0]), str(good[1])]
     assert not list(out.parent.glob("*.tmp"))
     assert predict_cli(run["ckpt"], [str(good[0])], out_csv=out, cam_dir=None, device="cpu") == 0
@@ -151,10 +176,14 @@ def test_cli_subprocess_boundary(run, tmp_path):
     )
     assert res.returncode == 1, res.stderr
     assert "bad.dcm" in res.stderr
+    # A run never evaluated has no calibration.json: raw scores, and one line says so.
+    assert res.stderr.count("calibration.json not found") == 1
     lines = res.stdout.strip().splitlines()
-    assert lines[0] == "file,probability" and len(lines) == 2
+    assert lines[0] == "file,probability,probability_raw,positive" and len(lines) == 2
     assert lines[1].startswith(str(good) + ",")
-    assert 0.0 <= float(lines[1].split(",")[1]) <= 1.0
+    _, p, p_raw, positive = lines[1].rsplit(",", 3)
+    assert 0.0 <= float(p) <= 1.0 and p == p_raw
+    assert positive == str(float(p) >= 0.5)  # no operating points without calibration
 
 
 def test_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):

@@ -72,7 +72,7 @@ def training_section(cfg: Config, summary: Mapping[str, Any]) -> list[str]:
 
 
 def test_section(metrics: Mapping[str, Any], run: Path) -> list[str]:
-    test, val = metrics["test"], metrics["val"]
+    test = metrics["test"]
     thr = {k: v["threshold"] for k, v in test["thresholds"].items()}
     auc_ci = interval(test.get("roc_auc_ci"), missing="–")
     ap_ci = interval(test.get("average_precision_ci"), missing="–")
@@ -92,27 +92,33 @@ def test_section(metrics: Mapping[str, Any], run: Path) -> list[str]:
         + ", ".join(f"{k} {v:.3f}" for k, v in thr.items())
         + "): each buys recall with precision at another rate, and none is right for every use.",
         "",
-        f"Calibration: expected calibration error {_f(val.get('ece'))} on val and "
-        f"{_f(test.get('ece'))} on test (figures/reliability_test.png); "
-        + _calibration_sentence(run),
+        calibration_sentence(test),
         "",
     ]
     return lines
 
 
-def _calibration_sentence(run: Path) -> str:
-    """Which way the test probabilities are off: their mean against the share positive."""
-    pred = pd.read_csv(predictions_path(run, "test"))
-    mean_p, frac = float(pred.prob.mean()), float(pred.target.mean())
+def calibration_sentence(test: Mapping[str, Any]) -> str:
+    """What calibration did on test, in the numbers of metrics_test.json's `calibration`
+    block: the mean probability against the share positive, and ECE, before and after."""
+    cal = test.get("calibration")
+    if cal is None:  # metrics written before calibration existed
+        return f"Calibration: expected calibration error {_f(test.get('ece'))} on test."
+    raw, after, frac = cal["raw"], cal["calibrated"], cal["prevalence"]
     why = (
         "balanced batches train the model as if half the patients were positive"
-        if mean_p > frac
+        if raw["mean_prob"] > frac
         else "the model has not learned to call positives with confidence"
     )
+    fitted = f"temperature {cal['temperature']:.2f}" if cal["method"] == "temperature" else ""
     return (
-        f"the mean predicted probability is {mean_p:.2f} against {frac:.2f} positive: the "
-        f"probabilities run too {'high' if mean_p > frac else 'low'} ({why}). A probability "
-        "is not a risk until it is calibrated."
+        f"Calibration (figures/reliability_test.png): the network's raw probabilities average "
+        f"{raw['mean_prob']:.2f} on test against {frac:.2f} positive ({why}). The prior "
+        f"correction and {fitted or cal['method']}, fitted on val (calibration.json), bring the "
+        f"mean to {after['mean_prob']:.2f} and the expected calibration error from "
+        f"{_f(raw['ece'])} {interval(raw.get('ece_ci'), missing='')} to {_f(after['ece'])} "
+        f"{interval(after.get('ece_ci'), missing='')}, leaving the ranking (AUC) as it was: "
+        "`prob` and `predict`'s `probability` are now a risk, the raw score stays as `prob_raw`."
     )
 
 

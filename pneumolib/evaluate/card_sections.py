@@ -218,15 +218,49 @@ def calibration_section(metrics: Mapping[str, Mapping[str, Any] | None], run: st
         for r in m.get("reliability", [])
         if r["count"]
     ]
-    lines += [
-        f"On {split}: expected calibration error {num(m.get('ece'))}, Brier score "
-        f"{with_ci(m.get('brier'), m.get('brier_ci'))}. Balanced batches and a positive-class "
-        "weight train the model as if positives were commoner than they are, so a probability "
-        "here is a score, not a risk, until it is recalibrated on the population it is used on.",
-        "",
-    ]
+    cal = m.get("calibration")
+    if cal is None:  # a run evaluated before calibration existed
+        lines += [
+            f"On {split}: expected calibration error {num(m.get('ece'))}, Brier score "
+            f"{with_ci(m.get('brier'), m.get('brier_ci'))}. Balanced batches and a positive-"
+            "class weight train the model as if positives were commoner than they are, so a "
+            "probability here is a score, not a risk, until it is recalibrated: run "
+            f"`python -m pneumolib evaluate --run {run} --split test` to fit calibration.json.",
+            "",
+        ]
+    else:
+        lines += calibration_lines(cal, split)
     header = ["predicted probability", "patients", "mean predicted", "observed positive"]
     return lines + table(header, rows) + [""]
+
+
+def calibration_lines(cal: Mapping[str, Any], split: str) -> list[str]:
+    """The raw and calibrated figures of a metrics file's `calibration` block, as a table."""
+    raw, after = cal["raw"], cal["calibrated"]
+    rows = [
+        [name, with_ci(raw.get(k), raw.get(f"{k}_ci")), with_ci(after.get(k), after.get(f"{k}_ci"))]
+        for k, name in (("ece", "expected calibration error"), ("brier", "Brier score"),
+                        ("nll", "negative log-likelihood"))
+    ]  # fmt: skip
+    rows.append(["mean probability", num(raw.get("mean_prob")), num(after.get("mean_prob"))])
+    how = (
+        f"temperature {num(cal.get('temperature'), digits=2)}"
+        if cal["method"] == "temperature"
+        else cal["method"]
+    )
+    return [
+        "Balanced batches and a positive-class weight train the model as if positives were "
+        "commoner than they are; the prior correction undoes that with the train prevalence "
+        f"(logit shift {num((cal.get('shift') or [None])[-1], digits=2)}), then {how} is fitted "
+        "on val (RUN/calibration.json). `prob` and `predict`'s `probability` are the calibrated "
+        f"risk; the raw output is kept as `prob_raw`. On {split} ({num(cal['prevalence'])} "
+        "positive), with 95% bootstrap CIs:",
+        "",
+        *table(["", "raw", "calibrated"], rows),
+        "",
+        "The table below is of the calibrated probability (figures/reliability_*.png shows both):",
+        "",
+    ]
 
 
 # --------------------------------------------------------------------------- subgroups

@@ -161,25 +161,52 @@ def reliability_bins(n: int) -> int:
     return int(np.clip(n // 10, 2, 10))
 
 
-def plot_reliability(y: Any, p: Any, *, n_bins: int | None = None, ax=None, out=None):
-    """Reliability diagram: observed frequency against mean predicted probability in
-    equal-count bins (`reliability_bins(n)` unless `n_bins`; a confident model would leave
-    equal-width bins nearly all empty), over the histogram of the predictions. The title's
-    ECE uses the summary's 10 equal-width bins; the axes say how many bins and cases."""
+def wilson_interval(k: Any, n: Any, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (95% for z = 1.96) of k successes in n trials, arrays (G,) each:
+    a bin's observed frequency with its uncertainty, sensible at 0 and n (unlike p +- z se)."""
+    k, n = np.asarray(k, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    p = k / n
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return centre - half, centre + half
+
+
+def _reliability_curve(ax: Any, y: np.ndarray, p: np.ndarray, bins: int, **style: Any) -> int:
+    """One reliability curve on `ax` (equal-count bins, Wilson 95% bars) -> bins drawn."""
+    table = reliability(y, p, bins, strategy="quantile")
+    used = table[table["count"] > 0]
+    lo, hi = wilson_interval(used["observed"] * used["count"], used["count"])
+    err = np.clip([used["observed"] - lo, hi - used["observed"]], 0, None)
+    ax.errorbar(used["mean_pred"], used["observed"], yerr=err, fmt="o-", lw=2, capsize=3, **style)
+    return len(used)
+
+
+def plot_reliability(
+    y: Any, p: Any, *, raw: Any = None, n_bins: int | None = None, ax=None, out=None
+):
+    """Reliability diagram: observed frequency (with its Wilson 95% interval) against mean
+    predicted probability in equal-count bins (`reliability_bins(n)` unless `n_bins`; a
+    confident model would leave equal-width bins nearly all empty), over the histogram of the
+    predictions. With `raw` (the uncalibrated probabilities (N,)), both curves: before and
+    after calibration. The title's ECE uses the summary's 10 equal-width bins."""
     y, p = check_arrays(y, p)
     wanted = n_bins or reliability_bins(len(y))
-    table = reliability(y, p, wanted, strategy="quantile")
     fig, ax = figure_axes(ax)
     ax.hist(p, bins=np.linspace(0, 1, 21), weights=np.full(len(p), 1 / len(p)),
             color="lightgrey", label="share of cases")  # fmt: skip
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
-    used = table[table["count"] > 0]
-    ax.plot(used["mean_pred"], used["observed"], "o-", lw=2, label="model")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability")
-    ax.set(ylabel="observed frequency of pneumonia")
     ece = expected_calibration_error(reliability(y, p))
-    ax.set_title(f"Reliability (Brier {brier(y, p):.3f}, ECE {ece:.3f})")
-    k = len(used)
+    title = f"Brier {brier(y, p):.3f}, ECE {ece:.3f}"
+    if raw is not None:
+        _, r = check_arrays(y, raw, "y", "raw")
+        _reliability_curve(ax, y, r, wanted, color="tab:orange", alpha=0.8, label="raw")
+        ece_raw = expected_calibration_error(reliability(y, r))
+        title = f"ECE {ece_raw:.3f} raw -> {ece:.3f} calibrated"
+    label = "model" if raw is None else "calibrated"
+    k = _reliability_curve(ax, y, p, wanted, color="tab:blue", label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted probability")
+    ax.set(ylabel="observed frequency of pneumonia (95% CI)")
+    ax.set_title(f"Reliability ({title})", fontsize=9 if raw is not None else None)
     note = f"{k} equal-count bins, ~{len(y) // max(k, 1)} cases each"
     why = [f"only {len(y)} cases"] if n_bins is None and wanted < 5 else []
     why += ["tied probabilities share a bin"] if k < wanted else []
@@ -268,7 +295,8 @@ def write_figures(
     plot_roc(y, p, thresholds=thr, out=paths["roc"])
     plot_pr(y, p, thresholds=thr, out=paths["pr"])
     plot_confusion_grid(y, p, thr, out=paths["confusion"])
-    plot_reliability(y, p, out=paths["reliability"])
+    raw = pred["prob_raw"].to_numpy() if "prob_raw" in pred else None
+    plot_reliability(y, p, raw=raw, out=paths["reliability"])
     plot_prob_hist(y, p, thresholds=thr, out=paths["prob_hist"])
     sub = pd.DataFrame(metrics.get("subgroups") or [])
     if sub.empty:

@@ -176,3 +176,18 @@ def test_calibration_figures_bootstrap_matches_the_metrics():
     one = cal.calibration_figures(y[idx], p[idx], n_boot=0)
     ece = expected_calibration_error(reliability(y[idx], p[idx]))
     assert one["ece"] == pytest.approx(ece) and one["ece_ci"] == [None, None]
+
+
+def test_cli_names_the_operating_points_and_the_default():
+    """The parser spells the choices out (it stays light: no scipy at start-up); this keeps
+    them the calibration module's."""
+    from pneumolib.cli.parser import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command" or a.choices)
+    predict = sub.choices["predict"]
+    point = next(a for a in predict._actions if a.dest == "operating_point")
+    assert point.default == cal.DEFAULT_OPERATING_POINT
+    assert all(name in point.help for name in cal.OPERATING_POINTS)
+    assert f"{cal.DEFAULT_OPERATING_POINT} (default" in point.help
+    method = next(a for a in sub.choices["evaluate"]._actions if a.dest == "calibration")
+    assert tuple(method.choices) == cal.METHODS and method.default == "temperature"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from test_metrics import _scores
 
 from pneumolib.evaluate import figures as ef
@@ -58,11 +59,29 @@ def test_reliability_uses_equal_count_bins_and_says_why_few():
     y = (rng.random(300) < 0.3).astype(int)
     p = np.clip(np.where(y == 1, 0.97, 0.03) + rng.normal(0, 0.01, 300), 0, 1)  # confident
     ax = ef.plot_reliability(y, p).axes[0]
-    model = next(ln for ln in ax.lines if ln.get_label() == "model")
-    assert len(model.get_xdata()) == 10  # equal-width bins would leave 2
+    model = next(c for c in ax.containers if c.get_label() == "model")
+    assert len(model.lines[0].get_xdata()) == 10  # equal-width bins would leave 2
     assert any("10 equal-count bins, ~30 cases each" in t.get_text() for t in ax.texts)
     small = ef.plot_reliability(y[:30], p[:30]).axes[0]
     assert any("few bins: only 30 cases" in t.get_text() for t in small.texts)
+
+
+def test_reliability_before_and_after_with_intervals():
+    rng = np.random.default_rng(1)
+    y = (rng.random(400) < 0.25).astype(int)
+    p = np.clip(0.25 + 0.3 * (y - 0.25) + rng.normal(0, 0.05, 400), 0.01, 0.99)
+    raw = np.clip(p + 0.25, 0, 1)  # too high, as balanced batches leave it
+    ax = ef.plot_reliability(y, p, raw=raw).axes[0]
+    curves = {c.get_label(): c for c in ax.containers if not c.get_label().startswith("_")}
+    assert set(curves) == {"raw", "calibrated"}
+    x_raw, x_cal = (curves[k].lines[0].get_xdata() for k in ("raw", "calibrated"))
+    assert np.mean(x_raw) > np.mean(x_cal) + 0.2
+    assert "raw ->" in ax.get_title() and "calibrated" in ax.get_title()
+    bars = curves["calibrated"].lines[2][0].get_segments()  # one Wilson interval per bin
+    assert len(bars) == len(x_cal) and all(s[0][1] < s[1][1] for s in bars)
+    lo, hi = ef.wilson_interval(np.array([0, 5, 10]), np.array([10, 10, 10]))
+    assert lo[0] == pytest.approx(0, abs=1e-12) and hi[2] == pytest.approx(1)
+    assert lo[1] < 0.5 < hi[1] and hi[0] == pytest.approx(0.2775, abs=1e-4)  # Wilson, 0 of 10
 
 
 def test_subgroup_bars_label_an_undefined_group_na():
