@@ -24,10 +24,12 @@
 # 3. **thresholds chosen on validation** (0.5, Youden, best F1, sensitivity 0.90) and applied
 #    unchanged to test: the test split never picks its own threshold,
 # 4. the published references (course split, validation, threshold 0.5) beside this run,
-# 5. ROC and precision-recall curves, confusion matrices, calibration, probability histograms,
-# 6. subgroups (AP vs PA view, sex, age band),
-# 7. sample predictions, the most confident mistakes first,
-# 8. test-time augmentation (TTA) as an option.
+# 5. ROC and precision-recall curves, confusion matrices, probability histograms,
+# 6. calibration: why balanced training inflates the probabilities, the prior correction and
+#    temperature fitted on validation, before/after reliability diagrams, what 0.3 means,
+# 7. subgroups (AP vs PA view, sex, age band),
+# 8. sample predictions, the most confident mistakes first,
+# 9. test-time augmentation (TTA) as an option.
 #
 # The same from a terminal: `python -m pneumolib evaluate --run RUN --split test [--tta]`
 # writes the same files (`metrics_<split>.json`, `figures/*_<split>.png`) and prints a summary.
@@ -73,8 +75,9 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
+from pneumolib.core.fmt import with_ci
 from pneumolib.course import colab
-from pneumolib.evaluate import compare, multiclass
+from pneumolib.evaluate import calibration, compare, multiclass
 from pneumolib.evaluate import figures as evaluate_figures
 from pneumolib.evaluate import run as evaluate
 
@@ -214,24 +217,87 @@ display(evaluate_figures.plot_pr(y, p, thresholds=thresholds))
 evaluate_figures.plot_confusion_grid(y, p, thresholds)
 
 # %% [markdown]
-# ## Calibration and the spread of the probabilities (test)
+# ## Calibration: from a score to a risk
 #
-# The reliability diagram puts the observed frequency of pneumonia against the mean predicted
-# probability, bin by bin: on the diagonal, a probability can be read as a risk. Training
-# with a positive-class weight (`pos_weight`, the default) or balanced sampling shifts the
-# prevalence the model sees, so its probabilities are rarely on the diagonal; the thresholds
-# chosen on validation correct the decision, not the probabilities. The bins hold equal
-# numbers of cases (with confident predictions, equal-width bins would be nearly all empty);
-# the figure says how many bins there are and why, when there are few.
-#
-# **On the demo** the expected calibration error is about 0.2: the demo trains on
-# class-balanced batches, as if half the patients were positive, so its probabilities run
-# higher than the 27% of positives in the test split (mean about 0.46), and every bin of the
-# curve lies below the diagonal.
+# **Why balanced training inflates the probabilities.** A class-balanced batch shows the
+# network a positive half the time, whatever the prevalence π of the population; it learns
+# the odds of that world, so its logit is too high by logit(0.5) − logit(π) (for π = 0.25,
+# about 1.1, which turns a true risk of 0.25 into 0.5). A positive-class weight w (`pos_weight`,
+# by default negatives / positives) does the same: it multiplies the positives' likelihood,
+# adding log w. Both are known in closed form, so `evaluate` first undoes them with the train
+# prevalence (the *prior correction*), then fits one *temperature* T on the validation
+# predictions (minimising their negative log-likelihood; T > 1 softens over-confident
+# logits): p = sigmoid((logit + shift) / T). Both steps are increasing functions of the
+# logit, so the ranking, and the AUC, do not change; only what a number means does. The fit
+# is written to `calibration.json` in the run folder, with the operating points chosen on
+# the calibrated validation probabilities, so `predict --checkpoint RUN/best.pt` applies
+# both with nothing else to pass.
 
 # %%
-display(evaluate_figures.plot_reliability(y, p))
+cal = calibration.read_calibration(run)
+fit = {"method": cal.method, "prior shift (logit)": round(cal.shift[-1], 3)}
+fit |= {"temperature": round(cal.temperature, 3), "train prevalence": cal.train_prevalence}
+display(pd.Series(fit | {"val prevalence": cal.val_prevalence}, name="calibration.json"))
+pd.Series(cal.operating_points, name="operating points (calibrated val probability)").round(3)
+
+# %% [markdown]
+# Step by step on both splits: the network's mean probability, after the prior correction
+# alone, and after the temperature, against the share of patients who are positive.
+
+# %%
+steps = {}
+for name, pred in (("val", pred_val), ("test", pred_test)):
+    logits = calibration.raw_logits(pred[["prob_raw"]].to_numpy())  # binary run: (N, 1)
+    steps[name] = {
+        "raw": pred["prob_raw"].mean(),
+        "prior corrected": calibration.activation(logits + cal.shift)[:, -1].mean(),
+        "calibrated": pred["prob"].mean(),
+        "positive": pred["target"].mean(),
+    }
+pd.DataFrame(steps).T.round(3)
+
+# %% [markdown]
+# The test figures before and after, each with its 95% bootstrap interval: expected
+# calibration error (ECE), Brier score and negative log-likelihood (lower is better).
+
+# %%
+block = test["calibration"]
+pd.DataFrame(
+    {
+        when: {k: with_ci(block[when][k], block[when][f"{k}_ci"]) for k in calibration.FIGURES}
+        for when in ("raw", "calibrated")
+    }
+)
+
+# %% [markdown]
+# The reliability diagram puts the observed frequency of pneumonia (with its 95% Wilson
+# interval) against the mean predicted probability, bin by bin, for the raw and the
+# calibrated probabilities: on the diagonal, a probability can be read as a risk. The bins
+# hold equal numbers of cases (with confident predictions, equal-width bins would be nearly
+# all empty); the figure says how many bins there are and why, when there are few. With a
+# few dozen test patients the intervals are wide: calibration is estimated, like any metric.
+
+# %%
+display(evaluate_figures.plot_reliability(y, p, raw=pred_test["prob_raw"].to_numpy()))
 display(evaluate_figures.plot_prob_hist(y, p, thresholds=thresholds))
+
+# %% [markdown]
+# **What a calibrated 0.3 means.** Of a hundred patients who are each given 0.3, about thirty
+# have pneumonia: the number is a risk in the population the model was calibrated on (the
+# validation split's). Below, the test patients the
+# calibrated model put between 0.2 and 0.4, how many were positive, and the same band of the
+# raw probabilities. A calibrated probability carries over only to a population like the
+# calibration one: at another hospital, with another prevalence, fit it again on its
+# patients (`evaluate` on a validation split of theirs).
+
+# %%
+band = {}
+for name, column in (("calibrated", "prob"), ("raw", "prob_raw")):
+    inside = pred_test[pred_test[column].between(0.2, 0.4)]
+    lo, hi = evaluate_figures.wilson_interval(inside["target"].sum(), max(len(inside), 1))
+    band[name] = {"patients in 0.2-0.4": len(inside), "mean probability": inside[column].mean()}
+    band[name] |= {"positive": inside["target"].mean(), "95% CI": f"[{lo:.2f}, {hi:.2f}]"}
+pd.DataFrame.from_dict(band, orient="index")
 
 # %% [markdown]
 # ## Subgroups: AP vs PA view, sex, age band (test)

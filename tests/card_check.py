@@ -132,12 +132,23 @@ def _check_metrics(sec: dict[str, str], metrics: dict[str, dict | None]) -> None
     split = "test" if metrics["test"] else "val"
     m = metrics[split]
     bins = [b for b in m["reliability"] if b["count"]]
-    shown = tables(sec["Calibration"])[0]
+    found = tables(sec["Calibration"])
+    cal = m.get("calibration")
+    if cal is None:  # evaluated before calibration: one sentence, then the bins
+        same(re.search(r"expected calibration error (\S+),", sec["Calibration"])[1], m["ece"])
+    else:  # raw and calibrated side by side, then the bins of the calibrated probability
+        figures = {r["figure"]: r for r in found.pop(0)}
+        for key, name in (("ece", "expected calibration error"), ("brier", "Brier score")):
+            for when in ("raw", "calibrated"):
+                same(figures[name][when], cal[when][key], cal[when][f"{key}_ci"])
+        for when in ("raw", "calibrated"):
+            same(figures["mean probability"][when], cal[when]["mean_prob"])
+        assert cal["calibrated"]["ece"] == pytest.approx(m["ece"])  # `prob` is calibrated
+    shown = found[0]
     assert [int(r["patients"]) for r in shown] == [b["count"] for b in bins]
     for r, b in zip(shown, bins, strict=True):
         same(r["mean predicted"], b["mean_pred"])
         same(r["observed positive"], b["observed"])
-    same(re.search(r"expected calibration error (\S+),", sec["Calibration"])[1], m["ece"])
     name = re.search(r"at the `([^`]+)` threshold", sec["Subgroups (factors)"])[1]
     shown = {(r["factor"], r["group"]): r for r in tables(sec["Subgroups (factors)"])[0]}
     rows = [g for g in m["subgroups"] if g["threshold_name"] == name]

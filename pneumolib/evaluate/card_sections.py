@@ -256,7 +256,7 @@ def calibration_lines(cal: Mapping[str, Any], split: str) -> list[str]:
         f"risk; the raw output is kept as `prob_raw`. On {split} ({num(cal['prevalence'])} "
         "positive), with 95% bootstrap CIs:",
         "",
-        *table(["", "raw", "calibrated"], rows),
+        *table(["figure", "raw", "calibrated"], rows),
         "",
         "The table below is of the calibrated probability (figures/reliability_*.png shows both):",
         "",

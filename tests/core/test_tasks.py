@@ -224,13 +224,14 @@ def test_three_class_grad_cam_per_class_and_predict(runs, demo_cache, demo_raw):
     }
     assert np.allclose(maps["pneumonia"]["maps"], maps["lung_opacity"]["maps"])
     assert not np.allclose(maps["normal"]["maps"], maps["lung_opacity"]["maps"])
-    np.testing.assert_allclose(maps["normal"]["probs"], pred["prob"], atol=1e-5)
+    np.testing.assert_allclose(maps["normal"]["probs"], pred["prob_raw"], atol=1e-5)
     with pytest.raises(ValueError, match="needs a three-class run"):
         cam_examples(runs["binary"], ids, method="gradcam", target="normal")
     files = [demo_raw / "stage_2_train_images" / f"{p}.dcm" for p in ids]
     df, errors = predict_files(run / "best.pt", files, device="cpu")
     assert errors == []
-    np.testing.assert_allclose(df["probability"], pred["prob"], atol=1e-5)
+    np.testing.assert_allclose(df["probability"], pred["prob"], atol=1e-5)  # calibrated
+    np.testing.assert_allclose(df["probability_raw"], pred["prob_raw"], atol=1e-5)
 
 
 @pytest.mark.slow

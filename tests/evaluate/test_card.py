@@ -247,7 +247,8 @@ def test_trained_run_card_and_predict_warning(
     assert [ln for ln in err.splitlines() if ln.startswith("warning:")] == [
         synthetic_warning(run / "best.pt", CacheStats(mean=0.5, std=0.25, size=64, synthetic=True))
     ]
-    assert out.splitlines()[0] == "file,probability" and len(out.splitlines()) == 2
+    assert out.splitlines()[0] == "file,probability,probability_raw,positive"
+    assert len(out.splitlines()) == 2
 
     for split in ("val", "test"):
         evaluate_run(run, split, n_boot=200, device="cpu", figures=False, print_table=False)
