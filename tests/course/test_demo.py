@@ -30,7 +30,8 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path: Path, capsys) -> None
     table = report.split("## Where the network looks")[1].split("## Sweep")[0]
     assert "pointing game" in table and "chance (box area)" in table
     assert all(f"\n{split} " in table for split in ("val", "test"))
-    for name in ("metrics_val.json", "metrics_test.json", "cam_val.csv", "cam_test.csv"):
+    assert "calibration.json" in report.split("## Test split")[1]  # the measured effect
+    for name in ("metrics_val.json", "metrics_test.json", "calibration.json", "cam_test.csv"):
         assert (run / name).is_file(), name
     assert (run / "figures" / "roc_test.png").is_file()
     assert (run / "figures" / "cam_test").is_dir()  # overlays (3 epochs may find no positive)
