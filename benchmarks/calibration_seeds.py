@@ -1,12 +1,13 @@
 """Calibration over training seeds: the demo's run trained with three seeds, each evaluated on
 val (where `evaluate` fits RUN/calibration.json) and test, raw against calibrated.
 
-    python benchmarks/calibration_seeds.py [--work DIR] [--seeds 0,1,2] [--epochs N] [--quick]
+    python benchmarks/calibration_seeds.py [--work DIR] [--seeds 0,1,2] [--n-boot 1000]
+        [--epochs N] [--image-size PX] [--quick]
 
 The data are the `demo` command's (`course.demo`: 500 phantoms of 1,024 px, realism "rsna", one
 cache for all seeds) and each run is `demo_config` with only the training seed changed (balanced
-batches, 20 epochs unless `--epochs`; `--quick`: 200 phantoms and 3 epochs, for a smoke test).
-Prints one row per
+batches; 20 epochs and 128 px unless `--epochs`, `--image-size`; `--quick`: 200 phantoms and 3
+epochs, a smoke test). Prints one row per
 seed: test ECE raw -> calibrated (95% bootstrap CIs), Brier and NLL the same way, the mean
 probability raw and calibrated against the share positive, the fitted temperature, and whether
 the test AUC is the same raw and calibrated; writes WORK/results.json. Runs already trained in
@@ -31,13 +32,17 @@ from pneumolib.evaluate.run import evaluate_run
 from pneumolib.train.loop import fit
 
 
-def one_seed(work: Path, seed: int, *, n_boot: int, quick: bool, epochs: int | None) -> dict:
-    """Train (or resume) the demo run with training seed `seed` (and `epochs`, default the
-    preset's), evaluate val then test -> one row of test calibration figures."""
+def one_seed(
+    work: Path, seed: int, *, n_boot: int, quick: bool, epochs: int | None, image_size: int | None
+) -> dict:
+    """Train (or resume) the demo run with training seed `seed` (and `epochs`, `image_size`,
+    default the preset's), evaluate val then test -> one row of test calibration figures."""
     n, epochs = (200, 3) if quick else (DEMO_N, epochs)
     base = demo_config(work, raw=str(work / f"raw_{n}"), cache=str(work / f"cache_{n}"))
     base = base if epochs is None else base.replace(epochs=epochs)
-    cfg = base.replace(seed=seed, out=str(work / "runs" / f"e{base.epochs}_seed{seed}"))
+    base = base if image_size is None else base.replace(image_size=image_size)
+    name = f"e{base.epochs}_{base.image_size}px_seed{seed}"
+    cfg = base.replace(seed=seed, out=str(work / "runs" / name))
     make_cache(cfg, n=n, size=DEMO_SIZE, progress=False)
     fit(cfg, progress=False)
     for split in ("val", "test"):
@@ -84,11 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=None, help="default: the demo preset's 20")
+    ap.add_argument("--image-size", type=int, default=None, help="default: the preset's 128")
     ap.add_argument("--quick", action="store_true", help="200 phantoms, 3 epochs (smoke test)")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="calibration_seeds_"))
     rows = [
-        one_seed(work, int(s), n_boot=args.n_boot, quick=args.quick, epochs=args.epochs)
+        one_seed(
+            work,
+            int(s),
+            n_boot=args.n_boot,
+            quick=args.quick,
+            epochs=args.epochs,
+            image_size=args.image_size,
+        )
         for s in args.seeds.split(",")
     ]
     table = pd.DataFrame(rows)

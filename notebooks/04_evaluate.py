@@ -148,12 +148,15 @@ evaluate.summary_table({"val": val, "test": test})
 #
 # `0.5` is the default; `youden` maximises sensitivity + specificity − 1, `best_f1` the F1
 # score, `sens@0.90` is the highest threshold that still finds 90% of the positives. All four
-# come from the validation predictions; choosing them on test would make the test numbers
-# optimistic.
+# come from the validation predictions, on the calibrated probability (see *Calibration*
+# below; calibration moves the numbers, not which patients fall on either side of a chosen
+# point); choosing them on test would make the test numbers optimistic. `predict` applies
+# one of them by name (`--operating-point`, `sens90` by default).
 #
-# **On the demo** the four thresholds differ (about 0.5, 0.66, 0.66 and 0.32): Youden and best
-# F1 coincide here, and the 90%-sensitivity threshold sits far lower, buying recall with
-# precision. Compare the validation and test tables: a threshold tuned on 45 patients does
+# **On the demo** the four thresholds differ: Youden and best F1 often coincide, and the
+# 90%-sensitivity threshold sits far lower, buying recall with precision; on calibrated
+# probabilities `0.5` is a demanding threshold, since few patients reach a risk of one in
+# two. Compare the validation and test tables: a threshold tuned on 45 patients does
 # not carry over exactly (Youden's recall falls from about 0.67 on val to about 0.4 on test).
 
 # %%
