@@ -42,8 +42,8 @@ def one_seed(
     base = base if epochs is None else base.replace(epochs=epochs)
     base = base if image_size is None else base.replace(image_size=image_size)
     name = f"e{base.epochs}_{base.image_size}px_seed{seed}"
+    make_cache(base, n=n, size=DEMO_SIZE, progress=False)  # its split is the preset's (seed 0)
     cfg = base.replace(seed=seed, out=str(work / "runs" / name))
-    make_cache(cfg, n=n, size=DEMO_SIZE, progress=False)
     fit(cfg, progress=False)
     for split in ("val", "test"):
         m = evaluate_run(cfg.out, split, n_boot=n_boot, figures=False, print_table=False)
