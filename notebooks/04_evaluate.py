@@ -230,7 +230,7 @@ evaluate_figures.plot_confusion_grid(y, p, thresholds)
 # adding log w. Both are known in closed form, so `evaluate` first undoes them with the train
 # prevalence (the *prior correction*), then fits one *temperature* T on the validation
 # predictions (minimising their negative log-likelihood; T > 1 softens over-confident
-# logits): p = sigmoid((logit + shift) / T). Both steps are increasing functions of the
+# logits): p = sigmoid(logit / T + shift). Both steps are increasing functions of the
 # logit, so the ranking, and the AUC, do not change; only what a number means does. The fit
 # is written to `calibration.json` in the run folder, with the operating points chosen on
 # the calibrated validation probabilities, so `predict --checkpoint RUN/best.pt` applies

@@ -4,12 +4,14 @@ Two steps, in this order (`fit_calibration`):
 
 1. The prior correction (`prior_shift`). Class-balanced batches train the network as if every
    class were equally common, and a loss weight w on a class multiplies its likelihood; both
-   add a known log-odds to the logits. Adding `prior_shift` to the logits undoes it with the
-   training prevalence, in closed form.
-2. A fitted map of the corrected logit, minimising the val negative log-likelihood: one
-   temperature T (`fit_temperature`, p = sigmoid((z + shift) / T), or the softmax for three
-   classes), or by name Platt's a, b (`fit_platt`, binary) or isotonic regression
-   (`fit_isotonic`, binary).
+   add a known log-odds to what the network estimates. Adding `prior_shift` undoes it with the
+   training prevalence, in closed form; it is fixed before anything is fitted.
+2. A fitted map, minimising the val negative log-likelihood with the correction in place: one
+   temperature T (`fit_temperature`): p = sigmoid(z / T + shift), or the softmax of z / T +
+   shift for three classes (T rescales the network's own, over- or under-confident, log-odds
+   before the prior is put right; dividing the corrected logit by T instead would scale the
+   correction too). Or by name Platt's a, b (`fit_platt`, binary; sigmoid(a (z + shift) + b),
+   which an affine map of z absorbs) or isotonic regression on z + shift (`fit_isotonic`).
 
 Every map is strictly increasing in the logit, so the ranking of patients, and the AUC, do
 not change. Torch-free (numpy, scipy, scikit-learn): the card and `predict` read it alike.
@@ -98,12 +100,16 @@ def prior_shift(
     return sampling - np.log(w)
 
 
-def fit_temperature(logits: Any, y: Any) -> float:
-    """The temperature T > 0 minimising `nll(logits / T, y)`; logits (N, K), y (N,).
-    Searched over log T in [log 0.01, log 100] (a bounded Brent search)."""
-    z = np.asarray(logits, dtype=np.float64)
+def fit_temperature(logits: Any, y: Any, *, shift: Any = 0.0) -> float:
+    """The temperature T > 0 minimising `nll(logits / T + shift, y)`; logits (N, K), y (N,),
+    `shift` (K,) the prior correction. Searched over log T in [log 0.01, log 100] (bounded
+    Brent search)."""
+    z, b = np.asarray(logits, dtype=np.float64), np.asarray(shift, dtype=np.float64)
     res = minimize_scalar(
-        lambda u: nll(z / np.exp(u), y), bounds=_LOG_T, method="bounded", options={"xatol": 1e-9}
+        lambda u: nll(z / np.exp(u) + b, y),
+        bounds=_LOG_T,
+        method="bounded",
+        options={"xatol": 1e-9},
     )
     return float(np.exp(res.x))
 
@@ -138,7 +144,7 @@ class Calibration:
 
     method: str  # one of METHODS
     shift: tuple[float, ...]  # (K,) prior correction added to the logits first
-    temperature: float = 1.0  # "temperature": the corrected logits are divided by it
+    temperature: float = 1.0  # "temperature": the logits are divided by it, then shifted
     platt: tuple[float, float] = (1.0, 0.0)  # "platt": a, b of sigmoid(a x + b)
     isotonic: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())  # "isotonic": knots
     operating_points: Mapping[str, float] = field(default_factory=dict)  # OPERATING_POINTS
@@ -149,9 +155,10 @@ class Calibration:
 
     def apply(self, logits: Any) -> np.ndarray:
         """Logits (N, K) -> calibrated probabilities (N, K), float64."""
-        x = np.asarray(logits, dtype=np.float64) + np.asarray(self.shift)
+        z, b = np.asarray(logits, dtype=np.float64), np.asarray(self.shift)
         if self.method in ("temperature", "none"):
-            return activation(x / (self.temperature if self.method == "temperature" else 1.0))
+            return activation(z / (self.temperature if self.method == "temperature" else 1.0) + b)
+        x = z + b
         if self.method == "platt":
             return expit(self.platt[0] * x + self.platt[1])
         xs, ps = (np.asarray(v) for v in self.isotonic)
@@ -203,17 +210,18 @@ def fit_calibration(
     **record: Any,
 ) -> Calibration:
     """Fit `method` on val logits (N, K) and targets y (N,) (0/1 for one logit, class codes
-    for three) after adding the prior correction `shift` (K,). `record`: the other
-    `Calibration` fields (operating points, prevalences, figures, checkpoint hash)."""
+    for three) with the prior correction `shift` (K,) in place (see `Calibration.apply`).
+    `record`: the other `Calibration` fields (operating points, prevalences, figures, hash)."""
     if method not in METHODS:
         raise UsageError(f"calibration {method!r}: choose one of {', '.join(METHODS)}")
-    z = np.asarray(logits, dtype=np.float64) + np.asarray(shift, dtype=np.float64)
+    raw = np.asarray(logits, dtype=np.float64)
+    z = raw + np.asarray(shift, dtype=np.float64)
     y = np.asarray(y)
     if method in ("platt", "isotonic") and z.shape[1] != 1:
         raise UsageError(f"calibration {method!r} is for the binary task; use 'temperature'")
     base = Calibration(method=method, shift=tuple(float(s) for s in shift), **record)
     if method == "temperature":
-        return replace(base, temperature=fit_temperature(z, y))
+        return replace(base, temperature=fit_temperature(raw, y, shift=shift))
     if method == "platt":
         return replace(base, platt=fit_platt(z[:, 0], y))
     if method == "isotonic":

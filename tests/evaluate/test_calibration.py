@@ -66,13 +66,13 @@ def test_prior_shift_restores_the_true_probability():
 
 def test_temperature_equals_a_fine_grid_minimum():
     y, z = _logits()
-    t = cal.fit_temperature(z, y)
+    t = cal.fit_temperature(z, y, shift=[-1.1])
     grid = np.exp(np.linspace(np.log(0.2), np.log(10), 2001))
-    losses = [cal.nll(z / g, y) for g in grid]
+    losses = [cal.nll(z / g - 1.1, y) for g in grid]
     best = grid[int(np.argmin(losses))]
     step = grid[1] / grid[0]
     assert best / step <= t <= best * step  # within one grid step of the grid's minimum
-    assert cal.nll(z / t, y) <= min(losses) + 1e-12
+    assert cal.nll(z / t - 1.1, y) <= min(losses) + 1e-12
     assert t > 1.5  # over-confident logits: the fit cools them
 
 
@@ -117,11 +117,12 @@ def test_calibration_never_changes_auc(method):
 
 
 def test_corrected_and_fitted_probabilities_match_the_prevalence():
-    y, z = _logits(n=2000, seed=5, scale=1.0)
+    y, z = _logits(n=2000, seed=5, scale=2.5)
     shift = cal.prior_shift(train_prevalence=y.mean(), balanced=True, loss_weights=[1.0])
     c = cal.fit_calibration(z, y, shift=shift)
     p = c.pneumonia(z)
-    assert c.temperature == pytest.approx(1.0, abs=0.1)  # the correction did the work
+    assert c.temperature == pytest.approx(2.5, rel=0.1)  # the over-confidence, found
+    np.testing.assert_allclose(p, cal.activation(z / c.temperature + shift)[:, 0])
     raw = cal.activation(z)[:, 0]
     assert raw.mean() > y.mean() + 0.1  # the hand-made logits run high...
     assert p.mean() == pytest.approx(y.mean(), abs=0.03)  # ...the calibrated ones do not
