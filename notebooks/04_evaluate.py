@@ -26,7 +26,7 @@
 # 4. the published references (course split, validation, threshold 0.5) beside this run,
 # 5. ROC and precision-recall curves, confusion matrices, probability histograms,
 # 6. calibration: why balanced training inflates the probabilities, the prior correction and
-#    temperature fitted on validation, before/after reliability diagrams, what 0.3 means,
+#    a fit on validation (Platt scaling), before/after reliability diagrams, what 0.3 means,
 # 7. subgroups (AP vs PA view, sex, age band),
 # 8. sample predictions, the most confident mistakes first,
 # 9. test-time augmentation (TTA) as an option.
@@ -228,24 +228,30 @@ evaluate_figures.plot_confusion_grid(y, p, thresholds)
 # about 1.1, which turns a true risk of 0.25 into 0.5). A positive-class weight w (`pos_weight`,
 # by default negatives / positives) does the same: it multiplies the positives' likelihood,
 # adding log w. Both are known in closed form, so `evaluate` first undoes them with the train
-# prevalence (the *prior correction*), then fits one *temperature* T on the validation
-# predictions (minimising their negative log-likelihood; T > 1 softens over-confident
-# logits): p = sigmoid(logit / T + shift). Both steps are increasing functions of the
-# logit, so the ranking, and the AUC, do not change; only what a number means does. The fit
-# is written to `calibration.json` in the run folder, with the operating points chosen on
-# the calibrated validation probabilities, so `predict --checkpoint RUN/best.pt` applies
-# both with nothing else to pass.
+# prevalence (the *prior correction*: p = sigmoid(logit + shift)). A network is rarely exactly
+# the closed form's, though: it can be over- or under-confident (a *temperature* T, p =
+# sigmoid(logit / T + shift)), and its bias can differ from the one the prior predicts (on the
+# demo's short runs the raw mean probability ranges from 0.10 to 0.27 against 24% positive).
+# So for the binary task `evaluate` fits *Platt scaling* on the validation predictions by
+# default, p = sigmoid(a (logit + shift) + b), minimising their negative log-likelihood: a
+# scale and a bias, starting from the prior correction (`--calibration temperature` keeps the
+# prior's bias and fits T alone; a three-class run always does that). Every step is an
+# increasing function of the logit, so the ranking, and the AUC, do not change; only what a
+# number means does. The fit is written to `calibration.json` in the run folder, with the
+# operating points chosen on the calibrated validation probabilities, so `predict
+# --checkpoint RUN/best.pt` applies both with nothing else to pass.
 
 # %%
 cal = calibration.read_calibration(run)
 fit = {"method": cal.method, "prior shift (logit)": round(cal.shift[-1], 3)}
-fit |= {"temperature": round(cal.temperature, 3), "train prevalence": cal.train_prevalence}
+fit |= {"temperature": round(cal.temperature, 3), "Platt a, b": [round(v, 3) for v in cal.platt]}
+fit |= {"train prevalence": cal.train_prevalence}
 display(pd.Series(fit | {"val prevalence": cal.val_prevalence}, name="calibration.json"))
 pd.Series(cal.operating_points, name="operating points (calibrated val probability)").round(3)
 
 # %% [markdown]
 # Step by step on both splits: the network's mean probability, after the prior correction
-# alone, and after the temperature, against the share of patients who are positive.
+# alone, and after the fit, against the share of patients who are positive.
 
 # %%
 steps = {}

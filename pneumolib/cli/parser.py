@@ -195,10 +195,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument(
         "--calibration",
-        default="temperature",
+        default=None,
         choices=["temperature", "platt", "isotonic", "none"],  # evaluate.calibration.METHODS
         help="fitted on val after the prior correction, written to RUN/calibration.json "
-        "(default: %(default)s; platt and isotonic are for the binary task)",
+        "(default: platt for the binary task, temperature for three-class; platt and isotonic "
+        "are for the binary task)",
     )
     p.set_defaults(func=evaluate_command)
 

@@ -110,7 +110,10 @@ def calibration_sentence(test: Mapping[str, Any]) -> str:
         if raw["mean_prob"] > frac
         else "the model has not learned to call positives with confidence"
     )
-    fitted = f"temperature {cal['temperature']:.2f}" if cal["method"] == "temperature" else ""
+    fitted = {
+        "temperature": f"a temperature ({cal['temperature']:.2f})",
+        "platt": "Platt scaling (a scale and a bias)",
+    }.get(cal["method"], "")
     return (
         f"Calibration (figures/reliability_test.png): the network's raw probabilities average "
         f"{raw['mean_prob']:.2f} on test against {frac:.2f} positive ({why}). The prior "

@@ -243,11 +243,12 @@ def calibration_lines(cal: Mapping[str, Any], split: str) -> list[str]:
                         ("nll", "negative log-likelihood"))
     ]  # fmt: skip
     rows.append(["mean probability", num(raw.get("mean_prob")), num(after.get("mean_prob"))])
-    how = (
-        f"temperature {num(cal.get('temperature'), digits=2)}"
-        if cal["method"] == "temperature"
-        else cal["method"]
-    )
+    how = {
+        "temperature": f"a temperature ({num(cal.get('temperature'), digits=2)})",
+        "platt": "Platt scaling (a scale and a bias: "
+        + ", ".join(num(v, digits=2) for v in cal.get("platt") or [])
+        + ")",
+    }.get(cal["method"], cal["method"])
     return [
         "Balanced batches and a positive-class weight train the model as if positives were "
         "commoner than they are; the prior correction undoes that with the train prevalence "

@@ -46,6 +46,7 @@ from pneumolib.evaluate.calibration import (
     activation,
     calibration_block,
     calibration_figures,
+    default_method,
     fit_calibration,
     prior_shift,
     raw_logits,
@@ -267,12 +268,13 @@ def evaluate_run(
     n_samples: int = 16,
     figures: bool = True,
     print_table: bool = True,
-    calibration: str = "temperature",
+    calibration: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate RUN/best.pt on one split of its cache: RUN/calibration.json (fitted on val,
-    `calibration` names the method), RUN/predictions_<split>.csv (`patientId, prob, target,
-    view, sex, age, prob_raw`: `prob` calibrated), RUN/metrics_<split>.json (with a
-    `calibration` block: before and after) and figures/*_<split> (incl. `samples_<split>.png`).
+    """Evaluate RUN/best.pt on one split of its cache: RUN/calibration.json (fitted on val;
+    `calibration` names the method, default `calibration.default_method`),
+    RUN/predictions_<split>.csv (`patientId, prob, target, view, sex, age, prob_raw`: `prob`
+    calibrated), RUN/metrics_<split>.json (with a `calibration` block: before and after) and
+    figures/*_<split> (incl. `samples_<split>.png`).
     Thresholds are always chosen on val, on the calibrated probability (for test, val
     predictions of the same checkpoint are reused or made first) and applied unchanged.
     `tta` averages over `tta_affines` and writes `..._<split>_tta` files instead. `cache`
@@ -286,7 +288,8 @@ def evaluate_run(
     run = Path(run)
     ctx = _run_context(run, device=device, cache=cache, workers=workers, tta=tta)
     val_rows, val_raw = _split_predictions(ctx, "val", reuse=split != "val")
-    cal = _fit_run_calibration(ctx, val_rows, val_raw, calibration)
+    method = calibration or default_method(tasks.task_spec(ctx.config.task).n_outputs)
+    cal = _fit_run_calibration(ctx, val_rows, val_raw, method)
     if not tta:  # predict scores without TTA: the file holds the plain checkpoint's fit
         print(f"calibration ({cal.method}): {write_calibration(run, cal)}")
     pred_val = _predictions_table(val_rows, val_raw, cal.apply(raw_logits(val_raw)))
@@ -302,7 +305,7 @@ def evaluate_run(
     )
     metrics["calibration"] = calibration_block(
         pred["target"], pred["prob_raw"], pred["prob"], method=cal.method, n_boot=n_boot, seed=seed
-    ) | {"shift": list(cal.shift), "temperature": cal.temperature}
+    ) | {"shift": list(cal.shift), "temperature": cal.temperature, "platt": list(cal.platt)}
     metrics |= {
         "split": tag,
         "cache": str(ctx.cache),

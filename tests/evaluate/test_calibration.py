@@ -191,4 +191,6 @@ def test_cli_names_the_operating_points_and_the_default():
     assert all(name in point.help for name in cal.OPERATING_POINTS)
     assert f"{cal.DEFAULT_OPERATING_POINT} (default" in point.help
     method = next(a for a in sub.choices["evaluate"]._actions if a.dest == "calibration")
-    assert tuple(method.choices) == cal.METHODS and method.default == "temperature"
+    assert tuple(method.choices) == cal.METHODS and method.default is None
+    assert f"default: {cal.default_method(1)} for the binary task" in method.help
+    assert f"{cal.default_method(3)} for three-class" in method.help
