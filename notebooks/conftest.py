@@ -13,9 +13,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the kernels inherit it: one thread a worker
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every notebook cell in the group "notebooks" (one worker, collection order)."""
-    for item in items:
-        if item.nodeid.startswith("notebooks/"):
-            item.add_marker(pytest.mark.xdist_group("notebooks"))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Every notebook cell in the group "notebooks" (one worker, collection order). Marked as
+    each cell is collected, so the mark is there whichever `pytest_collection_modifyitems`
+    (xdist's reads it there) runs first."""
+    if item.nodeid.startswith("notebooks/"):
+        item.add_marker(pytest.mark.xdist_group("notebooks"))
