@@ -97,3 +97,15 @@ def test_requirements_files_repeat_pyproject():
     assert lines("requirements.txt") == {str(Requirement(d)) for d in data["dependencies"]}
     test_extra = {str(Requirement(d)) for d in data["optional-dependencies"]["test"]}
     assert lines("requirements-test.txt") == test_extra | {"-r requirements.txt"}
+
+
+def test_ci_runs_the_readme_command_then_the_colab_leg():
+    readme = (ROOT / "README.md").read_text()
+    command = (
+        'python -m pip install -q -e ".[test]" && python -m pytest --nbval-lax tests notebooks'
+    )
+    assert command in readme
+    ci, leg = (ROOT / ".ci" / "run").read_text(), (ROOT / ".ci" / "colab_leg").read_text()
+    assert "set -euo pipefail" in ci and "set -euo pipefail" in leg  # a failing leg fails CI
+    assert ci.index(command) < ci.index("bash .ci/colab_leg")
+    assert "constraints=constraints/colab.txt" in leg and "notebooks/02_augmentation.ipynb" in leg
