@@ -100,11 +100,8 @@ def test_requirements_files_repeat_pyproject():
 
 
 def test_ci_runs_the_readme_command_then_the_colab_leg():
-    readme = (ROOT / "README.md").read_text()
-    command = (
-        'python -m pip install -q -e ".[test]" && python -m pytest --nbval-lax tests notebooks'
-    )
-    assert command in readme
+    readme = (ROOT / "README.md").read_text().splitlines()
+    (command,) = [ln for ln in readme if ln.startswith('python -m pip install -q -e ".[test]" &&')]
     ci, leg = (ROOT / ".ci" / "run").read_text(), (ROOT / ".ci" / "colab_leg").read_text()
     assert "set -euo pipefail" in ci and "set -euo pipefail" in leg  # a failing leg fails CI
     assert ci.index(command) < ci.index("bash .ci/colab_leg")
