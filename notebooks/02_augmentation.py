@@ -197,12 +197,13 @@ print("train, next epoch, different draw:  ", not np.array_equal(tr1["images"], 
 # %% [markdown]
 # ## CPU warp and GPU warp agree
 #
-# On a CPU the loader workers warp with OpenCV (`cv2.warpAffine`, uint8 out); on a GPU the
-# trainer warps whole batches with `torch.nn.functional.grid_sample` (float out). Both read
-# the same matrices; the only difference is OpenCV rounding its output to whole grey levels,
-# so they differ by at most about half a grey level. (Without a GPU the torch path runs on the
-# CPU: same code, same numbers; the figure names the device it ran on.) One call warps the
-# six images both ways; the printed numbers and the figure's title both come from it.
+# There is one warp, `torch.nn.functional.grid_sample` with exact float coordinates: on a GPU
+# the trainer runs it on whole batches (float out); on a CPU the loader workers run it and
+# round to whole grey levels (uint8 out, a quarter of the bytes). Both read the same matrices.
+# (Not OpenCV's `cv2.warpAffine`: OpenCV 4.x, Colab's included, rounds the source coordinates
+# to 1/32 pixel, which moves sharp edges by grey levels.) One call warps the six images both
+# ways on this machine and prints what it measured; the figure's title comes from the same
+# call. (Without a GPU the torch path runs on the CPU: same code; the figure names the device.)
 
 # %%
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -210,7 +211,8 @@ agreement = augment_figures.warp_agreement(
     sample, policy=policy, out_size=cfg.image_size, seed=cfg.seed, device=device
 )
 print(
-    f"torch path on {agreement['device']}: max difference {agreement['max']:.2f} grey levels, "
+    f"measured here (torch {torch.__version__}): CPU path vs torch path on "
+    f"{agreement['device']}: max difference {agreement['max']:.2f} grey levels, "
     f"mean {agreement['mean']:.3f}, pixels off by more than 1: {agreement['frac_over_1']:.1%}, "
     f"same matrices: {agreement['same_matrices']}"
 )

@@ -4,10 +4,12 @@ Random resized crop, resize, tilt, zoom, shift and (optional) flip are all affin
 they compose into a single 2x3 matrix per sample, and each image is resampled exactly once
 (one interpolation, no blur or border loss stacking up from chained transforms). The
 matrices are sampled on the CPU from a NumPy Generator seeded by (seed, epoch, batch), so a
-batch is the same whatever the number of workers or the device. The warp runs where the
-batch lives: one batched `affine_grid` + `grid_sample` on the GPU, or `cv2.warpAffine` on
-uint8 in CPU loader workers; contrast/brightness and normalisation follow in `to_model_input`
-(or, on the CPU, the same arithmetic as one lookup table per image: `intensity_luts`).
+batch is the same whatever the number of workers or the device. There is one warp, bilinear
+at exact float coordinates, run where the batch lives: a batched `grid_sample` on the GPU
+(`warp_torch`), or in CPU loader workers rounded to uint8 (`warp_cpu`: cv2.warpAffine where
+it is exact, OpenCV 5, else grid_sample); contrast/brightness and normalisation
+follow in `to_model_input` (or, on the CPU, the same arithmetic as one lookup table per
+image: `intensity_luts`).
 
 Matrices map source pixel coordinates (cache image, side `in_size`) to output pixel
 coordinates (side `out_size`), OpenCV convention: pixel centres at integer coordinates.
@@ -15,6 +17,7 @@ coordinates (side `out_size`), OpenCV convention: pixel centres at integer coord
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -180,22 +183,6 @@ def _check(images: Any, mats: Any, name: str) -> None:
         )
 
 
-def warp_cpu(images: np.ndarray, mats: np.ndarray, out_size: int) -> np.ndarray:
-    """uint8 (B, S, S) -> uint8 (B, out, out) with cv2.warpAffine, bilinear, zero border."""
-    _check(images, mats, "warp_cpu")
-    out = np.empty((len(images), out_size, out_size), dtype=np.uint8)
-    for i, (img, m) in enumerate(zip(images, mats, strict=True)):
-        out[i] = cv2.warpAffine(
-            np.ascontiguousarray(img, dtype=np.uint8),
-            np.asarray(m, dtype=np.float64),
-            (out_size, out_size),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0,
-        )
-    return out
-
-
 def affines_to_theta(mats: np.ndarray, in_size: int, out_size: int) -> np.ndarray:
     """Forward pixel matrices (B, 2, 3) -> `affine_grid` theta (B, 2, 3): the inverse map
     in normalised coords (align_corners=False: -1 and 1 are the outer pixel edges)."""
@@ -212,19 +199,86 @@ def affines_to_theta(mats: np.ndarray, in_size: int, out_size: int) -> np.ndarra
     return (norm @ np.linalg.inv(m) @ denorm)[:, :2, :]
 
 
+def sampling_grid(theta: torch.Tensor, out_size: int) -> torch.Tensor:
+    """theta (B, 2, 3) -> grid (B, out, out, 2) for `grid_sample`: what
+    `affine_grid(theta, (B, 1, out, out), align_corners=False)` gives (to float rounding),
+    built as one broadcast sum of a row term and a column term, as the map is affine
+    (affine_grid's batched matrix product takes longer than the warp itself on a CPU)."""
+    n = len(theta)
+    # Output pixel centres in normalised coords: (2 u + 1) / out - 1 for u = 0 .. out - 1.
+    base = torch.arange(out_size, dtype=theta.dtype, device=theta.device)
+    base = base.mul_(2.0).add_(1.0).div_(out_size).sub_(1.0).view(1, out_size, 1)
+    col = base * theta[:, :, 0].view(n, 1, 2)  # (B, out, 2): x_j * theta[:, :, 0]
+    row = base * theta[:, :, 1].view(n, 1, 2) + theta[:, :, 2].view(n, 1, 2)
+    return row.view(n, out_size, 1, 2) + col.view(n, 1, out_size, 2)
+
+
+def _grid_sample(x: torch.Tensor, mats: np.ndarray, out_size: int) -> torch.Tensor:
+    """float (B, 1, S, S) -> float (B, 1, out, out) on x's device: bilinear at exact float
+    coordinates, zeros outside the image."""
+    theta = affines_to_theta(np.asarray(mats, dtype=np.float64), x.shape[-1], out_size)
+    grid = sampling_grid(torch.as_tensor(theta, dtype=torch.float32, device=x.device), out_size)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def warp_torch(
     images: torch.Tensor, mats: np.ndarray | torch.Tensor, out_size: int
 ) -> torch.Tensor:
     """uint8 (B, S, S) on any device -> float32 (B, 1, out, out) in [0, 1] on that device,
-    with one batched affine_grid + grid_sample (bilinear, zero padding)."""
+    with one batched grid_sample (bilinear, zero padding, exact float coordinates)."""
     _check(images, mats, "warp_torch")
     if isinstance(mats, torch.Tensor):
         mats = mats.detach().cpu().double().numpy()
-    theta = affines_to_theta(np.asarray(mats, dtype=np.float64), images.shape[-1], out_size)
-    theta_t = torch.as_tensor(theta, dtype=torch.float32, device=images.device)
-    x = images.unsqueeze(1).float().div_(255.0)
-    grid = F.affine_grid(theta_t, [len(x), 1, out_size, out_size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return _grid_sample(images.unsqueeze(1).float().div_(255.0), mats, out_size)
+
+
+def _warp_cv2(images: np.ndarray, mats: np.ndarray, out_size: int) -> np.ndarray:
+    out = np.empty((len(images), out_size, out_size), dtype=np.uint8)
+    for i, (img, m) in enumerate(zip(images, mats, strict=True)):
+        out[i] = cv2.warpAffine(
+            img,
+            np.asarray(m, dtype=np.float64),
+            (out_size, out_size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+    return out
+
+
+@functools.cache
+def cv2_warp_is_exact() -> bool:
+    """Whether this OpenCV's `cv2.warpAffine` is exact bilinear, i.e. within half a grey level
+    (its rounding to uint8) of `grid_sample` on 0/255 edges, the hardest case. Measured: True
+    on OpenCV 5.1; False on 4.8 and 4.12, which round the source coordinates to 1/32 pixel
+    (a sample moves up to 1/64 pixel: on an edge of 255 grey levels per pixel, up to 4)."""
+    yy, xx = np.mgrid[:32, :32]
+    img = ((yy // 3 + xx // 5) % 2 * 255).astype(np.uint8)[None]
+    params = {
+        "crop": np.array([[0.3, 0.7, 29.1, 30.6]]),
+        "angle": np.array([7.3]),
+        "scale": np.array([1.05]),
+        "shift": np.array([[0.013, -0.021]]),
+        "flip": np.array([False]),
+    }
+    mats = compose_affines(params, 32, 32)
+    ours = _grid_sample(torch.from_numpy(img).unsqueeze(1).float(), mats, 32)[:, 0].numpy()
+    return bool(np.abs(_warp_cv2(img, mats, 32) - ours).max() <= 0.5 + 0.02)
+
+
+def warp_cpu(images: np.ndarray, mats: np.ndarray, out_size: int) -> np.ndarray:
+    """uint8 (B, S, S) -> uint8 (B, out, out): the warp of `warp_torch` rounded to whole grey
+    levels (uint8 keeps loader batches small and lets `apply_luts` normalise them), so within
+    half a grey level of it on every OpenCV. Where `cv2_warp_is_exact` (OpenCV 5), that is
+    `cv2.warpAffine` (4x faster on a loader's single thread); elsewhere `grid_sample` itself.
+    OpenCV 4.8-4.12's warpAffine would differ by up to 3.7 grey levels on the demo cache (224
+    px) and 7.3 on 0/255 edges."""
+    _check(images, mats, "warp_cpu")
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    if cv2_warp_is_exact():
+        return _warp_cv2(images, mats, out_size)
+    x = _grid_sample(torch.from_numpy(images).unsqueeze(1).float(), mats, out_size)
+    return x[:, 0].round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
 # --- intensity and normalisation -----------------------------------------------------

@@ -1,9 +1,10 @@
 """Figures for the augmentation notebook (02).
 
 `show_transforms` draws what each augmentation does to one radiograph and its expert box,
-`show_policy_grid` the whole policy on several images, `compare_warps` the CPU (cv2) and the
-torch (grid_sample, the GPU code) warp side by side. Every function returns a matplotlib Figure
-and touches no pyplot global state, so a notebook shows it and a script saves it.
+`show_policy_grid` the whole policy on several images, `compare_warps` the CPU path (uint8,
+loader workers) and the torch path (float, the GPU code) of the one warp side by side. Every
+function returns a matplotlib Figure and touches no pyplot global state, so a notebook shows
+it and a script saves it.
 """
 
 from __future__ import annotations
@@ -214,8 +215,9 @@ def warp_agreement(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> dict:
-    """Warp uint8 (B, S, S) with the CPU path (cv2, uint8 out) and the torch path (grid_sample,
-    float out; the GPU code, run on `device`) from the same random stream.
+    """Warp uint8 (B, S, S) with the CPU path (loader workers: the warp on the CPU, rounded to
+    uint8) and the torch path (the GPU code, float out, run on `device`) from the same random
+    stream: what a user's own machine measures, whatever its OpenCV or GPU.
 
     Returns the differences in grey levels (0-255): max, mean, frac_over_1 (share of pixels off
     by more than 1); same_matrices (both paths drew the same matrices); device (where the
@@ -248,14 +250,14 @@ def warp_agreement(
 
 
 def compare_warps(agreement: Mapping, index: int = 0) -> Figure:
-    """Image `index` of a `warp_agreement` result: the cv2 warp, the torch warp (labelled with
-    the device it ran on) and their difference; the title gives the numbers of the whole batch,
-    the same ones `warp_agreement` returned. 3 axes (+ a colour bar)."""
+    """Image `index` of a `warp_agreement` result: the CPU path's warp, the torch path's
+    (labelled with the device it ran on) and their difference; the title gives the numbers of
+    the whole batch, the same ones `warp_agreement` returned. 3 axes (+ a colour bar)."""
     cpu, tor = agreement["cpu"][index], agreement["torch"][index]
     diff = np.abs(cpu.astype(np.float32) - tor)
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     axes = fig.subplots(1, 3)
-    _draw(axes[0], cpu, [], "CPU path: cv2.warpAffine (uint8)")
+    _draw(axes[0], cpu, [], "CPU path: grid_sample on cpu, rounded to uint8")
     _draw(axes[1], tor / 255.0, [], f"torch path: grid_sample on {agreement['device']} (float)")
     im = axes[2].imshow(diff, cmap="magma", vmin=0, vmax=max(2.0, float(diff.max())))
     axes[2].set_xticks([])

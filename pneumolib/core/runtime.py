@@ -43,8 +43,9 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 def warp_on_device(device: torch.device, *, gpu_augment: bool = True) -> bool:
     """The one rule for where the geometric warp runs: on CUDA with `gpu_augment` (the default),
-    whole batches on the GPU; everywhere else per image in the loader workers (cv2). Training,
-    validation, prediction and CAMs all ask here, so they see the same pixels."""
+    whole batches on the GPU; everywhere else in the loader workers (the same warp, rounded to
+    uint8). Training, validation, prediction and CAMs all ask here, so they see the same
+    pixels."""
     return device.type == "cuda" and gpu_augment
 
 

@@ -134,11 +134,11 @@ def test_cpu_and_torch_warps_agree_to_rounding(demo_cache):
     images = np.asarray(open_images(demo_cache)[:8])
     res = figures.warp_agreement(images, policy=AugmentPolicy(), out_size=56, seed=3)
     assert res["same_matrices"]
-    assert res["max"] <= 0.51  # cv2 rounds to whole grey levels; nothing else differs
+    assert res["max"] <= 0.5 + 1e-3  # one warp: the CPU path only rounds to whole grey levels
     assert res["frac_over_1"] == 0.0
     assert res["device"] == "cpu" and res["cpu"].shape == res["torch"].shape == (8, 56, 56)
     fig = figures.compare_warps(res, index=1)
-    assert len(fig.axes) == 4  # cv2, grid_sample, difference, colour bar
+    assert len(fig.axes) == 4  # CPU path, torch path, difference, colour bar
     assert "on cpu" in fig.axes[1].get_title() and "GPU" not in fig.axes[1].get_title()
     # the title quotes the numbers warp_agreement returned: same input, one computation
     assert f"max {res['max']:.2f}, mean {res['mean']:.3f}" in fig._suptitle.get_text()
