@@ -115,7 +115,7 @@ def test_a_damaged_last_pt_is_named_and_best_pt_kept(cache, ref_run, tmp_path, d
         fit(_cfg(cache, out), progress=False)
     msg = str(e.value)
     assert "\n" not in msg and str(last) in msg and "best.pt is kept" in msg
-    assert ("0 bytes" in msg) == (damage == "empty")
+    assert ("empty (0 bytes)" in msg) == (damage == "empty")  # not "…10 bytes"
     assert (out / "best.pt").read_bytes() == best
 
 
