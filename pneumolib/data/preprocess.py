@@ -285,6 +285,18 @@ def _check_splittable(
         raise CacheError(f"{raw}: {e}") from None
 
 
+def _box_to_cache(box: list[float], meta: dict) -> list[float]:
+    """A box [x, y, w, h] in the DICOM's pixels -> in the cache image's (its letterbox `scale`
+    and offsets `ox`, `oy`), to 0.01 px."""
+    s = meta["scale"]
+    return [
+        round(box[0] * s + meta["ox"], 2),
+        round(box[1] * s + meta["oy"], 2),
+        round(box[2] * s, 2),
+        round(box[3] * s, 2),
+    ]
+
+
 def _finish(
     part: Path,
     out: Path,
@@ -315,17 +327,9 @@ def _finish(
         idx[key] = [done[r].get(key) for r in ok]
     idx["age"] = pd.array(idx["age"], dtype="Int64")
 
-    def to_cache(b: list[float], m: dict) -> list[float]:
-        s = m["scale"]
-        return [
-            round(b[0] * s + m["ox"], 2),
-            round(b[1] * s + m["oy"], 2),
-            round(b[2] * s, 2),
-            round(b[3] * s, 2),
-        ]
-
     idx["boxes"] = [
-        json.dumps([to_cache(b, done[r]) for b in bs]) for bs, r in zip(idx.boxes, ok, strict=True)
+        json.dumps([_box_to_cache(b, done[r]) for b in bs])
+        for bs, r in zip(idx.boxes, ok, strict=True)
     ]
     idx = idx.reset_index(drop=True)
     idx["split"] = make_splits(
