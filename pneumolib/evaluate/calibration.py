@@ -46,9 +46,10 @@ METHODS = ("temperature", "platt", "isotonic", "none")
 
 def default_method(n_outputs: int) -> str:
     """`evaluate`'s method for a head of `n_outputs` logits: Platt for one logit (a scale and
-    a bias: on the demo's runs the network's bias is not the closed-form one, and a
-    temperature alone left test ECE above raw in 1 of 3 seeds, Platt in 0 of 3;
-    benchmarks/calibration_seeds.py), the temperature for three (Platt is binary)."""
+    a bias: the network's bias is not the closed-form one. On the demo over 3 training seeds,
+    test ECE raw 0.136 / 0.257 / 0.679 became 0.095 / 0.070 / 0.092 with Platt and 0.066 /
+    0.117 / 0.173 with a temperature alone; benchmarks/calibration_seeds.py), the temperature
+    for three (Platt is binary)."""
     return "platt" if n_outputs == 1 else "temperature"
 
 
