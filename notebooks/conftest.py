@@ -5,7 +5,12 @@ the runs 04-06 read)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the kernels inherit it: one thread a worker
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:

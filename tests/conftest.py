@@ -21,12 +21,10 @@ REAL_JPEG = "cxr_pa_monochrome2_jpeg.dcm"
 DEMO_N, DEMO_SIZE, DEMO_SEED, CACHE_SIZE = 60, 128, 0, 64
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Under `pytest -n 2` the two workers share the 2 cores: tests do their math in one thread
-    # each. The notebooks' kernels keep torch's default (both cores): they are the long pole,
-    # and run alone once the test files are done.
-    import torch
-
-    torch.set_num_threads(1)
+    # Under `pytest -n 2` the two workers share the 2 cores: one math thread each (torch reads
+    # this when it is first imported; subprocesses inherit it), instead of two each fighting
+    # over the same cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the marks into the node ids
