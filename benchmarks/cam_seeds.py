@@ -1,0 +1,89 @@
+"""Notebook 05's figures over training seeds: where the demo run's maps point (the localisation
+table) and the shortcut study (the clean run against the same run trained on films with a
+"PORTABLE" marker, scored with and without it), seed by seed.
+
+    python benchmarks/cam_seeds.py [--work DIR] [--seeds 0,1,2]
+
+On the notebooks' demo profile (`demo_config`, the data of `colab.DEMO_DATA`, as notebook 05),
+each training seed trains the clean run (WORK/runs/seedS/resnet18, the folder
+`benchmarks/study_seeds.py` gives its main run, so a WORK shared with it reuses those) and the
+marker run (`cam.shortcut.shortcut_run`, under WORK/runs/seedS/). For each seed it prints
+notebook 05's localisation table on val (CAM `layer4`, Grad-CAM `layer3` and `layer2`) and
+`shortcut.shortcut_table` on test, then the mean ± sd of every cell over seeds; writes
+WORK/cam_seeds.json. Runs already trained in WORK are reused (resume). Not a speed benchmark:
+training figures, quoted over seeds with their spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from pneumolib.cam import shortcut
+from pneumolib.cam.localisation import localisation_table
+from pneumolib.cam.run import cam_run
+from pneumolib.config import demo_config
+from pneumolib.course import colab
+from pneumolib.train.loop import fit
+
+MAPS = {"CAM layer4": ("cam", "layer4"), "Grad-CAM layer3": ("gradcam", "layer3")}
+MAPS |= {"Grad-CAM layer2": ("gradcam", "layer2")}  # notebook 05's three rows
+
+
+def one_seed(work: Path, seed: int) -> dict[str, pd.DataFrame]:
+    """Train (or reuse) the clean and the marker run with training seed `seed` -> notebook 05's
+    two tables: "localisation" (numeric columns only) and "shortcut"."""
+    base = demo_config(work)
+    colab.ensure_cache(base, "demo")
+    seed_dir = work / "runs" / f"seed{seed}"
+    cfg = base.replace(seed=seed, out=str(seed_dir / "resnet18"))
+    fit(cfg, progress=False)  # a finished run does nothing
+    summaries = {
+        name: cam_run(
+            cfg.out, "val", n_overlays=0, method=method, layer=layer, tag=f"seeds_{layer}",
+            progress=False,
+        )
+        for name, (method, layer) in MAPS.items()
+    }  # fmt: skip
+    loc = localisation_table(summaries)
+    marker_run = shortcut.shortcut_run(cfg, colab.DEMO_DATA, seed_dir)
+    return {
+        "localisation": loc[[c for c in loc.columns if not c.endswith("CI")]].astype(float),
+        "shortcut": shortcut.shortcut_table(cfg.out, marker_run),
+    }
+
+
+def mean_sd(tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """Each cell of the per-seed tables as "mean ± sd" over the seeds."""
+    by_row = pd.concat(tables, names=["seed", "row"]).groupby(level="row", sort=False)
+    mean, sd = by_row.mean().round(3), by_row.std(ddof=1).round(3)
+    return mean.astype(str) + " ± " + sd.astype(str)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=None, help="folder (default: a temporary one)")
+    ap.add_argument("--seeds", default="0,1,2")
+    args = ap.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="cam_seeds_"))
+    results = {int(s): one_seed(work, int(s)) for s in args.seeds.split(",")}
+    for name in ("localisation", "shortcut"):
+        per_seed = {seed: tables[name] for seed, tables in results.items()}
+        for seed, table in per_seed.items():
+            print(f"\n{name}, seed {seed}\n{table.to_string()}")
+        print(f"\n{name} over {len(per_seed)} seeds (mean ± sd)\n{mean_sd(per_seed).to_string()}")
+    out = {
+        str(seed): {name: t.to_dict(orient="index") for name, t in tables.items()}
+        for seed, tables in results.items()
+    }
+    (work / "cam_seeds.json").write_text(json.dumps(out, indent=2))
+    print(f"results: {work / 'cam_seeds.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
