@@ -258,9 +258,10 @@ if profile == "demo":
 #   phantoms, val AUC reaches 1.0 within about 5 epochs, yet after 12 epochs Grad-CAM
 #   `layer2` put its peak in a box for anywhere between 0.47 and 1.00 of the true positives
 #   depending only on the training seed (the misses peaked on the body's edge); after the
-#   preset's 20 epochs it was
-#   0.88-1.00 for 9 of 10 seeds. The tenth scored 0.59 although every one of its peaks lay
-#   within 6 px of a box: the strict game cannot tell "on the lesion's edge" from "elsewhere".
+#   preset's 20 epochs it was 0.88-1.00 for 9 of 10 seeds (measured on an earlier torch
+#   build; on this one seed 0 scores 0.66, every miss within one `layer2` cell of its box).
+#   The tenth scored 0.59 although every one of its peaks lay within 6 px of a box: the
+#   strict game cannot tell "on the lesion's edge" from "elsewhere".
 #   `cam_run(..., tolerance=px)` gives the usual tolerant variant (Zhang et al.: 15 px at
 #   224). A perfect AUC does not say the maps have settled: score them on the checkpoint you
 #   will use.
