@@ -322,7 +322,8 @@ pd.DataFrame.from_dict(band, orient="index")
 # and look different (portable: flatter, noisier, a larger heart). Here the two views' AUCs
 # are close (about 0.76 for AP, 0.75 for PA), and with 8 AP and 4 PA positives in the test
 # split their intervals span about 0.5-0.95 and 0.46-1.0: with so few positives a subgroup's
-# AUC, or the difference between two, means nothing without its interval. The `<20` age band holds 2 patients, both negative: its AUC is "n/a".
+# AUC, or the difference between two, means nothing without its interval. The `<20` age
+# band holds 2 patients, both negative: its AUC is "n/a".
 
 # %%
 sub = pd.DataFrame(test["subgroups"])
