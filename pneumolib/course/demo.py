@@ -117,8 +117,8 @@ def run_demo(out: str | Path = "pneumolib_demo", quick: bool = False) -> Path:
     times["cam"] = time.perf_counter() - t
     print(f"model card: {write_card(run)}")  # after evaluate and cam: the card holds both
 
-    # 12 one-epoch trials: about 2 min at 128 px; --quick sweeps at 64 px (as notebook 06's demo
-    # does), about 40 s, since one epoch teaches a network little at any size.
+    # 12 one-epoch trials: 123 s at 128 px on one thread; --quick sweeps at 64 px (as notebook
+    # 06's demo does), 59 s, since one epoch teaches a network little at any size.
     sweep_cfg = cfg.replace(image_size=64) if quick else cfg
     t = _step(
         f"6. batch-size x learning-rate sweep at {sweep_cfg.image_size} px, once per seed "
