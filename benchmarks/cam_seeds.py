@@ -5,8 +5,8 @@ table) and the shortcut study (the clean run against the same run trained on fil
     python benchmarks/cam_seeds.py [--work DIR] [--seeds 0,1,2]
 
 On the notebooks' demo profile (`demo_config`, the data of `colab.DEMO_DATA`, as notebook 05),
-each training seed trains the clean run (WORK/runs/seedS/resnet18, the folder
-`benchmarks/study_seeds.py` gives its main run, so a WORK shared with it reuses those) and the
+each training seed trains the clean run (`study_seeds.seed_run`: WORK/runs/seedS/resnet18, so
+a WORK shared with `benchmarks/study_seeds.py` reuses its main runs) and the
 marker run (`cam.shortcut.shortcut_run`, under WORK/runs/seedS/). For each seed it prints
 notebook 05's localisation table on val (CAM `layer4`, Grad-CAM `layer3` and `layer2`) and
 `shortcut.shortcut_table` on test, then the mean ± sd of every cell over seeds; writes
@@ -22,35 +22,40 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from study_seeds import seed_run  # this folder, on sys.path when run as a script
 
 from pneumolib.cam import shortcut
 from pneumolib.cam.localisation import localisation_table
 from pneumolib.cam.run import cam_run
-from pneumolib.config import demo_config
 from pneumolib.course import colab
 from pneumolib.train.loop import fit
 
-MAPS = {"CAM layer4": ("cam", "layer4"), "Grad-CAM layer3": ("gradcam", "layer3")}
-MAPS |= {"Grad-CAM layer2": ("gradcam", "layer2")}  # notebook 05's three rows
+MAPS = {  # notebook 05's three rows: name -> (method, layer)
+    "CAM layer4": ("cam", "layer4"),
+    "Grad-CAM layer3": ("gradcam", "layer3"),
+    "Grad-CAM layer2": ("gradcam", "layer2"),
+}
 
 
 def one_seed(work: Path, seed: int) -> dict[str, pd.DataFrame]:
     """Train (or reuse) the clean and the marker run with training seed `seed` -> notebook 05's
     two tables: "localisation" (numeric columns only) and "shortcut"."""
-    base = demo_config(work)
-    colab.ensure_cache(base, "demo")
-    seed_dir = work / "runs" / f"seed{seed}"
-    cfg = base.replace(seed=seed, out=str(seed_dir / "resnet18"))
+    cfg = seed_run(work, seed)
     fit(cfg, progress=False)  # a finished run does nothing
     summaries = {
         name: cam_run(
-            cfg.out, "val", n_overlays=0, method=method, layer=layer, tag=f"seeds_{layer}",
+            cfg.out,
+            "val",
+            n_overlays=0,
+            method=method,
+            layer=layer,
+            tag=f"seeds_{layer}",
             progress=False,
         )
         for name, (method, layer) in MAPS.items()
-    }  # fmt: skip
+    }
     loc = localisation_table(summaries)
-    marker_run = shortcut.shortcut_run(cfg, colab.DEMO_DATA, seed_dir)
+    marker_run = shortcut.shortcut_run(cfg, colab.DEMO_DATA, Path(cfg.out).parent)
     return {
         "localisation": loc[[c for c in loc.columns if not c.endswith("CI")]].astype(float),
         "shortcut": shortcut.shortcut_table(cfg.out, marker_run),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumolib.config import demo_config
+from pneumolib.config import Config, demo_config
 from pneumolib.course import colab
 from pneumolib.evaluate.compare import compare_runs
 from pneumolib.evaluate.run import evaluate_run
@@ -32,12 +32,19 @@ from pneumolib.train.loop import fit
 MODES = ("scratch", "finetune", "feature-extraction")
 
 
+def seed_run(work: Path, seed: int) -> Config:
+    """The notebooks' main run with training seed `seed`, in WORK/runs/seedS/resnet18, on the
+    notebooks' demo cache in WORK (made here if missing; its split is the preset's, seed 0).
+    `cam_seeds.py` trains the same folders, so the two can share a WORK."""
+    base = demo_config(work)
+    colab.ensure_cache(base, "demo")
+    return base.replace(seed=seed, out=str(work / "runs" / f"seed{seed}" / "resnet18"))
+
+
 def one_seed(work: Path, seed: int, *, n_boot: int) -> tuple[list[dict], list[dict]]:
     """Train and evaluate notebook 03's runs with training seed `seed` -> (one row per run with
     its test AUC, one row per compared pair)."""
-    base = demo_config(work)
-    colab.ensure_cache(base, "demo")  # the notebooks' cache (its split is the preset's, seed 0)
-    cfg = base.replace(seed=seed, out=str(work / "runs" / f"seed{seed}" / "resnet18"))
+    cfg = seed_run(work, seed)
     runs = colab.study_runs(cfg, "demo", work)  # every run inherits the seed from cfg
     for c in runs.values():
         fit(c, progress=False)
