@@ -24,13 +24,13 @@ from pathlib import Path
 import pandas as pd
 from sklearn import metrics as skm
 
-from pneumolib.config import demo_config
-from pneumolib.core.fmt import with_ci
-from pneumolib.core.rundir import read_predictions
+from pneumolib.base.config import demo_config
+from pneumolib.base.fmt import with_ci
+from pneumolib.base.metrics import expected_calibration_error, reliability
+from pneumolib.base.rundir import read_predictions
 from pneumolib.course.demo import DEMO_N, DEMO_SIZE, make_cache
 from pneumolib.evaluate import calibration as cal
 from pneumolib.evaluate.calibration import read_calibration
-from pneumolib.evaluate.metrics import expected_calibration_error, reliability
 from pneumolib.evaluate.run import evaluate_run
 from pneumolib.train.loop import fit
 

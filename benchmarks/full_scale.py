@@ -203,7 +203,7 @@ def loader_epoch(cache: Path, image_size: int) -> int:
     hundred rows; this reads every train row once, as a real epoch does."""
     import torch
 
-    from pneumolib.config import Config
+    from pneumolib.base.config import Config
     from pneumolib.core.augment import AugmentPolicy
     from pneumolib.core.loader import make_loader
     from pneumolib.core.runtime import to_device_batch

@@ -351,7 +351,7 @@ def cmd_probe(a: argparse.Namespace) -> int:
     """What `tune.auto_max_micro_batch` picks per model, and whether one step at that size fits."""
     import torch
 
-    from pneumolib.config import Config
+    from pneumolib.base.config import Config
     from pneumolib.core import runtime
     from pneumolib.core.models import build_model, trainable_parameters
     from pneumolib.train import setup as train_setup
@@ -536,7 +536,7 @@ def cmd_epoch(a: argparse.Namespace) -> int:
     fit's own per-epoch seconds (train loop + val pass) and the train loop alone."""
     import torch
 
-    from pneumolib.config import Config
+    from pneumolib.base.config import Config
     from pneumolib.core.runtime import amp_dtype, resolve_device
     from pneumolib.data.labels import read_stats
     from pneumolib.train.loop import fit

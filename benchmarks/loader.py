@@ -34,7 +34,7 @@ import torch
 import torchvision.transforms as T
 from torchvision.datasets import DatasetFolder
 
-from pneumolib.config import Config
+from pneumolib.base.config import Config
 from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.loader import make_loader
 from pneumolib.core.runtime import to_device_batch

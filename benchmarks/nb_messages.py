@@ -3,7 +3,7 @@
 nbval collects a cell's iopub messages only once the cell has finished; ZeroMQ drops what is
 past its high-water mark (1,000), and a dropped "idle" fails the cell with "Timeout of 5 seconds
 exceeded waiting for output". This prints each cell's seconds and message count, so a notebook's
-worst cell can be kept well under that mark (`pneumolib.core.progress` bounds the bars' redraws).
+worst cell can be kept well under that mark (`pneumolib.base.progress` bounds the bars' redraws).
 
     PNEUMOLIB_HOME=/tmp/nb python benchmarks/nb_messages.py notebooks/03_train.ipynb
 """

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumolib.config import Config, demo_config
+from pneumolib.base.config import Config, demo_config
 from pneumolib.course import colab
 from pneumolib.evaluate.compare import compare_runs
 from pneumolib.evaluate.run import evaluate_run

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from pneumolib.config import Config, default_workers
+from pneumolib.base.config import Config, default_workers
 from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.loader import make_loader
 from pneumolib.core.models import build_model, trainable_parameters

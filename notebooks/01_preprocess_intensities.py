@@ -186,7 +186,7 @@ display(explore.box_heatmap_figure(heat, len(positives), background=mean_positiv
 # The cache keeps the grey levels of the DICOMs as they were (0..255, bright = dense), only
 # resized. The same grey ramp is used for every image below, so differences in exposure and
 # contrast between images show as they are. Every figure of the series colours the classes
-# the same way (`pneumolib.core.plots.CLASS_COLOURS`): pneumonia ("Lung Opacity", positive) red,
+# the same way (`pneumolib.base.plots.CLASS_COLOURS`): pneumonia ("Lung Opacity", positive) red,
 # "Normal" and the negatives blue, "No Lung Opacity / Not Normal" purple.
 
 # %%

@@ -75,7 +75,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from pneumolib.core.fmt import with_ci
+from pneumolib.base.fmt import with_ci
 from pneumolib.course import colab
 from pneumolib.evaluate import calibration, compare, multiclass
 from pneumolib.evaluate import figures as evaluate_figures

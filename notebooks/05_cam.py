@@ -214,7 +214,7 @@ if profile == "demo":
 
 # %%
 if profile == "demo":
-    from pneumolib.config import Config
+    from pneumolib.base.config import Config
     from pneumolib.data.provenance import read_truth
 
     truth = read_truth(Config.load(shortcut_run / "config.json").raw)

@@ -82,7 +82,7 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 from pathlib import Path
 
 from pneumolib import tune
-from pneumolib.config import Config
+from pneumolib.base.config import Config
 from pneumolib.course import colab
 
 paths = colab.default_paths()

@@ -9,7 +9,7 @@ inference runtime, run folders, progress bars, plotting and number formats), `tr
 `config` and `cli` at the top. Nothing runs at import.
 """
 
-from pneumolib.config import Config, demo_config, rsna_config
+from pneumolib.base.config import Config, demo_config, rsna_config
 
 __version__ = "0.1.0"
 __all__ = ["Config", "demo_config", "rsna_config", "__version__"]

@@ -28,15 +28,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from pneumolib.base.errors import PneumolibError, UsageError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.progress import bar as progress_bar
+from pneumolib.base.rundir import calibration_path
 from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.localisation import Boxes
 from pneumolib.cam.maps import cam
 from pneumolib.core.augment import eval_affines
 from pneumolib.core.checkpoint import load_run
-from pneumolib.core.errors import PneumolibError, UsageError
-from pneumolib.core.files import atomic_write
-from pneumolib.core.progress import bar as progress_bar
-from pneumolib.core.rundir import calibration_path
 from pneumolib.core.runtime import amp_dtype, model_input, warp_on_device
 from pneumolib.data.cache_stats import CacheStats
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom

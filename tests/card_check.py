@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pneumolib.core.rundir import CARD
+from pneumolib.base.rundir import CARD
 from pneumolib.data.labels import read_index
 
 BOLD_SYNTHETIC = "**Trained on synthetic data"

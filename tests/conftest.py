@@ -66,7 +66,7 @@ def demo_cache(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def demo_run(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo preset trained briefly on `demo_cache`: binary, 64 px, 2 epochs. The run folder
     (best.pt, last.pt, config.json, metrics.csv), not evaluated. Read-only: copy to write."""
-    from pneumolib.config import demo_config
+    from pneumolib.base.config import demo_config
     from pneumolib.train.loop import fit
 
     d = tmp_path_factory.mktemp("demo_run")
@@ -79,7 +79,7 @@ def demo_run(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A demo run trained briefly (2 epochs) on 160 phantoms (seed 5) at 64 px, with its raw
     DICOM folder and cache: the run predict and evaluate are tested on. Read-only."""
-    from pneumolib.config import demo_config
+    from pneumolib.base.config import demo_config
     from pneumolib.train.loop import fit
 
     d = tmp_path_factory.mktemp("small_run")

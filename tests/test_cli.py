@@ -10,8 +10,8 @@ import dataclasses
 import pytest
 
 from pneumolib import cli
-from pneumolib.config import Config, default_workers, field_choices, field_help
-from pneumolib.core.errors import PneumolibError
+from pneumolib.base.config import Config, default_workers, field_choices, field_help
+from pneumolib.base.errors import PneumolibError
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
@@ -111,7 +111,7 @@ def test_a_pneumolib_error_is_one_line_and_exit_2(monkeypatch, capsys):
 
 
 def test_every_user_error_class_is_a_pneumolib_error():
-    from pneumolib.core.errors import RunError
+    from pneumolib.base.errors import RunError
     from pneumolib.core.tasks import TaskError
     from pneumolib.data.cache_partial import CacheError
     from pneumolib.data.dicom import DicomError

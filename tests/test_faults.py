@@ -41,8 +41,8 @@ import torch
 from optuna.trial import TrialState
 
 from pneumolib import tune
+from pneumolib.base.config import Config
 from pneumolib.cli import main
-from pneumolib.config import Config
 from pneumolib.data import kaggle
 from pneumolib.data import preprocess as pre
 from pneumolib.data.labels import load_labels

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pneumolib.base.errors import UsageError
 from pneumolib.cli import main as cli_main
-from pneumolib.core.errors import UsageError
 from pneumolib.data.dicom import read_dicom
 from pneumolib.data.dicom_write import write_dicom
 from pneumolib.evaluate.run import evaluate_run, read_predictions

@@ -17,9 +17,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
+from pneumolib.base.files import atomic_write
+from pneumolib.base.plots import figure_axes
 from pneumolib.cam.localisation import Boxes, as_numpy, parse_boxes
-from pneumolib.core.files import atomic_write
-from pneumolib.core.plots import figure_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

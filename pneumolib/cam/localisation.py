@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from torch import Tensor
 
-from pneumolib.core.fmt import with_ci
+from pneumolib.base.fmt import with_ci
 
 Box = Sequence[float]  # [x, y, w, h] in image pixels
 Boxes = Sequence[Box]  # all boxes of one image

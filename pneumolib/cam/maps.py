@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import DenseNet
 
-from pneumolib.core.errors import UsageError
+from pneumolib.base.errors import UsageError
 from pneumolib.core.models import feature_layer_name, head
 from pneumolib.core.tasks import CLASS_KEYS, TASKS, pneumonia_probability, task_spec
 

@@ -21,6 +21,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pneumolib.base.config import Config
+from pneumolib.base.errors import UsageError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.progress import bar as progress_bar
+from pneumolib.base.rundir import BEST, cam_stem, figures_dir
 from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.localisation import (
     format_localisation,
@@ -29,14 +34,9 @@ from pneumolib.cam.localisation import (
     summarize_localisation,
 )
 from pneumolib.cam.maps import cam, class_target, default_layer, grad_cam, resolve_layer
-from pneumolib.config import Config
 from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.checkpoint import Run, load_run
-from pneumolib.core.errors import UsageError
-from pneumolib.core.files import atomic_write
 from pneumolib.core.loader import make_loader
-from pneumolib.core.progress import bar as progress_bar
-from pneumolib.core.rundir import BEST, cam_stem, figures_dir
 from pneumolib.core.runtime import to_device_batch, warp_on_device
 from pneumolib.data.cache_files import INDEX
 from pneumolib.data.labels import CacheStats, open_cache

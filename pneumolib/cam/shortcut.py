@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from pneumolib.base.config import Config
+from pneumolib.base.metrics import binary_metrics
+from pneumolib.base.rundir import best_path, config_path
 from pneumolib.cam.localisation import box_mask, energy_in_box
 from pneumolib.cam.run import cam_examples
-from pneumolib.config import Config
-from pneumolib.core.rundir import best_path, config_path
 from pneumolib.data.labels import read_index
 from pneumolib.data.preprocess import cache_for
 from pneumolib.data.provenance import read_truth
 from pneumolib.data.synth import make_demo_data, marker_box
-from pneumolib.evaluate.metrics import binary_metrics
 from pneumolib.train.loop import fit
 
 MARKER_LAYER = "layer4"  # where the shortcut's evidence is looked for

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from pneumolib.config import Config
+from pneumolib.base.config import Config
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -125,7 +125,7 @@ def compare_command(args: argparse.Namespace) -> None:
 
 def publish_cli(repo: str | None, branch: str | None, *, check: bool) -> int:
     """`python -m pneumolib publish`: rewrite (or with `check`, verify) the derived URLs."""
-    from pneumolib.core.errors import UsageError
+    from pneumolib.base.errors import UsageError
     from pneumolib.course import publish
 
     root = publish.find_root()
@@ -149,7 +149,7 @@ def publish_cli(repo: str | None, branch: str | None, *, check: bool) -> int:
 def _parse_list(text: str, kind: type, flag: str) -> list:
     """`16,32,64` -> [16, 32, 64]; a one-line error naming `flag` on a bad, empty or
     non-positive list."""
-    from pneumolib.core.errors import UsageError
+    from pneumolib.base.errors import UsageError
 
     try:
         values = [kind(v) for v in str(text).split(",") if v.strip()]

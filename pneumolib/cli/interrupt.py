@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pneumolib.config import Config
+from pneumolib.base.config import Config
 from pneumolib.data.cache_files import partial_path
 
 INTERRUPTED = 130  # the exit code of Ctrl-C in every command

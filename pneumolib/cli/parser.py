@@ -9,6 +9,8 @@ import functools
 from collections.abc import Iterator
 from pathlib import Path
 
+from pneumolib.base.config import Config, field_choices, field_help
+from pneumolib.base.errors import PneumolibError
 from pneumolib.cli.commands import (
     cam_command,
     card_command,
@@ -22,8 +24,6 @@ from pneumolib.cli.commands import (
     train_command,
     tune_cli,
 )
-from pneumolib.config import Config, field_choices, field_help
-from pneumolib.core.errors import PneumolibError
 from pneumolib.data.labels import CLASS_KEYS
 
 # The user's errors, not bugs: one line, exit 2. The package raises PneumolibError on purpose;

@@ -1,7 +1,7 @@
 """A run folder's checkpoints: saving them each epoch, loading them to resume (with the checks
 made then) and to use the model (`load_run`, for evaluate, cam and predict).
 
-Every write goes through `core.files.atomic_write` (unique temporary name, fsync, rename), so a
+Every write goes through `base.files.atomic_write` (unique temporary name, fsync, rename), so a
 kill at any moment leaves either the old file or the new one, never half of one. `best.pt` is
 written before `last.pt`: a kill between the two leaves a `best.pt` one epoch ahead of
 `last.pt`, and `resume_best` picks that score up on resume, so the pair never disagrees for
@@ -21,11 +21,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from pneumolib.config import Config
-from pneumolib.core.errors import RunError
-from pneumolib.core.files import atomic_write
-from pneumolib.core.models import load_checkpoint_model
-from pneumolib.core.rundir import (
+from pneumolib.base.config import Config
+from pneumolib.base.errors import RunError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.rundir import (
     BEST,
     LAST,
     best_path,
@@ -33,6 +32,7 @@ from pneumolib.core.rundir import (
     last_path,
     metrics_csv_path,
 )
+from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.runtime import resolve_device
 from pneumolib.data.cache_files import index_path
 from pneumolib.data.cache_stats import CacheStats, read_stats

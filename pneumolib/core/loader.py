@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pneumolib.config import default_workers
+from pneumolib.base.config import default_workers
 from pneumolib.core.augment import augment_batch_cpu, batch_rng, intensity_luts
 from pneumolib.core.tasks import sampling_weights
 from pneumolib.data.labels import open_images

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
-from pneumolib.config import Config
+from pneumolib.base.config import Config
+from pneumolib.base.errors import UsageError
 from pneumolib.core import tasks
-from pneumolib.core.errors import UsageError
 from pneumolib.data.cache_stats import CacheStats
 
 MODEL_NAMES = ("resnet18", "resnet34", "resnet50", "densenet121", "efficientnet_b0")

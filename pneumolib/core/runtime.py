@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pneumolib.base.errors import RunError
+from pneumolib.base.progress import bar as progress_bar
 from pneumolib.core import tasks
 from pneumolib.core.augment import (
     AugmentPolicy,
@@ -18,8 +20,6 @@ from pneumolib.core.augment import (
     warp_cpu,
     warp_torch,
 )
-from pneumolib.core.errors import RunError
-from pneumolib.core.progress import bar as progress_bar
 from pneumolib.data.cache_stats import CacheStats
 
 DEVICES = ("auto", "cpu", "cuda")  # what the options offer (Config.device, predict --device)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pneumolib.core.errors import PneumolibError
+from pneumolib.base.errors import PneumolibError
 from pneumolib.data.labels import CLASS_KEYS, CLASSES
 
 # Logit order of the three-class head (the pneumonia class, Lung Opacity, last) and the classes'

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from pneumolib.config import Config, demo_config, rsna_config
-from pneumolib.core.rundir import best_path
+from pneumolib.base.config import Config, demo_config, rsna_config
+from pneumolib.base.rundir import best_path
 from pneumolib.data.cache_files import CACHE_FILES
 from pneumolib.data.kaggle import (
     COMPETITION,

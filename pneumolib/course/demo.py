@@ -21,10 +21,10 @@ from typing import TypedDict
 
 import pandas as pd
 
+from pneumolib.base.config import Config, demo_config
+from pneumolib.base.files import atomic_write
+from pneumolib.base.rundir import best_path, figures_dir
 from pneumolib.cam.run import cam_run
-from pneumolib.config import Config, demo_config
-from pneumolib.core.files import atomic_write
-from pneumolib.core.rundir import best_path, figures_dir
 from pneumolib.course.report import write_report
 from pneumolib.data.preprocess import cache_for
 from pneumolib.data.synth import make_demo_data

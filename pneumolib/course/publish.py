@@ -13,8 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from pneumolib.core.errors import UsageError
-from pneumolib.core.files import atomic_write
+from pneumolib.base.errors import UsageError
+from pneumolib.base.files import atomic_write
 
 _COLAB = "https://colab.research.google.com/github"
 _GITHUB = re.compile(r"https://github\.com/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?")

@@ -10,10 +10,10 @@ from typing import Any
 
 import pandas as pd
 
+from pneumolib.base.config import Config
+from pneumolib.base.fmt import interval
+from pneumolib.base.rundir import CARD, figures_dir, predictions_path
 from pneumolib.cam.localisation import localisation_table
-from pneumolib.config import Config
-from pneumolib.core.fmt import interval
-from pneumolib.core.rundir import CARD, figures_dir, predictions_path
 from pneumolib.data.provenance import read_truth
 from pneumolib.evaluate.run import metrics_table
 from pneumolib.train.best_epoch import best_epoch_index

@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pneumolib.config import Config
-from pneumolib.core.errors import PneumolibError
+from pneumolib.base.config import Config
+from pneumolib.base.errors import PneumolibError
 from pneumolib.data.cache_files import IMAGES, INDEX, STATS, images_path, index_path, stats_path
 from pneumolib.data.cache_stats import CacheStats, read_stats, write_stats
 

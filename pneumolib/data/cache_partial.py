@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pneumolib.core.errors import PneumolibError
-from pneumolib.core.progress import bar as progress_bar
+from pneumolib.base.errors import PneumolibError
+from pneumolib.base.progress import bar as progress_bar
 from pneumolib.data.cache_files import PARAMS, images_path
 
 # Room for index.csv, errors.csv, stats.json and the progress log beside images.npy: a fixed

@@ -42,7 +42,7 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from pneumolib.core.errors import PneumolibError
+from pneumolib.base.errors import PneumolibError
 from pneumolib.data.dicom_checks import (
     j2k_sign_conflict,
     missing_codec,

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from pneumolib.core.plots import class_colour, figure_grid
+from pneumolib.base.plots import class_colour, figure_grid
 
 TARGET_NAMES = {0: "negative", 1: "positive"}
 AGE_BINS = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, np.inf]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pneumolib.core.plots import class_colour, figure_grid
+from pneumolib.base.plots import class_colour, figure_grid
 
 SCALING_NAMES = ("/255", "min-max", "z-score", "percentile 1-99", "CLAHE")
 

@@ -20,8 +20,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from pneumolib.core.files import atomic_write
-from pneumolib.core.progress import bar as progress_bar
+from pneumolib.base.files import atomic_write
+from pneumolib.base.progress import bar as progress_bar
 from pneumolib.data.labels import CLASS_COLUMNS, CLASSES_CSV, LABEL_COLUMNS, LABELS_CSV
 from pneumolib.data.labels import IMAGES_DIR as TRAIN_DIR
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumolib.core.errors import PneumolibError, UsageError
+from pneumolib.base.errors import PneumolibError, UsageError
 from pneumolib.data.cache_check import CacheDamaged, damaged_line, verify_cache
 from pneumolib.data.cache_files import images_path, index_path
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 import pneumolib
-from pneumolib.config import Config, default_workers
+from pneumolib.base.config import Config, default_workers
 from pneumolib.data.cache_check import cache_record, reusable
 from pneumolib.data.cache_files import (
     PARAMS,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumolib.core.errors import UsageError
+from pneumolib.base.errors import UsageError
 
 TRUTH_CSV = "demo_truth.csv"  # what each phantom really shows (beside the RSNA-shaped files)
 PROVENANCE_JSON = "provenance.json"  # the marker file of a folder of phantoms

@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from pneumolib.core.progress import bar as progress_bar
+from pneumolib.base.progress import bar as progress_bar
 from pneumolib.data.dicom_write import write_dicom
 from pneumolib.data.labels import CLASSES_CSV, IMAGES_DIR, LABELS_CSV
 from pneumolib.data.provenance import (

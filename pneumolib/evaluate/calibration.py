@@ -30,16 +30,16 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit, log_expit, log_softmax, softmax
 from sklearn.isotonic import IsotonicRegression
 
-from pneumolib.core.errors import RunError, UsageError
-from pneumolib.core.files import atomic_write
-from pneumolib.core.rundir import calibration_path
-from pneumolib.evaluate.metrics import (
+from pneumolib.base.errors import RunError, UsageError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.metrics import (
     bootstrap_indices,
     check_arrays,
     expected_calibration_error,
     percentile_ci,
     reliability,
 )
+from pneumolib.base.rundir import calibration_path
 
 METHODS = ("temperature", "platt", "isotonic", "none")
 
@@ -53,7 +53,7 @@ def default_method(n_outputs: int) -> str:
     return "platt" if n_outputs == 1 else "temperature"
 
 
-# Operating points chosen on the calibrated val probability (`evaluate.metrics.choose_thresholds`,
+# Operating points chosen on the calibrated val probability (`base.metrics.choose_thresholds`,
 # the sensitivity target 0.90 named "sens90"); predict's default is the first.
 OPERATING_POINTS = ("sens90", "youden", "best_f1", "0.5")
 DEFAULT_OPERATING_POINT = OPERATING_POINTS[0]

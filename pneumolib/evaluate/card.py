@@ -19,10 +19,10 @@ from typing import Any
 
 import pandas as pd
 
-from pneumolib.config import Config
-from pneumolib.core.errors import RunError, UsageError
-from pneumolib.core.files import atomic_write
-from pneumolib.core.rundir import (
+from pneumolib.base.config import Config
+from pneumolib.base.errors import RunError, UsageError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.rundir import (
     BEST,
     CAM_SUMMARIES,
     best_path,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from pneumolib.core.fmt import num, with_ci
+from pneumolib.base.fmt import num, with_ci
 from pneumolib.data.cache_stats import CacheStats
 
 SUBGROUP_THRESHOLDS = ("youden", "0.5")  # the operating point of the subgroup table, if present

@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pneumolib.core.errors import UsageError
-from pneumolib.core.rundir import read_predictions
-from pneumolib.evaluate.metrics import (
+from pneumolib.base.errors import UsageError
+from pneumolib.base.metrics import (
     binary_metrics,
     bootstrap_distribution,
     check_arrays,
     percentile_ci,
 )
+from pneumolib.base.rundir import read_predictions
 
 COMPARED = ("roc_auc", "average_precision", "accuracy", "precision", "recall")
 

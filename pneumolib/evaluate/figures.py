@@ -18,11 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn import metrics as skm
 
-from pneumolib.core.files import atomic_write
-from pneumolib.core.plots import class_colour, figure_axes
-from pneumolib.core.rundir import figures_dir
-from pneumolib.data.labels import open_images, read_index
-from pneumolib.evaluate.metrics import (
+from pneumolib.base.files import atomic_write
+from pneumolib.base.metrics import (
     CLASS_NAMES,
     as_thresholds,
     binary_metrics,
@@ -32,6 +29,9 @@ from pneumolib.evaluate.metrics import (
     expected_calibration_error,
     reliability,
 )
+from pneumolib.base.plots import class_colour, figure_axes
+from pneumolib.base.rundir import figures_dir
+from pneumolib.data.labels import open_images, read_index
 
 SAMPLES_THRESHOLD = "youden"  # operating point the sample grid marks right/wrong (else 0.5)
 

@@ -16,14 +16,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pneumolib.core.fmt import with_ci
-from pneumolib.core.tasks import THREE_CLASSES, class_codes, task_spec
-from pneumolib.evaluate.metrics import (
+from pneumolib.base.fmt import with_ci
+from pneumolib.base.metrics import (
     bootstrap_distribution,
     bootstrap_indices,
     jsonable,
     percentile_ci,
 )
+from pneumolib.core.tasks import THREE_CLASSES, class_codes, task_spec
 
 K = len(THREE_CLASSES)
 

@@ -1,5 +1,5 @@
 """Evaluate a run: predictions per split (optionally with test-time augmentation), metrics
-from `pneumolib.evaluate.metrics` written to JSON, and the figures of `pneumolib.evaluate.figures`.
+from `pneumolib.base.metrics` written to JSON, and the figures of `pneumolib.evaluate.figures`.
 
 Thresholds are chosen on validation and applied unchanged to test (`evaluate_run`). Runs are
 compared on the same patients by `pneumolib.evaluate.compare.compare_runs`.
@@ -17,15 +17,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pneumolib.config import Config
-from pneumolib.core import tasks
-from pneumolib.core.augment import AugmentPolicy
-from pneumolib.core.checkpoint import load_run
-from pneumolib.core.errors import UsageError
-from pneumolib.core.files import atomic_write
-from pneumolib.core.fmt import with_ci
-from pneumolib.core.loader import make_loader
-from pneumolib.core.rundir import (
+from pneumolib.base.config import Config
+from pneumolib.base.errors import UsageError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.fmt import with_ci
+from pneumolib.base.metrics import (
+    RANKING_METRICS,
+    as_thresholds,
+    check_predictions,
+    choose_thresholds,
+    jsonable,
+    summarize,
+)
+from pneumolib.base.rundir import (
     predictions_meta_path,
     predictions_name,
     predictions_path,
@@ -34,6 +38,10 @@ from pneumolib.core.rundir import (
     split_metrics_path,
     split_tag,
 )
+from pneumolib.core import tasks
+from pneumolib.core.augment import AugmentPolicy
+from pneumolib.core.checkpoint import load_run
+from pneumolib.core.loader import make_loader
 from pneumolib.core.runtime import (
     amp_dtype,
     predict_logits,
@@ -54,14 +62,6 @@ from pneumolib.evaluate.calibration import (
 )
 from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.figures import sample_predictions_figure, write_figures
-from pneumolib.evaluate.metrics import (
-    RANKING_METRICS,
-    as_thresholds,
-    check_predictions,
-    choose_thresholds,
-    jsonable,
-    summarize,
-)
 from pneumolib.evaluate.multiclass import class_table, confusion_table, summarize_classes
 from pneumolib.evaluate.reference import compare_with_reference
 from pneumolib.evaluate.tta import predict_tta, tta_affines

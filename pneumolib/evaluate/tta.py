@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pneumolib.base.progress import bar as progress_bar
 from pneumolib.core import tasks
 from pneumolib.core.augment import compose_affines
-from pneumolib.core.progress import bar as progress_bar
 from pneumolib.core.runtime import model_input
 from pneumolib.data.labels import CacheStats
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 # What an epoch can be judged on (Config.monitor): the val_<name> columns the trainer writes
-# (`evaluate.metrics.binary_summary`, all higher-is-better) and the val loss.
+# (`base.metrics.binary_summary`, all higher-is-better) and the val loss.
 MONITORS = ("auc", "accuracy", "precision", "recall", "loss")
 
 

@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pneumolib.config import Config
-from pneumolib.core.rundir import METRICS, config_path, metrics_csv_path
+from pneumolib.base.config import Config
+from pneumolib.base.rundir import METRICS, config_path, metrics_csv_path
 from pneumolib.train.best_epoch import best_epoch_index
 
 

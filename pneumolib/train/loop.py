@@ -22,7 +22,13 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from pneumolib.config import EXACT, PATH, STOPPING, Config, field_names
+from pneumolib.base.config import EXACT, PATH, STOPPING, Config, field_names
+from pneumolib.base.errors import RunError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.metrics import binary_summary
+from pneumolib.base.owner import check_owner
+from pneumolib.base.progress import bar as progress_bar
+from pneumolib.base.rundir import DDP_CHECK, config_path, last_path
 from pneumolib.core import tasks
 from pneumolib.core.checkpoint import (
     cache_identity,
@@ -34,14 +40,8 @@ from pneumolib.core.checkpoint import (
     set_rng_state,
     write_metrics,
 )
-from pneumolib.core.errors import RunError
-from pneumolib.core.files import atomic_write
 from pneumolib.core.loader import EpochBatchSampler
-from pneumolib.core.owner import check_owner
-from pneumolib.core.progress import bar as progress_bar
-from pneumolib.core.rundir import DDP_CHECK, config_path, last_path
 from pneumolib.core.runtime import predict_logits, resolve_device
-from pneumolib.evaluate.metrics import binary_summary
 from pneumolib.train.best_epoch import epoch_score, improves
 from pneumolib.train.setup import TrainSetup, optimiser_step, prepare_training, seed_everything
 
@@ -227,7 +227,7 @@ def fit(
     cache_id = cache_identity(cfg.cache)
     writer = _tensorboard(out) if main else None
     # One bar for the whole run (not one per epoch): its ETA is the run's, and its redraws stay
-    # bounded however many epochs there are (see pneumolib.core.progress).
+    # bounded however many epochs there are (see pneumolib.base.progress).
     bar = progress_bar(
         total=cfg.epochs * s.steps_per_epoch,
         initial=state.start_epoch * s.steps_per_epoch,

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pneumolib.config import Config
+from pneumolib.base.config import Config
+from pneumolib.base.errors import RunError
 from pneumolib.core import tasks
 from pneumolib.core.augment import AugmentPolicy
-from pneumolib.core.errors import RunError
 from pneumolib.core.loader import make_loader
 from pneumolib.core.models import build_model, trainable_parameters
 from pneumolib.core.runtime import amp_dtype, to_device_batch, warp_on_device

@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 from optuna.trial import TrialState
 
-from pneumolib.config import Config
-from pneumolib.core.errors import RunError, UsageError
-from pneumolib.core.files import atomic_write
-from pneumolib.core.owner import TakenOver, claim_run
-from pneumolib.core.rundir import config_path, last_path, metrics_csv_path
+from pneumolib.base.config import Config
+from pneumolib.base.errors import RunError, UsageError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.owner import TakenOver, claim_run
+from pneumolib.base.rundir import config_path, last_path, metrics_csv_path
 from pneumolib.data.cache_check import verify_cache
 from pneumolib.train import loop as train
 from pneumolib.train.best_epoch import monitor_score

@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-from pneumolib.core.plots import figure_axes
+from pneumolib.base.plots import figure_axes
 from pneumolib.tune.results import lr_axis, trial_histories
 
 # A study, {run: history}, or a study folder (its run folders' metrics.csv).

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pneumolib.config import Config
-from pneumolib.core.plots import figure_axes
-from pneumolib.core.progress import bar as progress_bar
+from pneumolib.base.config import Config
+from pneumolib.base.plots import figure_axes
+from pneumolib.base.progress import bar as progress_bar
 from pneumolib.core.runtime import resolve_device
 from pneumolib.train.setup import optimiser_step, prepare_training, seed_everything
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pneumolib.config import EXACT, MACHINE, PATH, STRENGTH, Config, field_names
+from pneumolib.base.config import EXACT, MACHINE, PATH, STRENGTH, Config, field_names
 from pneumolib.core import runtime
 from pneumolib.core.models import build_model, trainable_parameters
 from pneumolib.core.tasks import task_spec
@@ -30,7 +30,7 @@ LR_RULES = ("none", "linear", "sqrt")
 WEIGHT_DECAY_RANGE = (1e-6, 1e-2)  # random/TPE search ranges (log-uniform)
 AUG_STRENGTH_RANGE = (0.0, 2.0)  # 0 = no augmentation, 1 = the config's policy, 2 = twice as wide
 # Config fields that may differ between the workers of one study: where and how fast, not what
-# (declared by the tags in pneumolib.config); the augmentation ranges an aug strength scales.
+# (declared by the tags in pneumolib.base.config); the augmentation ranges an aug strength scales.
 LOCAL_FIELDS = frozenset(field_names(PATH, EXACT, MACHINE))
 AUG_FIELDS = list(field_names(STRENGTH))
 

@@ -11,8 +11,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from pneumolib.config import Config
-from pneumolib.core.files import atomic_write
+from pneumolib.base.config import Config
+from pneumolib.base.files import atomic_write
 from pneumolib.train.best_epoch import best_epoch_index, epoch_score
 from pneumolib.tune.claims import FINISHED
 from pneumolib.tune.plan import with_aug_strength

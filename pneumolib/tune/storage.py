@@ -16,7 +16,7 @@ import pandas as pd
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from pneumolib.core.errors import UsageError
+from pneumolib.base.errors import UsageError
 from pneumolib.tune.plan import Plan, plan_diff
 
 

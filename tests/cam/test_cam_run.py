@@ -17,7 +17,7 @@ from pneumolib.cam.run import cam_run
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
     """A ResNet18 trained on 400 demo phantoms with the demo preset as it is (128 px, scratch,
     its 20 epochs): "after demo training" in the acceptance criterion below."""
-    from pneumolib.config import demo_config
+    from pneumolib.base.config import demo_config
     from pneumolib.data.preprocess import build_cache
     from pneumolib.data.synth import make_demo_data
     from pneumolib.train.loop import fit

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pneumolib.config import Config
+from pneumolib.base.config import Config
 from pneumolib.core import augment
 from pneumolib.core.augment import (
     AugmentPolicy,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from pneumolib.base import plots
 from pneumolib.core import augment_figures as figures
-from pneumolib.core import plots
 from pneumolib.core.augment import AugmentPolicy, augment_batch_cpu, sample_params, to_model_input
 from pneumolib.data.labels import open_images, read_index
 
@@ -105,7 +105,7 @@ def test_show_transforms_one_row_per_transform_plus_full_policy(tmp_path):
 
 
 def test_class_colour_is_one_mapping_for_names_targets_and_metrics_names():
-    from pneumolib.evaluate.metrics import CLASS_NAMES
+    from pneumolib.base.metrics import CLASS_NAMES
 
     assert plots.class_colour(1) == plots.class_colour("positive") == "tab:red"
     assert plots.class_colour(CLASS_NAMES[1]) == plots.class_colour("Lung Opacity")

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pneumolib.config import demo_config
-from pneumolib.core import files
+from pneumolib.base import files
+from pneumolib.base.config import demo_config
+from pneumolib.base.errors import RunError
 from pneumolib.core.checkpoint import atomic_save
-from pneumolib.core.errors import RunError
 from pneumolib.data.cache_check import seal_cache
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.synth import make_demo_data
@@ -207,10 +207,10 @@ def test_cli_turns_an_os_error_into_one_line(monkeypatch, capsys):
 def test_load_run_reads_an_older_checkpoint_through_config_from_dict(tmp_path):
     """A checkpoint whose config predates `task` (and holds a key since removed) loads as a
     typed Run: the Config's defaults fill in, the model is in eval mode on the device."""
-    from pneumolib.config import Config
+    from pneumolib.base.config import Config
+    from pneumolib.base.rundir import file_sha256
     from pneumolib.core.checkpoint import load_run
     from pneumolib.core.models import build_model
-    from pneumolib.core.rundir import file_sha256
 
     model = build_model("resnet18", "scratch", "none")
     old = {k: v for k, v in Config(mode="scratch", amp=False).to_dict().items() if k != "task"}

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pneumolib.config import Config
+from pneumolib.base.config import Config
 from pneumolib.core.models import (
     MODEL_NAMES,
     MODES,

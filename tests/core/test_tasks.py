@@ -16,16 +16,16 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 
+from pneumolib.base.config import demo_config
+from pneumolib.base.metrics import bootstrap_indices
 from pneumolib.cam.maps import BinaryLogitTarget, ClassTarget, class_target
 from pneumolib.cam.run import cam_examples
 from pneumolib.cli import main as cli_main
-from pneumolib.config import demo_config
 from pneumolib.core import tasks
 from pneumolib.core.models import build_model, head
 from pneumolib.data.cache_check import seal_cache
 from pneumolib.data.labels import read_index
 from pneumolib.evaluate.compare import compare_runs
-from pneumolib.evaluate.metrics import bootstrap_indices
 from pneumolib.evaluate.multiclass import macro_f1, three_class_metrics
 from pneumolib.evaluate.run import evaluate_run, read_predictions
 from pneumolib.predict import predict_files

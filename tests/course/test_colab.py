@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pneumolib.config import demo_config, rsna_config
+from pneumolib.base.config import demo_config, rsna_config
 from pneumolib.course import colab, demo
 from pneumolib.data import kaggle
 from pneumolib.data.synth import make_demo_data
@@ -303,7 +303,7 @@ def _token(env: Path) -> Path:
 
 
 def test_ensure_cache_makes_demo_data_once_and_ensure_run_refuses_missing_rsna_run(tmp_path):
-    from pneumolib.config import demo_config
+    from pneumolib.base.config import demo_config
 
     cfg = demo_config(tmp_path, cache_size=32)
     cache = colab.ensure_cache(cfg, "demo")

@@ -215,7 +215,7 @@ def test_class_titles_are_wrapped_not_cut(cache) -> None:
 def test_figures_colour_classes_with_the_one_mapping(cache) -> None:
     from matplotlib.colors import to_rgba
 
-    from pneumolib.core.plots import CLASS_COLOURS
+    from pneumolib.base.plots import CLASS_COLOURS
 
     index, images, _ = cache
     classes = sorted(index["class"].unique())

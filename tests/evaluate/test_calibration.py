@@ -9,13 +9,13 @@ from sklearn import metrics as skm
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from pneumolib.core.errors import RunError, UsageError
-from pneumolib.evaluate import calibration as cal
-from pneumolib.evaluate.metrics import (
+from pneumolib.base.errors import RunError, UsageError
+from pneumolib.base.metrics import (
     bootstrap_indices,
     expected_calibration_error,
     reliability,
 )
+from pneumolib.evaluate import calibration as cal
 
 
 def _logits(n: int = 400, seed: int = 0, scale: float = 2.5):

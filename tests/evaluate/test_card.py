@@ -27,10 +27,10 @@ from card_check import (  # tests/ on sys.path
 )
 from sklearn.metrics import roc_auc_score
 
+from pneumolib.base.config import demo_config
+from pneumolib.base.rundir import CARD
 from pneumolib.cam.localisation import summarize_localisation
 from pneumolib.cli import main
-from pneumolib.config import demo_config
-from pneumolib.core.rundir import CARD
 from pneumolib.data.labels import CacheStats, read_index
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.provenance import PROVENANCE_JSON, SYNTHETIC_MANUFACTURER, is_synthetic

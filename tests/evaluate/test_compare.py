@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from pneumolib.base.metrics import bootstrap_indices
 from pneumolib.cli import main
 from pneumolib.evaluate.compare import compare_runs, delong, verdicts
-from pneumolib.evaluate.metrics import bootstrap_indices
 
 
 def _naive_delong(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

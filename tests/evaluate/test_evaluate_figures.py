@@ -104,7 +104,7 @@ def test_subgroup_bars_label_an_undefined_group_na():
 def test_prob_hist_legend_outside_the_bars_and_class_colours():
     from matplotlib.colors import to_rgb
 
-    from pneumolib.core.plots import class_colour
+    from pneumolib.base.plots import class_colour
 
     y, p = _scores(200, 3)
     fig = ef.plot_prob_hist(y, p, thresholds={"0.5": 0.5, "youden": 0.4})

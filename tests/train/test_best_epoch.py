@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pneumolib.config import Config
+from pneumolib.base.config import Config
 from pneumolib.train import curves
 from pneumolib.train import loop as train_loop
 from pneumolib.train.best_epoch import best_epoch_index

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pneumolib.config import demo_config
+from pneumolib.base.config import demo_config
 from pneumolib.train import curves
 from pneumolib.train.loop import fit
 

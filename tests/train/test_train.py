@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pneumolib.config import demo_config
-from pneumolib.core.errors import RunError
+from pneumolib.base.config import demo_config
+from pneumolib.base.errors import RunError
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.synth import make_demo_data
 from pneumolib.train.loop import fit

@@ -19,8 +19,8 @@ import pytest
 from optuna.trial import TrialState
 
 from pneumolib import tune
-from pneumolib.config import Config
-from pneumolib.core.owner import TakenOver, check_owner, claim_run
+from pneumolib.base.config import Config
+from pneumolib.base.owner import TakenOver, check_owner, claim_run
 from pneumolib.data.cache_check import seal_cache
 from pneumolib.train import loop as train
 from pneumolib.train import setup as train_setup
@@ -549,7 +549,7 @@ def test_two_workers_share_one_sqlite_study_each_point_once(demo_cache, tmp_path
 WORKER = """
 import sys, time
 from pathlib import Path
-from pneumolib.config import Config
+from pneumolib.base.config import Config
 from pneumolib.tune import sweep
 
 cache, out, block = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "block"

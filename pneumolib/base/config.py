@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pneumolib.core.errors import UsageError
-from pneumolib.core.files import atomic_write
+from pneumolib.base.errors import UsageError
+from pneumolib.base.files import atomic_write
 
 # What a field is, declared once beside it (`_tagged`); the field lists other modules need are
 # derived from these tags by `field_names`:

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from pneumolib.core.errors import RunError
+from pneumolib.base.errors import RunError
 
 Content = bytes | str | Callable[[Path], object]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from pneumolib.core import progress
+from pneumolib.base import progress
 
 
 def _redraws(text: str) -> int:

@@ -19,9 +19,9 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pneumolib.core.errors import RunError
-from pneumolib.core.files import atomic_write
-from pneumolib.core.rundir import owner_path
+from pneumolib.base.errors import RunError
+from pneumolib.base.files import atomic_write
+from pneumolib.base.rundir import owner_path
 
 
 class TakenOver(RunError):

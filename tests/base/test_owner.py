@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pneumolib.core.owner import TakenOver, check_owner, claim_run, run_owner
+from pneumolib.base.owner import TakenOver, check_owner, claim_run, run_owner
 
 
 def test_the_second_claim_takes_the_folder_and_the_first_is_refused(tmp_path) -> None:

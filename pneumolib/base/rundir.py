@@ -1,5 +1,5 @@
 """A run folder (output of `train`, read by `evaluate`, `cam`, `predict`, `card`): every file
-name declared once and reading its result files (its errors are `core.errors.RunError`). Torch-free,
+name declared once and reading its result files (its errors are `base.errors.RunError`). Torch-free,
 so the model card can import it; checkpoints themselves are `core.checkpoint`.
 
 RUN/config.json, metrics.csv (one row per epoch), last.pt, best.pt, owner.json (a sweep

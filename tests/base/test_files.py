@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumolib.core import files
-from pneumolib.core.errors import RunError
-from pneumolib.core.files import atomic_write
+from pneumolib.base import files
+from pneumolib.base.errors import RunError
+from pneumolib.base.files import atomic_write
 
 
 def _mode(path: Path) -> int:

@@ -1,8 +1,8 @@
-"""pneumolib.core.fmt: the one way a value and its interval are written."""
+"""pneumolib.base.fmt: the one way a value and its interval are written."""
 
 import math
 
-from pneumolib.core.fmt import interval, num, with_ci
+from pneumolib.base.fmt import interval, num, with_ci
 
 
 def test_value_with_and_without_an_interval():

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from pneumolib.core.errors import UsageError
+from pneumolib.base.errors import UsageError
 
 THRESHOLD_METRICS = (
     "accuracy",

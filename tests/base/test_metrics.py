@@ -1,4 +1,4 @@
-"""pneumolib.evaluate.metrics against scikit-learn: point metrics, bootstrap CIs, thresholds,
+"""pneumolib.base.metrics against scikit-learn: point metrics, bootstrap CIs, thresholds,
 subgroups."""
 
 from __future__ import annotations
