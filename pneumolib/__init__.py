@@ -1,15 +1,45 @@
 """pneumolib: teachable pneumonia classification on RSNA chest radiographs.
 
-One subpackage per stage, in the notebooks' order (the README's package table says which
-module holds which rule): `data` (00-01: labels, DICOMs, the demo phantoms, the cache; no
-torch), `core` (the layer under every stage: augmentation, loader, models, tasks, the
-inference runtime, run folders, progress bars, plotting and number formats), `train` (03),
-`evaluate` (04: metrics, comparisons, the model card), `cam` (05), `tune` (06), `predict`
-(scoring new files), `course` (Colab, the demo and its report, publishing a fork), and
-`config` and `cli` at the top. Nothing runs at import.
+    import pneumolib as pl
+    cfg = pl.demo_config("pneumolib_data")
+    pl.make_demo_data(cfg.raw_dir); pl.build_cache(cfg.raw_dir, cfg.cache_dir)
+    pl.fit(cfg); pl.evaluate_run(cfg.run_dir, split="test"); pl.cam_run(cfg.run_dir)
+
+The calls a notebook makes are here, imported on first use (`import pneumolib` loads no torch).
+The folders, bottom to top, each importing only the ones below it: `base` (torch-free: config,
+errors, files, progress, plots, number formats, run-folder names, metrics), `data` (00-01:
+labels, DICOMs, demo phantoms, the cache), `core` (torch: augmentation, loader, models, tasks,
+the inference runtime, checkpoints), `train` (03), `evaluate` (04), `cam` (05), `tune` (06),
+`predict` (scoring new files), `course` (Colab, the demo and its report, publishing a fork) and
+`cli`. Each folder re-exports its own public calls the same way: `pl.evaluate.plot_roc`.
 """
 
-from pneumolib.base.config import Config, demo_config, rsna_config
+from pneumolib.base.lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["Config", "demo_config", "rsna_config", "__version__"]
+
+_EXPORTS = {
+    "pneumolib.base.config": "Config demo_config rsna_config",
+    "pneumolib.base.errors": "PneumolibError UsageError RunError",
+    "pneumolib.base.fmt": "with_ci",
+    "pneumolib.base.rundir": "read_predictions",
+    "pneumolib.data.synth": "make_demo_data",
+    "pneumolib.data.preprocess": "build_cache cache_for",
+    "pneumolib.data.labels": "read_index open_images",
+    "pneumolib.data.cache_stats": "read_stats",
+    "pneumolib.train.loop": "fit",
+    "pneumolib.evaluate.run": "evaluate_run metrics_table summary_table",
+    "pneumolib.evaluate.compare": "compare_runs verdicts",
+    "pneumolib.evaluate.card": "write_card",
+    "pneumolib.cam.run": "cam_run cam_examples",
+    "pneumolib.cam.localisation": "localisation_table",
+    "pneumolib.tune.engine": "sweep",
+    "pneumolib.tune.storage": "load_sweep",
+    "pneumolib.predict": "predict_files",
+    "pneumolib.course.demo": "run_demo",
+    "pneumolib.course": "colab",
+    # the folders themselves: `pl.evaluate.plot_roc` imports pneumolib.evaluate on first use
+    "pneumolib": "base data core train evaluate cam tune predict course cli",
+}
+__getattr__, __dir__, _names = lazy_exports(__name__, _EXPORTS)
+__all__ = [*_names, "__version__"]

@@ -1,2 +1,13 @@
 """Class activation maps (notebook 05): the maps, a run's maps over a split, localisation scores,
-overlays and the AP-marker shortcut study."""
+overlays and the AP-marker shortcut study. The public calls load on first use."""
+
+from pneumolib.base.lazy import lazy_exports
+
+_EXPORTS = {
+    "pneumolib.cam.maps": "cam grad_cam BinaryLogitTarget ClassTarget",
+    "pneumolib.cam.run": "cam_run cam_examples",
+    "pneumolib.cam.localisation": "localisation_table pointing_game",
+    "pneumolib.cam.figures": "overlay overlay_grid",
+    "pneumolib.cam.shortcut": "shortcut_run shortcut_table",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -30,89 +30,26 @@ One module per job: `plan` (the points, each point's Config, the micro-batch tha
 `storage` (the Optuna storage, the study, sweep.log), `claims` (claiming a point, heartbeats,
 taking over dead or hung trials), `engine` (the worker loop and `sweep`), `results` (the
 table, the best config, seed agreement), `figures`, and `lr_range` (Smith's range test). The
-names below are the public ones: `from pneumolib import tune; tune.sweep(...)`.
+names below are the public ones, loaded on first use: `from pneumolib import tune; tune.sweep(...)`.
 """
 
-from pneumolib.tune.claims import FINISHED, PROGRESS_TIMEOUT_S
-from pneumolib.tune.engine import SweepOptions, sweep, write_report
-from pneumolib.tune.figures import plot_curves, plot_heatmap, plot_slices
-from pneumolib.tune.lr_range import lr_range_test, plot_lr_range, smooth_curve, suggest_lr
-from pneumolib.tune.plan import (
-    AUG_FIELDS,
-    AUG_STRENGTH_RANGE,
-    CPU_MAX_MICRO,
-    LOCAL_FIELDS,
-    LR_RULES,
-    ORIGINAL_BATCH_SIZES,
-    ORIGINAL_LRS,
-    SAMPLERS,
-    WEIGHT_DECAY_RANGE,
-    auto_max_micro_batch,
-    grid_points,
-    pick_micro_batch,
-    run_name,
-    scaled_lr,
-    search_space,
-    trial_config,
-    with_aug_strength,
-)
-from pneumolib.tune.results import (
-    METRICS,
-    TABLE_COLUMNS,
-    best_config,
-    flatness,
-    history_summary,
-    results_table,
-    seed_agreement,
-    seed_verdict,
-    trial_histories,
-    write_best,
-)
-from pneumolib.tune.storage import load_sweep, open_storage, open_study, storage_url, sweep_log
+from pneumolib.base.lazy import lazy_exports
 
-__all__ = [
-    "AUG_FIELDS",
-    "AUG_STRENGTH_RANGE",
-    "CPU_MAX_MICRO",
-    "FINISHED",
-    "LOCAL_FIELDS",
-    "LR_RULES",
-    "METRICS",
-    "ORIGINAL_BATCH_SIZES",
-    "ORIGINAL_LRS",
-    "PROGRESS_TIMEOUT_S",
-    "SAMPLERS",
-    "SweepOptions",
-    "TABLE_COLUMNS",
-    "WEIGHT_DECAY_RANGE",
-    "auto_max_micro_batch",
-    "best_config",
-    "flatness",
-    "grid_points",
-    "history_summary",
-    "load_sweep",
-    "lr_range_test",
-    "open_storage",
-    "open_study",
-    "pick_micro_batch",
-    "plot_curves",
-    "plot_heatmap",
-    "plot_lr_range",
-    "plot_slices",
-    "results_table",
-    "run_name",
-    "scaled_lr",
-    "search_space",
-    "seed_agreement",
-    "seed_verdict",
-    "smooth_curve",
-    "storage_url",
-    "suggest_lr",
-    "sweep",
-    "sweep_log",
-    "trial_config",
-    "trial_histories",
-    "with_aug_strength",
-    "write_best",
-    "write_report",
-]
+_EXPORTS = {
+    "pneumolib.tune.claims": "FINISHED PROGRESS_TIMEOUT_S",
+    "pneumolib.tune.engine": "SweepOptions sweep write_report",
+    "pneumolib.tune.figures": "plot_curves plot_heatmap plot_slices",
+    "pneumolib.tune.lr_range": "lr_range_test plot_lr_range smooth_curve suggest_lr",
+    "pneumolib.tune.plan": (
+        "AUG_FIELDS AUG_STRENGTH_RANGE CPU_MAX_MICRO LOCAL_FIELDS LR_RULES "
+        "ORIGINAL_BATCH_SIZES ORIGINAL_LRS SAMPLERS WEIGHT_DECAY_RANGE auto_max_micro_batch "
+        "grid_points pick_micro_batch run_name scaled_lr search_space trial_config "
+        "with_aug_strength"
+    ),
+    "pneumolib.tune.results": (
+        "METRICS TABLE_COLUMNS best_config flatness history_summary results_table "
+        "seed_agreement seed_verdict trial_histories write_best"
+    ),
+    "pneumolib.tune.storage": "load_sweep open_storage open_study storage_url sweep_log",
+}
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
