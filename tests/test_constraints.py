@@ -64,7 +64,7 @@ def test_lowest_set_pins_exactly_the_declared_lower_bounds():
         assert pins[name].release[: len(bound.release)] == bound.release, (name, pins[name])
 
 
-def test_true_bounds_from_issue_18():
+def test_true_lower_bounds():
     declared = {name: _lower_bound(req) for name, req in _declared().items()}
     assert declared["torch"] >= Version("2.4")  # GradScaler; weights_only checkpoint loads
     assert declared["torchvision"] >= Version("0.19")

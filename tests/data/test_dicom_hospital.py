@@ -1,4 +1,4 @@
-"""DICOMs as hospitals export them (issue 18): files recognised by content whatever their name,
+"""DICOMs as hospitals export them: files recognised by content whatever their name,
 a header without the 128-byte preamble, decoders to install named, causes that libraries
 misname named for what they are, and the chest-radiograph rule. Every file is written here."""
 

@@ -1,4 +1,4 @@
-"""pneumolib.data.dicom against the rules of the DICOM standard (issue 10).
+"""pneumolib.data.dicom against the rules of the DICOM standard.
 
 Each test writes its own small DICOM and computes the expected grey levels from the standard's
 rule in the test itself: LUT output depth (PS3.3 C.11.2.1.1), sample bit depth, palettes
