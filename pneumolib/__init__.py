@@ -1,9 +1,9 @@
 """pneumolib: teachable pneumonia classification on RSNA chest radiographs.
 
     import pneumolib as pl
-    cfg = pl.demo_config("pneumolib_data")
-    pl.make_demo_data(cfg.raw_dir); pl.build_cache(cfg.raw_dir, cfg.cache_dir)
-    pl.fit(cfg); pl.evaluate_run(cfg.run_dir, split="test"); pl.cam_run(cfg.run_dir)
+    cfg = pl.demo_config("pneumolib_demo")
+    pl.make_demo_data(cfg.raw); pl.cache_for(cfg)
+    pl.fit(cfg); pl.evaluate_run(cfg.out, "test"); pl.cam_run(cfg.out, "test")
 
 The calls a notebook makes are here, imported on first use (`import pneumolib` loads no torch).
 The folders, bottom to top, each importing only the ones below it: `base` (torch-free: config,
