@@ -1,5 +1,6 @@
 """Class activation maps (notebook 05): the maps, a run's maps over a split, localisation scores,
-overlays and the AP-marker shortcut study. The public calls load on first use."""
+overlays, the AP-marker shortcut study and the sentences that say what they show. The public
+calls load on first use."""
 
 from pneumolib.base.lazy import lazy_exports
 
@@ -8,6 +9,9 @@ _EXPORTS = {
     "pneumolib.cam.run": "cam_run cam_examples",
     "pneumolib.cam.localisation": "localisation_table pointing_game",
     "pneumolib.cam.figures": "overlay overlay_grid",
-    "pneumolib.cam.shortcut": "shortcut_run shortcut_table",
+    "pneumolib.cam.shortcut": "shortcut_run shortcut_table MARKER_LAYER",
+    "pneumolib.cam.sentences": (
+        "pointing_verdicts shortcut_verdicts pointing_ceiling resolution_sentence"
+    ),
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
