@@ -31,7 +31,7 @@
 # evaluated and compared exactly like the binary runs.
 #
 # Each run writes a **run folder** (`config.json`, `metrics.csv`, `last.pt`, `best.pt`) that
-# notebooks 04 and 05 evaluate. `fit(cfg)` shows a progress bar per epoch and one line per
+# notebooks 04 and 05 evaluate. `pl.fit(cfg)` shows a progress bar per epoch and one line per
 # epoch (loss, validation AUC, accuracy, learning rate, seconds), and saves a complete
 # checkpoint after every epoch, so **nothing is lost when Colab disconnects**: reconnect, run
 # the notebook from the top, and each run continues after its last finished epoch (a finished
@@ -82,17 +82,14 @@ from pathlib import Path
 
 from IPython.display import display
 
-from pneumolib.course import colab
-from pneumolib.evaluate import compare
-from pneumolib.evaluate import run as evaluate
-from pneumolib.train import curves
-from pneumolib.train.loop import fit
+import pneumolib as pl
+from pneumolib.course.results import results_table
 
-paths = colab.default_paths()
-colab.mount_drive(paths.drive)
-profile = colab.choose_profile(paths)
-cfg = colab.config_for(profile, paths)
-print(colab.gpu_report())
+paths = pl.colab.default_paths()
+pl.colab.mount_drive(paths.drive)
+profile = pl.colab.choose_profile(paths)
+cfg = pl.colab.config_for(profile, paths)
+print(pl.colab.gpu_report())
 
 # %% [markdown]
 # ## The cache
@@ -101,23 +98,24 @@ print(colab.gpu_report())
 # missing. Both calls return at once when the data is already there.
 
 # %%
-cache = colab.ensure_cache(cfg, profile)
+cache = pl.colab.ensure_cache(cfg, profile)
 
 # %% [markdown]
 # ## The runs
 #
 # Each run is a `Config` that differs from the profile's preset in a few fields
-# (`colab.study_runs` makes them; read it to change one); `cfg.out` is the run that notebooks
+# (`pl.colab.study_runs` makes them; read it to change one); `cfg.out` is the run that notebooks
 # 04–06 evaluate.
 #
 # **rsna** (GPU): fine-tuning from ImageNet weights is the main run; feature extraction
 # starts from the same weights with a larger learning rate (only the last layer learns);
-# scratch starts from random weights. 10 epochs each, about a minute per epoch on a Colab T4.
+# scratch starts from random weights. The cell below prints each run's epochs and learning
+# rate; each epoch's line says how many seconds it took.
 #
 # **demo** (CPU, no network, so no ImageNet weights): the scratch run comes first and is the
-# main run (the preset's epochs on 128 px synthetic radiographs, seconds each). ImageNet's
+# main run (the preset's epochs on small synthetic radiographs, seconds each). ImageNet's
 # stand-in is `pretext_weights`: a ResNet18 trained on **another task on other images**, to
-# tell AP from PA films on 300 phantoms that are not the demo's patients, as ImageNet is
+# tell AP from PA films on phantoms that are not the demo's patients, as ImageNet is
 # another task on other images for RSNA. Fine-tuning and feature extraction start from it.
 # What to expect, and why: its features know film quality and heart size, not opacities.
 # Feature extraction keeps them frozen, so it can find pneumonia only through what they
@@ -126,7 +124,7 @@ cache = colab.ensure_cache(cfg, profile)
 # question.
 
 # %%
-runs = colab.study_runs(cfg, profile, paths.demo_root)
+runs = pl.colab.study_runs(cfg, profile, paths.demo_root)
 for name, c in runs.items():
     print(
         f"{name:>18}: {c.out}  (mode {c.mode}, task {c.task}, weights {c.weights}, "
@@ -138,11 +136,14 @@ for name, c in runs.items():
 #
 # Watch the bar for the current epoch and the line each epoch ends with; a `*` marks a new
 # best epoch, saved as `best.pt`: a higher validation AUC, or the same AUC at a lower
-# validation loss (a small validation split reaches AUC 1.0 early).
+# validation loss (a small validation split can reach a perfect AUC early). The sentence after
+# the last epoch says which epoch was kept, and whether the last epochs still moved: a val AUC
+# that has flattened out will not be rescued by more epochs.
 
 # %%
 main = next(iter(runs))
-summary = fit(runs[main])
+summary = pl.fit(runs[main])
+print(pl.evaluate.best_epoch_sentence(summary["history"], summary["monitor"]))
 
 # %% [markdown]
 # ## After a disconnect: run the cell again
@@ -155,7 +156,7 @@ summary = fit(runs[main])
 # asks for a new run folder (`cfg.replace(out=...)`).
 
 # %%
-summary = fit(runs[main])
+summary = pl.fit(runs[main])
 print(f"{summary['epochs']} epochs in {summary['out']}; best val AUC {summary['best']:.4f}")
 
 # %% [markdown]
@@ -164,68 +165,63 @@ print(f"{summary['epochs']} epochs in {summary['out']}; best val AUC {summary['b
 # %%
 for name, c in list(runs.items())[1:]:
     print(f"--- {name}")
-    fit(c)
+    pl.fit(c)
 
 # %% [markdown]
 # ## Curves and comparison
 #
 # Loss (train solid, validation dashed) and validation AUC per epoch; the star marks each
 # run's best epoch, the one kept in `best.pt`. The training loss is measured on augmented
-# batches, with positives weighted up (`pos_weight`, about 3.5 on RSNA; the demo draws
-# class-balanced batches instead), the validation loss on plain images at their real class
-# mix, so follow each curve over the epochs rather than comparing the two. The table has the
-# validation metrics at that epoch (accuracy, precision and recall at a 0.5 threshold;
-# notebook 04 picks thresholds properly and reports the test split with confidence intervals)
-# and the training time.
+# batches, with positives weighted up (`pos_weight`, negatives / positives of the training
+# split; the demo draws class-balanced batches instead), the validation loss on plain images
+# at their real class mix, so follow each curve over the epochs rather than comparing the
+# two. The table has the validation metrics at that epoch (accuracy, precision and recall at
+# the default threshold; notebook 04 picks thresholds properly and reports the test split with
+# confidence intervals) and the training time; the sentence under it orders the runs.
 #
-# **On the demo** (45 validation patients, 12 positive) expect best validation AUCs around 0.85
-# for scratch, 0.75 for fine-tuning and 0.7 for feature extraction, the two that start from
-# the AP-vs-PA classifier: pre-training on a task whose features do not see opacities does
-# not help here, and frozen features (feature extraction) help least. The differences are of
-# the size of their intervals at this validation size (about ±0.15), so notebook 04's
-# confidence intervals, not this table, decide whether two modes differ. On RSNA, ImageNet
+# **On the demo** expect scratch first and the two runs that start from the AP-vs-PA
+# classifier behind it, feature extraction last: pre-training on a task whose features do not
+# see opacities does not help here, and frozen features help least. With a few dozen
+# validation patients the gaps are of the size of their confidence intervals, so the paired
+# comparison below, not this table, decides whether two modes differ. On RSNA, ImageNet
 # features (edges, textures) are more general than a view classifier's, and fine-tuning
 # usually wins.
 
 # %%
 folders = {name: c.out for name, c in runs.items()}
-curves.plot_history(folders)
+pl.train.plot_history(folders)
 
 # %%
-curves.best_epochs(folders).round(3)
+best_table = pl.train.best_epochs(folders)
+display(best_table.round(3))
+print(pl.evaluate.best_epochs_sentence(best_table))
 
 # %% [markdown]
 # ## Which mode wins, on the same patients
 #
 # The table above is validation at the best epoch, each run with its own interval. The
 # question the study asks is paired: on the **same test patients**, does fine-tuning rank
-# them better than feature extraction or training from scratch? `compare.compare_runs`
-# evaluates every run on test, resamples the patients once for all runs (1,000 times), and
-# gives each pair's difference with its 95% interval, plus DeLong's test for the AUC
-# difference (`python -m pneumolib compare --run A --run B --run C` from a terminal). A gap
-# whose interval includes 0 is not shown by these patients. The interval is over patients,
-# for one training run per mode: a second seed moves each AUC too (notebook 06 and the
-# README quote figures over seeds).
+# them better than feature extraction or training from scratch? `pl.compare_runs` evaluates
+# every run on test, resamples the patients once for all runs (1,000 times), and gives each
+# pair's difference with its 95% interval, plus DeLong's test for the AUC difference
+# (`python -m pneumolib compare --run A --run B --run C` from a terminal). A gap whose
+# interval includes 0 is not shown by these patients.
 #
-# **On the demo** (45 test patients, 12 positive) scratch reaches a test AUC of about 0.80,
-# fine-tuning about 0.77 and feature extraction about 0.73 from the AP-vs-PA stand-in, and
-# for this seed no pair is shown to differ (scratch − fine-tuning [−0.06, +0.12], scratch −
-# feature extraction [−0.06, +0.26]: both intervals include 0). Over training seeds 0, 1 and 2
-# an order shows (`benchmarks/study_seeds.py`, in the README): scratch 0.85 ± 0.04,
-# fine-tuning 0.81 ± 0.04, feature extraction 0.73 ± 0.00. Scratch beats feature extraction
-# by 0.12 ± 0.04 (the interval excludes 0 in two seeds of three) but fine-tuning by only
-# 0.04 ± 0.02 (in none). Features learnt for a question that does not see opacities help least
-# frozen; letting every layer move almost recovers training from scratch. On RSNA with
-# ImageNet weights the order may well reverse.
+# Read the sentences under the tables: first the runs by test AUC, each with its own
+# interval, then one verdict per pair. On the demo's few dozen test patients expect the
+# order of the validation table and most pairs "not shown to differ": one training run per
+# mode says little, because the interval is over patients and a second seed moves each AUC
+# too. *Over training seeds*, below, shows whether the order holds.
 
 # %%
 for c in runs.values():
-    evaluate.evaluate_run(c.out, "test", figures=False, print_table=False)
+    pl.evaluate_run(c.out, "test", figures=False, print_table=False)
 modes = [runs[m].out for m in ("finetune", "feature-extraction", "scratch")]
-by_mode = compare.compare_runs(modes, "test")
+by_mode = pl.compare_runs(modes, "test")
 display(by_mode["runs"].set_index("run").round(3))
 display(by_mode["pairs"].set_index(["a", "b"]).round(3))
-print("\n".join(compare.verdicts(by_mode)))
+print(pl.evaluate.ranking_sentence(by_mode))
+print("\n".join(pl.verdicts(by_mode)))
 
 # %% [markdown]
 # ## Does the extra label help?
@@ -236,18 +232,41 @@ print("\n".join(compare.verdicts(by_mode)))
 # own class changes how well pneumonia is ranked. Notebook 04 shows the three-class run's
 # own metrics (per-class AUC, the 3 × 3 confusion matrix, macro-F1).
 #
-# **On the demo** the extra label hurts: test AUC about 0.80 for the binary run against 0.67
-# for its three-class twin, a difference of 0.13 whose interval (about [−0.03, +0.29]) only
-# just includes 0 for this seed. It is not one seed's accident: over training seeds 0, 1 and 2
-# the binary run wins every time, by 0.21 ± 0.07, and the interval excludes 0 in two of them
-# (`benchmarks/study_seeds.py`, in the README). The three-class head learns more slowly on 200
-# phantoms, and balanced draws over three classes give the positives a third of each batch
-# instead of half. On RSNA it has not been measured.
+# **On the demo** expect the extra label to hurt: the three-class head learns more slowly on
+# a few hundred phantoms, and balanced draws over three classes give the positives a third of
+# each batch instead of half. Whether one seed's gap is more than resampling noise is what the
+# verdict says; *Over training seeds* below shows whether it repeats. On RSNA it has not been
+# measured.
 
 # %%
-labels = compare.compare_runs([runs[main].out, runs["three-class"].out], "test")
+labels = pl.compare_runs([runs[main].out, runs["three-class"].out], "test")
 display(labels["runs"].set_index("run")[["n", "roc_auc", "roc_auc_lo", "roc_auc_hi"]].round(3))
-print("\n".join(compare.verdicts(labels)))
+print(pl.evaluate.ranking_sentence(labels))
+print("\n".join(pl.verdicts(labels)))
+
+# %% [markdown]
+# ## Over training seeds
+#
+# One training run per mode answers for one seed: the initial weights and the order of the
+# batches move a run's AUC as much as the patients do. `benchmarks/study_seeds.py` trains
+# every run of this notebook's demo study again with other seeds and evaluates each on the
+# same test patients; its results file (`results/study_seeds.json`) holds the test AUC of
+# each mode over the seeds (mean and standard deviation) and how often a paired interval
+# excluded 0. The line under the table says which command made it, when and on what.
+#
+# Look for an order that holds over seeds where a single seed showed none: features learnt
+# for a question that does not see opacities help least when frozen, and letting every layer
+# move recovers most of what training from scratch reaches. On RSNA with ImageNet weights the
+# order may well reverse.
+
+# %%
+try:
+    over_seeds = results_table("study_seeds")
+except pl.UsageError as e:  # a copy of pneumolib without its results/ folder
+    print(e)
+else:
+    display(over_seeds)
+    print(over_seeds.attrs["provenance"])
 
 # %% [markdown]
 # ## The run folder

@@ -11,6 +11,11 @@ _EXPORTS = {
     "pneumolib.evaluate.calibration": "read_calibration fit_calibration",
     "pneumolib.evaluate.multiclass": "class_table confusion_table",
     "pneumolib.evaluate.reference": "compare_with_reference",
+    "pneumolib.evaluate.sentences": (
+        "best_epoch_sentence best_epochs_sentence ranking_sentence split_sentence "
+        "threshold_sentences subgroup_sentence calibration_sentence prior_sentence "
+        "calibration_steps risk_band_sentence three_class_sentence tta_sentence"
+    ),
     "pneumolib.evaluate.figures": (
         "plot_roc plot_pr plot_confusion_grid plot_reliability plot_prob_hist plot_subgroups "
         "sample_predictions_figure wilson_interval"
