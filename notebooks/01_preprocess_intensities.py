@@ -79,18 +79,14 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 import numpy as np
 from IPython.display import display
 
-from pneumolib.course import colab
-from pneumolib.data import explore, intensities
-from pneumolib.data.labels import open_images, read_index, read_stats
-from pneumolib.data.preprocess import cache_for
-from pneumolib.data.synth import make_demo_data
+import pneumolib as pl
 
-paths = colab.default_paths()
-colab.mount_drive(paths.drive)
-profile = colab.choose_profile(paths)
-cfg = colab.config_for(profile, paths)
+paths = pl.colab.default_paths()
+pl.colab.mount_drive(paths.drive)
+profile = pl.colab.choose_profile(paths)
+cfg = pl.colab.config_for(profile, paths)
 if profile == "demo":
-    make_demo_data(paths.raw_demo, **colab.DEMO_DATA)
+    pl.make_demo_data(paths.raw_demo, **pl.colab.DEMO_DATA)
 print(f"raw: {cfg.raw}\ncache: {cfg.cache} ({cfg.cache_size} px)")
 
 # %% [markdown]
@@ -123,10 +119,10 @@ print(f"raw: {cfg.raw}\ncache: {cfg.cache} ({cfg.cache_size} px)")
 # a few minutes on Colab's two CPU cores.
 
 # %%
-cache = cache_for(cfg)
-index = read_index(cache)
-images = open_images(cache)
-stats = read_stats(cache)
+cache = pl.cache_for(cfg)
+index = pl.read_index(cache)
+images = pl.open_images(cache)
+stats = pl.read_stats(cache)
 size = stats.size
 print(f"images: {images.dtype} {images.shape}, {images.nbytes / 2**20:,.0f} MiB")
 print(f"train pixels: mean {stats.mean:.4f}, std {stats.std:.4f} (in [0, 1])")
@@ -142,13 +138,13 @@ index.head()
 # alone predicts the label to a degree, a shortcut a model can learn.
 
 # %%
-tables = explore.dataset_overview(index)
+tables = pl.data.dataset_overview(index)
 for name in ("class_balance", "classes", "view_target", "split_target"):
     print(f"\n{name}")
     display(tables[name])
 
 # %%
-display(explore.overview_figure(index))
+display(pl.data.overview_figure(index))
 
 # %% [markdown]
 # ### Age and sex
@@ -159,7 +155,7 @@ display(explore.overview_figure(index))
 # %%
 display(tables["age_summary"])
 display(tables["sex_target"])
-display(explore.demographics_figure(index))
+display(pl.data.demographics_figure(index))
 
 # %% [markdown]
 # ### The boxes
@@ -171,14 +167,14 @@ display(explore.demographics_figure(index))
 
 # %%
 display(tables["boxes_per_patient"])
-display(explore.box_size_figure(index, size))
+display(pl.data.box_size_figure(index, size))
 
 # %%
 positives = index[index.target == 1]
-heat = explore.box_heatmap(index, size)
-mean_positive = intensities.mean_image(images, positives["row"].to_numpy())
+heat = pl.data.box_heatmap(index, size)
+mean_positive = pl.data.mean_image(images, positives["row"].to_numpy())
 print(f"total box area {heat.sum():,.0f} px^2 over {len(positives):,} positive patients")
-display(explore.box_heatmap_figure(heat, len(positives), background=mean_positive))
+display(pl.data.box_heatmap_figure(heat, len(positives), background=mean_positive))
 
 # %% [markdown]
 # ## Raw intensities
@@ -190,7 +186,7 @@ display(explore.box_heatmap_figure(heat, len(positives), background=mean_positiv
 # "Normal" and the negatives blue, "No Lung Opacity / Not Normal" purple.
 
 # %%
-display(explore.class_examples_figure(images, index, per_class=4))
+display(pl.data.class_examples_figure(images, index, per_class=4))
 
 # %% [markdown]
 # The histograms pool the pixels of up to 500 images per class (a seeded sample); the right
@@ -209,7 +205,7 @@ display(explore.class_examples_figure(images, index, per_class=4))
 # DICOM was windowed to 8 bits.
 
 # %%
-display(intensities.intensity_histograms_figure(images, index, by="class", max_per_group=500))
+display(pl.data.intensity_histograms_figure(images, index, by="class", max_per_group=500))
 
 # %% [markdown]
 # ## Scalings side by side
@@ -241,7 +237,7 @@ display(intensities.intensity_histograms_figure(images, index, by="class", max_p
 # %%
 rng = np.random.default_rng(0)
 examples = [images[r] for r in rng.choice(index["row"].to_numpy(), size=3, replace=False)]
-display(intensities.scalings_figure(examples, stats.mean, stats.std))
+display(pl.data.scalings_figure(examples, stats.mean, stats.std))
 
 # %% [markdown]
 # ## Mean image per class
@@ -252,8 +248,8 @@ display(intensities.scalings_figure(examples, stats.mean, stats.std))
 # shoulders and the borders come from the view and the patients, not from pneumonia.
 
 # %%
-means = intensities.mean_images(images, index, by="class")
-display(intensities.mean_image_figure(means, reference="Normal"))
+means = pl.data.mean_images(images, index, by="class")
+display(pl.data.mean_image_figure(means, reference="Normal"))
 
 # %% [markdown]
 # ## Next

@@ -22,14 +22,15 @@
 # two properties the trainer relies on: the evaluation transform never changes, and the CPU
 # warp (in loader workers) and the GPU warp (whole batches on the GPU) give the same image.
 #
-# The policy is the course's, written as `Config` fields:
+# The policy is the course's, written as `Config` fields (their defaults are the course's
+# arguments; the cache cell below prints the values this notebook uses):
 #
 # | transform | course (torchvision) | `Config` fields |
 # | --- | --- | --- |
-# | tilt | `RandomAffine(degrees=5)` | `rotate_deg` |
-# | translation | `RandomAffine(translate=(0.05, 0.05))` | `translate` |
-# | scale | `RandomAffine(scale=(0.9, 1.1))` | `scale_min`, `scale_max` |
-# | crop | `RandomResizedCrop(224, scale=(0.35, 1))` | `crop_scale_*`, `crop_ratio_*` |
+# | tilt | `RandomAffine(degrees=...)` | `rotate_deg` |
+# | translation | `RandomAffine(translate=...)` | `translate` |
+# | scale | `RandomAffine(scale=...)` | `scale_min`, `scale_max` |
+# | crop | `RandomResizedCrop(224, scale=...)` | `crop_scale_*`, `crop_ratio_*` |
 # | intensity | (none) | `brightness`, `contrast` |
 #
 # The course chains these transforms, resampling the image once per transform. `pneumolib`
@@ -72,17 +73,16 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # %matplotlib inline
 # The package's figure functions return matplotlib Figures without touching pyplot; the inline
 # backend renders each one a cell ends with.
+import cv2
 import numpy as np
 import torch
 
-from pneumolib.core import augment, augment_figures
-from pneumolib.course import colab
-from pneumolib.data.labels import open_images, read_index
+import pneumolib as pl
 
-paths = colab.default_paths()
-colab.mount_drive(paths.drive)
-profile = colab.choose_profile(paths)
-cfg = colab.config_for(profile, paths)
+paths = pl.colab.default_paths()
+pl.colab.mount_drive(paths.drive)
+profile = pl.colab.choose_profile(paths)
+cfg = pl.colab.config_for(profile, paths)
 
 # %% [markdown]
 # ## The cache
@@ -93,9 +93,9 @@ cfg = colab.config_for(profile, paths)
 # once when the data is already there.
 
 # %%
-colab.ensure_cache(cfg, profile)
-index, images = read_index(cfg.cache), open_images(cfg.cache)
-policy = augment.AugmentPolicy.from_config(cfg)
+pl.colab.ensure_cache(cfg, profile)
+index, images = pl.read_index(cfg.cache), pl.open_images(cfg.cache)
+policy = pl.core.AugmentPolicy.from_config(cfg)
 print(f"{len(index):,} images of {images.shape[1]} px; network input {cfg.image_size} px")
 print(policy)
 
@@ -103,10 +103,10 @@ print(policy)
 # ## Each transform alone
 #
 # One positive training radiograph with its expert box (red). Each row keeps one transform of
-# the policy and switches every other one off (`augment_figures.single_transforms`); the first
+# the policy and switches every other one off (`pl.core.single_transforms`); the first
 # column is the evaluation transform (the whole image, resized), the others are random draws, with
 # the drawn parameter above each panel. The box is warped with the same matrix as the image
-# (`augment.warp_boxes`: the four corners warped, then their enclosing box), so it stays on
+# (`pl.core.warp_boxes`: the four corners warped, then their enclosing box), so it stays on
 # the opacity. The last row is the full policy, every transform at once, as training uses it.
 
 # %%
@@ -114,17 +114,16 @@ positives = index[(index.target == 1) & (index.split == "train")]
 example = positives.iloc[0]
 image = np.asarray(images[example.row])
 print(f"patient {example.patientId}: boxes {example.boxes} (cache pixels)")
-augment_figures.show_transforms(
-    image, example.boxes, policy=policy, out_size=cfg.image_size, seed=cfg.seed
-)
+pl.core.show_transforms(image, example.boxes, policy=policy, out_size=cfg.image_size, seed=cfg.seed)
 
 # %% [markdown]
-# Reading the rows: the **tilt** of at most ±5° is about what a patient leaning in the
-# stand gives; **translation** moves the chest by up to 5% of the side; **scale** zooms by
-# ±10% about the centre (black borders appear when it zooms out); the **crop** keeps a random
-# part of the image (here between `crop_scale_min` and 100% of its area, at a slightly
-# changed aspect ratio) and stretches it to the network input, which both zooms in and shifts;
-# **intensity** changes contrast and brightness about mid-grey, as different exposures do.
+# Reading the rows: the **tilt** (up to `rotate_deg` either way) is about what a patient
+# leaning in the stand gives; **translation** moves the chest by up to `translate` of the
+# side; **scale** zooms about the centre (black borders appear when it zooms out); the
+# **crop** keeps a random part of the image (between `crop_scale_min` and all of its area, at
+# a slightly changed aspect ratio) and stretches it to the network input, which both zooms in
+# and shifts; **intensity** changes contrast and brightness about mid-grey, as different
+# exposures do.
 # The full-policy titles list every drawn parameter: tilt, zoom and crop on the first line,
 # the shift on the second, contrast and brightness on the third.
 # None flips left and right (`hflip=False`): the heart lies on the patient's left, which is
@@ -134,15 +133,15 @@ augment_figures.show_transforms(
 # %% [markdown]
 # ## The policy on a training batch
 #
-# The same function the loader runs (`augment.augment_batch_cpu`) on six positive
+# The same function the loader runs (`pl.core.augment_batch_cpu`) on six positive
 # radiographs: each image gets its own draw. The random stream belongs to the batch
-# (`augment.batch_rng(seed, epoch, batch)`), so a batch is the same whatever the number of
+# (`pl.core.batch_rng(seed, epoch, batch)`), so a batch is the same whatever the number of
 # loader workers and whether it is warped on the CPU or on the GPU.
 
 # %%
 batch = positives.iloc[:6]
 rows = batch.row.to_numpy()
-augment_figures.show_policy_grid(
+pl.core.show_policy_grid(
     images[rows], list(batch.boxes), policy=policy, out_size=cfg.image_size, seed=cfg.seed
 )
 
@@ -152,18 +151,18 @@ augment_figures.show_policy_grid(
 # leave the image entirely are dropped, the rest are clipped to it).
 
 # %%
-res = augment.augment_batch_cpu(
+res = pl.core.augment_batch_cpu(
     np.asarray(images[rows]),
     out_size=cfg.image_size,
     policy=policy,
-    rng=augment.batch_rng(cfg.seed, 0, 0),
+    rng=pl.core.batch_rng(cfg.seed, 0, 0),
     train=True,
 )
 print("matrix (cache px -> input px):\n", np.round(res["mats"][0], 3))
 print("box before:", batch.boxes.iloc[0])
 print(
     "box after: ",
-    np.round(augment.warp_boxes(batch.boxes.iloc[0], res["mats"][0], cfg.image_size), 1).tolist(),
+    np.round(pl.core.warp_boxes(batch.boxes.iloc[0], res["mats"][0], cfg.image_size), 1).tolist(),
 )
 
 # %% [markdown]
@@ -175,20 +174,20 @@ print(
 
 # %%
 sample = np.asarray(images[rows])
-ev1 = augment.augment_batch_cpu(
+ev1 = pl.core.augment_batch_cpu(
     sample, out_size=cfg.image_size, policy=policy, rng=None, train=False
 )
-ev2 = augment.augment_batch_cpu(
+ev2 = pl.core.augment_batch_cpu(
     sample, out_size=cfg.image_size, policy=policy, rng=None, train=False
 )
-tr1 = augment.augment_batch_cpu(
-    sample, out_size=cfg.image_size, policy=policy, rng=augment.batch_rng(0, 3, 7), train=True
+tr1 = pl.core.augment_batch_cpu(
+    sample, out_size=cfg.image_size, policy=policy, rng=pl.core.batch_rng(0, 3, 7), train=True
 )
-tr2 = augment.augment_batch_cpu(
-    sample, out_size=cfg.image_size, policy=policy, rng=augment.batch_rng(0, 3, 7), train=True
+tr2 = pl.core.augment_batch_cpu(
+    sample, out_size=cfg.image_size, policy=policy, rng=pl.core.batch_rng(0, 3, 7), train=True
 )
-tr3 = augment.augment_batch_cpu(
-    sample, out_size=cfg.image_size, policy=policy, rng=augment.batch_rng(0, 4, 7), train=True
+tr3 = pl.core.augment_batch_cpu(
+    sample, out_size=cfg.image_size, policy=policy, rng=pl.core.batch_rng(0, 4, 7), train=True
 )
 print("eval twice, identical:              ", np.array_equal(ev1["images"], ev2["images"]))
 print("train, same (seed, epoch, batch):   ", np.array_equal(tr1["images"], tr2["images"]))
@@ -197,17 +196,29 @@ print("train, next epoch, different draw:  ", not np.array_equal(tr1["images"], 
 # %% [markdown]
 # ## CPU warp and GPU warp agree
 #
-# There is one warp, `torch.nn.functional.grid_sample` with exact float coordinates: on a GPU
-# the trainer runs it on whole batches (float out); on a CPU the loader workers run it and
-# round to whole grey levels (uint8 out, a quarter of the bytes). Both read the same matrices.
-# (Not OpenCV's `cv2.warpAffine`: OpenCV 4.x, Colab's included, rounds the source coordinates
-# to 1/32 pixel, which moves sharp edges by grey levels.) One call warps the six images both
-# ways on this machine and prints what it measured; the figure's title comes from the same
-# call. (Without a GPU the torch path runs on the CPU: same code; the figure names the device.)
+# There is one warp, bilinear at exact float coordinates, and both paths read the same
+# matrices. On a GPU the trainer runs torch's `grid_sample` on whole batches (float out). On a
+# CPU the loader workers round it to whole grey levels (uint8 out, a quarter of the bytes),
+# with OpenCV's `cv2.warpAffine` where this machine's OpenCV computes exact bilinear (faster
+# on a worker's single thread), else with `grid_sample` itself. Some OpenCV versions round
+# the source coordinates to 1/32 pixel, which moves sharp edges by grey levels, so the
+# package decides by measuring: `pl.core.cv2_warp_is_exact()` warps a hard test pattern once
+# both ways. The first cell prints which path this machine takes. The second warps the six
+# images both ways and prints what it measured; the figure's title comes from the same call
+# (without a GPU the torch path runs on the CPU: same code; the figure names the device).
+# Look for a difference of at most about half a grey level: the CPU path's rounding.
+
+# %%
+exact = pl.core.cv2_warp_is_exact()
+cpu_warp = "cv2.warpAffine" if exact else "grid_sample, rounded to uint8"
+print(
+    f"OpenCV {cv2.__version__}: warpAffine is {'' if exact else 'not '}exact bilinear on this "
+    f"machine, so the CPU path runs {cpu_warp}"
+)
 
 # %%
 device = "cuda" if torch.cuda.is_available() else "cpu"
-agreement = augment_figures.warp_agreement(
+agreement = pl.core.warp_agreement(
     sample, policy=policy, out_size=cfg.image_size, seed=cfg.seed, device=device
 )
 print(
@@ -216,11 +227,11 @@ print(
     f"mean {agreement['mean']:.3f}, pixels off by more than 1: {agreement['frac_over_1']:.1%}, "
     f"same matrices: {agreement['same_matrices']}"
 )
-augment_figures.compare_warps(agreement, index=0)
+pl.core.compare_warps(agreement, index=0)
 
 # %% [markdown]
 # ## Next
 #
-# Notebook 03 trains a ResNet18 with this policy (`python -m pneumolib train`, or `fit(cfg)`).
-# To try another policy, change the fields, e.g. `cfg.replace(rotate_deg=10, crop_scale_min=0.5)`,
+# Notebook 03 trains a ResNet18 with this policy (`python -m pneumolib train`, or
+# `pl.fit(cfg)`). To try another policy, change the fields, e.g. `cfg.replace(rotate_deg=10)`,
 # and re-run the cells above to see it before spending a training run on it.

@@ -24,7 +24,8 @@
 # 1. make sure a trained run exists (notebook 03 trains it as `cfg.out`),
 # 2. compute CAMs over the validation split and score the true positives against the boxes,
 # 3. look at overlays, and at Grad-CAM on an earlier, finer layer,
-# 4. read the localisation table, with confidence intervals and chance levels.
+# 4. read the localisation table, with confidence intervals and chance levels,
+# 5. catch a shortcut: a model that reads a text marker instead of the lungs.
 #
 # The same from a terminal: `python -m pneumolib cam --run RUN [--split test] [--method
 # gradcam --layer layer2] [--tolerance PX] [--tag NAME]` writes `RUN/cam_<split>.csv`,
@@ -69,19 +70,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from IPython.display import display
 
-from pneumolib.cam import localisation
-from pneumolib.cam.figures import overlay_grid
-from pneumolib.cam.run import cam_examples, cam_run
-from pneumolib.course import colab
-from pneumolib.data.labels import read_index
+import pneumolib as pl
+from pneumolib.course.results import results_table
+from pneumolib.data.provenance import read_truth
 
-paths = colab.default_paths()
-colab.mount_drive(paths.drive)
-profile = colab.choose_profile(paths)
-cfg = colab.config_for(profile, paths)
-run = Path(cfg.out)
-print(f"profile: {profile}; run: {run}")
+paths = pl.colab.default_paths()
+pl.colab.mount_drive(paths.drive)
+profile = pl.colab.choose_profile(paths)
+cfg = pl.colab.config_for(profile, paths)
+run_dir = Path(cfg.out)
+print(f"profile: {profile}; run: {run_dir}")
 
 # %% [markdown]
 # ## The run
@@ -91,7 +91,7 @@ print(f"profile: {profile}; run: {run}")
 # asks you to run notebook 03 first, since training takes a GPU and tens of minutes.
 
 # %%
-colab.ensure_run(cfg, profile)
+pl.colab.ensure_run(cfg, profile)
 
 # %% [markdown]
 # ## CAM and Grad-CAM
@@ -103,24 +103,30 @@ colab.ensure_run(cfg, profile)
 # - **CAM** (Zhou et al., 2016) needs a global-average-pooling + linear head, as ResNet has.
 #   The weights are the head's own: the map is the logit spread over the image (its mean plus
 #   the bias *is* the logit). It exists only for the last layer (`layer4`: 1/32 of the input
-#   side, 7×7 at 224 px, 4×4 on the 128 px demo).
+#   side, a 7×7 grid at 224 px).
 # - **Grad-CAM** (Selvaraju et al., 2017) takes the weights from the gradient of the logit,
 #   averaged over the map, so it works on **any** convolutional layer. On `layer4` of a ResNet
 #   it equals CAM; on `layer3` (1/16) or `layer2` (1/8) the map is finer but its units see less
 #   of the image and are further from the decision.
 #
 # Only the **positive** part is drawn: evidence *for* pneumonia. We score the **true
-# positives** (target 1 and probability ≥ 0.5, a fixed threshold so the scored set does not
-# depend on notebook 04), where "why did it say pneumonia?" has an answer to check.
+# positives** (target 1 and a probability at or above a fixed threshold, so the scored set
+# does not depend on notebook 04), where "why did it say pneumonia?" has an answer to check.
 #
 # Two scores per image, each with its chance level, the fraction of the image the boxes cover
 # (what a map that knew nothing would get on average):
 #
 # - **pointing game**: does the map's maximum lie inside an expert box?
 # - **energy in box**: the share of the map's total mass inside the boxes.
+#
+# The cell prints the summary line of `cam_run` and then what was scored.
 
 # %%
-summary = cam_run(run, "val", n_overlays=16)
+summary = pl.cam_run(run_dir, "val", n_overlays=16)
+print(
+    f"scored: {summary['n']} true positives with a box among {summary['n_images']} val images "
+    f"(target 1, probability at least {summary['threshold']:g}), {cfg.image_size} px inputs"
+)
 
 # %% [markdown]
 # ## True positives, with the expert boxes
@@ -129,14 +135,14 @@ summary = cam_run(run, "val", n_overlays=16)
 # the predicted probability and whether the map's peak hit a box.
 
 # %%
-ids = pd.read_csv(run / "cam_val.csv", dtype={"patientId": str}).patientId.head(8).tolist()
+ids = pd.read_csv(run_dir / "cam_val.csv", dtype={"patientId": str}).patientId.head(8).tolist()
+index = pl.read_index(cfg.cache)
 if not ids:  # a run that predicts no positive: show the first positives instead
-    index = read_index(cfg.cache)
     ids = index[(index.split == "val") & (index.target == 1)].patientId.head(8).tolist()
-ex = cam_examples(run, ids)
-hits = localisation.pointing_game(ex["maps"], ex["boxes"])
+ex = pl.cam_examples(run_dir, ids)
+hits = pl.cam.pointing_game(ex["maps"], ex["boxes"])
 titles = [f"p={p:.2f}  {'hit' if h else 'miss'}" for p, h in zip(ex["probs"], hits, strict=True)]
-overlay_grid(ex["images"], ex["maps"], boxes=ex["boxes"], titles=titles, ncols=4)
+pl.cam.overlay_grid(ex["images"], ex["maps"], boxes=ex["boxes"], titles=titles, ncols=4)
 
 # %% [markdown]
 # ## One image, three layers
@@ -148,8 +154,8 @@ overlay_grid(ex["images"], ex["maps"], boxes=ex["boxes"], titles=titles, ncols=4
 # %%
 pid = ids[0]
 layers = ["layer4", "layer3", "layer2"]
-per_layer = [cam_examples(run, [pid], method="gradcam", layer=name) for name in layers]
-overlay_grid(
+per_layer = [pl.cam_examples(run_dir, [pid], method="gradcam", layer=name) for name in layers]
+pl.cam.overlay_grid(
     [per_layer[0]["images"][0]] * len(layers),
     np.concatenate([e["maps"] for e in per_layer]),
     boxes=per_layer[0]["boxes"] * len(layers),
@@ -163,82 +169,111 @@ overlay_grid(
 # Means over the validation true positives with 95% bootstrap confidence intervals (images
 # resampled). A score means something only against its chance level in the same row; with a
 # few dozen images (the demo) the intervals are wide. Grad-CAM variants are written beside
-# the default files (`cam_val_gradcam_layer3.csv`, ...).
-#
-# Resolution limits the pointing game too: an upsampled map peaks near the centre of its
-# strongest cell, so a box that holds no cell centre cannot be hit. On the 128 px demo,
-# `layer4` is a 4×4 grid of 32 px cells and the opacities' boxes are 15–25 px: even a perfect
-# 4×4 map would hit only about two thirds of them. At 224 px on RSNA (7×7 grid, larger
-# boxes) this matters much less.
-#
-# **On the demo** the validation split has 12 positives, and how many of them the run finds at
-# 0.5 depends on the training seed: 1 for seed 0 (the run shown here, whose best epoch is the
-# 10th of 20, mid-schedule), 11 and 9 for seeds 1 and 2. Over those three seeds no map beats
-# chance reliably: Grad-CAM `layer2` puts its peak in a box for 0.12 ± 0.21 of the true
-# positives (0, 0.36 and 0) against a chance of 0.05, with 0.07 ± 0.05 of its energy in the
-# boxes; `layer3` scores 0.09 ± 0.16 and CAM on `layer4` 0 in every seed
-# (`python benchmarks/cam_seeds.py`, mean ± sd over seeds 0, 1 and 2). The network ranks these
-# phantoms (val AUC 0.82-0.87) from coarse grids and faint or small opacities without its
-# maps landing on them. On the `easy` phantoms (crisp opacities, no label noise; used by the
-# tests) `layer2` does point: 0.66 of its peaks lie in a box and all within one 8 px cell of
-# one (`tests/cam/test_cam_run.py`).
+# the default files (`cam_val_gradcam_layer3.csv`, ...). Below the table, one sentence per
+# map says whether it beats chance: the interval that decides is the paired one of the
+# difference (score minus chance, image by image), not the two intervals side by side.
 
 # %%
 summaries = {"CAM layer4": summary}
 for name in ("layer3", "layer2"):
-    summaries[f"Grad-CAM {name}"] = cam_run(
-        run, "val", n_overlays=0, method="gradcam", layer=name, tag=f"gradcam_{name}"
+    summaries[f"Grad-CAM {name}"] = pl.cam_run(
+        run_dir, "val", n_overlays=0, method="gradcam", layer=name, tag=f"gradcam_{name}"
     )
-localisation.localisation_table(summaries)
+display(pl.cam.localisation_table(summaries))
+print("\n".join(pl.cam.pointing_verdicts(summaries)))
+
+# %% [markdown]
+# Resolution limits the pointing game too: an upsampled map peaks where its strongest cell
+# peaks, so a box that holds no cell's peak cannot be hit, however well the network
+# localises. The cell below scores the best map each layer's grid could draw (each cell as
+# bright as the share of it the boxes cover) on every positive image of the split: that is
+# the ceiling of the pointing game on this data. Coarse grids and small boxes (the demo's)
+# lower it; at 224 px on RSNA (larger boxes) it matters much less.
+
+# %%
+positives = index[(index.split == "val") & (index.target == 1)]
+box_scale = cfg.image_size / pl.read_stats(cfg.cache).size  # cache pixels -> input pixels
+for name, stride in {"layer4": 32, "layer3": 16, "layer2": 8}.items():  # ResNet's strides
+    print(
+        pl.cam.resolution_sentence(
+            positives.boxes, size=cfg.image_size, stride=stride, layer=name, box_scale=box_scale
+        )
+    )
+
+# %% [markdown]
+# **Over training seeds.** One run's table is one draw: on the demo, how many positives the
+# run finds, and where its maps point, change with the training seed. The table below is the
+# same localisation table over several seeds of the demo run (mean and sd over seeds, from
+# `results/cam_seeds.json`, written by `python benchmarks/cam_seeds.py`; the line printed
+# above it says when and on what). Look for a map whose pointing game clears its chance level
+# by more than the spread between seeds, and compare with the val AUCs of notebook 03: a
+# network can rank faint and small opacities well from a coarse grid without its maps landing
+# on them. The `easy` phantoms (crisp opacities, no label noise) are where `layer2` is
+# expected to point, and `tests/cam/test_cam_run.py` checks that it does.
+
+# %%
+try:
+    over_seeds = results_table("cam_seeds", "localisation")
+    print(over_seeds.attrs["provenance"])
+    display(over_seeds)
+except pl.UsageError as e:  # an install or checkout without the results file
+    print(e)
 
 # %% [markdown]
 # ## A shortcut, caught
 #
 # Real portable (AP) films carry burned-in text, and AP films are far more often positive
-# (38% against 9% on RSNA), and the sickest patients are the ones imaged at the bedside. A
-# network rewarded for getting labels right can learn to read the text. To see what that
-# looks like, we train the same model on **the same patients, labels and split with one
-# difference**: a "PORTABLE" marker, planted so that reading it pays (every positive AP film
-# carries it, and a quarter of the negative ones) (`make_demo_data(..., shortcut=True)`; the
-# `demo` profile does this here, about five minutes on one CPU core; the `rsna` profile skips
-# it, as real films cannot be remade without their text). Then two checks that catch it:
-# score the marker model again on the same films with the marker removed (the clean cache),
-# and see where Grad-CAM puts its evidence on the films that carry the marker.
-
-# %%
-from pneumolib.cam import shortcut
-
-if profile == "demo":
-    shortcut_run = shortcut.shortcut_run(cfg, colab.DEMO_DATA, paths.demo_root)
-    print(shortcut.shortcut_table(run, shortcut_run).to_string())
+# (notebook 01's view table shows by how much), since the sickest patients are the ones
+# imaged at the bedside. A network rewarded for getting labels right can learn to read the
+# text. To see what that looks like, we train the same model on **the same patients, labels
+# and split with one difference**: a "PORTABLE" marker, planted so that reading it pays
+# (every positive AP film carries it, and a quarter of the negative ones)
+# (`make_demo_data(..., shortcut=True)`; the `demo` profile does this here, a few minutes on
+# one CPU core; the `rsna` profile skips it, as real films cannot be remade without their
+# text). Then two checks that catch it: score the marker model again on the same films
+# with the marker removed (the clean cache), and see where Grad-CAM puts its evidence on the
+# films that carry the marker. The sentences under the table say what this seed's runs show:
+# look at the AUC with the marker removed against the clean model's, and at how much of the
+# marker model's map lies on the marker against the marker's share of the image.
 
 # %%
 if profile == "demo":
-    from pneumolib.base.config import Config
-    from pneumolib.data.provenance import read_truth
-
-    truth = read_truth(Config.load(shortcut_run / "config.json").raw)
-    index = read_index(cfg.cache)
-    test_ids = set(index.patientId[index.split == "test"])
-    marked = truth[truth.marker & truth.patientId.isin(test_ids)].patientId.head(4).tolist()
-    ex = cam_examples(shortcut_run, marked, method="gradcam", layer=shortcut.MARKER_LAYER)
-    titles = [f"p={p:.2f}  target {t}" for p, t in zip(ex["probs"], ex["targets"], strict=True)]
-    overlay_grid(ex["images"], ex["maps"], boxes=ex["boxes"], titles=titles, ncols=4)
+    marker_run = pl.cam.shortcut_run(cfg, pl.colab.DEMO_DATA, paths.demo_root)
+    marker_table = pl.cam.shortcut_table(run_dir, marker_run)
+    print(marker_table.to_string())
+    print("\n".join(pl.cam.shortcut_verdicts(marker_table, layer=pl.cam.MARKER_LAYER)))
 
 # %% [markdown]
-# **On the demo**, over training seeds 0, 1 and 2 (`python benchmarks/cam_seeds.py`, mean ±
-# sd), the marker model looks better than the clean one (test AUC 0.97 ± 0.02 against
-# 0.85 ± 0.04; 0.99 ± 0.01 on AP films) until the marker is removed from the same films: then
-# its AUC falls to 0.75 ± 0.17 (0.75 ± 0.12 on AP films; PA films carry no marker), below the
-# clean model in two seeds of three (seed 0, shown here: 0.57 against 0.80; seed 1: 0.79
-# against 0.87; seed 2: 0.89 against 0.87). Its `layer4` map has its strongest value on the
-# text (0.95 ± 0.06 on a 0-1 map, against 0.69 ± 0.17 for the clean model at the same spot),
-# and 0.07 ± 0.02 of its evidence lies there, three times the marker's share of the image
-# (0.024). The overlays above show the heat in the top-left corner. Both checks work on real
-# data too: score the model on films whose text is masked, and look at the maps of the films
-# that carry it.
-# (Grad-CAM on `layer2`, the finest map, does not see the text: check the decision layer for
-# shortcuts.)
+# The marker model's maps on test films that carry the marker (the marker sits in the top-left
+# corner): where the heat lies is the second check.
+
+# %%
+if profile == "demo":
+    truth = read_truth(pl.Config.load(marker_run / "config.json").raw)
+    test_ids = set(index.patientId[index.split == "test"])
+    marked = truth[truth.marker & truth.patientId.isin(test_ids)].patientId.head(4).tolist()
+    ex = pl.cam_examples(marker_run, marked, method="gradcam", layer=pl.cam.MARKER_LAYER)
+    titles = [f"p={p:.2f}  target {t}" for p, t in zip(ex["probs"], ex["targets"], strict=True)]
+    pl.cam.overlay_grid(ex["images"], ex["maps"], boxes=ex["boxes"], titles=titles, ncols=4)
+
+# %% [markdown]
+# **Over training seeds.** One seed's shortcut study is one draw too. The table below gives
+# it over several seeds (mean and sd, from `results/cam_seeds.json`). Look at the AUC with the
+# marker removed against the clean model's, and at its spread: a shortcut can cost a lot in
+# one seed and little in another. Then compare the evidence on the marker with the marker's
+# share of the image: a model that reads the text puts far more of its map there than a
+# model that ignores it. Both checks work on real data too:
+# score the model on films whose text is masked, and look at the maps of the films that carry
+# it. (Grad-CAM on `layer2`, the finest map, does not see the text: check the decision layer
+# for shortcuts.)
+
+# %%
+try:
+    over_seeds = results_table("cam_seeds", "shortcut")
+    print(over_seeds.attrs["provenance"])
+    display(over_seeds)
+except pl.UsageError as e:  # an install or checkout without the results file
+    print(e)
 
 # %% [markdown]
 # ## What "looks in the right place" means, and what it does not
@@ -254,14 +289,10 @@ if profile == "demo":
 #   positive map can point anywhere, even at the border, while the AUC is excellent. A low
 #   pointing game is therefore a warning about what the network uses, not a verdict on its
 #   accuracy, and a high one does not prove that it reasons like a radiologist.
-# - Where a network looks settles **later** than how well it classifies. On the `easy`
-#   phantoms, val AUC reaches 1.0 within about 5 epochs, yet after 12 epochs Grad-CAM
-#   `layer2` put its peak in a box for anywhere between 0.47 and 1.00 of the true positives
-#   depending only on the training seed (the misses peaked on the body's edge); after the
-#   preset's 20 epochs it was 0.88-1.00 for 9 of 10 seeds (measured on an earlier torch
-#   build; on this one seed 0 scores 0.66, every miss within one `layer2` cell of its box).
-#   The tenth scored 0.59 although every one of its peaks lay within 6 px of a box: the
-#   strict game cannot tell "on the lesion's edge" from "elsewhere".
+# - Where a network looks can settle **later** than how well it classifies: a run whose val
+#   AUC has reached its ceiling may still put its peaks on the body's edge, and runs that
+#   differ only in the training seed can point very differently. Many misses lie just beside
+#   a box: the strict game cannot tell "on the lesion's edge" from "elsewhere".
 #   `cam_run(..., tolerance=px)` gives the usual tolerant variant (Zhang et al.: 15 px at
 #   224). A perfect AUC does not say the maps have settled: score them on the checkpoint you
 #   will use.

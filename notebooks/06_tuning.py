@@ -81,15 +81,13 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # %matplotlib inline
 from pathlib import Path
 
-from pneumolib import tune
-from pneumolib.base.config import Config
-from pneumolib.course import colab
+import pneumolib as pl
 
-paths = colab.default_paths()
-colab.mount_drive(paths.drive)
-profile = colab.choose_profile(paths)
-cfg = colab.config_for(profile, paths)
-print(colab.gpu_report())
+paths = pl.colab.default_paths()
+pl.colab.mount_drive(paths.drive)
+profile = pl.colab.choose_profile(paths)
+cfg = pl.colab.config_for(profile, paths)
+print(pl.colab.gpu_report())
 
 # %% [markdown]
 # ## The cache
@@ -98,7 +96,7 @@ print(colab.gpu_report())
 # missing. Both calls return at once when the data is already there.
 
 # %%
-colab.ensure_cache(cfg, profile)
+pl.colab.ensure_cache(cfg, profile)
 
 # %% [markdown]
 # ## The study
@@ -112,22 +110,22 @@ colab.ensure_cache(cfg, profile)
 # Colab machines honours neither, so there use a database server.
 #
 # **demo**: the same machinery on a tiny grid — 2 batch sizes × 2 learning rates, one epoch
-# each at 64 px on the synthetic data — that runs on a CPU in well under a minute. One epoch
+# each at 64 px on the synthetic data — that runs quickly on a CPU. One epoch
 # from scratch teaches the network little, so the demo's numbers show the mechanics, and
 # the repeat over seeds below shows how little a single sweep of this size can decide.
 
 # %%
 if profile == "rsna":
-    batch_sizes, lrs = tune.ORIGINAL_BATCH_SIZES, tune.ORIGINAL_LRS
-    base = cfg.replace(epochs=100)
+    batch_sizes, lrs = pl.tune.ORIGINAL_BATCH_SIZES, pl.tune.ORIGINAL_LRS
+    sweep_cfg = cfg.replace(epochs=100)
 else:
     batch_sizes, lrs = (32, 128), (1e-3, 3e-3)  # 2 x 2: each point is trained 3 times below
-    base = cfg.replace(epochs=1, image_size=64)
+    sweep_cfg = cfg.replace(epochs=1, image_size=64)
 SWEEP = Path(cfg.out).parent / "sweep"
 STORAGE = None  # None: SQLite file SWEEP/study.db; or a database URL, or a journal file path
 STUDY = "grid"
-base = base.replace(out=str(SWEEP))
-print(f"{len(batch_sizes)} batch sizes x {len(lrs)} lrs, {base.epochs} epoch(s) per trial")
+sweep_cfg = sweep_cfg.replace(out=str(SWEEP))
+print(f"{len(batch_sizes)} batch sizes x {len(lrs)} lrs, {sweep_cfg.epochs} epoch(s) per trial")
 print(f"sweep folder: {SWEEP}")
 
 # %% [markdown]
@@ -142,12 +140,12 @@ print(f"sweep folder: {SWEEP}")
 
 # %%
 if profile == "rsna":
-    curve = tune.lr_range_test(base.replace(batch_size=64), start=1e-7, end=1.0, steps=100)
+    curve = pl.tune.lr_range_test(sweep_cfg.replace(batch_size=64), start=1e-7, end=1.0, steps=100)
 else:
-    curve = tune.lr_range_test(base.replace(batch_size=32), start=1e-5, end=1.0, steps=24)
-suggested = tune.suggest_lr(curve)
+    curve = pl.tune.lr_range_test(sweep_cfg.replace(batch_size=32), start=1e-5, end=1.0, steps=24)
+suggested = pl.tune.suggest_lr(curve)
 print(f"suggested learning rate: {suggested:.2g}")
-tune.plot_lr_range(curve, suggested)
+pl.tune.plot_lr_range(curve, suggested)
 
 # %% [markdown]
 # ## The sweep
@@ -158,7 +156,7 @@ tune.plot_lr_range(curve, suggested)
 # result is also logged in `SWEEP/grid/sweep.log`.
 
 # %%
-table = tune.sweep(base, batch_sizes=batch_sizes, lrs=lrs, storage=STORAGE, study=STUDY)
+table = pl.tune.sweep(sweep_cfg, batch_sizes=batch_sizes, lrs=lrs, storage=STORAGE, study=STUDY)
 
 # %% [markdown]
 # ## Results
@@ -174,10 +172,10 @@ table.drop(columns=["run_dir"]).round(4)
 # direction the colour hardly changes.
 
 # %%
-tune.plot_heatmap(table, "val_accuracy")
+pl.tune.plot_heatmap(table, "val_accuracy")
 
 # %%
-tune.plot_heatmap(table, "val_precision")
+pl.tune.plot_heatmap(table, "val_precision")
 
 # %% [markdown]
 # The same numbers as slices: accuracy against batch size (one line per learning rate) and
@@ -185,10 +183,10 @@ tune.plot_heatmap(table, "val_precision")
 # range of the metric along each direction, averaged over the other one.
 
 # %%
-tune.plot_slices(table, "val_accuracy")
+pl.tune.plot_slices(table, "val_accuracy")
 
 # %%
-tune.flatness(table, "val_accuracy").round(4)
+pl.tune.flatness(table, "val_accuracy").round(4)
 
 # %% [markdown]
 # Learning curves of all trials (colour: batch size; line style: learning rate). Large
@@ -196,8 +194,8 @@ tune.flatness(table, "val_accuracy").round(4)
 # fewer updates — one reason the large-batch corner can look worse at the same learning rate.
 
 # %%
-study = tune.load_sweep(SWEEP, study=STUDY, storage=STORAGE)
-tune.plot_curves(study)
+study = pl.tune.load_sweep(SWEEP, study=STUDY, storage=STORAGE)
+pl.tune.plot_curves(study)
 
 # %% [markdown]
 # ## Does the best point hold? The same grid over three seeds
@@ -205,28 +203,29 @@ tune.plot_curves(study)
 # A sweep's winner is itself a training result, and one training seed is an anecdote: the
 # same grid point trained again with another seed lands elsewhere. So repeat the grid with
 # two more seeds and ask whether the same point wins, by more than a point moves between
-# seeds (`tune.seed_agreement`). On the demo this takes seconds; on the real data it triples
+# seeds (`pl.tune.seed_agreement`). On the demo this takes seconds; on the real data it triples
 # the sweep's cost, so there it is off unless you set `REPEAT_SEEDS`.
 #
-# **On the demo** one epoch from scratch on 210 phantoms is far too little to rank settings:
-# the winner changes with the seed, or leads by less than the seed-to-seed spread, and the
-# verdict below says so. That is the honest reading of most small sweeps.
+# **On the demo** one epoch from scratch on a few hundred phantoms is very little to rank
+# settings on. The verdict below the table says whether the same point wins in every seed,
+# and by more than the seed-to-seed spread; when it does not, the sweep has not decided, which
+# is the honest reading of most small sweeps.
 
 # %%
 REPEAT_SEEDS = (1, 2) if profile == "demo" else ()
-tables = {base.seed: table}
+tables = {sweep_cfg.seed: table}
 for seed in REPEAT_SEEDS:
-    tables[seed] = tune.sweep(
-        base.replace(seed=seed),
+    tables[seed] = pl.tune.sweep(
+        sweep_cfg.replace(seed=seed),
         batch_sizes=batch_sizes,
         lrs=lrs,
         storage=STORAGE,
         study=f"{STUDY}_seed{seed}",
     )
 if len(tables) > 1:
-    agree = tune.seed_agreement(tables, "val_auc")
+    agree = pl.tune.seed_agreement(tables, "val_auc")
     print(agree["points"][["mean", "std", "min", "max"]].round(3).to_string())
-    print(tune.seed_verdict(agree))
+    print(pl.tune.seed_verdict(agree))
 
 # %% [markdown]
 # ## The best configuration
@@ -238,9 +237,9 @@ if len(tables) > 1:
 
 # %%
 best_path = SWEEP / STUDY / "best_config.json"
-best = tune.write_best(table, best_path, base=base, metric="val_auc")
+best = pl.tune.write_best(table, best_path, base=sweep_cfg, metric="val_auc")
 print(f"{best_path}: batch size {best.batch_size}, lr {best.lr:g}, run {best.out}")
-assert Config.load(best_path) == best
+assert pl.Config.load(best_path) == best
 
 # %% [markdown]
 # ## A second sweep: the learning rate follows the batch size
@@ -254,8 +253,8 @@ assert Config.load(best_path) == best
 # %%
 RUN_SCALED = profile == "demo"
 if RUN_SCALED:
-    scaled = tune.sweep(
-        base,
+    scaled = pl.tune.sweep(
+        sweep_cfg,
         batch_sizes=batch_sizes,
         lrs=lrs[:1],
         storage=STORAGE,
@@ -265,7 +264,7 @@ if RUN_SCALED:
     print(scaled[["batch_size", "base_lr", "lr", "val_auc", "val_accuracy"]].round(4))
 
 # %%
-tune.plot_slices(scaled, "val_accuracy") if RUN_SCALED else None
+pl.tune.plot_slices(scaled, "val_accuracy") if RUN_SCALED else None
 
 # %% [markdown]
 # ## Next

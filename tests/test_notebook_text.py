@@ -77,7 +77,6 @@ def test_every_typed_figure_is_an_allowed_constant_or_reference():
         )
 
 
-@pytest.mark.xfail(strict=False, reason="notebooks 03 and 04 are having their figures removed")
 def test_at_most_a_few_typed_figures_in_all():
     found = _found(FIGURE)
     if len(found) > MAX_FIGURES:

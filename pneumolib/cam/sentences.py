@@ -14,7 +14,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pneumolib.cam.localisation import Boxes, box_mask, pointing_game, scale_boxes
+from pneumolib.cam.localisation import (
+    Boxes,
+    box_mask,
+    parse_boxes,
+    pointing_game,
+    scale_boxes,
+)
 
 
 def _pct(x: float) -> str:
@@ -135,10 +141,10 @@ def resolution_sentence(
     layer: str = "layer4",
     box_scale: float = 1.0,
 ) -> str:
-    """How many of these images even a perfect map on `layer`'s grid (cells of `stride` px at
-    `size` px) could hit in the pointing game (`pointing_ceiling`, same arguments), as a
-    sentence."""
-    hits = pointing_ceiling(boxes, size, stride, box_scale)
+    """How many of these images with a box even a perfect map on `layer`'s grid (cells of
+    `stride` px at `size` px) could hit in the pointing game (`pointing_ceiling`, same
+    arguments; images without a box are left out), as a sentence."""
+    hits = pointing_ceiling([b for b in boxes if parse_boxes(b)], size, stride, box_scale)
     if not len(hits):
         return f"{layer}: no image with a box to score."
     g = size // stride

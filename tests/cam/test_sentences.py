@@ -112,4 +112,9 @@ def test_resolution_sentence():
         "2 of these 3 images (67%): a box that holds no cell's peak cannot be hit, however well "
         "the network localises."
     )
-    assert resolution_sentence([], size=128, stride=32) == "layer4: no image with a box to score."
+    assert resolution_sentence([*boxes, "[]"], size=128, stride=32) == resolution_sentence(
+        boxes, size=128, stride=32
+    )  # an image without a box is left out
+    assert (
+        resolution_sentence(["[]"], size=128, stride=32) == "layer4: no image with a box to score."
+    )
