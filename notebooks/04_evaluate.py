@@ -21,18 +21,23 @@
 #
 # 1. predictions for every patient of a split (`predictions_<split>.csv` in the run folder),
 # 2. ROC AUC, average precision and Brier score with 95% bootstrap confidence intervals,
-# 3. **thresholds chosen on validation** (0.5, Youden, best F1, sensitivity 0.90) and applied
-#    unchanged to test: the test split never picks its own threshold,
-# 4. the published references (course split, validation, threshold 0.5) beside this run,
+# 3. **thresholds chosen on validation** (the default threshold, Youden, best F1 and a
+#    sensitivity target) and applied unchanged to test: the test split never picks its own
+#    threshold,
+# 4. the published references (course split, validation, the default threshold) beside this run,
 # 5. ROC and precision-recall curves, confusion matrices, probability histograms,
 # 6. calibration: why balanced training inflates the probabilities, the prior correction and
-#    a fit on validation (Platt scaling), before/after reliability diagrams, what 0.3 means,
+#    a fit on validation (Platt scaling), before/after reliability diagrams, what a calibrated
+#    risk means,
 # 7. subgroups (AP vs PA view, sex, age band),
 # 8. sample predictions, the most confident mistakes first,
-# 9. test-time augmentation (TTA) as an option.
+# 9. test-time augmentation (TTA) as an option,
+# 10. the three-class twin of notebook 03.
 #
 # The same from a terminal: `python -m pneumolib evaluate --run RUN --split test [--tta]`
 # writes the same files (`metrics_<split>.json`, `figures/*_<split>.png`) and prints a summary.
+# Under each table a cell prints what it shows on this run, in sentences read from the same
+# files; the text between the cells says what to look for and why.
 
 # %%
 PNEUMOLIB_SOURCE = "git+https://github.com/pneumolib/pneumolib"  # @param {type:"string"}
@@ -75,18 +80,15 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from pneumolib.base.fmt import with_ci
-from pneumolib.course import colab
-from pneumolib.evaluate import calibration, compare, multiclass
-from pneumolib.evaluate import figures as evaluate_figures
-from pneumolib.evaluate import run as evaluate
+import pneumolib as pl
+from pneumolib.course.results import results_table
 
-paths = colab.default_paths()
-colab.mount_drive(paths.drive)
-profile = colab.choose_profile(paths)
-cfg = colab.config_for(profile, paths)
-run = Path(cfg.out)
-print(f"profile: {profile}\n    run: {run}\n  cache: {cfg.cache}")
+paths = pl.colab.default_paths()
+pl.colab.mount_drive(paths.drive)
+profile = pl.colab.choose_profile(paths)
+cfg = pl.colab.config_for(profile, paths)
+run_dir = Path(cfg.out)
+print(f"profile: {profile}\n    run: {run_dir}\n  cache: {cfg.cache}")
 
 # %% [markdown]
 # ## The run
@@ -96,8 +98,8 @@ print(f"profile: {profile}\n    run: {run}\n  cache: {cfg.cache}")
 # finished run is not trained again); in `rsna`, train it in notebook 03 first.
 
 # %%
-colab.ensure_run(cfg, profile)
-print(sorted(f.name for f in run.iterdir()))
+pl.colab.ensure_run(cfg, profile)
+print(sorted(f.name for f in run_dir.iterdir()))
 
 # %% [markdown]
 # ## Validation, then test
@@ -109,10 +111,10 @@ print(sorted(f.name for f in run.iterdir()))
 # follow below (`print_table=False`: the command line prints them instead).
 
 # %%
-val = evaluate.evaluate_run(run, "val", cache=cfg.cache, print_table=False)
+val = pl.evaluate_run(run_dir, "val", cache=cfg.cache, print_table=False)
 
 # %%
-test = evaluate.evaluate_run(run, "test", cache=cfg.cache, print_table=False)
+test = pl.evaluate_run(run_dir, "test", cache=cfg.cache, print_table=False)
 
 # %% [markdown]
 # ## The model card
@@ -124,7 +126,7 @@ test = evaluate.evaluate_run(run, "test", cache=cfg.cache, print_table=False)
 # measured. A run trained on synthetic data says so at its top.
 
 # %%
-display(Markdown((run / "MODEL_CARD.md").read_text()))
+display(Markdown((run_dir / "MODEL_CARD.md").read_text()))
 
 # %% [markdown]
 # ## Ranking and calibration, with 95% confidence intervals
@@ -133,31 +135,35 @@ display(Markdown((run / "MODEL_CARD.md").read_text()))
 # expected calibration error (ECE) measure how well the probabilities match the observed
 # frequencies (lower is better). The intervals are percentile bootstrap intervals over
 # patients: with a few hundred test patients they are wide, and two runs whose intervals
-# overlap widely are not shown to differ.
+# overlap widely are not shown to differ. Average precision is read against the share of
+# positives, what a random ranking scores.
 #
-# **On the demo** (45 test patients, 12 positive) the AUC is about 0.8 and its interval spans
-# roughly 0.6 to 0.9: the phantoms are built to be as hard as RSNA (faint and small
-# opacities, look-alikes, label noise; see notebook 01), so no model reaches 1.0 here, and
-# with a few dozen patients one number says little without its interval.
+# **On the demo** look at the width of the AUC interval, not only at the AUC: the phantoms
+# are built to be as hard as RSNA (faint and small opacities, look-alikes, label noise; see
+# notebook 01), so no model reaches a perfect AUC here, and with a few dozen test patients one
+# number says little without its interval.
 
 # %%
-evaluate.summary_table({"val": val, "test": test})
+display(pl.summary_table({"val": val, "test": test}))
+print(pl.evaluate.split_sentence(val))
+print(pl.evaluate.split_sentence(test))
 
 # %% [markdown]
 # ## Thresholds: chosen on validation, applied unchanged to test
 #
-# `0.5` is the default; `youden` maximises sensitivity + specificity − 1, `best_f1` the F1
-# score, `sens@0.90` is the highest threshold that still finds 90% of the positives. All four
+# The threshold named by its value is the fixed default; `youden` maximises sensitivity +
+# specificity − 1, `best_f1` the F1 score, and `sens@…` is the highest threshold that still
+# finds the target share of the positives (the sensitivity target is in its name). All of them
 # come from the validation predictions, on the calibrated probability (see *Calibration*
 # below; calibration moves the numbers, not which patients fall on either side of a chosen
 # point); choosing them on test would make the test numbers optimistic. `predict` applies
 # one of them by name (`--operating-point`, `sens90` by default).
 #
-# **On the demo** the four thresholds differ: Youden and best F1 often coincide, and the
-# 90%-sensitivity threshold sits far lower, buying recall with precision; on calibrated
-# probabilities `0.5` is a demanding threshold, since few patients reach a risk of one in
-# two. Compare the validation and test tables: a threshold tuned on 45 patients does
-# not carry over exactly (Youden's recall falls from about 0.83 on val to 0.5 on test).
+# What to look for: the thresholds differ (Youden and best F1 often coincide, and the
+# sensitivity target sits lower, buying recall with precision; on calibrated probabilities
+# the default is a demanding threshold, since few patients reach a risk of one in two). Then
+# compare recall on val and on test at each threshold: a threshold tuned on a few dozen
+# patients does not carry over exactly, and the sentences under the tables say by how much.
 
 # %%
 pd.DataFrame(
@@ -169,18 +175,19 @@ pd.DataFrame(
 
 # %%
 print("validation")
-display(evaluate.metrics_table(val))
+display(pl.metrics_table(val))
 print("test (thresholds from validation)")
-display(evaluate.metrics_table(test))
+display(pl.metrics_table(test))
+print("\n".join(pl.evaluate.threshold_sentences(val, test)))
 
 # %% [markdown]
 # ## Beside the published references
 #
-# The references are validation accuracy and precision at threshold 0.5 on the **course
-# split** of the **real RSNA data** (the first 24,000 patients train, the rest validation):
-# the course's published checkpoint (0.8458 / 0.700) and the tuned model of the blog post
-# (0.8405 / 0.7025). They compare like with like only for a run on the real data whose cache
-# was built with `--split course`; the JSON says which split rule this cache used.
+# The references are validation accuracy and precision at the default threshold on the
+# **course split** of the **real RSNA data** (the first 24,000 patients train, the rest
+# validation): the course's published checkpoint and the tuned model of the blog post, in the
+# table below beside this run. They compare like with like only for a run on the real data
+# whose cache was built with `--split course`; the note says which split rule this cache used.
 # **In the demo profile the numbers are demo numbers**: the phantoms are made as hard as
 # radiographs on purpose, but they are not radiographs, so a demo score compares with nothing
 # published.
@@ -203,12 +210,12 @@ pd.DataFrame(val["reference"]).set_index("source")[
 # negatives. The precision-recall curve falls early for the same reason.
 
 # %%
-pred_val = evaluate.read_predictions(run, "val")
-pred_test = evaluate.read_predictions(run, "test")
+pred_val = pl.read_predictions(run_dir, "val")
+pred_test = pl.read_predictions(run_dir, "test")
 thresholds = {k: v["threshold"] for k, v in val["thresholds"].items()}
 y, p = pred_test["target"].to_numpy(), pred_test["prob"].to_numpy()
-display(evaluate_figures.plot_roc(y, p, thresholds=thresholds))
-display(evaluate_figures.plot_pr(y, p, thresholds=thresholds))
+display(pl.evaluate.plot_roc(y, p, thresholds=thresholds))
+display(pl.evaluate.plot_pr(y, p, thresholds=thresholds))
 
 # %% [markdown]
 # ## Confusion matrices (test)
@@ -217,23 +224,21 @@ display(evaluate_figures.plot_pr(y, p, thresholds=thresholds))
 # of the lower row is specificity, then sensitivity).
 
 # %%
-evaluate_figures.plot_confusion_grid(y, p, thresholds)
+pl.evaluate.plot_confusion_grid(y, p, thresholds)
 
 # %% [markdown]
 # ## Calibration: from a score to a risk
 #
 # **Why balanced training inflates the probabilities.** A class-balanced batch shows the
 # network a positive half the time, whatever the prevalence π of the population; it learns
-# the odds of that world, so its logit is too high by logit(0.5) − logit(π) (for π = 0.25,
-# about 1.1, which turns a true risk of 0.25 into 0.5). A positive-class weight w (`pos_weight`,
-# by default negatives / positives) does the same: it multiplies the positives' likelihood,
-# adding log w. Both are known in closed form, so `evaluate` first undoes them with the train
-# prevalence (the *prior correction*: p = sigmoid(logit + shift)). A network is rarely exactly
-# the closed form's, though: it can be over- or under-confident (a *temperature* T, p =
-# sigmoid(logit / T + shift)), and its bias can differ from the one the prior predicts. Over
-# three training seeds of `python -m pneumolib demo` (20 epochs) the raw mean probability was
-# 0.35, 0.50 and 0.91 against 24% positive, and the prior correction alone left the third at
-# an expected calibration error of 0.57 (`benchmarks/calibration_seeds.py`).
+# the odds of that world, whose log-odds are 0, so its logit is too high by −logit(π). A
+# positive-class weight w (`pos_weight`, by default negatives / positives) does the same: it
+# multiplies the positives' likelihood, adding log w. Both are known in closed form, so
+# `evaluate` first undoes them with the train prevalence (the *prior correction*: p =
+# sigmoid(logit + shift)); the sentence under the table works it out for this run. A network
+# is rarely exactly the closed form's, though: it can be over- or under-confident (a
+# *temperature* T, p = sigmoid(logit / T + shift)), and its bias can differ from the one the
+# prior predicts (*Over training seeds*, below, shows how much from one seed to the next).
 # So for the binary task `evaluate` fits *Platt scaling* on the validation predictions by
 # default, p = sigmoid(a (logit + shift) + b), minimising their negative log-likelihood: a
 # scale and a bias, starting from the prior correction (`--calibration temperature` keeps the
@@ -244,28 +249,22 @@ evaluate_figures.plot_confusion_grid(y, p, thresholds)
 # --checkpoint RUN/best.pt` applies both with nothing else to pass.
 
 # %%
-cal = calibration.read_calibration(run)
-fit = {"method": cal.method, "prior shift (logit)": round(cal.shift[-1], 3)}
-fit |= {"temperature": round(cal.temperature, 3), "Platt a, b": [round(v, 3) for v in cal.platt]}
-fit |= {"train prevalence": cal.train_prevalence}
-display(pd.Series(fit | {"val prevalence": cal.val_prevalence}, name="calibration.json"))
-pd.Series(cal.operating_points, name="operating points (calibrated val probability)").round(3)
+cal = pl.evaluate.read_calibration(run_dir)
+fitted = {"method": cal.method, "prior shift (logit)": round(cal.shift[-1], 3)}
+fitted |= {"temperature": round(cal.temperature, 3), "Platt a, b": [round(v, 3) for v in cal.platt]}
+fitted |= {"train prevalence": cal.train_prevalence, "val prevalence": cal.val_prevalence}
+display(pd.Series(fitted, name="calibration.json"))
+display(pd.Series(cal.operating_points, name="operating points (calibrated val probability)"))
+print(pl.evaluate.prior_sentence(cal))
 
 # %% [markdown]
 # Step by step on both splits: the network's mean probability, after the prior correction
-# alone, and after the fit, against the share of patients who are positive.
+# alone, and after the fit, against the share of patients who are positive. A calibrated mean
+# close to the share positive is the first thing to check; the diagram below checks it bin by
+# bin.
 
 # %%
-steps = {}
-for name, pred in (("val", pred_val), ("test", pred_test)):
-    logits = calibration.raw_logits(pred[["prob_raw"]].to_numpy())  # binary run: (N, 1)
-    steps[name] = {
-        "raw": pred["prob_raw"].mean(),
-        "prior corrected": calibration.activation(logits + cal.shift)[:, -1].mean(),
-        "calibrated": pred["prob"].mean(),
-        "positive": pred["target"].mean(),
-    }
-pd.DataFrame(steps).T.round(3)
+pl.evaluate.calibration_steps({"val": pred_val, "test": pred_test}, cal).round(3)
 
 # %% [markdown]
 # The test figures before and after, each with its 95% bootstrap interval: expected
@@ -273,12 +272,33 @@ pd.DataFrame(steps).T.round(3)
 
 # %%
 block = test["calibration"]
-pd.DataFrame(
-    {
-        when: {k: with_ci(block[when][k], block[when][f"{k}_ci"]) for k in calibration.FIGURES}
-        for when in ("raw", "calibrated")
-    }
-)
+before_after = {
+    when: {k: pl.with_ci(block[when][k], block[when][f"{k}_ci"]) for k in ("ece", "brier", "nll")}
+    for when in ("raw", "calibrated")
+}
+display(pd.DataFrame(before_after))
+print(pl.evaluate.calibration_sentence(test))
+
+# %% [markdown]
+# ### Over training seeds
+#
+# One run's calibration says little about the next: the raw probabilities of the same recipe
+# trained with another seed can sit far from the share positive in either direction, and the
+# prior correction alone does not always bring them back. `benchmarks/calibration_seeds.py`
+# trains the demo's main run with several seeds and reports, per seed, the mean raw
+# probability and the test ECE raw, after the prior correction alone, with a temperature and
+# with Platt scaling (`results/calibration_seeds.json`; the line under the table says which
+# command made it, when and on what). Look for the method whose ECE stays low on every seed:
+# that is why Platt scaling is the default.
+
+# %%
+try:
+    cal_seeds = results_table("calibration_seeds")
+except pl.UsageError as e:  # a copy of pneumolib without its results/ folder
+    print(e)
+else:
+    display(cal_seeds)
+    print(cal_seeds.attrs["provenance"])
 
 # %% [markdown]
 # The reliability diagram puts the observed frequency of pneumonia (with its 95% Wilson
@@ -289,26 +309,22 @@ pd.DataFrame(
 # few dozen test patients the intervals are wide: calibration is estimated, like any metric.
 
 # %%
-display(evaluate_figures.plot_reliability(y, p, raw=pred_test["prob_raw"].to_numpy()))
-display(evaluate_figures.plot_prob_hist(y, p, thresholds=thresholds))
+display(pl.evaluate.plot_reliability(y, p, raw=pred_test["prob_raw"].to_numpy()))
+display(pl.evaluate.plot_prob_hist(y, p, thresholds=thresholds))
 
 # %% [markdown]
-# **What a calibrated 0.3 means.** Of a hundred patients who are each given 0.3, about thirty
-# have pneumonia: the number is a risk in the population the model was calibrated on (the
-# validation split's). Below, the test patients the
-# calibrated model put between 0.2 and 0.4, how many were positive, and the same band of the
-# raw probabilities. A calibrated probability carries over only to a population like the
-# calibration one: at another hospital, with another prevalence, fit it again on its
+# **What a calibrated risk means.** Of a hundred patients who are each given a calibrated
+# risk p, about 100 p have pneumonia: the number is a risk in the population the model was
+# calibrated on (the validation split's). Below, the test patients the calibrated model put
+# in a band of risks, how many of them were positive, and the same band of the raw
+# probabilities: the calibrated band's share positive should sit near its mean probability,
+# the raw band's need not. A calibrated probability carries over only to a population like
+# the calibration one: at another hospital, with another prevalence, fit it again on its
 # patients (`evaluate` on a validation split of theirs).
 
 # %%
-band = {}
-for name, column in (("calibrated", "prob"), ("raw", "prob_raw")):
-    inside = pred_test[pred_test[column].between(0.2, 0.4)]
-    lo, hi = evaluate_figures.wilson_interval(inside["target"].sum(), max(len(inside), 1))
-    band[name] = {"patients in 0.2-0.4": len(inside), "mean probability": inside[column].mean()}
-    band[name] |= {"positive": inside["target"].mean(), "95% CI": f"[{lo:.2f}, {hi:.2f}]"}
-pd.DataFrame.from_dict(band, orient="index")
+risk_band = (0.2, 0.4)  # around a calibrated risk of 0.3
+print(pl.evaluate.risk_band_sentence(pred_test, *risk_band))
 
 # %% [markdown]
 # ## Subgroups: AP vs PA view, sex, age band (test)
@@ -318,21 +334,22 @@ pd.DataFrame.from_dict(band, orient="index")
 # shows how well it ranks *within* each kind of film. Small groups have wide intervals; "n/a"
 # marks a group where the metric is undefined (e.g. AUC with only one class in the group).
 #
-# **On the demo** AP films are positive about three times as often as PA films (as in RSNA)
-# and look different (portable: flatter, noisier, a larger heart). Here the two views' AUCs
-# are close (about 0.76 for AP, 0.75 for PA), and with 8 AP and 4 PA positives in the test
-# split their intervals span about 0.5-0.95 and 0.46-1.0: with so few positives a subgroup's
-# AUC, or the difference between two, means nothing without its interval. The `<20` age
-# band holds 2 patients, both negative: its AUC is "n/a".
+# **On the demo** AP films are positive more often than PA films (as in RSNA) and look
+# different (portable: flatter, noisier, a larger heart). Compare the two views' AUCs with
+# their intervals: with a handful of positives per view a subgroup's AUC, or the difference
+# between two, means nothing without its interval. The sentences name the groups whose AUC is
+# undefined.
 
 # %%
 sub = pd.DataFrame(test["subgroups"])
 cols = ["variable", "group", "n", "n_pos", "roc_auc", "roc_auc_lo", "roc_auc_hi"]
 cols += ["sensitivity", "specificity"]
-sub[sub["threshold_name"] == "youden"][cols].round(3)
+display(sub[sub["threshold_name"] == "youden"][cols].round(3))
+for variable in ("view", "sex", "age_band"):
+    print(pl.evaluate.subgroup_sentence(test, variable))
 
 # %%
-evaluate_figures.plot_subgroups(sub, "roc_auc", threshold_name="youden", overall=test["roc_auc"])
+pl.evaluate.plot_subgroups(sub, "roc_auc", threshold_name="youden", overall=test["roc_auc"])
 
 # %% [markdown]
 # ## Sample predictions (test)
@@ -348,7 +365,7 @@ evaluate_figures.plot_subgroups(sub, "roc_auc", threshold_name="youden", overall
 # ignored a box drawn on nothing), others are faint opacities or look-alikes.
 
 # %%
-evaluate_figures.sample_predictions_figure(pred_test, cfg.cache, metrics=test, n=12)
+pl.evaluate.sample_predictions_figure(pred_test, cfg.cache, metrics=test, n=12)
 
 # %%
 if profile == "demo":
@@ -364,14 +381,17 @@ if profile == "demo":
 # %% [markdown]
 # ## Test-time augmentation (optional)
 #
-# `tta=True` averages the probabilities over seven deterministic variants of each image (the
-# plain resize, shifts of ±4% along x and y, zoom 0.95 and 1.05; a horizontal flip only for
-# runs trained with flips). Thresholds again come from validation, this time from TTA
-# predictions. It costs seven forward passes per image; the files get a `_tta` suffix.
+# `tta=True` averages the probabilities over deterministic variants of each image (the plain
+# resize, small shifts along x and y and a zoom in and out; a horizontal flip only for runs
+# trained with flips; the sentence names them). Thresholds again come from validation, this
+# time from TTA predictions. It costs one forward pass per variant and image; the files get a
+# `_tta` suffix. Look at whether the AUC moves by more than its interval: on a model that has
+# not learned invariance to these small moves, averaging helps; otherwise it only costs time.
 
 # %%
-test_tta = evaluate.evaluate_run(run, "test", tta=True, cache=cfg.cache)
-evaluate.summary_table({"test": test, "test + TTA": test_tta})
+test_tta = pl.evaluate_run(run_dir, "test", tta=True, cache=cfg.cache)
+display(pl.summary_table({"test": test, "test + TTA": test_tta}))
+print(pl.evaluate.tta_sentence(test, test_tta))
 
 # %% [markdown]
 # ## The three-class head
@@ -382,40 +402,37 @@ evaluate.summary_table({"test": test, "test + TTA": test_tta})
 # to it unchanged; it adds one-vs-rest AUC per class, the 3 × 3 confusion matrix (columns:
 # the most probable class) and macro-F1, each with a 95% bootstrap interval.
 #
-# **On the demo** the three-class twin is weak: one-vs-rest AUCs of about 0.56 (Normal), 0.61
-# (Not Normal) and 0.67 (Lung Opacity), macro-F1 about 0.20, and its most probable class is
-# "Not Normal" for every test patient (only that column of the confusion matrix is filled):
-# after 20 epochs on 200 phantoms its argmax has not learned the classes apart, although its
-# Lung Opacity probability ranks pneumonia better than chance. Its pneumonia AUC is the Lung
-# Opacity row, which is why the comparison below goes against it.
+# **On the demo** expect the three-class twin to be weak: after the demo's epochs on a few
+# hundred phantoms its most probable class can be the same one for nearly every patient (the
+# sentence counts the calls per class), although its Lung Opacity probability may still rank
+# pneumonia better than chance. Its pneumonia AUC is the Lung Opacity row, which is what the
+# comparison below puts against the binary run.
 
 # %%
-three = colab.three_class_run(cfg)
-colab.ensure_run(three, profile)
-evaluate.evaluate_run(three.out, "val", cache=cfg.cache, print_table=False, figures=False)
-test3 = evaluate.evaluate_run(three.out, "test", cache=cfg.cache, print_table=False)
-display(multiclass.class_table(test3["three_class"]))
-display(multiclass.confusion_table(test3["three_class"]))
+three = pl.colab.three_class_run(cfg)
+pl.colab.ensure_run(three, profile)
+pl.evaluate_run(three.out, "val", cache=cfg.cache, print_table=False, figures=False)
+test3 = pl.evaluate_run(three.out, "test", cache=cfg.cache, print_table=False)
+display(pl.evaluate.class_table(test3["three_class"]))
+display(pl.evaluate.confusion_table(test3["three_class"]))
+print(pl.evaluate.three_class_sentence(test3["three_class"]))
 
 # %% [markdown]
 # Does the extra label help the pneumonia AUC? The binary run and its three-class twin on the
 # same test patients, with the paired bootstrap interval of the difference (one resampling of
-# the patients for both runs) and DeLong's test:
+# the patients for both runs) and DeLong's test. The verdict is for one training seed;
+# notebook 03's *Over training seeds* table (`results/study_seeds.json`) shows whether the
+# binary run's lead repeats over seeds.
 
 # %%
-labels = compare.compare_runs([run, three.out], "test")
+labels = pl.compare_runs([run_dir, three.out], "test")
 display(
     labels["pairs"]
     .set_index(["a", "b"])[["roc_auc_diff", "roc_auc_diff_lo", "roc_auc_diff_hi", "delong_p"]]
     .round(3)
 )
-print("\n".join(compare.verdicts(labels)))
-
-# %% [markdown]
-# **On the demo** the binary run leads by about 0.13 [−0.03, +0.29] for this seed, an
-# interval that includes 0, and by 0.21 ± 0.07 over three training seeds, two of which exclude
-# 0 (README, `benchmarks/study_seeds.py`): on these phantoms, with this schedule, the extra
-# label does not help the pneumonia AUC.
+print(pl.evaluate.ranking_sentence(labels))
+print("\n".join(pl.verdicts(labels)))
 
 # %% [markdown]
 # ## The files
@@ -423,5 +440,5 @@ print("\n".join(compare.verdicts(labels)))
 # Everything above is in the run folder, for reports and for notebook 05 (CAM).
 
 # %%
-for f in sorted(run.glob("*_*.*")) + sorted((run / "figures").glob("*.png")):
-    print(f.relative_to(run))
+for f in sorted(run_dir.glob("*_*.*")) + sorted((run_dir / "figures").glob("*.png")):
+    print(f.relative_to(run_dir))

@@ -16,6 +16,7 @@ from pneumolib.base.rundir import CARD, figures_dir, predictions_path
 from pneumolib.cam.localisation import localisation_table
 from pneumolib.data.provenance import read_truth
 from pneumolib.evaluate.run import metrics_table
+from pneumolib.evaluate.sentences import best_epoch_sentence, calibration_sentence
 from pneumolib.train.best_epoch import best_epoch_index
 from pneumolib.tune import seed_agreement, seed_verdict
 
@@ -53,20 +54,16 @@ def data_section(cfg: Config) -> list[str]:
 
 def training_section(cfg: Config, summary: Mapping[str, Any]) -> list[str]:
     hist = summary["history"]
-    i = best_epoch_index(hist, cfg.monitor)
-    best = hist.iloc[i] if i is not None else None
-    tail = hist["val_auc"].iloc[-5:]  # the last (up to) five epochs
     lines = [
         "## Training",
         "",
         f"{cfg.model}, {cfg.mode}, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr:g}, "
         f"{cfg.image_size} px.",
     ]
-    if best is not None:
+    if best_epoch_index(hist, cfg.monitor) is not None:
         lines.append(
-            f"best.pt holds epoch {int(best['epoch'])} (val AUC {best['val_auc']:.3f}); over the "
-            f"last {len(tail)} epochs val AUC stayed between {tail.min():.3f} and "
-            f"{tail.max():.3f}: more epochs do not make this data easy (figures/curves.png)."
+            best_epoch_sentence(hist, cfg.monitor)
+            + " More epochs do not make this data easy (figures/curves.png)."
         )
     return [*lines, ""]
 
@@ -96,33 +93,6 @@ def test_section(metrics: Mapping[str, Any], run: Path) -> list[str]:
         "",
     ]
     return lines
-
-
-def calibration_sentence(test: Mapping[str, Any]) -> str:
-    """What calibration did on test, in the numbers of metrics_test.json's `calibration`
-    block: the mean probability against the share positive, and ECE, before and after."""
-    cal = test.get("calibration")
-    if cal is None:  # metrics written before calibration existed
-        return f"Calibration: expected calibration error {_f(test.get('ece'))} on test."
-    raw, after, frac = cal["raw"], cal["calibrated"], cal["prevalence"]
-    why = (
-        "balanced batches train the model as if half the patients were positive"
-        if raw["mean_prob"] > frac
-        else "the model has not learned to call positives with confidence"
-    )
-    fitted = {
-        "temperature": f"a temperature ({cal['temperature']:.2f})",
-        "platt": "Platt scaling (a scale and a bias)",
-    }.get(cal["method"], "")
-    return (
-        f"Calibration (figures/reliability_test.png): the network's raw probabilities average "
-        f"{raw['mean_prob']:.2f} on test against {frac:.2f} positive ({why}). The prior "
-        f"correction and {fitted or cal['method']}, fitted on val (calibration.json), bring the "
-        f"mean to {after['mean_prob']:.2f} and the expected calibration error from "
-        f"{_f(raw['ece'])} {interval(raw.get('ece_ci'), missing='')} to {_f(after['ece'])} "
-        f"{interval(after.get('ece_ci'), missing='')}, leaving the ranking (AUC) as it was: "
-        "`prob` and `predict`'s `probability` are now a risk, the raw score stays as `prob_raw`."
-    )
 
 
 def view_section(metrics: Mapping[str, Any]) -> list[str]:

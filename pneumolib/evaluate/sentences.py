@@ -60,10 +60,11 @@ def best_epochs_sentence(table: pd.DataFrame) -> str:
     """`train.best_epochs` (one row per run) -> the runs by best validation AUC, highest
     first, each with the epoch it was reached at."""
     rows = table.sort_values("val_auc", ascending=False, na_position="last")
-    parts = [
-        f"{run} {num(r['val_auc'])} (epoch {num(r['best_epoch'])} of {int(r['epochs'])})"
-        for run, r in rows.iterrows()
-    ]
+    parts = []
+    for run, r in rows.iterrows():
+        epoch = r["best_epoch"]  # a float column when a run has no best epoch (NaN)
+        epoch = int(epoch) if epoch is not None and math.isfinite(epoch) else None
+        parts.append(f"{run} {num(r['val_auc'])} (epoch {num(epoch)} of {int(r['epochs'])})")
     return "Best validation AUC, highest first: " + ", ".join(parts) + "."
 
 
