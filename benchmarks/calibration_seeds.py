@@ -2,7 +2,7 @@
 val (where `evaluate` fits RUN/calibration.json) and test, raw against calibrated.
 
     python benchmarks/calibration_seeds.py [--work DIR] [--seeds 0,1,2] [--n-boot 1000]
-        [--epochs N] [--image-size PX] [--quick]
+        [--epochs N] [--image-size PX] [--quick] [--results DIR]
 
 The data are the `demo` command's (`course.demo`: 500 phantoms of 1,024 px, realism "rsna", one
 cache for all seeds) and each run is `demo_config` with only the training seed changed (balanced
@@ -10,8 +10,9 @@ batches; 20 epochs and 128 px unless `--epochs`, `--image-size`; `--quick`: 200 
 epochs, a smoke test). Prints one row per
 seed: test ECE raw -> calibrated (95% bootstrap CIs), Brier and NLL the same way, the mean
 probability raw and calibrated against the share positive, the fitted temperature, and whether
-the test AUC is the same raw and calibrated; writes WORK/results.json. Runs already trained in
-WORK are reused (resume). Not a speed benchmark: a calibration figure quoted over seeds.
+the test AUC is the same raw and calibrated; writes WORK/results.json and RESULTS/
+calibration_seeds.json (`course.results`, default: the repository's results/). Runs already
+trained in WORK are reused (resume). Not a speed benchmark: a calibration figure quoted over seeds.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pneumolib.base.fmt import with_ci
 from pneumolib.base.metrics import expected_calibration_error, reliability
 from pneumolib.base.rundir import read_predictions
 from pneumolib.course.demo import DEMO_N, DEMO_SIZE, make_cache
+from pneumolib.course.results import make_table, script_command, write_results
 from pneumolib.evaluate import calibration as cal
 from pneumolib.evaluate.calibration import read_calibration
 from pneumolib.evaluate.run import evaluate_run
@@ -55,10 +57,12 @@ def one_seed(
     make_cache(base, n=n, size=DEMO_SIZE, progress=False)  # its split is the preset's (seed 0)
     cfg = base.replace(seed=seed, out=str(work / "runs" / name))
     fit(cfg, progress=False)
-    for split in ("val", "test"):
-        m = evaluate_run(
+    val, m = (
+        evaluate_run(
             cfg.out, split, n_boot=n_boot, figures=False, print_table=False, calibration=method
         )
+        for split in ("val", "test")
+    )
     c = m["calibration"]
     pred = read_predictions(cfg.out, "test")
     by_method = _test_ece_by_method(Path(cfg.out), pred)
@@ -69,7 +73,19 @@ def one_seed(
         for when in ("raw", "calibrated"):
             row[f"{k}_{when}"], row[f"{k}_{when}_ci"] = c[when][k], c[when][f"{k}_ci"]
     row |= {"mean_raw": c["raw"]["mean_prob"], "mean_cal": c["calibrated"]["mean_prob"]}
+    row |= {"val_auc": val["roc_auc"], "auc_ci": m["roc_auc_ci"]}
+    row |= {f"auc_{g}": _view_auc(m, g) for g in ("AP", "PA")}
     return row | {"auc_raw": auc_raw, "auc": auc, "method": c["method"], "by_method": by_method}
+
+
+def _view_auc(metrics: dict, view: str) -> float | None:
+    """The test AUC on `view` films, from the subgroup table of `evaluate`'s metrics."""
+    found = [
+        g["roc_auc"]
+        for g in metrics.get("subgroups", [])
+        if g["variable"] == "view" and g["group"] == view
+    ]
+    return found[0] if found else None
 
 
 def _test_ece_by_method(run: Path, pred: pd.DataFrame) -> dict[str, float]:
@@ -114,6 +130,85 @@ def summary_text(rows: pd.DataFrame) -> str:
     return "\n".join([*lines, "", tail])
 
 
+FIGURES = {"ece": "ECE", "brier": "Brier", "nll": "NLL"}  # key in a row -> its column label
+
+
+def _mean_sd(x: pd.Series) -> list[float]:
+    return [float(x.mean()), float(x.std(ddof=1))]
+
+
+def _with_ci(r: dict, key: str) -> list:
+    """[value, low, high] of figure `key` ("ece_raw", ...) of one seed's row."""
+    return [r[key], *(r[f"{key}_ci"] or [None, None])]
+
+
+def _per_seed_tables(rows: pd.DataFrame) -> dict[str, dict]:
+    """One row per seed: "auc" (val, test with its CI, AP and PA films) and "calibration"
+    (test figures raw and calibrated, with 95% CIs, beside the share of positives)."""
+    auc, calibration = [], []
+    for r in rows.to_dict("records"):
+        auc.append(
+            {"seed": r["seed"], "val AUC": r["val_auc"], "test AUC": [r["auc"], *r["auc_ci"]]}
+            | {"test AUC, AP films": r["auc_AP"], "test AUC, PA films": r["auc_PA"]}
+            | {"test n": r["n"], "positives": round(r["prevalence"] * r["n"])}
+        )
+        row = {"seed": r["seed"]}
+        for k, label in FIGURES.items():
+            row |= {f"{label} raw": _with_ci(r, f"{k}_raw")}
+            row |= {f"{label} calibrated": _with_ci(r, f"{k}_calibrated")}
+        row |= {"mean p raw": r["mean_raw"], "mean p calibrated": r["mean_cal"]}
+        row |= {"share positive": r["prevalence"], "T": r["T"]}
+        calibration.append(row | {"AUC same raw and calibrated": bool(r["auc_raw"] == r["auc"])})
+    numbers = ("val AUC", "test AUC, AP films", "test AUC, PA films")
+    cal_numbers = ("mean p raw", "mean p calibrated", "share positive")
+    return {
+        "auc": make_table(auc, formats={"test AUC": "ci:3"} | {c: "num:3" for c in numbers}),
+        "calibration": make_table(
+            calibration,
+            formats={c: "ci:3" for c in calibration[0] if c.split()[0] in FIGURES.values()}
+            | {c: "num:3" for c in cal_numbers}
+            | {"T": "num:2"},
+            notes="Calibrated ECE below raw in every seed, the mean calibrated probability "
+            "near the share positive, and the AUC unchanged.",
+        ),
+    }
+
+
+def results_tables(rows: pd.DataFrame) -> dict[str, dict]:
+    """The tables of results/calibration_seeds.json: per seed "auc" and "calibration", then
+    "summary" (raw against calibrated, mean ± sd over seeds) and "methods" (every calibration
+    method's test ECE)."""
+    n = len(rows)
+    summary = []
+    for k, label in [*FIGURES.items(), ("mean", "mean p")]:
+        raw, cal = rows[f"{k}_raw"], rows["mean_cal" if k == "mean" else f"{k}_calibrated"]
+        summary.append(
+            {"test figure": label, "raw": _mean_sd(raw), "calibrated": _mean_sd(cal)}
+            | {"lower calibrated": f"{int((cal < raw).sum())} of {n}"}
+        )
+    ece = pd.DataFrame(list(rows["by_method"]), index=rows["seed"])
+    methods = [
+        {"method": name, "test ECE": _mean_sd(ece[name])}
+        | {f"seed {seed}": v for seed, v in ece[name].items()}
+        | {"below raw": f"{int((ece[name].to_numpy() < rows['ece_raw'].to_numpy()).sum())} of {n}"}
+        for name in ece.columns
+    ]
+    return _per_seed_tables(rows) | {
+        "summary": make_table(
+            summary,
+            formats={"raw": "mean_sd:3", "calibrated": "mean_sd:3"},
+            notes=f"Test figures over {n} training seeds, raw against calibrated "
+            f"({rows['method'].iloc[0]}, fitted on val).",
+        ),
+        "methods": make_table(
+            methods,
+            formats={"test ECE": "mean_sd:3"} | {f"seed {s}": "num:3" for s in ece.index},
+            notes="Each method fitted on val after the prior correction (none: the prior "
+            "correction alone); test ECE.",
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=None, help="folder (default: a temporary one)")
@@ -123,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image-size", type=int, default=None, help="default: the preset's 128")
     ap.add_argument("--calibration", default=None, help="evaluate's method (default: its own)")
     ap.add_argument("--quick", action="store_true", help="200 phantoms, 3 epochs (smoke test)")
+    ap.add_argument("--results", type=Path, default=None, help="default: the repo's results/")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="calibration_seeds_"))
     rows = [
@@ -141,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_text(table))
     (work / "results.json").write_text(json.dumps(rows, indent=2, default=float))
     print(f"results: {work / 'results.json'}")
+    write_results(
+        "calibration_seeds",
+        results_tables(table),
+        command=script_command(__file__, argv),
+        folder=args.results,
+    )
     return 0 if (table["ece_calibrated"] < table["ece_raw"]).all() else 1
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/full_scale.py [--n 26684] [--work DIR] [--keep] [--distinct 2500]
                                     [--image-size 224] [--steps 5] [--predict-n 3000]
-                                    [--compare OTHER/results.json]
+                                    [--compare OTHER/results.json] [--results DIR]
 
 Data: `--n` RSNA-format DICOMs (JPEG Baseline, `--dicom-size` px square, as `pneumolib.data.synth`
 writes them) with the real label counts scaled to n (at 26,684: 6,012 positive patients with
@@ -32,7 +32,9 @@ missed. CPU seconds (user + system of every finished descendant, `RUSAGE_CHILDRE
 stage costs whatever else loads the machine; the wall clock does not.
 
 Prints a markdown table and writes WORK/results.json (also each process's memory at the peak)
-and WORK/results.md. Exit 1 if a stage fails, a check on its output fails, or a stage's peak
+and WORK/results.md; when every stage ran, also RESULTS/full_scale.json (`course.results`,
+default: the repository's results/: the stages' table, the run's setting, the load average at
+the start). Exit 1 if a stage fails, a check on its output fails, or a stage's peak
 PSS exceeds `--max-gb` (default 6). Without `--keep` the DICOMs and the cache are deleted at
 the end (a temporary WORK entirely).
 """
@@ -58,6 +60,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from pneumolib.course.results import make_table, script_command, write_results  # noqa: E402
 from pneumolib.data.dicom_write import write_dicom  # noqa: E402
 from pneumolib.data.kaggle import verify_layout  # noqa: E402
 from pneumolib.data.preprocess import CLASSES_CSV, IMAGES_DIR, LABELS_CSV  # noqa: E402
@@ -420,6 +423,46 @@ def compare(rows: list[dict], n: int, other: dict) -> str:
     return "\n".join(lines)
 
 
+def per_file_rows(rows: list[dict], other: dict | None) -> list[dict]:
+    """CPU ms per file of each stage (CPU time: the wall clock depends on other load), beside
+    the same stage of `other` (another run's WORK/results.json) when given."""
+    n = next((r["n_files"] for r in rows if r["stage"] == "data"), None)
+    theirs = {r["stage"]: r for r in (other or {}).get("rows", [])}
+    out = []
+    for r in rows:
+        row = {"stage": r["stage"]}
+        o = theirs.get(r["stage"])
+        if other is not None and o is None:
+            continue
+        if o is not None:
+            row[f"CPU ms per file, {other['n']:,} files"] = 1e3 * o["cpu_seconds"] / o["n_files"]
+        row[f"CPU ms per file, {n:,} files"] = 1e3 * r["cpu_seconds"] / r["n_files"]
+        out.append(row)
+    return out
+
+
+def results_tables(rows: list[dict], setting: dict, other: dict | None) -> dict[str, dict]:
+    """The tables of results/full_scale.json: one row per stage, CPU ms per file (against
+    `other`, a smaller run, when given), and the run's setting."""
+    columns = {  # key of a stage's row -> (column, format)
+        "stage": ("stage", "text"),
+        "files": ("files", "text"),
+        "seconds": ("seconds", "num:1"),
+        "cpu_seconds": ("CPU s", "num:1"),
+        "load": ("load", "num:1"),
+        "peak_rss_gb": ("peak RSS GB", "num:2"),
+        "peak_pss_gb": ("peak PSS GB", "num:2"),
+        "peak_hwm_gb": ("largest process GB", "num:2"),
+    }
+    stages = [{label: r[k] for k, (label, _) in columns.items()} for r in rows]
+    per_file = per_file_rows(rows, other)
+    return {
+        "stages": make_table(stages, formats=dict(columns.values()), notes=NOTE),
+        "per_file": make_table(per_file, formats={c: "num:1" for c in per_file[0] if c != "stage"}),
+        "setting": make_table([{"setting": k, "value": v} for k, v in setting.items()]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=RSNA_N, help="DICOMs (default: RSNA's 26,684)")
@@ -439,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--loader-epoch", action="store_true", help="one train epoch of WORK/cache's loader, stop"
     )
+    p.add_argument("--results", type=Path, default=None, help="default: the repo's results/")
     args = p.parse_args(argv)
     if args.n < 60 or args.distinct < 6 or args.predict_n < 1 or args.steps < 1:
         p.error("--n must be >= 60, --distinct >= 6, --predict-n and --steps >= 1")
@@ -583,8 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows, header) + "\n\n" + NOTE
     results = {"n": args.n, "work": str(work), "args": vars(args) | {"compare": None}}
     results |= {"rows": rows, "total_seconds": round(total, 1), "problems": problems}
-    if args.compare:
-        text += "\n\n" + compare(rows, args.n, json.loads(args.compare.read_text()))
+    other = json.loads(args.compare.read_text()) if args.compare else None
+    if other:
+        text += "\n\n" + compare(rows, args.n, other)
     print("\n" + text)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     (work / "results.md").write_text(text + "\n")
@@ -595,6 +640,19 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r["stage"] for r in rows if r["rc"] != 0]
     if failed:
         print(f"failed: {failed[0]} (log: {logs})")
+    else:  # a rehearsal that stopped half way has no figures to quote
+        setting = {"DICOMs": args.n, "distinct phantoms": args.distinct}
+        setting |= {"DICOM px": args.dicom_size, "cache px": args.cache_size}
+        setting |= {"model px": args.image_size, "steps per epoch": args.steps}
+        setting |= {"predicted files": args.predict_n, "workers": args.workers}
+        setting |= {"minutes in all": round(total / 60, 1), "checks failed": len(problems)}
+        write_results(
+            "full_scale",
+            results_tables(rows, setting, other),
+            command=script_command(__file__, argv),
+            folder=args.results,
+            load_avg=[round(x, 2) for x in load0],
+        )
     if not args.keep:  # the DICOMs and the cache are gigabytes at full scale
         for big in ("raw", "cache", "predict_in"):
             shutil.rmtree(work / big, ignore_errors=True)

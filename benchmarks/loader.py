@@ -10,12 +10,14 @@ on the CPU, from the same N cached radiographs, with 2 loader workers each.
   0.05), scale=(0.9, 1.1))`, `RandomResizedCrop(224, scale=(0.35, 1))`.
 
 Usage: python benchmarks/loader.py [--n 2000] [--size 256] [--out-size 224] [--images 4096]
-       [--repeat 2] [--work DIR] [--cache CACHE]
+       [--repeat 2] [--work DIR] [--cache CACHE] [--results DIR]
 
 Without --cache it makes N synthetic radiographs and their cache in --work (a temporary folder
 unless given; a given one is reused on the next run). The first batches of each pipeline
 (worker start-up, page cache) are excluded from the timing; the two pipelines are measured in
 turn `--repeat` times and the best of each is reported, as other load only ever slows a run.
+Writes RESULTS/loader.json (`course.results`, default: the repository's results/): the best of
+each against the other with the ratio, every run, and the load average at the start.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pneumolib.base.config import Config
 from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.loader import make_loader
 from pneumolib.core.runtime import to_device_batch
+from pneumolib.course.results import load_average, make_table, script_command, write_results
 from pneumolib.data.labels import open_images, read_index, read_stats
 from pneumolib.data.preprocess import build_cache
 from pneumolib.data.synth import make_demo_data
@@ -141,6 +144,31 @@ def course_batches(root: Path, out_size: int, mean: float, std: float) -> Iterat
         yield x
 
 
+def results_tables(*, setting: str, pkg: list[float], course: list[float]) -> dict[str, dict]:
+    """The tables of results/loader.json: the best of each pipeline with the ratio, every run."""
+    summary = {
+        "benchmark": f"loader: {setting}",
+        "package img/s": max(pkg),
+        "baseline img/s": max(course),
+        "ratio": max(pkg) / max(course),
+    }
+    runs = [
+        {"run": i + 1, "package img/s": a, "course img/s": b, "ratio": a / b}
+        for i, (a, b) in enumerate(zip(pkg, course, strict=True))
+    ]
+    return {
+        "summary": make_table(
+            [summary],
+            formats={"package img/s": "num:0", "baseline img/s": "num:0", "ratio": "ratio"},
+            notes="Best of the runs of each pipeline (other load only slows a run); the "
+            "baseline is the course's per-sample torchvision pipeline.",
+        ),
+        "runs": make_table(
+            runs, formats={"package img/s": "num:0", "course img/s": "num:0", "ratio": "ratio"}
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="images in the cache")
@@ -150,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2, help="measurements per pipeline (best)")
     ap.add_argument("--work", type=Path, default=None, help="folder for data (default: temp)")
     ap.add_argument("--cache", type=Path, default=None, help="use this cache instead")
+    ap.add_argument("--results", type=Path, default=None, help="default: the repo's results/")
     args = ap.parse_args(argv)
+    load0 = load_average()
 
     tmp = None
     work = args.work or Path(tmp := tempfile.mkdtemp(prefix="pneumolib_bench_"))
@@ -181,6 +211,17 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"loader: package {best_pkg:,.0f} img/s, course {best_course:,.0f} img/s, "
             f"ratio {best_pkg / best_course:.1f}x"
+        )
+        setting = (
+            f"augmented, normalised ({BATCH}, 1, {out}, {out}) float32 batches from {n:,} "
+            f"cached images of {stats.size} px, {WORKERS} workers each"
+        )
+        write_results(
+            "loader",
+            results_tables(setting=setting, pkg=pkg, course=course),
+            command=script_command(__file__, argv),
+            folder=args.results,
+            load_avg=load0,
         )
     finally:
         if tmp:

@@ -2,7 +2,7 @@
 
     python benchmarks/preprocess.py [--n 1000] [--size 1024] [--workers N] [--dir DIR]
                                     [--cache-size 256] [--repeat 1] [--decoder cuda]
-                                    [--template DICOM]
+                                    [--template DICOM] [--results DIR]
 
 Both read the same synthetic RSNA-style DICOMs (JPEG Baseline, `--size` px square, made once
 with `pneumolib.data.synth.make_demo_data` into `--dir`, or a temporary folder that is deleted
@@ -21,7 +21,9 @@ JPEG frame of DICOM (e.g. a real RSNA image), so the decode cost is that of real
   path (skipped with a message where CUDA is not available).
 
 Prints images/s per variant; the last line sums up, e.g.
-`preprocess: package 480 img/s (2 workers), naive 98 img/s, ratio 4.9x`.
+`preprocess: package 480 img/s (2 workers), naive 98 img/s, ratio 4.9x`. Writes
+RESULTS/preprocess.json (`course.results`, default: the repository's results/): that line as a
+table, every variant, where the speed-up comes from, and the load average at the start.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
+from pneumolib.course.results import (  # noqa: E402
+    load_average,
+    make_table,
+    script_command,
+    write_results,
+)
 from pneumolib.data.preprocess import IMAGES_DIR, build_cache, default_workers  # noqa: E402
 from pneumolib.data.synth import make_demo_data  # noqa: E402
 
@@ -151,6 +159,40 @@ def cuda_ready(first_file: Path) -> str | None:
     return None
 
 
+def results_tables(
+    *, benchmark: str, rates: dict[str, tuple[float, float]], package: str, steps: dict[str, float]
+) -> dict[str, dict]:
+    """The tables of results/preprocess.json: `package` (a variant) against the naive loop (the
+    first) with the ratio, every variant's rates, and the speed-up of each step."""
+    naive = next(iter(rates))
+    summary = {
+        "benchmark": benchmark,
+        "package img/s": rates[package][0],
+        "baseline img/s": rates[naive][0],
+        "ratio": rates[package][0] / rates[naive][0],
+    }
+    variants = [
+        {"variant": name, "wall img/s": wall, "images per CPU-second": cpu}
+        for name, (wall, cpu) in rates.items()
+    ]
+    return {
+        "summary": make_table(
+            [summary],
+            formats={"package img/s": "num:0", "baseline img/s": "num:0", "ratio": "ratio"},
+            notes=f"package: {package}; baseline: {naive}.",
+        ),
+        "variants": make_table(
+            variants, formats={"wall img/s": "num:0", "images per CPU-second": "num:0"}
+        ),
+        "steps": make_table(
+            [{"step": k, "speed-up": v} for k, v in steps.items()],
+            formats={"speed-up": "ratio"},
+            notes="Per CPU-second where marked: what each step saves per image, whatever else "
+            "loads the machine.",
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1000, help="number of DICOMs (default 1000)")
@@ -166,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         default="opencv",
         help="cuda: also time build_cache's torchvision nvJPEG path",
     )
+    p.add_argument("--results", type=Path, default=None, help="default: the repo's results/")
     args = p.parse_args(argv)
+    load0 = load_average()
     if args.n < 1 or args.size < 16 or args.workers < 1 or args.repeat < 1:
         p.error("--n, --workers and --repeat must be >= 1 and --size >= 16")
 
@@ -246,6 +290,21 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"preprocess: package {package:.0f} img/s ({w} workers), naive {naive:.0f} img/s, "
             f"ratio {package / naive:.1f}x"
+        )
+        red_w = f"package: reduced decode, {w} workers"
+        red1_wall = rates["package: reduced decode, 1 core"][0]
+        steps = {
+            "packed reader + cache, 1 core (per CPU-second)": full1 / naive_cpu,
+            "reduced-scale decode, 1 core (per CPU-second)": red1 / full1,
+            f"{w} workers over 1 core (wall clock)": package / red1_wall,
+        }
+        benchmark = f"cache build: {n:,} DICOMs of {side}² ({kind}) -> {args.cache_size}²"
+        write_results(
+            "preprocess",
+            results_tables(benchmark=benchmark, rates=rates, package=red_w, steps=steps),
+            command=script_command(__file__, argv),
+            folder=args.results,
+            load_avg=load0,
         )
     finally:
         shutil.rmtree(root / "out", ignore_errors=True)

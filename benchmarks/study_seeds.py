@@ -1,16 +1,17 @@
 """Notebook 03's study over training seeds: the three transfer modes, and the binary head against
 its three-class twin, each compared on the same test patients, seed by seed.
 
-    python benchmarks/study_seeds.py [--work DIR] [--seeds 0,1,2] [--n-boot 1000]
+    python benchmarks/study_seeds.py [--work DIR] [--seeds 0,1,2] [--n-boot 1000] [--results DIR]
 
 On the notebooks' demo profile (the same data, cache and runs as notebook 03:
 `colab.study_runs`, one cache for all seeds), each training seed trains every run, evaluates it
 on val and test, and compares on test (`compare.compare_runs`: paired bootstrap CI of each AUC
 difference, DeLong's p) the three modes with each other and the main run with its three-class
 twin. Prints one row per seed and pair, then per run and pair the mean and standard deviation
-over seeds and in how many seeds the paired interval excludes 0; writes WORK/results.json.
-Runs already trained in WORK are reused (resume). Not a speed benchmark: a training figure,
-quoted over seeds with its spread.
+over seeds and in how many seeds the paired interval excludes 0; writes WORK/results.json and
+the tables `modes`, `pairs` and `per_seed` to RESULTS/study_seeds.json (`course.results`;
+default: the repository's results/). Runs already trained in WORK are reused (resume). Not a
+speed benchmark: a training figure, quoted over seeds with its spread.
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ import pandas as pd
 
 from pneumolib.base.config import Config, demo_config
 from pneumolib.course import colab
+from pneumolib.course.results import make_table, script_command, write_results
 from pneumolib.evaluate.compare import compare_runs
 from pneumolib.evaluate.run import evaluate_run
 from pneumolib.train.loop import fit
 
 MODES = ("scratch", "finetune", "feature-extraction")
+# How the results tables name each run (a pair of the tasks study names the binary run so).
+LABELS = {"finetune": "fine-tuning", "feature-extraction": "feature extraction"}
 
 
 def seed_run(work: Path, seed: int) -> Config:
@@ -57,18 +61,20 @@ def one_seed(work: Path, seed: int, *, n_boot: int) -> tuple[list[dict], list[di
         for r in result["runs"].itertuples():
             aucs[folder[r.run]] = r.roc_auc
         for r in result["pairs"].itertuples():
+            a, b = (LABELS.get(folder[x], folder[x]) for x in (r.a, r.b))
             pairs.append(
                 {
                     "seed": seed,
                     "study": study,
-                    "pair": f"{folder[r.a]} - {folder[r.b]}",
+                    "pair": f"{'binary (scratch)' if study == 'tasks' else a} − {b}",
                     "diff": r.roc_auc_diff,
                     "lo": r.roc_auc_diff_lo,
                     "hi": r.roc_auc_diff_hi,
                     "delong_p": r.delong_p,
                 }
             )
-    return [{"seed": seed, "run": n, "auc": float(a)} for n, a in aucs.items()], pairs
+    runs = [{"seed": seed, "run": LABELS.get(n, n), "auc": float(a)} for n, a in aucs.items()]
+    return runs, pairs
 
 
 def summary_text(runs: pd.DataFrame, pairs: pd.DataFrame) -> str:
@@ -93,11 +99,62 @@ def summary_text(runs: pd.DataFrame, pairs: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def results_tables(runs: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, dict]:
+    """The tables of results/study_seeds.json: test AUC per run and the paired differences, as
+    mean ± sd over seeds, then every seed's pair with its paired CI and DeLong p."""
+    seeds = sorted(runs["seed"].unique().tolist())
+    by_run = []
+    for name, g in runs.groupby("run", sort=False):
+        auc = dict(zip(g.seed, g.auc, strict=True))
+        by_run.append(
+            {"run": name, "test AUC": [g.auc.mean(), g.auc.std(ddof=1)]}
+            | {f"seed {s}": auc.get(s) for s in seeds}
+        )
+    by_pair = []
+    for name, g in pairs.groupby("pair", sort=False):
+        excl = int(((g.lo > 0) | (g.hi < 0)).sum())
+        by_pair.append(
+            {
+                "pair": name,
+                "AUC difference": [g["diff"].mean(), g["diff"].std(ddof=1)],
+                "seeds whose CI excludes 0": f"{excl} of {len(g)}",
+                "lowest DeLong p": g.delong_p.min(),
+                "highest DeLong p": g.delong_p.max(),
+            }
+        )
+    per_seed = [
+        {"seed": r.seed, "pair": r.pair, "AUC difference [paired 95% CI]": [r.diff, r.lo, r.hi]}
+        | {"DeLong p": r.delong_p}
+        for r in pairs.itertuples()
+    ]
+    return {
+        "modes": make_table(
+            by_run,
+            formats={"test AUC": "mean_sd:3"} | {f"seed {s}": "num:3" for s in seeds},
+            notes="Test AUC over training seeds (mean ± sd), then each seed's.",
+        ),
+        "pairs": make_table(
+            by_pair,
+            formats={
+                "AUC difference": "+mean_sd:3",
+                "lowest DeLong p": "num:3",
+                "highest DeLong p": "num:3",
+            },
+            notes="A difference counts where its paired 95% CI excludes 0 in most seeds.",
+        ),
+        "per_seed": make_table(
+            per_seed,
+            formats={"AUC difference [paired 95% CI]": "+ci:3", "DeLong p": "num:4"},
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=None, help="folder (default: a temporary one)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--results", type=Path, default=None, help="default: the repo's results/")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="study_seeds_"))
     all_runs, all_pairs = [], []
@@ -110,6 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     out = {"runs": all_runs, "pairs": all_pairs, "seeds": sorted(runs["seed"].unique().tolist())}
     (work / "results.json").write_text(json.dumps(out, indent=2, default=float))
     print(f"results: {work / 'results.json'}")
+    write_results(
+        "study_seeds",
+        results_tables(runs, pairs),
+        command=script_command(__file__, argv),
+        folder=args.results,
+    )
     return 0 if np.isfinite(runs["auc"]).all() else 1
 
 

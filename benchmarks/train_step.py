@@ -9,12 +9,14 @@ efficiency = pipeline / model only: 1.0 means the input pipeline costs nothing.
 
 Usage: python benchmarks/train_step.py [--size 224] [--batch 256] [--steps 30]
        [--device auto|cpu|cuda] [--n N] [--workers -1] [--work DIR] [--cache CACHE]
-       [--model resnet18] [--compile]
+       [--model resnet18] [--compile] [--results DIR]
 Defaults on CUDA: --size 224 --batch 256 --steps 30; on a CPU (small, minutes):
 --size 128 --batch 16 --steps 5. `--size 224 --batch 16 --steps 5` runs on 2 CPU cores in a
 couple of minutes. `--compile` wraps the model in `torch.compile` for both measurements (the
 warm-up steps absorb the compilation). On CUDA the run also prints the peak GPU memory
-(`torch.cuda.max_memory_allocated`) over all its steps.
+(`torch.cuda.max_memory_allocated`) over all its steps. Writes RESULTS/train_step.json
+(`course.results`, default: the repository's results/): both rates and the efficiency, the
+setting, and the load average at the start.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.loader import make_loader
 from pneumolib.core.models import build_model, trainable_parameters
 from pneumolib.core.runtime import amp_dtype, resolve_device, to_device_batch
+from pneumolib.course.results import load_average, make_table, script_command, write_results
 from pneumolib.data.labels import read_index, read_stats
 from pneumolib.train.setup import accumulate_gradients, make_optimizer, seed_everything
 
@@ -61,6 +64,28 @@ def timed(step: Callable[[], int], steps: int, warmup: int, device: torch.device
     return seen / (time.perf_counter() - t0)
 
 
+def results_tables(
+    *, benchmark: str, pipeline: float, model_only: float, setting: dict
+) -> dict[str, dict]:
+    """The tables of results/train_step.json: both rates with the efficiency, and the setting."""
+    summary = {
+        "benchmark": benchmark,
+        "package img/s": pipeline,
+        "baseline img/s": model_only,
+        "ratio": pipeline / model_only,
+    }
+    return {
+        "summary": make_table(
+            [summary],
+            formats={"package img/s": "num:1", "baseline img/s": "num:1", "ratio": "ratio"},
+            notes="package: the whole input pipeline and the step; baseline: the model alone on "
+            "a batch already on the device; the ratio is the efficiency (1.00: the pipeline "
+            "costs nothing).",
+        ),
+        "setting": make_table([{"setting": k, "value": v} for k, v in setting.items()]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=None, help="network input side, px")
@@ -80,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="use this cache instead")
     ap.add_argument("--model", default="resnet18", help="torchvision architecture name")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--results", type=Path, default=None, help="default: the repo's results/")
     args = ap.parse_args(argv)
+    load0 = load_average()
 
     device = resolve_device(args.device)
     d = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
@@ -177,12 +204,30 @@ def main(argv: list[str] | None = None) -> int:
         full.close()  # stops the loader workers: the model alone gets every core
         model_only = timed(lambda: train_step(x0, y0), steps, warmup, device)
         print(f"model only: {model_only:,.1f} img/s")
+        peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
         if cuda:
-            peak = torch.cuda.max_memory_allocated(device)
-            print(f"peak GPU memory: {peak / 2**30:.2f} GiB (max_memory_allocated, both runs)")
+            print(f"peak GPU memory: {peak:.2f} GiB (max_memory_allocated, both runs)")
         print(
             f"train_step: pipeline {pipeline:,.1f} img/s, model-only {model_only:,.1f} img/s, "
             f"efficiency {pipeline / model_only:.2f}"
+        )
+        where = "GPU" if cuda else "CPU"
+        setting = {"model": args.model, "image px": size, "batch": batch, "timed steps": steps}
+        setting |= {"warm-up steps": warmup, "device": name, "amp": str(dtype)}
+        setting |= {"channels_last": channels_last, "compile": args.compile}
+        setting |= {"warp": "GPU" if gpu_warp else f"CPU in {workers} workers"}
+        setting |= {"peak GPU memory, GiB": None if peak is None else round(peak, 2)}
+        write_results(
+            "train_step",
+            results_tables(
+                benchmark=f"train step, {args.model} at {size} px, batch {batch} ({where})",
+                pipeline=pipeline,
+                model_only=model_only,
+                setting=setting,
+            ),
+            command=script_command(__file__, argv),
+            folder=args.results,
+            load_avg=load0,
         )
     finally:
         if tmp:

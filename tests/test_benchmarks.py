@@ -1,17 +1,21 @@
 """benchmarks/gpu_check.sh: its CPU side runs, says the GPU stages were skipped, prints the
-table; the 24,000-row epoch cache it tiles has the exact `preprocess` cache format."""
+table; the 24,000-row epoch cache it tiles has the exact `preprocess` cache format; a benchmark
+writes its results file (`course.results`) with every provenance field."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pneumolib.course import results
 from pneumolib.data.labels import open_images, read_index, read_stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +32,7 @@ def _gpu_check_module():
 def test_gpu_check_without_a_gpu_runs_the_cpu_side_and_prints_the_table(tmp_path: Path):
     # CUDA hidden: on a machine with a GPU this still takes the quick CPU path.
     env = {**os.environ, "GPU_CHECK_N": "50", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp_path)}
+    committed = {p.name: p.read_bytes() for p in (ROOT / "results").glob("*.json")}
     report = tmp_path / "report"
     res = subprocess.run(
         ["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--report", str(report)],
@@ -50,6 +55,8 @@ def test_gpu_check_without_a_gpu_runs_the_cpu_side_and_prints_the_table(tmp_path
     assert sum(r[2] == "skipped" for r in rows) == 7  # cuda decode, probe, 4 train steps, epoch
     assert (report / "table.md").read_text().count("\n") == len(rows) + 2
     assert not list(tmp_path.glob("pneumolib_gpu_check*"))  # no work folder left behind
+    # its train_step.py runs leave the committed figures alone (a test run writes no results/)
+    assert {p.name: p.read_bytes() for p in (ROOT / "results").glob("*.json")} == committed
 
 
 def test_tiled_epoch_cache_has_the_cache_format(demo_cache: Path, tmp_path: Path):
@@ -86,3 +93,30 @@ def test_decode_agreement_of_a_cache_with_itself_and_with_a_shifted_copy(
     idx.assign(boxes=idx.boxes.map(str)).to_csv(other / "index.csv", index=False)
     mean, worst = gc._agreement(demo_cache, other)
     assert 0 < worst <= 2 and np.isclose(mean, worst / 15, atol=0.01)
+
+
+def test_a_quick_benchmark_run_writes_its_results_file_with_its_provenance(tmp_path: Path):
+    args = ["--n", "64", "--size", "64", "--out-size", "32", "--images", "64", "--repeat", "1"]
+    args += ["--work", str(tmp_path / "work"), "--results", str(tmp_path / "results")]
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/loader.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert re.search(r"^loader: package [\d,]+ img/s, course [\d,]+ img/s", res.stdout, re.M)
+    record = json.loads((tmp_path / "results" / "loader.json").read_text())
+    assert set(results.FIELDS) <= set(record)
+    assert record["command"] == ["python", "benchmarks/loader.py", *args]  # argv as run
+    assert set(results.VERSIONS) <= set(record["versions"]) and record["versions"]["torch"]
+    assert set(results.MACHINE) <= set(record["machine"])
+    assert record["machine"]["torch_threads"] == 1  # loader.py runs the consumer on one thread
+    assert len(record["load_average"]) == 3
+    summary = record["tables"]["summary"]
+    assert summary["columns"] == ["benchmark", "package img/s", "baseline img/s", "ratio"]
+    row = summary["rows"][0]
+    assert row["ratio"] == pytest.approx(row["package img/s"] / row["baseline img/s"])
+    rendered = results.render_markdown("loader", folders=[tmp_path / "results"])
+    assert "--work DIR --results DIR` on " in rendered.splitlines()[-1]

@@ -167,3 +167,26 @@ def test_the_train_loader_resolves_workers_the_same_way():
     from pneumolib.core import loader
 
     assert loader.default_workers is default_workers
+
+
+def test_results_command_checks_then_rewrites_the_stale_blocks(tmp_path, monkeypatch, capsys):
+    from pneumolib.course.results import make_table, write_results
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "docs").mkdir()
+    table = make_table([{"benchmark": "loader", "ratio": 8.03}], formats={"ratio": "ratio"})
+    write_results("loader", {"summary": table}, command=["python"], folder=tmp_path / "results")
+    block = "<!-- results: loader -->\n| typed | 8.1× |\n<!-- /results -->\n"
+    (tmp_path / "README.md").write_text("# r\n\n" + block)
+    (tmp_path / "docs" / "performance.md").write_text(block)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["results", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "stale: README.md: loader" in out and "stale: docs/performance.md: loader" in out
+    assert "8.1×" in (tmp_path / "README.md").read_text()  # --check changes nothing
+    assert cli.main(["results"]) == 0
+    assert "| loader | 8.03× |" in (tmp_path / "README.md").read_text()
+    assert cli.main(["results", "--check"]) == 0
+    assert "agree with results/ in 2 file(s)" in capsys.readouterr().out

@@ -146,6 +146,27 @@ def publish_cli(repo: str | None, branch: str | None, *, check: bool) -> int:
     return 1 if problems else 0
 
 
+def results_cli(*, check: bool) -> int:
+    """`python -m pneumolib results`: re-render every results block of README.md,
+    data_README.md and docs/*.md from the repository's results/ (`course.results`); with
+    `check`, change nothing and exit 1 naming each stale block."""
+    import os
+
+    from pneumolib.course import publish, results
+
+    root = publish.find_root()
+    paths = [Path(os.path.relpath(p)) for p in results.documents(root)]
+    blocks = results.sync_tables(paths, check=check, folders=[root / "results"])
+    for block in blocks:
+        print(f"{'stale' if check else 'rewritten'}: {block}")
+    if check and blocks:
+        print("to re-render them from results/: python -m pneumolib results")
+        return 1
+    if not blocks:
+        print(f"results tables agree with results/ in {len(paths)} file(s)")
+    return 0
+
+
 def _parse_list(text: str, kind: type, flag: str) -> list:
     """`16,32,64` -> [16, 32, 64]; a one-line error naming `flag` on a bad, empty or
     non-positive list."""

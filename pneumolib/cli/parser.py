@@ -21,6 +21,7 @@ from pneumolib.cli.commands import (
     predict_command,
     preprocess_cli,
     publish_cli,
+    results_cli,
     train_command,
     tune_cli,
 )
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compare,
         _add_card,
         _add_publish,
+        _add_results,
     ):
         add(sub)
     return ap
@@ -312,3 +314,9 @@ def _add_publish(sub) -> None:
     )
     p.add_argument("--check", action="store_true", help="only list disagreements; exit 1 if any")
     p.set_defaults(func=lambda args: publish_cli(args.repo, args.branch, check=args.check))
+
+
+def _add_results(sub) -> None:
+    p = sub.add_parser("results", help="re-render the README's and docs' tables from results/")
+    p.add_argument("--check", action="store_true", help="only list stale tables; exit 1 if any")
+    p.set_defaults(func=lambda args: results_cli(check=args.check))
