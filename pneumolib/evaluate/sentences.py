@@ -88,7 +88,7 @@ def ranking_sentence(result: Mapping[str, pd.DataFrame]) -> str:
 def split_sentence(metrics: Mapping[str, Any]) -> str:
     """`metrics_<split>.json` -> its ROC AUC and average precision with their 95% intervals,
     the AP of a random ranking (the prevalence) and how wide the AUC interval is."""
-    auc_ci = metrics.get("roc_auc_ci")
+    auc_ci = metrics.get("roc_auc_ci") or [None, None]
     width = (
         f"; the AUC interval is {num(auc_ci[1] - auc_ci[0])} wide"
         if interval(auc_ci)
