@@ -73,7 +73,7 @@ import pandas as pd
 from IPython.display import display
 
 import pneumolib as pl
-from pneumolib.course.results import results_table
+from pneumolib.course import results
 from pneumolib.data.provenance import read_truth
 
 paths = pl.colab.default_paths()
@@ -213,7 +213,7 @@ for name, stride in {"layer4": 32, "layer3": 16, "layer2": 8}.items():  # ResNet
 
 # %%
 try:
-    over_seeds = results_table("cam_seeds", "localisation")
+    over_seeds = results.results_table("cam_seeds", "localisation")
     print(over_seeds.attrs["provenance"])
     display(over_seeds)
 except pl.UsageError as e:  # an install or checkout without the results file
@@ -269,7 +269,7 @@ if profile == "demo":
 
 # %%
 try:
-    over_seeds = results_table("cam_seeds", "shortcut")
+    over_seeds = results.results_table("cam_seeds", "shortcut")
     print(over_seeds.attrs["provenance"])
     display(over_seeds)
 except pl.UsageError as e:  # an install or checkout without the results file

@@ -125,12 +125,19 @@ def pointing_ceiling(
         return np.zeros(0, dtype=bool)
     boxes = [scale_boxes(b, box_scale) for b in boxes]
     g = size // stride
-    masks = np.stack([box_mask(b, size, size) for b in boxes]).astype(np.float32)  # (B, S, S)
-    cells = masks.reshape(len(boxes), g, stride, g, stride).mean(axis=(2, 4))  # (B, g, g)
-    maps = F.interpolate(
-        torch.from_numpy(cells)[:, None], size=(size, size), mode="bilinear", align_corners=False
-    )[:, 0]
-    return pointing_game(maps, boxes)
+    out = []
+    for i in range(0, len(boxes), 256):  # in chunks: a few MB of masks at a time
+        part = boxes[i : i + 256]
+        masks = np.stack([box_mask(b, size, size) for b in part]).astype(np.float32)  # (b, S, S)
+        cells = masks.reshape(len(part), g, stride, g, stride).mean(axis=(2, 4))  # (b, g, g)
+        maps = F.interpolate(
+            torch.from_numpy(cells)[:, None],
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+        )[:, 0]
+        out.append(pointing_game(maps, part))
+    return np.concatenate(out)
 
 
 def resolution_sentence(

@@ -98,6 +98,8 @@ def test_pointing_ceiling_a_box_without_a_cell_peak_cannot_be_hit():
     ]
     np.testing.assert_array_equal(pointing_ceiling(boxes, 128, 32), [True, True, False, False])
     assert pointing_ceiling(boxes, 128, 8).all()  # on a fine grid every box holds a peak
+    many = pointing_ceiling(boxes * 75, 128, 32)  # more images than one chunk
+    np.testing.assert_array_equal(many, [True, True, False, False] * 75)
     halved = ["[[0, 0, 16, 16]]", "[[20, 20, 5, 5]]", "[[5, 5, 2.5, 2.5]]", "[[40, 10, 3, 3]]"]
     np.testing.assert_array_equal(pointing_ceiling(halved, 128, 32, box_scale=2.0), [1, 1, 0, 0])
     assert pointing_ceiling([], 128, 32).shape == (0,)
