@@ -75,8 +75,9 @@ NAMES = {
 FIELDS = ("schema", "name", "command", "date", "versions", "machine", "load_average", "tables")
 VERSIONS = ("python", "pneumolib", "torch", "torchvision", "numpy", "opencv", "pydicom", "pandas")
 MACHINE = ("cpu", "cpu_count", "torch_threads", "omp_num_threads", "gpu", "platform")
-# Options whose value is a folder of the machine that ran the command: shown as DIR when rendered.
-FOLDER_OPTIONS = ("--work", "--results", "--dir", "--cache")
+# Options whose value is a path of the machine that ran the command: rendered as a placeholder.
+PATH_OPTIONS = {"--work": "DIR", "--results": "DIR", "--dir": "DIR", "--cache": "CACHE"}
+PATH_OPTIONS |= {"--compare": "OTHER/results.json"}
 # versions key -> (its module, the distributions that install it)
 _PACKAGES = {
     "torch": ("torch", ("torch",)),
@@ -352,15 +353,15 @@ def format_cell(value: Any, spec: str | None = None) -> str:
 
 
 def shown_command(command: Sequence[str]) -> str:
-    """The command as a reader would type it: a folder of the machine that ran it (the value of
-    `--work`, `--results`, ...) shown as DIR."""
+    """The command as a reader would type it: a path of the machine that ran it (the value of
+    `--work`, `--results`, ...) shown as a placeholder (DIR)."""
     args = list(command)
     for i, a in enumerate(args):
         option = a.split("=", 1)[0]
-        if option in FOLDER_OPTIONS and "=" in a:
-            args[i] = f"{option}=DIR"
-        elif i > 0 and args[i - 1] in FOLDER_OPTIONS:
-            args[i] = "DIR"
+        if option in PATH_OPTIONS and "=" in a:
+            args[i] = f"{option}={PATH_OPTIONS[option]}"
+        elif i > 0 and args[i - 1] in PATH_OPTIONS:
+            args[i] = PATH_OPTIONS[args[i - 1]]
     return shlex.join(args)
 
 
