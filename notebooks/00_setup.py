@@ -21,19 +21,33 @@
 #
 # 1. install `pneumolib` (Colab only; locally it is already importable),
 # 2. choose the profile (`rsna`: the real data; `demo`: synthetic data) and the folders,
-# 3. mount Google Drive, which keeps your `kaggle.json`, the cache and the runs between sessions,
+# 3. mount Google Drive, which keeps the cache and the runs (and a `kaggle.json`, if you keep
+#    your token there) between sessions,
 # 4. report the GPU,
 # 5. download the competition with the Kaggle CLI and unzip it to `/content/rsna`,
 # 6. verify the layout and the file counts.
 #
-# **Before you start (Colab):** accept the competition rules on
-# [kaggle.com/competitions/rsna-pneumonia-detection-challenge](https://www.kaggle.com/competitions/rsna-pneumonia-detection-challenge/rules),
-# make an API token (kaggle.com > Settings > API > *Create New Token*) and put the downloaded
-# `kaggle.json` in your Drive at `MyDrive/pneumolib/kaggle.json`. The token is copied to
-# `~/.kaggle/` with mode 600 and never printed. See `data_README.md` for the data itself.
+# **Before you start:** accept the competition rules on
+# [kaggle.com/competitions/rsna-pneumonia-detection-challenge](https://www.kaggle.com/competitions/rsna-pneumonia-detection-challenge/rules)
+# and make an API token (kaggle.com > Settings > API > *Create New Token*, which downloads
+# `kaggle.json`). pneumolib uses the first of these places that holds a token:
+#
+# 1. the environment variables `KAGGLE_USERNAME` and `KAGGLE_KEY`;
+# 2. the Kaggle CLI's `kaggle.json`: `$KAGGLE_CONFIG_DIR/kaggle.json`, else
+#    `~/.kaggle/kaggle.json`, else (Linux, without a `~/.kaggle` folder)
+#    `$XDG_CONFIG_HOME/kaggle/kaggle.json` (by default `~/.config/kaggle/kaggle.json`);
+# 3. pneumolib's `kaggle.json`: in Colab `MyDrive/pneumolib/kaggle.json` on your Drive, locally
+#    `./pneumolib_data/kaggle.json` (or `$PNEUMOLIB_HOME/kaggle.json`);
+# 4. in Colab, the Secrets `KAGGLE_USERNAME` and `KAGGLE_KEY` (the key icon in the left bar, with
+#    *Notebook access* turned on).
+#
+# The first two are where the Kaggle CLI itself looks, in its order: if `kaggle` already works
+# on your machine, there is nothing to do. The download hands the token to the Kaggle CLI in its
+# environment; it is never copied, and the key is never printed. See `data_README.md` for the
+# data itself.
 #
 # **Outside Colab** the same cells skip the Drive mount, use local folders
-# (`$PNEUMOLIB_HOME`, `./pneumolib_data`, `./pneumolib_demo`) and, without a `kaggle.json`, make
+# (`$PNEUMOLIB_HOME`, `./pneumolib_data`, `./pneumolib_demo`) and, without a Kaggle token, make
 # synthetic demo data instead of downloading; each cell says what it did.
 #
 # Re-running is cheap: data that is already there and verified is not downloaded again.
@@ -76,7 +90,10 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # Every folder is decided in one place, `colab.default_paths()`. In Colab: the persistent
 # folder is `/content/drive/MyDrive/pneumolib` (Drive) and the raw data goes to `/content/rsna`
 # (local disk: Drive is slow for 26,684 small files). The profile is `rsna` where the real data
-# is there or can be downloaded, `demo` otherwise.
+# is there or can be downloaded, `demo` otherwise. The first line says which, and why: the place
+# the Kaggle token came from, or every place it looked. In Colab the profile is `rsna` even
+# before a token is found, since Drive is mounted only in the next cell; the Data cell looks
+# again.
 
 # %%
 from pneumolib.course import colab
@@ -107,11 +124,11 @@ print(colab.gpu_report())
 # %% [markdown]
 # ## Data
 #
-# `rsna`: install `kaggle.json` from Drive, then `kaggle competitions download -c
-# rsna-pneumonia-detection-challenge` (about 3.7 GB, a few minutes in Colab), unzip to a
-# temporary folder, verify, and rename it to `/content/rsna` — an interrupted run never leaves a
-# half-unzipped folder behind. `demo`: write 300 synthetic RSNA-shaped DICOMs (256 px), the same
-# folder the later notebooks use.
+# `rsna`: find the Kaggle token (the places above, in their order), run `kaggle competitions
+# download -c rsna-pneumonia-detection-challenge` with it (a few minutes in Colab), unzip to a
+# temporary folder, verify, and rename it to `/content/rsna`: an interrupted run never leaves a
+# half-unzipped folder behind. `demo`: write the synthetic RSNA-shaped DICOMs of
+# `colab.DEMO_DATA`, the same folder the later notebooks use.
 
 # %%
 raw = colab.fetch_data(paths, profile)  # demo: colab.DEMO_DATA (300 DICOMs, 256 px)
@@ -123,14 +140,14 @@ raw = colab.fetch_data(paths, profile)  # demo: colab.DEMO_DATA (300 DICOMs, 256
 # DICOMs and 30,227 label rows (one per box) for 26,684 patients, 6,012 of them positive.
 # `test_dicoms` counts Kaggle's unlabelled test images (`stage_2_test_images/`): the series
 # does not use them (its val and test splits are made from the labelled training images),
-# and the demo data has none. The last line says so, and whether `kaggle.json` is needed
-# (only the `rsna` profile reads it; its content is never printed).
+# and the demo data has none. The last line says so, and whether the Kaggle token is needed
+# (only the `rsna` profile reads it; its key is never printed).
 
 # %%
 counts = kaggle.verify_layout(raw, expect_full=(profile == "rsna"))
 print(f"{profile} data at {raw}")
 print(colab.format_counts(counts))
-print(colab.counts_note(counts, profile, paths))
+print(colab.counts_note(counts, profile))
 
 # %% [markdown]
 # ## Next

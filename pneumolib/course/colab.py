@@ -1,10 +1,11 @@
 """From a fresh Colab runtime (or a laptop) to the RSNA data on local disk, in a few calls.
 
-Colab: Drive is mounted at /content/drive and holds what must outlive a session (kaggle.json,
-the cache, the runs); the raw competition data goes to the runtime's local disk (/content/rsna)
-because reading 26,684 small files through Drive is slow. Outside Colab every step falls back to
-local folders (./pneumolib_data, or PNEUMOLIB_HOME) and says so, and without Kaggle access the
-`demo` profile uses synthetic RSNA-shaped data from `pneumolib.data.synth`.
+Colab: Drive is mounted at /content/drive and holds what must outlive a session (the cache, the
+runs, a kaggle.json if the user keeps one there); the raw competition data goes to the runtime's
+local disk (/content/rsna) because reading 26,684 small files through Drive is slow. Outside
+Colab every step falls back to local folders (./pneumolib_data, or PNEUMOLIB_HOME) and says so,
+and without a Kaggle token the `demo` profile uses synthetic RSNA-shaped data from
+`pneumolib.data.synth`. Where the token comes from is `pneumolib.course.kaggle_token`'s rule.
 
 `setup()` runs every step and prints what it did; notebook 00 calls the steps one per cell.
 Getting and checking the RSNA data is `pneumolib.data.kaggle`'s job; this module decides the folders
@@ -19,13 +20,14 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from pneumolib.base.config import Config, demo_config, rsna_config
+from pneumolib.base.errors import UsageError
 from pneumolib.base.rundir import best_path
+from pneumolib.course.kaggle_token import NEW_TOKEN, find_kaggle_token, missing_token
 from pneumolib.data.cache_files import CACHE_FILES
 from pneumolib.data.kaggle import (
     COMPETITION,
     TEST_DIR,
     download_rsna,
-    install_kaggle_credentials,
     verified_counts,
     verify_layout,
 )
@@ -52,7 +54,7 @@ class Paths:
     raw: Path  # unzipped RSNA competition data, on local disk (fast small-file reads)
     cache: Path  # preprocessed caches (persistent: on Drive in Colab)
     runs: Path  # training runs: checkpoints, metrics (persistent: on Drive in Colab)
-    kaggle_json: Path  # the user's Kaggle API token, kept beside the cache (never printed)
+    kaggle_json: Path  # pneumolib's place for kaggle.json, one of those `find_kaggle_token` reads
     demo_root: Path  # home of the `demo` profile: demo_config(demo_root) reads raw/cache/runs here
     raw_demo: Path  # synthetic RSNA-shaped data for the `demo` profile
     drive: Path | None = None  # Drive mount point in Colab; None outside Colab
@@ -165,8 +167,9 @@ def choose_profile(paths: Paths, *, allow_download: bool = False, expect_full: b
 
     Prints the choice and why: the first line a notebook shows.
 
-    With `allow_download` (notebook 00), "rsna" also where the data can be fetched: in Colab
-    (a kaggle.json is then required) or where paths.kaggle_json exists.
+    With `allow_download` (notebook 00), "rsna" also where the data can be fetched: where
+    `find_kaggle_token` finds a token (the line names its source, never the key), or in Colab
+    (the download then needs one; Drive is not mounted yet when notebook 00 chooses).
     """
     if verified_counts(paths.raw, expect_full) is not None:
         print(f"profile: rsna (RSNA data verified at {paths.raw})")
@@ -175,12 +178,22 @@ def choose_profile(paths: Paths, *, allow_download: bool = False, expect_full: b
     if all((cache / f).is_file() for f in CACHE_FILES):  # a new Colab session: raw is gone
         print(f"profile: rsna (RSNA cache found at {cache})")
         return "rsna"
-    if allow_download and (paths.drive is not None or paths.kaggle_json.is_file()):
-        print(f"profile: rsna (will download the RSNA data to {paths.raw})")
-        return "rsna"
     why = f"no verified RSNA data at {paths.raw}"
     if allow_download:
-        why += f", not in Colab and no kaggle.json at {paths.kaggle_json}"
+        colab = in_colab()
+        token = find_kaggle_token(paths.kaggle_json, colab=colab)
+        if token is not None:
+            print(
+                f"profile: rsna (will download the RSNA data to {paths.raw} with the Kaggle "
+                f"token from {token.source})"
+            )
+            return "rsna"
+        missing = missing_token(paths.kaggle_json, colab=colab)
+        if paths.drive is not None:  # Colab: the download asks again, after the Drive mount
+            where = f"in Colab: will download the RSNA data to {paths.raw}"
+            print(f"profile: rsna ({where}; {missing} yet)")
+            return "rsna"
+        why += f", not in Colab and {missing}"
     print(f"profile: demo ({why}; using synthetic demo data at {paths.raw_demo})")
     return "demo"
 
@@ -197,18 +210,25 @@ def fetch_data(
 ) -> Path:
     """Put the data of `profile` on disk and return its raw folder.
 
-    rsna: make the persistent cache/ and runs/ folders, install kaggle.json from
-    paths.kaggle_json, then `download_rsna` into paths.raw (skipped, credentials included,
-    when the data is already there).
+    rsna: make the persistent cache/ and runs/ folders, then `download_rsna` into paths.raw with
+    the token `find_kaggle_token` finds (skipped, token lookup included, when the data is
+    already there; no token then is a one-line `UsageError` naming every place looked).
     demo: `pneumolib.data.synth.make_demo_data(paths.raw_demo, n=demo_n, size=demo_size,
     seed=seed)`; it writes nothing outside paths.demo_root.
     """
     if profile == "rsna":
         for folder in (paths.cache, paths.runs):  # on Drive in Colab: outlive the session
             folder.mkdir(parents=True, exist_ok=True)
+        token = None
         if verified_counts(paths.raw, expect_full) is None:
-            install_kaggle_credentials(paths.kaggle_json)
-        return download_rsna(paths.raw, competition, expect_full)
+            colab = in_colab()
+            token = find_kaggle_token(paths.kaggle_json, colab=colab)
+            if token is None:
+                raise UsageError(
+                    f"{missing_token(paths.kaggle_json, colab=colab)}: {NEW_TOKEN} and put "
+                    f"the downloaded kaggle.json at {paths.kaggle_json}"
+                )
+        return download_rsna(paths.raw, competition, expect_full, token=token)
     if profile != "demo":
         raise ValueError(f"profile: expected 'demo' or 'rsna', got {profile!r}")
     # imported here, not at the top: notebook 00 imports colab before installing requirements
@@ -225,17 +245,17 @@ def format_counts(counts: dict[str, int]) -> str:
     return "\n".join(f"{k:>17}: {v:,}" for k, v in counts.items())
 
 
-def counts_note(counts: dict[str, int], profile: str, paths: Paths) -> str:
-    """One line that explains `test_dicoms` and kaggle.json for `profile` (paths only, never
-    the token's content)."""
+def counts_note(counts: dict[str, int], profile: str) -> str:
+    """One line that explains `test_dicoms` and the Kaggle token for `profile` (never the
+    token's content)."""
     test = (
         f"test_dicoms {counts.get('test_dicoms', 0):,}: Kaggle's unlabelled "
         f"{TEST_DIR}/ (the demo has none) is not used; the val and test splits come from "
         "the labelled training images"
     )
     if profile == "demo":
-        return f"{test}. kaggle.json ({paths.kaggle_json}) is needed only for the rsna profile."
-    return f"{test}. kaggle.json ({paths.kaggle_json}) is read only to download the data."
+        return f"{test}. A Kaggle token is needed only for the rsna profile."
+    return f"{test}. The Kaggle token is read only to download the data, and never printed."
 
 
 def setup(
@@ -270,7 +290,7 @@ def setup(
         expect_full=expect_full,
     )
     counts = verify_layout(raw, expect_full=expect_full and profile == "rsna")
-    print(f"verified {raw}:\n{format_counts(counts)}\n{counts_note(counts, profile, paths)}")
+    print(f"verified {raw}:\n{format_counts(counts)}\n{counts_note(counts, profile)}")
     return SetupResult(profile=profile, raw=raw, paths=paths, counts=counts)
 
 

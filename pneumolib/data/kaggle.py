@@ -1,9 +1,11 @@
-"""Getting the RSNA competition data and checking it: Kaggle credentials, the download, the layout.
+"""Getting the RSNA competition data and checking it: the Kaggle token, the download, the layout.
 
-`install_kaggle_credentials` puts the user's kaggle.json where the Kaggle CLI reads it (mode 600,
-its content never printed); `download_rsna` runs the CLI, echoing its progress with the key
-blanked out, and unzips into a folder that appears only once `verify_layout` has passed.
-The only outside boundary is the `kaggle` executable. `pneumolib.course.colab` decides the folders.
+`KaggleToken` holds the user's credentials with the key kept out of every repr and message;
+`download_rsna` hands it to the Kaggle CLI in the child's environment (nothing is written),
+echoes the CLI's progress with the key blanked out, and unzips into a folder that appears only
+once `verify_layout` has passed. The only outside boundary is the `kaggle` executable.
+`pneumolib.course.kaggle_token` decides where the token comes from, `pneumolib.course.colab`
+the folders.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pneumolib.base.files import atomic_write
+from pneumolib.base.errors import UsageError
 from pneumolib.base.progress import bar as progress_bar
 from pneumolib.data.labels import CLASS_COLUMNS, CLASSES_CSV, LABEL_COLUMNS, LABELS_CSV
 from pneumolib.data.labels import IMAGES_DIR as TRAIN_DIR
@@ -30,55 +33,27 @@ TEST_DIR = "stage_2_test_images"
 N_TRAIN_DICOMS = 26_684  # stage 2 training images, one per patient
 N_LABEL_ROWS = 30_227  # one row per box; negatives have one row with an empty box
 MARKER = ".pneumolib_complete.json"  # provenance of a download, written before the final rename
+MASK = "***"  # what a Kaggle key becomes in every message, repr and echoed line
 
 
-def kaggle_config_dir() -> Path:
-    """Where the Kaggle CLI reads kaggle.json: $KAGGLE_CONFIG_DIR or ~/.kaggle."""
-    env = os.environ.get("KAGGLE_CONFIG_DIR")
-    return Path(env) if env else Path.home() / ".kaggle"
+@dataclass(frozen=True)
+class KaggleToken:
+    """A Kaggle API token and where it was found; the key never shows in a repr or a message.
 
-
-def install_kaggle_credentials(src: str | Path) -> Path:
-    """Copy the user's kaggle.json to where the Kaggle CLI reads it, mode 600; returns that path.
-
-    The token is checked (JSON with "username" and "key") but its content is never printed,
-    logged or put into an error message.
+    Made by `pneumolib.course.kaggle_token.find_kaggle_token`, the one rule for where it comes
+    from; `download_rsna` hands it to the Kaggle CLI through `cli_env`.
     """
-    src = Path(src)
-    if not src.is_file():
-        raise FileNotFoundError(
-            f"kaggle.json not found at {src}: on kaggle.com open Settings > API > "
-            "'Create New Token' and put the downloaded kaggle.json there"
-        )
-    data = src.read_bytes()
-    try:
-        token = json.loads(data)
-    except ValueError:
-        token = None  # the parser's message may quote the file: never show it
-    ok = isinstance(token, dict) and all(
-        isinstance(token.get(k), str) and token.get(k) for k in ("username", "key")
-    )
-    if not ok:
-        raise ValueError(
-            f"{src} is not a valid kaggle.json: expected JSON with non-empty "
-            '"username" and "key" (make a new token on kaggle.com > Settings > API)'
-        )
-    dest_dir = kaggle_config_dir()
-    dest_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    dest = dest_dir / "kaggle.json"
-    # Created with mode 600 from the start, so the token is never readable by others.
-    atomic_write(dest, data, mode=0o600)
-    os.chmod(dest, 0o600)  # exactly 600 whatever the umask, as before
-    print(f"Kaggle credentials installed at {dest} (mode 600)")
-    return dest
 
+    source: str  # where it was found, for messages: a file, environment variables, Colab Secrets
+    username: str
+    key: str = field(repr=False)  # private: never printed, logged or written anywhere new
 
-def _installed_key() -> str | None:
-    try:
-        key = json.loads((kaggle_config_dir() / "kaggle.json").read_bytes()).get("key")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return key if isinstance(key, str) and key else None
+    def __repr__(self) -> str:
+        return f"KaggleToken(source={self.source!r}, username={self.username!r}, key={MASK!r})"
+
+    def cli_env(self) -> dict[str, str]:
+        """The variables the Kaggle CLI reads its credentials from before any kaggle.json."""
+        return {"KAGGLE_USERNAME": self.username, "KAGGLE_KEY": self.key}
 
 
 class _KeyMask:
@@ -86,7 +61,7 @@ class _KeyMask:
     reads is caught too: the longest end of the text that could begin the key is held back
     until the next piece (or `flush`) shows whether it does."""
 
-    def __init__(self, key: str | None, mask: str = "***") -> None:
+    def __init__(self, key: str | None, mask: str = MASK) -> None:
         self.key, self.mask, self._held = key or "", mask, ""
 
     def feed(self, text: str) -> str:
@@ -123,16 +98,17 @@ def _echo_masked(stream: Any, key: str | None, chunk: int = 4096) -> str:
             return tail
 
 
-def _run_streaming(cmd: list[str]) -> tuple[int, str]:
-    """Run `cmd`, echoing its output as it comes (Kaggle's progress bar); -> (exit code, tail).
+def _run_streaming(cmd: list[str], token: KaggleToken) -> tuple[int, str]:
+    """Run `cmd` with `token` in its environment, echoing its output as it comes (Kaggle's
+    progress bar); -> (exit code, tail).
 
-    The installed Kaggle key is blanked out of everything echoed and returned, should a tool
-    ever print it, even where it is split across two reads.
+    The key is blanked out of everything echoed and returned, should a tool ever print it,
+    even where it is split across two reads.
     """
-    key = _installed_key()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {**os.environ, **token.cli_env()}  # the key goes to the child only, never to a file
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     assert proc.stdout is not None
-    tail = _echo_masked(proc.stdout, key)
+    tail = _echo_masked(proc.stdout, token.key)
     return proc.wait(), tail
 
 
@@ -237,14 +213,19 @@ def _unzip(zip_path: Path, dest: Path) -> None:
 
 
 def download_rsna(
-    raw: str | Path, competition: str = COMPETITION, expect_full: bool = True
+    raw: str | Path,
+    competition: str = COMPETITION,
+    expect_full: bool = True,
+    *,
+    token: KaggleToken | None = None,
 ) -> Path:
     """Download the competition with the Kaggle CLI, unzip and verify it into `raw`; -> raw.
 
     Resumable and never half-done: a verified `raw` is left alone (re-running costs a directory
     listing); the zip waits in a sibling folder until it unzips into a temporary sibling that is
     verified and then renamed to `raw`, marker included, in one step.
-    Needs kaggle.json installed (`install_kaggle_credentials`).
+    Running the CLI needs `token` (`pneumolib.course.kaggle_token.find_kaggle_token`); it is
+    handed to the CLI as KAGGLE_USERNAME/KAGGLE_KEY in the child's environment only.
     """
     raw = Path(raw)
     try:
@@ -266,16 +247,18 @@ def download_rsna(
         kaggle = shutil.which("kaggle")
         if kaggle is None:
             raise RuntimeError("the kaggle command is not on PATH: pip install kaggle")
+        if token is None:
+            raise UsageError(f"downloading {competition} needs a Kaggle token: none was given")
         dl_dir.mkdir(parents=True, exist_ok=True)
         print(f"downloading {competition} (about 3.7 GB) to {dl_dir} ...")
         cmd = [kaggle, "competitions", "download", "-c", competition, "-p", str(dl_dir)]
-        rc, tail = _run_streaming(cmd)
+        rc, tail = _run_streaming(cmd, token)
         if rc != 0:
             raise RuntimeError(
                 f"kaggle download of {competition} failed (exit {rc}: {_last_line(tail)}); "
                 f"accept the competition rules at https://www.kaggle.com/competitions/"
                 f"{competition}/rules with the account of your token, and check that "
-                f"kaggle.json in {kaggle_config_dir()} is your current API token"
+                f"the token from {token.source} is your current API token"
             )
         if not zipfile.is_zipfile(zip_path):
             raise RuntimeError(f"kaggle finished but {zip_path} is missing or not a zip file")

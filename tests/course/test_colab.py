@@ -3,15 +3,16 @@
 A stand-in `google.colab` package (its `drive.mount` makes the Drive folder and fills it from a
 fake "cloud") goes first on sys.path, and a stand-in `kaggle` executable on PATH writes a zip of
 demo data laid out like Kaggle's and records how it was called. Everything between them is the
-real setup code: `pneumolib.course.colab` and the `pneumolib.data.kaggle` it calls. HOME and
-KAGGLE_CONFIG_DIR point into tmp_path: the real ~/.kaggle is untouched.
+real setup code: `pneumolib.course.colab` and the `pneumolib.data.kaggle` it calls. HOME,
+KAGGLE_CONFIG_DIR and XDG_CONFIG_HOME point into tmp_path and the KAGGLE_USERNAME/KAGGLE_KEY
+variables are unset: the real user's token is never read. Where the token comes from is tested
+place by place in test_kaggle_token.py.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,12 +20,14 @@ from pathlib import Path
 import pytest
 
 from pneumolib.base.config import demo_config, rsna_config
+from pneumolib.base.errors import UsageError
 from pneumolib.course import colab, demo
 from pneumolib.data import kaggle
 from pneumolib.data.synth import make_demo_data
 
 N_DEMO = 20
 KEY = "0123456789abcdef-not-a-real-key"
+UNSET = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "PNEUMOLIB_HOME")
 
 DRIVE_PY = """\
 import shutil
@@ -43,17 +46,22 @@ def mount(mountpoint, force_remount=False, timeout_ms=120000, readonly=False):
 
 KAGGLE_SCRIPT = '''\
 #!{python}
-"""Stand-in for the Kaggle CLI: `kaggle competitions download -c COMP -p DIR`."""
+"""Stand-in for the Kaggle CLI: `kaggle competitions download -c COMP -p DIR`.
+
+Reads its credentials as the real one does: KAGGLE_USERNAME/KAGGLE_KEY first, then kaggle.json."""
 import json, os, sys, zipfile
 from pathlib import Path
 
+auth, user, key = "env", os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
+if not (user and key):
+    token = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle") / "kaggle.json"
+    if not token.is_file():
+        sys.exit("401 - Unauthorized: no credentials")
+    auth, user, key = "file", *(json.loads(token.read_text())[k] for k in ("username", "key"))
 with open({log!r}, "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-token = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle") / "kaggle.json"
-if not token.is_file() or (token.stat().st_mode & 0o077):
-    sys.exit("401 - Unauthorized: no private kaggle.json")
+    f.write(json.dumps({{"argv": sys.argv[1:], "auth": auth, "username": user}}) + "\\n")
 if os.environ.get("FAKE_KAGGLE_FAIL"):  # and leak the key: pneumolib must blank it out
-    print("debug: key " + json.loads(token.read_text())["key"], flush=True)
+    print("debug: key " + key, flush=True)
     print("403 - Forbidden - You must accept this competition's rules", file=sys.stderr)
     sys.exit(1)
 args = sys.argv[1:]
@@ -75,11 +83,14 @@ def kaggle_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No Colab, a private HOME and Kaggle config dir, PNEUMOLIB_* unset."""
+    """No Colab, a private HOME, Kaggle config dir and XDG folder, no Kaggle variables,
+    PNEUMOLIB_* unset, tmp_path as the working folder (./pneumolib_data lands there)."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "home" / ".kaggle"))
-    for name in ("PNEUMOLIB_HOME", "PNEUMOLIB_RAW", "FAKE_KAGGLE_FAIL"):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "home" / ".config"))
+    for name in (*UNSET, "PNEUMOLIB_RAW", "FAKE_KAGGLE_FAIL"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "google.colab", None)  # import fails: not in Colab
     return tmp_path
 
@@ -128,6 +139,12 @@ def google_colab(env: Path, cloud: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def calls(log: Path) -> list[list[str]]:
+    """The argument lists the stand-in kaggle was called with."""
+    return [c["argv"] for c in auths(log)]
+
+
+def auths(log: Path) -> list[dict]:
+    """Each call of the stand-in kaggle: argv, where it read its credentials, the username."""
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
@@ -150,16 +167,17 @@ def test_colab_setup_end_to_end(google_colab, kaggle_cli: Path, env: Path, cloud
     assert len(list((paths.raw / kaggle.TRAIN_DIR).glob("*.dcm"))) == N_DEMO
     assert (paths.raw / kaggle.MARKER).is_file()
     assert paths.cache.is_dir() and paths.runs.is_dir()  # on the Drive
-    token = env / "home" / ".kaggle" / "kaggle.json"
-    assert stat.S_IMODE(token.stat().st_mode) == 0o600
-    assert json.loads(token.read_text())["key"] == KEY
+    # The token reached the CLI through its environment: no copy of it anywhere new.
+    assert [(a["auth"], a["username"]) for a in auths(kaggle_cli)] == [("env", "ada")]
+    assert not any(p.name == "kaggle.json" for p in env.joinpath("home").rglob("*"))
     (call,) = calls(kaggle_cli)
     assert call[:4] == ["competitions", "download", "-c", kaggle.COMPETITION]
     assert call[4] == "-p" and Path(call[5]).parent == paths.raw.parent
     assert not Path(call[5]).exists()  # the zip is deleted once unzipped and verified
     assert not any(p.name.endswith("-partial") for p in paths.raw.parent.iterdir())
     out = capsys.readouterr()
-    assert "profile: rsna" in out.out.splitlines()[0]
+    first = out.out.splitlines()[0]  # chosen before the mount: the Drive token is not seen yet
+    assert first.startswith("profile: rsna (in Colab") and "Colab Secrets" in first
     assert "Drive mounted" in out.out and "unzipped and verified" in out.out
     assert KEY not in out.out + out.err
 
@@ -176,24 +194,27 @@ def test_colab_setup_end_to_end(google_colab, kaggle_cli: Path, env: Path, cloud
 def test_colab_without_kaggle_json(google_colab, kaggle_cli: Path, env: Path, cloud) -> None:
     (cloud / "pneumolib" / "kaggle.json").unlink()
     paths = colab_paths(env)
-    with pytest.raises(FileNotFoundError, match=r"kaggle\.json not found at .*MyDrive"):
+    with pytest.raises(UsageError, match=r"^no Kaggle token in .*MyDrive/pneumolib/kaggle\.json"):
         colab.setup(paths, expect_full=False)
     assert calls(kaggle_cli) == []
     assert not paths.raw.exists()
 
 
-def test_invalid_kaggle_json_is_not_echoed(env: Path, capsys) -> None:
-    src = env / "kaggle.json"
-    src.write_text(json.dumps({"username": "ada", "kee": KEY}))
-    with pytest.raises(ValueError, match='not a valid kaggle.json.*"username" and "key"') as e:
-        kaggle.install_kaggle_credentials(src)
-    src.write_text(json.dumps({"username": "ada", "key": KEY})[:-1] + ",")  # broken JSON
-    with pytest.raises(ValueError, match="not a valid kaggle.json") as e2:
-        kaggle.install_kaggle_credentials(src)
+def test_invalid_kaggle_json_is_not_echoed(env: Path, kaggle_cli: Path, capsys) -> None:
+    paths = colab.default_paths(colab=False)
+    paths.kaggle_json.parent.mkdir(parents=True)
+    paths.kaggle_json.write_text(json.dumps({"username": "ada", "kee": KEY}))
+    with pytest.raises(UsageError, match='not a valid kaggle.json: "key" is missing') as e:
+        colab.choose_profile(paths, allow_download=True)
+    paths.kaggle_json.write_text(json.dumps({"username": "ada", "key": KEY})[:-1] + ",")
+    with pytest.raises(UsageError, match="not a valid kaggle.json: not a JSON object") as e2:
+        colab.fetch_data(paths, "rsna", expect_full=False)  # broken JSON: refused, not skipped
     for err in (e, e2):
-        assert KEY not in str(err.value) and err.value.__cause__ is None
+        msg = str(err.value)
+        assert msg.startswith(str(paths.kaggle_json)) and "\n" not in msg
+        assert KEY not in msg and err.value.__cause__ is None
     assert KEY not in "".join(capsys.readouterr())
-    assert not (env / "home" / ".kaggle" / "kaggle.json").exists()
+    assert calls(kaggle_cli) == []
 
 
 def test_kaggle_failure_says_accept_rules(
@@ -204,8 +225,11 @@ def test_kaggle_failure_says_accept_rules(
     with pytest.raises(RuntimeError, match="accept the competition rules") as e:
         colab.setup(paths, expect_full=False)
     msg = str(e.value)
-    assert "exit 1" in msg and "403" in msg and "kaggle.json" in msg and "\n" not in msg
-    assert KEY not in msg + "".join(capsys.readouterr())
+    assert "exit 1" in msg and "403" in msg and "\n" not in msg
+    assert f"token from {paths.kaggle_json}" in msg  # the source is named, the key is not
+    out = "".join(capsys.readouterr())
+    assert "debug: key ***" in out  # the CLI did print it: blanked out on the way
+    assert KEY not in msg + out
     assert len(calls(kaggle_cli)) == 1
     assert not paths.raw.exists()  # nothing half-done that a later run could mistake
 
@@ -216,8 +240,11 @@ def test_kaggle_not_installed(env: Path, monkeypatch) -> None:
         kaggle.download_rsna(env / "rsna", expect_full=False)
 
 
-def test_interrupted_unzip_resumes_without_download(kaggle_cli: Path, env: Path) -> None:
-    kaggle.install_kaggle_credentials(_token(env))
+def test_interrupted_unzip_resumes_without_download(
+    kaggle_cli: Path, env: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("KAGGLE_USERNAME", "ada")  # for the stand-in called directly below
+    monkeypatch.setenv("KAGGLE_KEY", KEY)
     raw = env / "data" / "rsna"
     dl_dir = raw.parent / ".rsna-download"
     dl_dir.mkdir(parents=True)
@@ -226,7 +253,7 @@ def test_interrupted_unzip_resumes_without_download(kaggle_cli: Path, env: Path)
     (raw.parent / ".rsna-partial" / "junk").mkdir(parents=True)
     assert len(calls(kaggle_cli)) == 1
 
-    assert kaggle.download_rsna(raw, expect_full=False) == raw
+    assert kaggle.download_rsna(raw, expect_full=False) == raw  # no token needed: no download
     assert len(calls(kaggle_cli)) == 1  # the zip on disk was reused
     assert kaggle.verify_layout(raw)["train_dicoms"] == N_DEMO
     assert not (raw.parent / ".rsna-partial").exists() and not (raw / "junk").exists()
@@ -255,18 +282,14 @@ def test_outside_colab_falls_back_to_demo(kaggle_cli: Path, env: Path, monkeypat
     assert str(paths.raw_demo) in described and "rsna" not in described
     assert "not used by the demo" in described.splitlines()[-1]  # kaggle.json: rsna only
     assert result.counts["test_dicoms"] == 0
-    note = colab.counts_note(result.counts, "demo", paths)
+    note = colab.counts_note(result.counts, "demo")
     assert "\n" not in note and kaggle.TEST_DIR in note and "only for the rsna profile" in note
     assert note in out  # setup prints it after the counts
 
 
-def test_counts_note_names_the_token_file_never_its_content(env: Path, monkeypatch) -> None:
-    monkeypatch.setenv("PNEUMOLIB_HOME", str(env / "work"))
-    paths = colab.default_paths()
-    paths.kaggle_json.parent.mkdir(parents=True)
-    _token(env).replace(paths.kaggle_json)
-    note = colab.counts_note({"test_dicoms": 3000}, "rsna", paths)
-    assert str(paths.kaggle_json) in note and "3,000" in note and KEY not in note
+def test_counts_note_for_rsna_counts_test_images_and_names_no_key(env: Path) -> None:
+    note = colab.counts_note({"test_dicoms": 3000}, "rsna")
+    assert "3,000" in note and "read only to download" in note and "\n" not in note
 
 
 def test_profile_is_rsna_where_only_the_cache_is_left(env: Path, monkeypatch, capsys) -> None:
@@ -296,12 +319,6 @@ def test_verify_layout_names_what_is_off(kaggle_data: Path, tmp_path: Path) -> N
         kaggle.verify_layout(broken)
 
 
-def _token(env: Path) -> Path:
-    src = env / "token.json"
-    src.write_text(json.dumps({"username": "ada", "key": KEY}))
-    return src
-
-
 def test_ensure_cache_makes_demo_data_once_and_ensure_run_refuses_missing_rsna_run(tmp_path):
     from pneumolib.base.config import demo_config
 
@@ -327,26 +344,27 @@ class _ChunkedStream:
 
 @pytest.mark.parametrize("cut", [1, 7, len(KEY) - 1])
 def test_key_split_across_reads_is_never_printed(env: Path, monkeypatch, capsys, cut) -> None:
-    src = env / "kaggle.json"
-    src.write_text(json.dumps({"username": "ada", "key": KEY}))
-    kaggle.install_kaggle_credentials(src)
-    capsys.readouterr()
+    token = kaggle.KaggleToken(source="$KAGGLE_USERNAME/$KAGGLE_KEY", username="ada", key=KEY)
     text = f"Downloading 42%|████▏ | 1.5G\rdebug: key {KEY} end\nkey again: {KEY}\n403 - bye\n"
     data = text.encode()
     first = data.index(KEY.encode()) + cut  # the first key straddles the first read boundary
     second = data.rindex(KEY.encode()) + 3  # the second one the next, a multi-byte char before
     pieces = [data[:first], data[first:second], data[second:]]
 
+    seen: dict[str, str] = {}
+
     class FakeProcess:
-        def __init__(self, cmd, stdout=None, stderr=None) -> None:
+        def __init__(self, cmd, stdout=None, stderr=None, env=None) -> None:
             self.stdout = _ChunkedStream(pieces)
+            seen.update(env)
 
         def wait(self) -> int:
             return 1
 
     monkeypatch.setattr(kaggle.subprocess, "Popen", FakeProcess)
-    rc, tail = kaggle._run_streaming(["kaggle", "competitions", "download"])
+    rc, tail = kaggle._run_streaming(["kaggle", "competitions", "download"], token)
     printed = capsys.readouterr().out
+    assert seen["KAGGLE_USERNAME"] == "ada" and seen["KAGGLE_KEY"] == KEY  # the child's only
     assert rc == 1
     assert KEY not in printed and KEY not in tail and KEY[: cut + 1] not in printed
     assert printed == text.replace(KEY, "***") and tail == printed  # the rest intact
@@ -359,7 +377,7 @@ def test_key_mask_holds_back_only_a_possible_key_start() -> None:
     assert mask.feed("x") == "sex"  # it did not: printed at once
     assert mask.feed("sec") == "" and mask.feed("ret!") == "***!"
     assert mask.feed("s") == "" and mask.flush() == "s"
-    assert kaggle._KeyMask(None).feed("secret") == "secret"  # no key installed: as is
+    assert kaggle._KeyMask(None).feed("secret") == "secret"  # no key: as is
 
 
 def test_study_runs_are_the_modes_and_the_three_class_twin(tmp_path, monkeypatch):
