@@ -208,10 +208,11 @@ print(pl.evaluate.best_epochs_sentence(best_table))
 # interval includes 0 is not shown by these patients.
 #
 # Read the sentences under the tables: first the runs by test AUC, each with its own
-# interval, then one verdict per pair. On the demo's few dozen test patients expect the
-# order of the validation table and most pairs "not shown to differ": one training run per
-# mode says little, because the interval is over patients and a second seed moves each AUC
-# too. *Over training seeds*, below, shows whether the order holds.
+# interval, then one verdict per pair. On the demo's few dozen test patients the intervals
+# are wide: look at which pairs the verdicts separate and which they cannot, rather than at
+# the order of the AUCs. One training run per mode says little, because the interval is over
+# patients and a second seed moves each AUC too; *Over training seeds*, below, shows whether
+# an order holds.
 
 # %%
 for c in runs.values():
