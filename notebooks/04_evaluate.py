@@ -153,17 +153,18 @@ print(pl.evaluate.split_sentence(test))
 #
 # The threshold named by its value is the fixed default; `youden` maximises sensitivity +
 # specificity − 1, `best_f1` the F1 score, and `sens@…` is the highest threshold that still
-# finds the target share of the positives (the sensitivity target is in its name). All of them
-# come from the validation predictions, on the calibrated probability (see *Calibration*
-# below; calibration moves the numbers, not which patients fall on either side of a chosen
-# point); choosing them on test would make the test numbers optimistic. `predict` applies
-# one of them by name (`--operating-point`, `sens90` by default).
+# finds the target share of the positives (the sensitivity target is in its name). These
+# three come from the validation predictions, on the calibrated probability (see
+# *Calibration* below; calibration moves the numbers, not which patients fall on either side
+# of a chosen point); choosing them on test would make the test numbers optimistic.
+# `predict` applies one of them by name (`--operating-point`, `sens90` by default).
 #
-# What to look for: the thresholds differ (Youden and best F1 often coincide, and the
-# sensitivity target sits lower, buying recall with precision; on calibrated probabilities
-# the default is a demanding threshold, since few patients reach a risk of one in two). Then
-# compare recall on val and on test at each threshold: a threshold tuned on a few dozen
-# patients does not carry over exactly, and the sentences under the tables say by how much.
+# What to look for: the thresholds differ, though two of them often coincide (the first
+# sentence says which); the sensitivity target tends to sit lowest, buying recall with
+# precision; on calibrated probabilities the default is a demanding threshold, since few
+# patients reach a risk of one in two. Then compare recall on val and on test at each
+# threshold: a threshold tuned on a few dozen patients does not carry over exactly, and the
+# sentences under the tables say by how much.
 
 # %%
 pd.DataFrame(
@@ -402,11 +403,10 @@ print(pl.evaluate.tta_sentence(test, test_tta))
 # to it unchanged; it adds one-vs-rest AUC per class, the 3 × 3 confusion matrix (columns:
 # the most probable class) and macro-F1, each with a 95% bootstrap interval.
 #
-# **On the demo** expect the three-class twin to be weak: after the demo's epochs on a few
-# hundred phantoms its most probable class can be the same one for nearly every patient (the
-# sentence counts the calls per class), although its Lung Opacity probability may still rank
-# pneumonia better than chance. Its pneumonia AUC is the Lung Opacity row, which is what the
-# comparison below puts against the binary run.
+# **On the demo** expect the three-class twin to tell the classes apart unevenly: the
+# one-vs-rest AUCs differ from class to class, and its most probable class leans towards one
+# of them (the sentence counts the calls per class). Its pneumonia AUC is the Lung Opacity
+# row, which is what the comparison below puts against the binary run.
 
 # %%
 three = pl.colab.three_class_run(cfg)
