@@ -23,13 +23,19 @@ from pneumolib.cam.localisation import (
 )
 
 
-def _pct(x: float) -> str:
-    return f"{x:.0%}"
+def _pct(x: float, sign: str = "") -> str:
+    """A share as a whole percentage, with more decimals where that would read as a false 0
+    ("-0.04%", not "-0%"); `sign` "+" writes the sign of a difference."""
+    for digits in (0, 1, 2):
+        text = f"{x:{sign}.{digits}%}"
+        if x == 0 or any(ch in "123456789" for ch in text):
+            return text
+    return text
 
 
 def _against_chance(lo: float, hi: float) -> str:
     """The verdict of a paired 95% interval of (score - chance)."""
-    ci = f"[{lo:+.0%}, {hi:+.0%}]"
+    ci = f"[{_pct(lo, '+')}, {_pct(hi, '+')}]"
     if lo > 0:
         return f"above chance (paired difference {ci})"
     if hi < 0:

@@ -36,7 +36,7 @@ def _summary(**kw: float) -> dict:
 
 
 def test_pointing_verdicts_judge_each_map_by_its_paired_interval():
-    below = _summary(pointing_hit=0.0, pointing_lift_ci_low=-0.08, pointing_lift_ci_high=-0.02)
+    below = _summary(pointing_hit=0.0, pointing_lift_ci_low=-0.08, pointing_lift_ci_high=-0.0004)
     got = pointing_verdicts(
         {"Grad-CAM layer2": _summary(), "CAM layer4": below, "Grad-CAM layer3": _summary(n=0)}
     )
@@ -46,7 +46,7 @@ def test_pointing_verdicts_judge_each_map_by_its_paired_interval():
         "[+6%, +62%]); 12% of the evidence lies in the boxes: not shown to differ from chance "
         "(paired difference [-1%, +15%] holds 0).",
         "CAM layer4 (val, 9 true positives): the peak lands in an expert box for 0% [11%, 67%] "
-        "of them against a chance of 5%: below chance (paired difference [-8%, -2%]); 12% of "
+        "of them against a chance of 5%: below chance (paired difference [-8%, -0.04%]); 12% of "
         "the evidence lies in the boxes: not shown to differ from chance (paired difference "
         "[-1%, +15%] holds 0).",
         "Grad-CAM layer3: no true positive to score on val (no positive with a box was called "
