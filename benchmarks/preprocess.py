@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import resource
 import shutil
 import sys
@@ -210,7 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--results", type=Path, default=None, help="default: the repo's results/")
     args = p.parse_args(argv)
-    load0 = load_average()
     if args.n < 1 or args.size < 16 or args.workers < 1 or args.repeat < 1:
         p.error("--n, --workers and --repeat must be >= 1 and --size >= 16")
 
@@ -224,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = f"frame of {args.template.name}" if args.template else "phantoms"
         for f in files:  # warm page cache: every variant reads from memory, none from disk
             f.read_bytes()
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        load0 = load_average()  # as timing starts (making the data is not timed)
+        load = ", ".join(f"{x:.2f}" for x in load0)
         print(
             f"data: {len(files)} DICOMs ({kind}), {side}x{side} JPEG Baseline, "
             f"{mb:.0f} MiB ({mb * 1024 / len(files):.0f} KiB/file) at {raw} "
