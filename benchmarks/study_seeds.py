@@ -32,7 +32,7 @@ from pneumolib.evaluate.run import evaluate_run
 from pneumolib.train.loop import fit
 
 MODES = ("scratch", "finetune", "feature-extraction")
-# How the results tables name each run (a pair of the tasks study names the binary run so).
+# How the tables name the runs; the tasks study's pair names its binary run "binary (scratch)".
 LABELS = {"finetune": "fine-tuning", "feature-extraction": "feature extraction"}
 
 
