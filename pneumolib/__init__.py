@@ -37,6 +37,7 @@ _EXPORTS = {
     "pneumolib.tune.storage": "load_sweep",
     "pneumolib.predict": "predict_files",
     "pneumolib.course.demo": "run_demo",
+    "pneumolib.course.results": "results_table provenance_line",
     "pneumolib.course": "colab",
     # the folders themselves: `pl.evaluate.plot_roc` imports pneumolib.evaluate on first use
     "pneumolib": "base data core train evaluate cam tune predict course cli",

@@ -7,5 +7,6 @@ from pneumolib.base.lazy import lazy_exports
 _EXPORTS = {
     "pneumolib.course.demo": "run_demo",
     "pneumolib.course.report": "write_report",
+    "pneumolib.course.results": "read_results results_table provenance_line render_markdown",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -12,6 +12,7 @@ _EXPORTS = {
     "pneumolib.data.cache_stats": "CacheStats read_stats",
     "pneumolib.data.cache_check": "CacheDamaged verify_cache",
     "pneumolib.data.kaggle": "verify_layout download_rsna",
+    "pneumolib.data.provenance": "read_truth",
     "pneumolib.data.explore": (
         "dataset_overview overview_figure demographics_figure box_table box_size_figure "
         "box_heatmap box_heatmap_figure class_examples_figure"
