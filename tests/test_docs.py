@@ -258,10 +258,6 @@ def test_no_development_history_in_the_pages():
     assert not hits, "\n".join(hits)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="notebooks/05_cam.py (its CAM paragraph cites an earlier torch build) is being fixed",
-)
 def test_no_development_history_in_the_notebooks_markdown():
     hits = history_in_notebooks(ROOT)
     assert not hits, "\n".join(hits)

@@ -6,7 +6,8 @@ from pneumolib.base.lazy import lazy_exports
 
 _EXPORTS = {
     "pneumolib.core.augment": (
-        "AugmentPolicy augment_batch_cpu augment_batch_torch batch_rng warp_boxes cv2_warp_is_exact"
+        "AugmentPolicy augment_batch_cpu augment_batch_torch batch_rng warp_boxes "
+        "cv2_warp_is_exact cpu_warp_name"
     ),
     "pneumolib.core.augment_figures": (
         "show_transforms show_policy_grid warp_agreement compare_warps single_transforms"

@@ -266,6 +266,12 @@ def cv2_warp_is_exact() -> bool:
     return bool(np.abs(_warp_cv2(img, mats, 32) - ours).max() <= 0.5 + 0.02)
 
 
+def cpu_warp_name() -> str:
+    """Which warp `warp_cpu` runs on this machine, for labels: "cv2.warpAffine" or
+    "grid_sample"."""
+    return "cv2.warpAffine" if cv2_warp_is_exact() else "grid_sample"
+
+
 def warp_cpu(images: np.ndarray, mats: np.ndarray, out_size: int) -> np.ndarray:
     """uint8 (B, S, S) -> uint8 (B, out, out): the warp of `warp_torch` rounded to whole grey
     levels (uint8 keeps loader batches small and lets `apply_luts` normalise them), so within

@@ -23,6 +23,7 @@ from pneumolib.core.augment import (
     augment_batch_torch,
     batch_rng,
     compose_affines,
+    cpu_warp_name,
     sample_intensity,
     sample_params,
     to_model_input,
@@ -257,7 +258,7 @@ def compare_warps(agreement: Mapping, index: int = 0) -> Figure:
     diff = np.abs(cpu.astype(np.float32) - tor)
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     axes = fig.subplots(1, 3)
-    _draw(axes[0], cpu, [], "CPU path: grid_sample on cpu, rounded to uint8")
+    _draw(axes[0], cpu, [], f"CPU path: {cpu_warp_name()}, rounded to uint8")
     _draw(axes[1], tor / 255.0, [], f"torch path: grid_sample on {agreement['device']} (float)")
     im = axes[2].imshow(diff, cmap="magma", vmin=0, vmax=max(2.0, float(diff.max())))
     axes[2].set_xticks([])
