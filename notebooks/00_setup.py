@@ -87,7 +87,7 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # %% [markdown]
 # ## Profile and folders
 #
-# Every folder is decided in one place, `colab.default_paths()`. In Colab: the persistent
+# Every folder is decided in one place, `pl.colab.default_paths()`. In Colab: the persistent
 # folder is `/content/drive/MyDrive/pneumolib` (Drive) and the raw data goes to `/content/rsna`
 # (local disk: Drive is slow for 26,684 small files). The profile is `rsna` where the real data
 # is there or can be downloaded, `demo` otherwise. The first line says which, and why: the place
@@ -96,11 +96,10 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # again.
 
 # %%
-from pneumolib.course import colab
-from pneumolib.data import kaggle
+import pneumolib as pl
 
-paths = colab.default_paths()
-profile = colab.choose_profile(paths, allow_download=True)
+paths = pl.colab.default_paths()
+profile = pl.colab.choose_profile(paths, allow_download=True)
 print(paths.describe(profile))
 
 # %% [markdown]
@@ -110,7 +109,7 @@ print(paths.describe(profile))
 # the cell says that it skipped the mount.
 
 # %%
-mounted = colab.mount_drive(paths.drive)  # True where Drive was mounted
+mounted = pl.colab.mount_drive(paths.drive)  # True where Drive was mounted
 
 # %% [markdown]
 # ## GPU
@@ -119,7 +118,7 @@ mounted = colab.mount_drive(paths.drive)  # True where Drive was mounted
 # The demo profile runs on the CPU.
 
 # %%
-print(colab.gpu_report())
+print(pl.colab.gpu_report())
 
 # %% [markdown]
 # ## Data
@@ -128,10 +127,10 @@ print(colab.gpu_report())
 # download -c rsna-pneumonia-detection-challenge` with it (a few minutes in Colab), unzip to a
 # temporary folder, verify, and rename it to `/content/rsna`: an interrupted run never leaves a
 # half-unzipped folder behind. `demo`: write the synthetic RSNA-shaped DICOMs of
-# `colab.DEMO_DATA`, the same folder the later notebooks use.
+# `pl.colab.DEMO_DATA`, the same folder the later notebooks use.
 
 # %%
-raw = colab.fetch_data(paths, profile)  # demo: colab.DEMO_DATA (300 DICOMs, 256 px)
+raw = pl.colab.fetch_data(paths, profile)  # demo: pl.colab.DEMO_DATA (300 DICOMs, 256 px)
 
 # %% [markdown]
 # ## Verify
@@ -144,17 +143,17 @@ raw = colab.fetch_data(paths, profile)  # demo: colab.DEMO_DATA (300 DICOMs, 256
 # (only the `rsna` profile reads it; its key is never printed).
 
 # %%
-counts = kaggle.verify_layout(raw, expect_full=(profile == "rsna"))
+counts = pl.data.verify_layout(raw, expect_full=(profile == "rsna"))
 print(f"{profile} data at {raw}")
-print(colab.format_counts(counts))
-print(colab.counts_note(counts, profile))
+print(pl.colab.format_counts(counts))
+print(pl.colab.counts_note(counts, profile))
 
 # %% [markdown]
 # ## Next
 #
 # The data is in place. The following notebooks start with
-# `paths = colab.default_paths(); profile = colab.choose_profile(paths)` and
-# `cfg = colab.config_for(profile, paths)`, so they pick the same profile and folders.
+# `paths = pl.colab.default_paths(); profile = pl.colab.choose_profile(paths)` and
+# `cfg = pl.colab.config_for(profile, paths)`, so they pick the same profile and folders.
 # A new Colab session starts with an empty local disk, so `/content/rsna` is gone; the cache and
 # the runs on Drive remain. Once the cache is built (notebook 01), later sessions need only the
 # Drive mount; run this notebook again when you need the raw data.

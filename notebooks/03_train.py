@@ -83,7 +83,6 @@ from pathlib import Path
 from IPython.display import display
 
 import pneumolib as pl
-from pneumolib.course.results import results_table
 
 paths = pl.colab.default_paths()
 pl.colab.mount_drive(paths.drive)
@@ -261,13 +260,9 @@ print("\n".join(pl.verdicts(labels)))
 # order may well reverse.
 
 # %%
-try:
-    over_seeds = results_table("study_seeds")
-except pl.UsageError as e:  # a copy of pneumolib without its results/ folder
-    print(e)
-else:
-    display(over_seeds)
-    print(over_seeds.attrs["provenance"])
+over_seeds = pl.results_table("study_seeds")
+display(over_seeds)
+print(over_seeds.attrs["provenance"])
 
 # %% [markdown]
 # ## The run folder

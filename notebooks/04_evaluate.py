@@ -81,7 +81,6 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import pneumolib as pl
-from pneumolib.course.results import results_table
 
 paths = pl.colab.default_paths()
 pl.colab.mount_drive(paths.drive)
@@ -293,13 +292,9 @@ print(pl.evaluate.calibration_sentence(test))
 # that is why Platt scaling is the default.
 
 # %%
-try:
-    cal_seeds = results_table("calibration_seeds")
-except pl.UsageError as e:  # a copy of pneumolib without its results/ folder
-    print(e)
-else:
-    display(cal_seeds)
-    print(cal_seeds.attrs["provenance"])
+cal_seeds = pl.results_table("calibration_seeds")
+display(cal_seeds)
+print(cal_seeds.attrs["provenance"])
 
 # %% [markdown]
 # The reliability diagram puts the observed frequency of pneumonia (with its 95% Wilson
@@ -360,7 +355,7 @@ pl.evaluate.plot_subgroups(sub, "roc_auc", threshold_name="youden", overall=test
 # validation-chosen Youden threshold, expert boxes in yellow. Mistakes are where to look for
 # label noise, devices and unusual films.
 #
-# **On the demo** we can check what a second reader would: `provenance.read_truth` says what each
+# **On the demo** we can check what a second reader would: `pl.data.read_truth` says what each
 # phantom really shows. The table after the figure lists the most confident mistakes with
 # that truth: some are label noise (the model saw the opacity the label missed, or rightly
 # ignored a box drawn on nothing), others are faint opacities or look-alikes.
@@ -370,10 +365,8 @@ pl.evaluate.sample_predictions_figure(pred_test, cfg.cache, metrics=test, n=12)
 
 # %%
 if profile == "demo":
-    from pneumolib.data.provenance import read_truth
-
     youden = thresholds["youden"]
-    truth = read_truth(cfg.raw).drop(columns=["view", "label"])
+    truth = pl.data.read_truth(cfg.raw).drop(columns=["view", "label"])
     wrong = pred_test[(pred_test.prob >= youden) != (pred_test.target == 1)]
     wrong = wrong.assign(confidence=(wrong.prob - youden).abs()).nlargest(6, "confidence")
     cols = ["patientId", "prob", "target", "label_noise", "faint", "small", "mimic"]

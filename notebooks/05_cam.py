@@ -73,8 +73,6 @@ import pandas as pd
 from IPython.display import display
 
 import pneumolib as pl
-from pneumolib.course import results
-from pneumolib.data.provenance import read_truth
 
 paths = pl.colab.default_paths()
 pl.colab.mount_drive(paths.drive)
@@ -212,12 +210,9 @@ for name, stride in {"layer4": 32, "layer3": 16, "layer2": 8}.items():  # ResNet
 # expected to point, and `tests/cam/test_cam_run.py` checks that it does.
 
 # %%
-try:
-    over_seeds = results.results_table("cam_seeds", "localisation")
-    print(over_seeds.attrs["provenance"])
-    display(over_seeds)
-except pl.UsageError as e:  # an install or checkout without the results file
-    print(e)
+over_seeds = pl.results_table("cam_seeds", "localisation")
+print(over_seeds.attrs["provenance"])
+display(over_seeds)
 
 # %% [markdown]
 # ## A shortcut, caught
@@ -249,7 +244,7 @@ if profile == "demo":
 
 # %%
 if profile == "demo":
-    truth = read_truth(pl.Config.load(marker_run / "config.json").raw)
+    truth = pl.data.read_truth(pl.Config.load(marker_run / "config.json").raw)
     test_ids = set(index.patientId[index.split == "test"])
     marked = truth[truth.marker & truth.patientId.isin(test_ids)].patientId.head(4).tolist()
     ex = pl.cam_examples(marker_run, marked, method="gradcam", layer=pl.cam.MARKER_LAYER)
@@ -268,12 +263,9 @@ if profile == "demo":
 # for shortcuts.)
 
 # %%
-try:
-    over_seeds = results.results_table("cam_seeds", "shortcut")
-    print(over_seeds.attrs["provenance"])
-    display(over_seeds)
-except pl.UsageError as e:  # an install or checkout without the results file
-    print(e)
+over_seeds = pl.results_table("cam_seeds", "shortcut")
+print(over_seeds.attrs["provenance"])
+display(over_seeds)
 
 # %% [markdown]
 # ## What "looks in the right place" means, and what it does not
