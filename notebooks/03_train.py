@@ -178,9 +178,9 @@ for name, c in list(runs.items())[1:]:
 # the default threshold; notebook 04 picks thresholds properly and reports the test split with
 # confidence intervals) and the training time; the sentence under it orders the runs.
 #
-# **On the demo** expect scratch first and the two runs that start from the AP-vs-PA
-# classifier behind it, feature extraction last: pre-training on a task whose features do not
-# see opacities does not help here, and frozen features help least. With a few dozen
+# **On the demo** the two runs that start from the AP-vs-PA classifier start from features
+# that do not see opacities: look at whether fine-tuning catches up with scratch, and at what
+# freezing those features costs. With a few dozen
 # validation patients the gaps are of the size of their confidence intervals, so the paired
 # comparison below, not this table, decides whether two modes differ. On RSNA, ImageNet
 # features (edges, textures) are more general than a view classifier's, and fine-tuning
@@ -254,10 +254,9 @@ print("\n".join(pl.verdicts(labels)))
 # each mode over the seeds (mean and standard deviation) and how often a paired interval
 # excluded 0. The line under the table says which command made it, when and on what.
 #
-# Look for an order that holds over seeds where a single seed showed none: features learnt
-# for a question that does not see opacities help least when frozen, and letting every layer
-# move recovers most of what training from scratch reaches. On RSNA with ImageNet weights the
-# order may well reverse.
+# Look for an order that holds over seeds: a pair whose mean difference is small beside its
+# spread, or whose paired interval excludes 0 in few seeds, has no order on these phantoms,
+# however clear one seed made it look. On RSNA with ImageNet weights the order may differ.
 
 # %%
 over_seeds = pl.results_table("study_seeds")
