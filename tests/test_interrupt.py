@@ -34,6 +34,7 @@ def argv_and_folder(command: str, tmp: Path) -> tuple[list[str], Path | None]:
         "compare": (["compare", "--run", str(run), "--run", str(out)], None),
         "card": (["card", "--run", str(run)], run),
         "publish": (["publish", "--check"], None),
+        "results": (["results", "--check"], None),
     }
     return lines[command]
 

@@ -30,6 +30,7 @@ WRITES: dict[str, str | None] = {
     "compare": None,
     "card": "run",
     "publish": None,
+    "results": None,  # rewrites Markdown files in place, each atomically
 }
 
 

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from predictions_data import table as _table
 from sklearn import metrics as skm
-from test_metrics import _table
 
-from pneumolib.evaluate import metrics
+from pneumolib.base import metrics
 from pneumolib.evaluate import run as ev
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_metrics import _scores
+from predictions_data import scores as _scores
 
 from pneumolib.evaluate import figures as ef
 
