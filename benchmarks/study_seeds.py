@@ -137,8 +137,8 @@ def results_tables(runs: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, dict]:
             by_pair,
             formats={
                 "AUC difference": "+mean_sd:3",
-                "lowest DeLong p": "num:3",
-                "highest DeLong p": "num:3",
+                "lowest DeLong p": "num:4",
+                "highest DeLong p": "num:4",
             },
             notes="A difference counts where its paired 95% CI excludes 0 in most seeds.",
         ),
