@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 FIGURE = re.compile(r"(?<![\w.])0\.\d+|±|\[\s*-?\d*\.\d+\s*,\s*-?\d*\.\d+\s*\]")
@@ -71,25 +69,20 @@ def test_the_pattern_finds_decimals_plus_minus_and_intervals():
 
 def test_every_typed_figure_is_an_allowed_constant_or_reference():
     bad = [(where, f) for where, f in _found(FIGURE) if f not in ALLOWED]
-    if bad:
-        pytest.fail(
-            f"{len(bad)} typed figures in notebook markdown; print them from a cell (or read "
-            f"them from results/) instead, or add a fixed constant to ALLOWED:\n{_listing(bad)}",
-            pytrace=False,
-        )
+    assert not bad, (
+        f"{len(bad)} typed figures in notebook markdown; print them from a cell (or read "
+        f"them from results/) instead, or add a fixed constant to ALLOWED:\n{_listing(bad)}"
+    )
 
 
 def test_at_most_a_few_typed_figures_in_all():
     found = _found(FIGURE)
-    if len(found) > MAX_FIGURES:
-        pytest.fail(
-            f"{len(found)} typed figures in notebook markdown (at most {MAX_FIGURES}):\n"
-            f"{_listing(found)}",
-            pytrace=False,
-        )
+    assert len(found) <= MAX_FIGURES, (
+        f"{len(found)} typed figures in notebook markdown (at most {MAX_FIGURES}):\n"
+        f"{_listing(found)}"
+    )
 
 
 def test_no_development_history_in_the_markdown():
     found = _found(HISTORY)
-    if found:
-        pytest.fail(f"development history in notebook markdown:\n{_listing(found)}", pytrace=False)
+    assert not found, f"development history in notebook markdown:\n{_listing(found)}"
