@@ -366,7 +366,7 @@ def check_outputs(work: Path, n_predict: int) -> dict[str, str]:
             problems[f"evaluate {split}"] = f"{got} predictions for {want} {split} patients"
     pred = pd.read_csv(run / "predictions_test.csv")
     cam = json.loads((run / "cam_test.json").read_text())
-    tp = int(((pred.prob >= cam["threshold"]) & (pred.target == 1)).sum())
+    tp = int(((pred.prob_raw >= cam["threshold"]) & (pred.target == 1)).sum())  # cam's scale
     scored = _rows(run / "cam_test.csv")
     # cam's own forward pass may put an image a rounding error either side of the threshold
     slack = 2 + tp // 200
@@ -577,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
         # on val for 90% sensitivity makes most positives true positives, all of them scored.
         metrics = json.loads((work / "run" / "metrics_val.json").read_text())
         thr = float(metrics["thresholds"]["sens@0.90"]["threshold"])
+        # That threshold is on the calibrated probability; cam scores the network's raw one:
+        # the lowest raw probability of the val patients it calls positive calls the same ones.
+        val = pd.read_csv(work / "run" / "predictions_val.csv")
+        thr = float(val.prob_raw[val.prob >= thr].min())
         ok = stage(
             "cam test",
             pl
@@ -588,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         if ok:
             tp = json.loads((work / "run" / "cam_test.json").read_text())["n_true_positives"]
             rows[-1]["files"] = (
-                f"{n_test:,} test, {tp:,} true positives (p >= {thr:.3f}, val sens 0.9) scored"
+                f"{n_test:,} test, {tp:,} true positives (raw p >= {thr:.3f}, val sens 0.9) scored"
             )
     if ok:
         k = min(args.predict_n, args.n)
