@@ -85,9 +85,10 @@ def results_tables(results: dict[int, dict[str, pd.DataFrame]]) -> dict[str, dic
             {first: row} | {c: [mean.at[row, c], sd.at[row, c]] for c in cols} for row in mean.index
         ]
         formats = {c: "mean_sd:1" if c == "n" else "mean_sd:3" for c in cols}
-        tables[name] = make_table(
-            rows, formats=formats, notes=f"Mean ± sd over {len(per_seed)} training seeds."
-        )
+        notes = f"Mean ± sd over {len(per_seed)} training seeds."
+        if name == "localisation":
+            notes += " A seed with no val true positive (n 0) has no score and is left out."
+        tables[name] = make_table(rows, formats=formats, notes=notes)
         per_seed_rows = [
             {"seed": seed, first: row} | t.loc[row].to_dict()
             for seed, t in per_seed.items()
