@@ -403,6 +403,7 @@ def cmd_train_step(a: argparse.Namespace) -> int:
     """benchmarks/train_step.py for one model/compile setting -> throughput, efficiency, memory."""
     report, cache = Path(a.report), Path(a.cache)
     cmd = [sys.executable, str(HERE / "train_step.py"), "--model", a.model, "--device", a.device]
+    cmd += ["--results", str(report.parent / "results")]  # beside the report, not the repo's
     if (cache / "stats.json").exists():
         cmd += ["--cache", str(cache)]
     else:  # the decode stage did not leave a cache: train_step makes (and keeps) its own
