@@ -16,10 +16,10 @@ and one stderr line says so.
 
 from __future__ import annotations
 
-import glob
-import re
 import sys
+import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -31,16 +31,18 @@ from tqdm.auto import tqdm
 from pneumolib.base.errors import PneumolibError, UsageError
 from pneumolib.base.files import atomic_write
 from pneumolib.base.progress import bar as progress_bar
-from pneumolib.base.rundir import calibration_path
+from pneumolib.base.rundir import calibration_path, ood_path
 from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.localisation import Boxes
 from pneumolib.cam.maps import cam
 from pneumolib.core.augment import eval_affines
 from pneumolib.core.checkpoint import load_run
+from pneumolib.core.models import penultimate_features
 from pneumolib.core.runtime import amp_dtype, model_input, warp_on_device
 from pneumolib.data.cache_stats import CacheStats
 from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
 from pneumolib.data.dicom_detect import file_kind, radiograph_problem
+from pneumolib.data.inputs import expand_inputs, named_files
 from pneumolib.evaluate.calibration import (
     DEFAULT_OPERATING_POINT,
     OPERATING_POINTS,
@@ -49,53 +51,17 @@ from pneumolib.evaluate.calibration import (
     as_threshold,
     read_calibration,
 )
+from pneumolib.evaluate.ood import OodStats, read_ood
 
-IMAGE_SUFFIXES = (".dcm", ".png", ".jpg", ".jpeg")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_BATCH = 32
-COLUMNS = ["file", "probability", "probability_raw", "positive"]
+COLUMNS = ["file", "probability", "probability_raw", "positive", "in_distribution", "ood_score"]
+OVERLAY = "overlay"  # the column `--cam` adds: each file's overlay PNG
+ANY_INPUT = "--allow-any-input"  # the flag that decides on flagged inputs, in every command
 
 
 class ImageReadError(PneumolibError, ValueError):
     """A PNG/JPEG that cannot be turned into an image; the message names the file."""
-
-
-# --- inputs ------------------------------------------------------------------------------
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
-    """Files, folders (searched recursively for *.dcm, *.png, *.jpg, *.jpeg, any case, and for
-    files of other names whose content is DICOM, PNG or JPEG: `IM0001` as PACS exports write
-    them) and globs -> (files in input order without repeats, one error line per input that
-    found none). A file named explicitly is kept whatever its suffix."""
-    files: dict[Path, None] = {}  # ordered set
-    errors = []
-    for item in inputs:
-        text = str(item)
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p))
-            if not found:
-                errors.append(
-                    f"{text}: folder holds no .dcm, .png, .jpg or .jpeg files (nor other files "
-                    "whose content is DICOM, PNG or JPEG)"
-                )
-        elif path.is_file():
-            found = [path]
-        elif glob.has_magic(text):
-            found = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-            if not found:
-                errors.append(f"{text}: pattern matches no files")
-        else:
-            found = []
-            errors.append(f"{text}: no such file or folder")
-        files.update(dict.fromkeys(found))
-    return list(files), errors
-
-
-def _is_image(path: Path) -> bool:
-    """By suffix, or else by content (the first bytes; a header parse only for likely DICOMs)."""
-    return path.suffix.lower() in IMAGE_SUFFIXES or file_kind(path) is not None
 
 
 def read_raster(path: str | Path) -> np.ndarray:
@@ -116,27 +82,33 @@ def read_raster(path: str | Path) -> np.ndarray:
     return img
 
 
-def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
-    """One file -> uint8 (size, size), preprocessed like the cache. PNG/JPEG by content (or by
-    suffix), everything else as DICOM (`reduced`: the cache's reduced-scale JPEG decode, within
-    one grey level of a full decode). Raises DicomError / ImageReadError naming the file. A
-    DICOM that is not a chest radiograph (`radiograph_problem`) gets one warning line on
-    stderr and is scored all the same."""
+class NoImageError(DicomError):
+    """A DICOM without an image (interim; the data stage's own replaces it)."""
+
+
+@dataclass(frozen=True)
+class Film:
+    """Interim reader result: pixels (S, S) uint8 and the image checks' verdict."""
+
+    pixels: np.ndarray
+    problem: str | None
+
+
+def read_film(path: str | Path, size: int, *, reduced: bool = True) -> Film:
+    """Interim: one file -> Film, preprocessed like the cache."""
     path = Path(path)
     kind = file_kind(path)
     if kind in ("png", "jpeg") or (kind is None and path.suffix.lower() in RASTER_SUFFIXES):
         img = read_raster(path)
         check_informative(img, path)  # as read_dicom does: a flat image is not scored
-        return letterbox(img, size, img.shape)[0]
+        return Film(letterbox(img, size, img.shape)[0], None)
     d = read_dicom(path, size=size, reduced=reduced)
-    problem = radiograph_problem(d.modality, d.body_part)
-    if problem:  # tqdm.write: a line of its own, not glued to the progress bar
-        tqdm.write(
-            f"warning: {path}: {problem}; scored all the same, but the model knows only chest "
-            "radiographs",
-            file=sys.stderr,
-        )
-    return d.pixels
+    return Film(d.pixels, radiograph_problem(d.modality, d.body_part))
+
+
+def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
+    """One file -> uint8 (size, size), preprocessed like the cache (`read_film`)."""
+    return read_film(path, size, reduced=reduced).pixels
 
 
 def synthetic_warning(checkpoint: str | Path, stats: CacheStats) -> str | None:
@@ -149,15 +121,56 @@ def synthetic_warning(checkpoint: str | Path, stats: CacheStats) -> str | None:
     )
 
 
-def _overlay_names(files: Sequence[Path]) -> list[str]:
-    """File stems made safe and unique (a/x.dcm and b/x.dcm -> x, x_2) for overlay PNGs."""
-    seen: dict[str, int] = {}
+def overlay_names(files: Sequence[Path]) -> list[str]:
+    """One overlay name per file, unique across the whole call and kept readable: the file's
+    stem with only path separators and control characters replaced by `_` (`röntgen 1`
+    stays), a repeat numbered (`a/x`, `b/x`, `c/x_2` -> `x`, `x_2`, `x_2_2`), compared
+    ignoring case, as macOS and Windows disks do."""
+    used: set[str] = set()
     names = []
     for f in files:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", f.stem) or "image"
-        seen[base] = seen.get(base, 0) + 1
-        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+        base = "".join("_" if _unsafe(ch) else ch for ch in f.stem)
+        base = base if base.strip(". ") else "image"
+        name, k = base, 1
+        while name.casefold() in used:
+            k += 1
+            name = f"{base}_{k}"
+        used.add(name.casefold())
+        names.append(name)
     return names
+
+
+def _unsafe(ch: str) -> bool:
+    """A path separator, or a control (or unencodable surrogate) character."""
+    return ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cs")
+
+
+@dataclass
+class _Overlays:
+    """CAM overlays into `folder` (None: none asked for). The first failure to write is kept
+    as one line naming the folder, and no more are drawn: the scores are kept all the same."""
+
+    folder: Path | None
+    failed: str | None = None
+    written: list[str] = field(default_factory=list)
+
+    @property
+    def wanted(self) -> bool:
+        return self.folder is not None and self.failed is None
+
+    def save(self, names: list[str], images: np.ndarray, maps: torch.Tensor, probs) -> None:
+        """Overlays of one batch: images (B, S, S), maps (B, h, w), probabilities (B,)."""
+        paths = [""] * len(names)
+        if self.folder is not None and self.failed is None:
+            empty: list[Boxes] = [[] for _ in names]  # no expert boxes for a new file
+            try:
+                done = save_overlays(
+                    self.folder, names, images=images, maps=maps, boxes=empty, probs=probs
+                )
+                paths = [str(x) for x in done]
+            except OSError as e:
+                self.failed = f"{self.folder}: overlays cannot be written ({e.strerror or e})"
+        self.written += paths
 
 
 def run_calibration(
@@ -196,6 +209,139 @@ def _score(
     return p, raw, p >= threshold  # the rule of every metric: positive at p >= threshold
 
 
+def run_ood(folder: Path, sha256: str) -> tuple[OodStats | None, str | None]:
+    """The run's learned out-of-distribution check (RUN/ood.npz, fitted by `evaluate` on this
+    checkpoint) -> (the check or None, None or the one note to print when there is none)."""
+    ood = read_ood(folder)
+    if ood is not None and ood.checkpoint_sha256 == sha256:
+        return ood, None
+    why = (
+        f"{ood_path(folder)} not found"
+        if ood is None
+        else f"{ood_path(folder)} is another checkpoint's"
+    )
+    return None, (
+        f"note: {why}: inputs get only the image checks (colour, size, header), no learned "
+        f"check of whether they look like the training films; run `python -m pneumolib "
+        f"evaluate --run {folder}` to fit it"
+    )
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """What scoring a batch needs, built once per call from the checkpoint's run."""
+
+    model: torch.nn.Module
+    stats: CacheStats
+    device: torch.device
+    size_in: int  # the cache side S the files are letterboxed to
+    size_out: int  # the network input
+    on_device: bool
+    amp: torch.dtype | None
+    cal: Calibration | None
+    threshold: float
+    ood: OodStats | None
+    allow_any_input: bool
+
+    def forward(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """uint8 (B, S, S) -> (network input (B, 1, s, s), logits (B, K), features (B, D))."""
+        x = model_input(
+            batch,
+            eval_affines(len(batch), self.size_in, self.size_out),
+            size=self.size_out,
+            stats=self.stats,
+            device=self.device,
+            warp_on_device=self.on_device,
+        )
+        amp = self.amp
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+            with penultimate_features(self.model) as found:
+                logits = self.model(x)  # (B, K)
+        return x, logits, torch.cat(found).numpy()
+
+    def rows(self, files: list[Path], logits: torch.Tensor, features: np.ndarray,
+             problems: list[str | None]) -> list[dict]:  # fmt: skip
+        """One CSV row per file; a file the checks flag keeps its probability, its `positive`
+        is empty (unless `allow_any_input`), and gets one warning line."""
+        p, raw, positive = _score(logits, self.cal, self.threshold)
+        score = self.ood.score(features) if self.ood is not None else np.full(len(p), np.nan)
+        out = []
+        for i, f in enumerate(files):
+            reasons = [problems[i]] if problems[i] else []
+            if score[i] > 1.0:
+                reasons.append(
+                    f"features far from the training films', ood_score {score[i]:.2f} > 1"
+                )
+            flagged = bool(reasons)
+            if flagged:
+                tqdm.write(_flag_line(f, "; ".join(reasons), decided=self.allow_any_input),
+                           file=sys.stderr)  # fmt: skip
+            decision = pd.NA if flagged and not self.allow_any_input else bool(positive[i])
+            values = (str(f), float(p[i]), float(raw[i]), decision, not flagged, float(score[i]))
+            out.append(dict(zip(COLUMNS, values, strict=True)))
+        return out
+
+
+def _flag_line(path: Path, reason: str, *, decided: bool) -> str:
+    """The warning for an input that does not look like a chest film."""
+    what = (
+        f"decided anyway ({ANY_INPUT})"
+        if decided
+        else f"probability kept, `positive` left empty ({ANY_INPUT} decides anyway)"
+    )
+    return f"warning: {path}: not like a chest film ({reason}); {what}"
+
+
+def _read_batch(
+    paths: list[Path], size: int, *, reduced: bool, named: set[Path]
+) -> tuple[list[Path], list[np.ndarray], list[str | None], list[str]]:
+    """Read one batch -> (files read, their pixels (S, S), the image checks' verdicts, error
+    lines). A DICOM without an image found in a folder (a DICOMDIR, a report) gets a note
+    and is skipped; named alone, it is an error."""
+    ok, images, problems, errors = [], [], [], []
+    for f in paths:
+        try:
+            film = read_film(f, size, reduced=reduced)
+        except NoImageError as e:
+            if f in named:
+                errors.append(str(e).splitlines()[0])
+            else:
+                tqdm.write(f"note: {str(e).splitlines()[0]}; skipped", file=sys.stderr)
+        except (DicomError, ImageReadError) as e:
+            errors.append(str(e).splitlines()[0])
+        else:
+            ok.append(f)
+            images.append(film.pixels)
+            problems.append(film.problem)
+    return ok, images, problems, errors
+
+
+def _scorer(
+    checkpoint: str | Path, *, device: str, operating_point: str, allow_any_input: bool
+) -> _Scorer:
+    """The checkpoint's run, ready to score; its notes (synthetic training data, no
+    calibration, no learned check) printed once on stderr, away from the CSV on stdout."""
+    run = load_run(checkpoint, device=device)
+    cal, threshold, note = run_calibration(run.folder, run.sha256, operating_point)
+    ood, ood_note = run_ood(run.folder, run.sha256)
+    for line in (synthetic_warning(checkpoint, run.stats), note, ood_note):
+        if line:
+            print(line, file=sys.stderr)
+    return _Scorer(
+        model=run.model,
+        stats=run.stats,
+        device=run.device,
+        size_in=run.stats.size,
+        size_out=run.config.image_size,
+        on_device=warp_on_device(run.device, gpu_augment=run.config.gpu_augment),
+        amp=amp_dtype(run.device, run.config.amp),
+        cal=cal,
+        threshold=threshold,
+        ood=ood,
+        allow_any_input=allow_any_input,
+    )
+
+
 def predict_files(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
@@ -206,61 +352,53 @@ def predict_files(
     progress: bool = False,
     reduced: bool = True,
     operating_point: str = DEFAULT_OPERATING_POINT,
+    allow_any_input: bool = False,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Score every readable file among `inputs` -> (DataFrame with columns `file,
-    probability, probability_raw, positive` in input order, one error line per unreadable
-    file or empty input). `probability` is calibrated by the run's calibration.json (raw,
-    with one stderr line, without it) and `positive` applies `operating_point` (a name in
-    `calibration.OPERATING_POINTS` or a number). With `cam_dir`, also writes one CAM overlay
-    PNG per scored file there (`cam.cam`, default layer). `reduced` keeps the cache's
-    reduced-scale JPEG decode (as `preprocess` does by default)."""
+    """Score every readable file among `inputs` -> (DataFrame, one error line per unreadable
+    file or empty input, and one for overlays that could not be written).
 
-    run = load_run(checkpoint, device=device)
-    model, cfg, stats, dev = run.model, run.config, run.stats, run.device
-    cal, threshold, note = run_calibration(run.folder, run.sha256, operating_point)
-    for line in (synthetic_warning(checkpoint, stats), note):
-        if line:  # stderr: the CSV on stdout stays clean
-            print(line, file=sys.stderr)
-    size_in, size_out = stats.size, cfg.image_size
-    on_device = warp_on_device(dev, gpu_augment=cfg.gpu_augment)
-    amp = amp_dtype(dev, cfg.amp)
+    Columns: `file, probability, probability_raw, positive, in_distribution, ood_score` in
+    input order (+ `overlay`, each file's PNG, with `cam_dir`). `probability` is calibrated by
+    the run's calibration.json (raw, with one stderr line, without it) and `positive` applies
+    `operating_point` (a name in `calibration.OPERATING_POINTS` or a number). An input that
+    fails the image checks (`data.film`) or the run's learned check (`evaluate.ood`,
+    `ood_score` > 1) has `in_distribution` False, keeps its probability, gets an empty
+    `positive` (a decision with `allow_any_input`) and one warning line. With `cam_dir`, one
+    CAM overlay PNG per scored file (`cam.cam`, default layer), named by `overlay_names`.
+    `reduced` keeps the cache's reduced-scale JPEG decode (as `preprocess` does by default)."""
+    scorer = _scorer(
+        checkpoint, device=device, operating_point=operating_point, allow_any_input=allow_any_input
+    )
     files, errors = expand_inputs(inputs)
+    named = named_files(inputs)
+    names = dict(zip(files, overlay_names(files), strict=True))
+    overlays = _Overlays(None if cam_dir is None else Path(cam_dir))
     rows: list[dict] = []
     batches = range(0, len(files), max(1, batch_size))
     for start in progress_bar(
         batches, desc="predict", leave=False, disable=not progress, file=sys.stderr
     ):
-        ok, images = [], []
-        for f in files[start : start + batch_size]:
-            try:
-                images.append(read_image(f, size_in, reduced))
-                ok.append(f)
-            except (DicomError, ImageReadError) as e:
-                errors.append(str(e).splitlines()[0])
+        chunk = files[start : start + batch_size]
+        ok, images, problems, failed = _read_batch(
+            chunk, scorer.size_in, reduced=reduced, named=named
+        )
+        errors += failed
         if not ok:
             continue
         batch = np.stack(images)  # (B, S, S) uint8
-        x = model_input(
-            batch,
-            eval_affines(len(batch), size_in, size_out),
-            size=size_out,
-            stats=stats,
-            device=dev,
-            warp_on_device=on_device,
-        )
-        with torch.no_grad(), torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            logits = model(x)  # (B, K)
-        p, raw, positive = _score(logits, cal, threshold)
-        if cam_dir is not None:
-            maps, _ = cam(model, x)
-            names = _overlay_names(ok)
-            empty: list[Boxes] = [[] for _ in ok]  # no expert boxes for a new file
-            save_overlays(cam_dir, names, images=batch, maps=maps, boxes=empty, probs=p)
-        rows += [
-            dict(zip(COLUMNS, (str(f), float(a), float(b), bool(c)), strict=True))
-            for f, a, b, c in zip(ok, p, raw, positive, strict=True)
-        ]
-    return pd.DataFrame(rows, columns=COLUMNS), errors
+        x, logits, features = scorer.forward(batch)
+        new = scorer.rows(ok, logits, features, problems)
+        if overlays.folder is not None:
+            maps = cam(scorer.model, x)[0] if overlays.wanted else None
+            overlays.save([names[f] for f in ok], batch, maps,
+                          [r["probability"] for r in new])  # fmt: skip
+        rows += new
+    df = pd.DataFrame(rows, columns=COLUMNS).astype({"positive": "boolean"})
+    if overlays.folder is not None:
+        df[OVERLAY] = overlays.written
+    if overlays.failed:
+        errors.append(overlays.failed)
+    return df, errors
 
 
 def predict_cli(
@@ -271,10 +409,13 @@ def predict_cli(
     cam_dir: str | Path | None = None,
     device: str = "auto",
     operating_point: str = DEFAULT_OPERATING_POINT,
+    allow_any_input: bool = False,
 ) -> int:
-    """`python -m pneumolib predict`: CSV `file, probability, probability_raw, positive` to
-    stdout (or `out_csv`, written under a temporary name and renamed), one stderr line per
-    unreadable file. Returns the exit code: 1 if any input failed, else 0."""
+    """`python -m pneumolib predict`: the CSV of `predict_files` to stdout (or `out_csv`,
+    written under a temporary name and renamed), one stderr line per unreadable file. Where
+    the CSV or the overlays cannot be written, one line names the destination and the scores
+    go to stdout: a scored run is never lost. Returns the exit code: 1 if any input or output
+    failed, else 0 (inputs flagged as not chest films do not count)."""
     if cam_dir is not None and Path(cam_dir).exists() and not Path(cam_dir).is_dir():
         raise UsageError(f"--cam {cam_dir}: exists and is not a folder")
     df, errors = predict_files(
@@ -284,16 +425,28 @@ def predict_cli(
         cam_dir=cam_dir,
         progress=True,
         operating_point=operating_point,
+        allow_any_input=allow_any_input,
     )
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
+    where = "" if out_csv is None else f" -> {out_csv}"
+    if out_csv is not None:
+        try:
+            out = Path(out_csv)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(out, lambda p: df.to_csv(p, index=False))  # never a half-written CSV
+        except OSError as e:
+            print(f"error: {out_csv}: cannot write the CSV ({e.strerror or e}); the scores "
+                  "follow on stdout", file=sys.stderr)  # fmt: skip
+            errors.append(str(out_csv))
+            out_csv, where = None, " (on stdout)"
     if out_csv is None:
         df.to_csv(sys.stdout, index=False)
         sys.stdout.flush()
-    else:
-        out = Path(out_csv)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda p: df.to_csv(p, index=False))  # never a half-written CSV
-    where = "" if out_csv is None else f" -> {out_csv}"
-    print(f"scored {len(df)} file(s), {len(errors)} failed{where}", file=sys.stderr)
+    flagged = int((~df["in_distribution"]).sum()) if len(df) else 0
+    print(
+        f"scored {len(df)} file(s) ({flagged} flagged as not like a chest film), "
+        f"{len(errors)} failed{where}",
+        file=sys.stderr,
+    )
     return 1 if errors else 0

@@ -29,7 +29,9 @@ SAME_IMAGE = (  # decode to the same 8-bit image (the 12-bit one within one grey
     "cxr_pa_12bit_window.dcm",
 )
 JPEG = "cxr_pa_monochrome2_jpeg.dcm"
-COLUMNS = ["file", "probability", "probability_raw", "positive"]
+COLUMNS = [
+    "file", "probability", "probability_raw", "positive", "in_distribution", "ood_score"
+]  # fmt: skip
 INVERTED = "cxr_pa_monochrome1_jpeg_relabelled.dcm"
 
 
@@ -180,11 +182,14 @@ def test_cli_subprocess_boundary(run, tmp_path):
     # A run never evaluated has no calibration.json: raw scores, and one line says so.
     assert res.stderr.count("calibration.json not found") == 1
     lines = res.stdout.strip().splitlines()
-    assert lines[0] == "file,probability,probability_raw,positive" and len(lines) == 2
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == 2
     assert lines[1].startswith(str(good) + ",")
-    _, p, p_raw, positive = lines[1].rsplit(",", 3)
+    _, p, p_raw, positive, in_distribution, ood_score = lines[1].rsplit(",", 5)
     assert 0.0 <= float(p) <= 1.0 and p == p_raw
     assert positive == str(float(p) >= 0.5)  # no operating points without calibration
+    # Nor a learned check: a demo film passes the image checks, its ood_score stays empty.
+    assert in_distribution == "True" and ood_score == ""
+    assert res.stderr.count("ood.npz not found") == 1
 
 
 def test_bad_checkpoint_is_a_one_line_error(tmp_path, capsys):

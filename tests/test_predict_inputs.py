@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from pneumolib.data.dicom_write import write_dicom
-from pneumolib.predict import expand_inputs, predict_cli, read_image
+from pneumolib.predict import expand_inputs, predict_cli, read_film, read_image
 
 
 def ramp(n: int = 32) -> np.ndarray:
@@ -78,18 +78,16 @@ def test_png_without_suffix_is_read_as_png(tmp_path: Path) -> None:
         ("CR", "HAND", "HAND"),
     ],
 )
-def test_non_chest_dicom_warns_once_and_is_read(
-    tmp_path: Path, capsys: pytest.CaptureFixture, modality: str, body_part: str, warned
+def test_non_chest_dicom_is_read_and_named(
+    tmp_path: Path, modality: str, body_part: str, warned
 ) -> None:
     path = dicom(tmp_path / "IM0001", modality=modality, body_part=body_part, preamble=False)
-    img = read_image(path, 32)
-    np.testing.assert_array_equal(img, ramp())  # scored all the same
-    err = capsys.readouterr().err.strip().splitlines()
+    film = read_film(path, 32)
+    np.testing.assert_array_equal(film.pixels, ramp())  # read all the same
     if warned is None:
-        assert err == []
+        assert film.problem is None
     else:
-        assert len(err) == 1 and err[0].startswith("warning: ")
-        assert str(path) in err[0] and warned in err[0]
+        assert film.problem is not None and warned in film.problem
 
 
 @pytest.mark.slow
@@ -109,3 +107,6 @@ def test_cli_scores_a_pacs_folder_and_warns_about_the_ct(small_run, tmp_path, ca
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     warnings = [w for w in warnings if "IM000" in w]
     assert len(warnings) == 1 and "IM0002" in warnings[0] and "Modality CT" in warnings[0]
+    assert "left empty" in warnings[0]  # a probability, but no decision
+    assert df["in_distribution"].tolist() == [True, False]
+    assert df["positive"].isna().tolist() == [False, True]

@@ -5,7 +5,8 @@
 at any moment leaves either the old file or the new one, never half of one, and two
 processes writing the same file never share a temporary. A full disk ends in one `RunError`
 line that names the file and the space it needs; the old file stays as it was and the
-temporary is removed on any failure.
+temporary is removed on any failure. Any other failure to write (a read-only folder, no
+permission) is an OSError naming `path`, the destination the caller gave, never the temporary.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def atomic_write(path: str | Path, content: Content, *, mode: int = 0o666) -> No
         free = _free_bytes(path.parent)
         if free is not None and free < len(data):
             raise _disk_full(path, len(data), free)
-    fd, tmp = _create_temp(path, mode)
+    try:
+        fd, tmp = _create_temp(path, mode)
+    except OSError as e:
+        raise _at_destination(e, path) from None
     try:
         if isinstance(data, bytes):
             with os.fdopen(fd, "wb") as f:
@@ -53,11 +57,18 @@ def atomic_write(path: str | Path, content: Content, *, mode: int = 0o666) -> No
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             needed = len(data) if isinstance(data, bytes) else None
             raise _disk_full(path, needed, _free_bytes(path.parent), written=written) from None
-        raise
+        raise _at_destination(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _at_destination(e: OSError, path: Path) -> OSError:
+    """`e` as the same kind of OSError naming `path` (its message names no temporary)."""
+    if e.errno is None:
+        return OSError(f"{path}: {e}")
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 def _create_temp(path: Path, mode: int) -> tuple[int, Path]:

@@ -3,7 +3,7 @@ name declared once and reading its result files (its errors are `base.errors.Run
 so the model card can import it; checkpoints themselves are `core.checkpoint`.
 
 RUN/config.json, metrics.csv (one row per epoch), last.pt, best.pt, owner.json (a sweep
-trial's worker), calibration.json, predictions_<split>.csv (+ its .meta.json sidecar),
+trial's worker), calibration.json, ood.npz (the out-of-distribution check), predictions_<split>.csv (+ its .meta.json sidecar),
 metrics_<split>.json, cam_<split>[_<tag>].csv/.json, figures/, MODEL_CARD.md; `<split>` gets
 a `_tta` suffix for test-time-augmented results.
 """
@@ -24,6 +24,7 @@ CARD = "MODEL_CARD.md"
 CALIBRATION = "calibration.json"  # fitted on val: prior correction, temperature, operating points
 DDP_CHECK = "ddp_check.json"  # per-rank weight checksums of a multi-GPU run
 OWNER = "owner.json"  # which sweep worker may write the run (`core.owner`)
+OOD = "ood.npz"  # fitted on train + val: the out-of-distribution check (`evaluate.ood`)
 
 # Columns read as text (ids, codes and class names that would otherwise parse as numbers/NaN).
 TEXT_COLUMNS = {"patientId": str, "sex": str, "view": str, "class": str}
@@ -72,6 +73,11 @@ def card_path(run: str | Path) -> Path:
 def calibration_path(run: str | Path) -> Path:
     """RUN/calibration.json (`evaluate.calibration`)."""
     return Path(run) / CALIBRATION
+
+
+def ood_path(run: str | Path) -> Path:
+    """RUN/ood.npz (`evaluate.ood`)."""
+    return Path(run) / OOD
 
 
 def predictions_name(split: str = "val", tta: bool = False) -> str:

@@ -107,6 +107,7 @@ def predict_command(args: argparse.Namespace) -> int:
         cam_dir=args.cam,
         device=args.device,
         operating_point=args.operating_point,
+        allow_any_input=args.allow_any_input,
     )
 
 

@@ -252,6 +252,13 @@ def _add_predict(sub) -> None:
         "rest to a reader), youden (max sensitivity + specificity - 1), best_f1, 0.5, or any "
         "number in [0, 1]",
     )
+    p.add_argument(
+        "--allow-any-input",
+        action="store_true",
+        help="decide `positive` also for inputs flagged as not like a chest film (colour, tiny, "
+        "odd shape, another modality or body part, or far from the training films); they are "
+        "still flagged in `in_distribution`",
+    )
     config_option(p, "device", default=Config().device)
     p.set_defaults(func=predict_command)
 

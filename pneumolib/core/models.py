@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 import urllib.parse
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -111,6 +113,23 @@ def head(model: nn.Module) -> nn.Linear:
     """The final `nn.Linear` layer (one output per logit)."""
     m = _unwrap(model)
     return cast(nn.Linear, m.net.get_submodule(_FAMILIES[m.family].head))  # by _FAMILIES
+
+
+@contextmanager
+def penultimate_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the head's input on every forward inside the block: a list that gains one
+    float32 CPU tensor (B, D) per call (D: 512 for resnet18), in call order. The features the
+    out-of-distribution check models (`evaluate.ood`)."""
+    found: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        found.append(inputs[0].detach().float().flatten(1).cpu())
+
+    handle = head(model).register_forward_pre_hook(keep)
+    try:
+        yield found
+    finally:
+        handle.remove()
 
 
 def feature_layer_name(model: nn.Module) -> str:

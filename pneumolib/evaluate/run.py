@@ -63,6 +63,7 @@ from pneumolib.evaluate.calibration import (
 from pneumolib.evaluate.card import write_card
 from pneumolib.evaluate.figures import sample_predictions_figure, write_figures
 from pneumolib.evaluate.multiclass import class_table, confusion_table, summarize_classes
+from pneumolib.evaluate.ood import ood_block, ood_line
 from pneumolib.evaluate.reference import compare_with_reference
 from pneumolib.evaluate.tta import predict_tta, tta_affines
 
@@ -315,6 +316,9 @@ def evaluate_run(
         "tta_variants": list(ctx.mats),
         "predictions": predictions_name(split, tta),
     }
+    if not tta:  # the check predict applies, and how much of this split it flags
+        metrics["ood"] = ood_block(ctx, split)
+        print(ood_line(metrics["ood"], split))
     _reference_fields(metrics, split, ctx.split_rule)
     _write_json(metrics, split_metrics_path(run, tag))
     if tag == "test":  # the held-out numbers exist now: the model card can say them

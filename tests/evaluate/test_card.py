@@ -248,7 +248,7 @@ def test_trained_run_card_and_predict_warning(
     assert [ln for ln in err.splitlines() if ln.startswith("warning:")] == [
         synthetic_warning(run / "best.pt", CacheStats(mean=0.5, std=0.25, size=64, synthetic=True))
     ]
-    assert out.splitlines()[0] == "file,probability,probability_raw,positive"
+    assert out.splitlines()[0].startswith("file,probability,probability_raw,positive,")
     assert len(out.splitlines()) == 2
 
     for split in ("val", "test"):
