@@ -68,3 +68,16 @@ def test_a_full_disk_in_a_writer_is_one_line(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setattr(files, "_free_bytes", lambda folder: 10)
     with pytest.raises(RunError, match="needs 0.0 MB, 0.0 MB free"):
         atomic_write(tmp_path / "small.json", "x" * 100)
+
+
+def test_a_failed_write_names_the_destination_not_the_temporary(tmp_path: Path) -> None:
+    dest = tmp_path / "no such folder" / "out.csv"
+    with pytest.raises(FileNotFoundError) as e:
+        atomic_write(dest, "a,b\n")
+    assert e.value.filename == str(dest) and ".tmp" not in str(e.value)
+    with pytest.raises(OSError) as e:  # a function that fails inside: the destination again
+        atomic_write(
+            tmp_path / "x.png", lambda p: (_ for _ in ()).throw(PermissionError(13, "no", str(p)))
+        )
+    assert e.value.filename == str(tmp_path / "x.png") and ".tmp" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # and no temporary left behind
