@@ -5,13 +5,16 @@ size=S)`, the same reduced JPEG decode and letterbox as `preprocess`; PNG/JPEG: 
 then the same letterbox), then takes the validation path: one deterministic resize from the
 cache side S to the network input (`augment.eval_affines` + the warp training validated with),
 normalised with the training statistics stored in the checkpoint. A file that cannot be read
-is reported (one line naming it) and skipped; the rest are still scored. A checkpoint trained
-on synthetic data (its stats say so, see `provenance.is_synthetic`) gets one warning line on stderr.
+is reported (one line naming it) and skipped; the rest are still scored. A DICOM without an
+image (a DICOMDIR, a report) found in a folder is skipped with a note. A checkpoint trained
+on synthetic data (its stats say so, see `provenance.is_synthetic`) gets one warning line.
 
 The network's output is calibrated with the run's RUN/calibration.json (fitted on val by
 `evaluate`, `evaluate.calibration`) into a risk, and `positive` applies one of the run's
 val-chosen operating points. A run without it (or fitted on another checkpoint) is scored raw,
-and one stderr line says so.
+and one stderr line says so. Every input is checked for being like a chest film: the image
+checks of the reader, then the run's learned check (RUN/ood.npz, `evaluate.ood`); a flagged
+input keeps its probability but gets no decision (`--allow-any-input` decides anyway).
 """
 
 from __future__ import annotations
