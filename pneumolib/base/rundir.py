@@ -3,9 +3,10 @@ name declared once and reading its result files (its errors are `base.errors.Run
 so the model card can import it; checkpoints themselves are `core.checkpoint`.
 
 RUN/config.json, metrics.csv (one row per epoch), last.pt, best.pt, owner.json (a sweep
-trial's worker), calibration.json, ood.npz (the out-of-distribution check), predictions_<split>.csv (+ its .meta.json sidecar),
-metrics_<split>.json, cam_<split>[_<tag>].csv/.json, figures/, MODEL_CARD.md; `<split>` gets
-a `_tta` suffix for test-time-augmented results.
+trial's worker), calibration.json, ood.npz (the out-of-distribution check),
+predictions_<split>.csv (+ its .meta.json sidecar), metrics_<split>.json,
+cam_<split>[_<tag>].csv/.json, figures/, MODEL_CARD.md; `<split>` gets a `_tta` suffix for
+test-time-augmented results.
 """
 
 from __future__ import annotations
