@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumolib.base.config import Config
 from pneumolib.base.metrics import binary_metrics
-from pneumolib.base.rundir import best_path, config_path
+from pneumolib.base.rundir import best_path, report_config
 from pneumolib.cam.localisation import box_mask, energy_in_box
 from pneumolib.cam.run import cam_examples
 from pneumolib.data.labels import read_index
@@ -77,9 +77,10 @@ def shortcut_table(
     evidence lies on the text) and the mean share of the map's evidence there, beside the
     box's share of the image (what a map that ignored it would put there)."""
     clean_run, shortcut_run = Path(clean_run), Path(shortcut_run)
-    clean_cache = Config.load(config_path(clean_run)).cache
-    marker_cache = Config.load(config_path(shortcut_run)).cache
-    truth = read_truth(Config.load(config_path(shortcut_run)).raw)[["patientId", "marker"]]
+    # as trained (best.pt's config), not as config.json may say after an edit
+    trained = {run: report_config(run).config for run in (clean_run, shortcut_run)}
+    clean_cache, marker_cache = trained[clean_run].cache, trained[shortcut_run].cache
+    truth = read_truth(trained[shortcut_run].raw)[["patientId", "marker"]]
     index = read_index(clean_cache)
     index = index[index.split == split].reset_index(drop=True)
     marked = set(truth.patientId[truth.marker.astype(bool)])
@@ -92,7 +93,7 @@ def shortcut_table(
     for name, (run, cache) in cases.items():
         df = _scores(run, cache, index)
         on = df.patientId.isin(marked)
-        size = int(Config.load(config_path(run)).image_size)
+        size = int(trained[run].image_size)
         _, _, w, h = marker_box(size)
         rows[name] = {
             "ROC AUC": _auc(df),

@@ -6,7 +6,7 @@ kill at any moment leaves either the old file or the new one, never half of one.
 written before `last.pt`: a kill between the two leaves a `best.pt` one epoch ahead of
 `last.pt`, and `resume_best` picks that score up on resume, so the pair never disagrees for
 good. A full disk ends in one line that names the file and the space it needs; the previous
-file stays as it was. File names come from `core.rundir`.
+file stays as it was. File names come from `base.rundir`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pneumolib.base.rundir import (
     file_sha256,
     last_path,
     metrics_csv_path,
+    record_checkpoint_config,
 )
 from pneumolib.core.models import load_checkpoint_model
 from pneumolib.core.runtime import resolve_device
@@ -38,12 +39,15 @@ from pneumolib.data.cache_files import index_path
 from pneumolib.data.cache_stats import CacheStats, read_stats
 
 
-def atomic_save(obj: object, path: Path) -> None:
+def atomic_save(obj: object, path: Path) -> str:
     """`torch.save(obj)` to `path` through `atomic_write` (serialised in memory first, so a
-    full disk is an `OSError` with a size, not a torch stream error)."""
+    full disk is an `OSError` with a size, not a torch stream error); returns the file's
+    sha256."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write(Path(path), buf.getvalue())
+    data = buf.getvalue()
+    atomic_write(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_metrics(history: list[dict], out: Path) -> None:
@@ -52,10 +56,12 @@ def write_metrics(history: list[dict], out: Path) -> None:
 
 
 def save_epoch(ckpt: dict, out: Path, *, improved: bool) -> None:
-    """Write an epoch's checkpoint: `best.pt` first when it improved, then `last.pt`."""
-    if improved:
-        atomic_save(ckpt, best_path(out))
-    atomic_save(ckpt, last_path(out))
+    """Write an epoch's checkpoint: `best.pt` first when it improved, then `last.pt`; after
+    each, its sha256 and config go into RUN/checkpoint_config.json (`base.rundir`), which the
+    torch-free reports read."""
+    for path in ([best_path(out)] if improved else []) + [last_path(out)]:
+        sha = atomic_save(ckpt, path)
+        record_checkpoint_config(out, path.name, sha256=sha, config=ckpt["config"])
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

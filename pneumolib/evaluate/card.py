@@ -2,9 +2,11 @@
 Model Reporting" (FAT* 2019): model details, intended use, data, metrics, calibration,
 subgroups (factors), localisation, ethical considerations, caveats.
 
-Every figure is read from the run folder's own files (config.json, metrics.csv, best.pt's
-hash, metrics_<split>.json, cam_<split>*.json) and its cache's (index.csv, stats.json,
-errors.csv); a section whose file is missing says so and names the command that makes it. A
+Every figure is read from the run folder's own files (the config best.pt was trained with, from
+checkpoint_config.json; metrics.csv, best.pt's hash, metrics_<split>.json, cam_<split>*.json)
+and its cache's (index.csv, stats.json, errors.csv); a section whose file is missing says so
+and names the command that makes it. An edited config.json changes nothing on the card: one
+warning line names the fields it changed (`base.rundir.trained_config`). A
 run trained on synthetic data says so first, in bold. No model is loaded and torch is not
 imported, except to read the provenance from best.pt when the cache is gone. `write_card` is
 `python -m pneumolib card --run RUN`, and `evaluate --split test` calls it too.
@@ -27,9 +29,8 @@ from pneumolib.base.rundir import (
     CAM_SUMMARIES,
     best_path,
     card_path,
-    config_path,
-    file_sha256,
     metrics_csv_path,
+    report_config,
     split_metrics_path,
 )
 from pneumolib.data.cache_files import STATS, errors_path, index_path, stats_path
@@ -46,7 +47,8 @@ class RunFiles:
     """What the card reads from a run folder and its cache (None: the file is not there)."""
 
     run: Path
-    config: Config
+    config: Config  # the one best.pt was trained with (`base.rundir.trained_config`)
+    config_from: str  # the file it was read from
     history: pd.DataFrame | None  # metrics.csv
     metrics: dict[str, dict | None]  # split -> metrics_<split>.json
     localisation: list[dict]  # cam_*.json, each with its file name under "file"
@@ -130,13 +132,11 @@ def _noisy_labels(stats: CacheStats | None) -> tuple[int, int] | None:
 
 
 def read_run(run: str | Path) -> RunFiles:
-    """Everything the card shows, read from RUN and the cache named in its config.json."""
+    """Everything the card shows, read from RUN and the cache its checkpoint was trained on.
+    Prints one line on stderr where config.json was edited after training."""
     run = Path(run)
-    if not config_path(run).is_file():
-        raise FileNotFoundError(
-            f"{config_path(run)}: not found; is {run} a run folder (python -m pneumolib train)?"
-        )
-    config = Config.load(config_path(run))
+    trained = report_config(run)
+    config = trained.config
     history = pd.read_csv(metrics_csv_path(run)) if metrics_csv_path(run).is_file() else None
     ckpt = best_path(run)
     stats, index, n_errors = _cache_files(Path(config.cache))
@@ -144,10 +144,11 @@ def read_run(run: str | Path) -> RunFiles:
     return RunFiles(
         run=run,
         config=config,
+        config_from=trained.source,
         history=history,
         metrics={s: _json(split_metrics_path(run, s)) for s in SPLITS},
         localisation=_localisation(run),
-        checkpoint_sha256=file_sha256(ckpt) if ckpt.is_file() else None,
+        checkpoint_sha256=trained.checkpoint_sha256,
         stats=stats,
         index=index,
         n_errors=n_errors,
@@ -208,7 +209,7 @@ def model_details(f: RunFiles) -> list[str]:
         rows += [["epochs", "not trained yet (no metrics.csv)"]]
     sha = f.checkpoint_sha256
     rows += [["checkpoint", f"best.pt, sha256 `{sha}`" if sha else "no best.pt"]]
-    lines = ["## Model details", "", "From config.json, metrics.csv and best.pt.", ""]
+    lines = ["## Model details", "", f"From {f.config_from}, metrics.csv and best.pt.", ""]
     return lines + sec.table(["field", "value"], rows) + [""]
 
 

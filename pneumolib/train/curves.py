@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from pneumolib.base.config import Config
-from pneumolib.base.rundir import METRICS, config_path, metrics_csv_path
+from pneumolib.base.rundir import METRICS, config_path, metrics_csv_path, report_config
 from pneumolib.train.best_epoch import best_epoch_index
 
 
@@ -26,10 +26,18 @@ def _history(h: pd.DataFrame | str | Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _run_config(h: pd.DataFrame | str | Path) -> Config | None:
+    """The config a run folder's best.pt was trained with (`base.rundir.report_config`, which
+    names an edited config.json); None for a bare table or a folder without a config."""
+    if isinstance(h, pd.DataFrame) or not config_path(h).is_file():
+        return None
+    return report_config(h).config
+
+
 def _monitor(h: pd.DataFrame | str | Path) -> str:
-    """The run's `monitor` from RUN/config.json; "auc" for a bare table or an older run."""
-    cfg = config_path(h) if not isinstance(h, pd.DataFrame) else None
-    return Config.load(cfg).monitor if cfg and cfg.is_file() else "auc"
+    """The run's `monitor`; "auc" for a bare table or an older run."""
+    cfg = _run_config(h)
+    return cfg.monitor if cfg else "auc"
 
 
 def plot_history(histories: Mapping[str, pd.DataFrame | str | Path]) -> Figure:
@@ -77,8 +85,7 @@ def best_epochs(run_dirs: Sequence[str | Path] | Mapping[str, str | Path]) -> pd
     rows = []
     for name, run in runs.items():
         df = _history(Path(run))
-        cfg_path = config_path(run)
-        cfg = Config.load(cfg_path) if cfg_path.is_file() else None
+        cfg = _run_config(run)
         weights = cfg.weights if cfg else ""
         if weights not in ("", "imagenet", "none"):  # a file: its run folder and name suffice
             weights = "/".join(Path(weights).parts[-2:])
