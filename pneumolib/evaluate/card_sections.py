@@ -389,6 +389,7 @@ def caveats_section(
         f"measures agreement with these labels, not with the disease.{noise}",
         "- Thresholds: pick the operating point for the use at hand, on validation data of the "
         "population it is used on; none of the ones above is right for every use.",
+        _inputs(metrics),
         "- Not measured: validation on another hospital or population, prospective use, "
         "comparison with radiologists, effect on patient outcomes, robustness to other "
         "scanners and image processing, ethnicity and other unrecorded factors"
@@ -397,6 +398,24 @@ def caveats_section(
         "",
     ]
     return lines
+
+
+def _inputs(metrics: Mapping[str, Any]) -> str:
+    """What `predict` does with an input unlike the training films, and how often test is
+    flagged (metrics_<split>.json's `ood`)."""
+    text = (
+        "- Other inputs: `predict` leaves the decision empty for an input that is not like "
+        "the training films (colour, tiny, another modality or body part, or far from their "
+        "features: RUN/ood.npz)."
+    )
+    split = "test" if metrics.get("test") else "val" if metrics.get("val") else None
+    ood = (metrics.get(split) or {}).get("ood") if split else None
+    if ood:
+        text += (
+            f" On {split}, {ood['flagged']:.1%} of films are flagged by the learned check "
+            f"(threshold at the {ood['quantile']:g} quantile of held-out films)."
+        )
+    return text
 
 
 def _confound(index: pd.DataFrame | None, metrics: Mapping[str, Any]) -> str:

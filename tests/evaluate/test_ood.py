@@ -109,6 +109,8 @@ def test_evaluate_fits_the_check_and_reports_test_flagged(evaluated) -> None:
     block = json.loads((evaluated / "metrics_test.json").read_text())["ood"]
     assert block["quantile"] == QUANTILE and block["n"] > 0
     assert 0.0 <= block["flagged"] <= 0.05
+    card = (evaluated / "MODEL_CARD.md").read_text()
+    assert f"{block['flagged']:.1%} of films are flagged by the learned check" in card
 
 
 @pytest.mark.slow
