@@ -114,6 +114,35 @@ def test_preprocess_names_its_unfinished_build_and_nothing_before_any_work(tmp_p
     assert interrupt.interrupted_line(None) == NOTHING  # Ctrl-C while the options were read
 
 
+def test_a_progress_bar_left_drawn_is_cleared_before_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from tqdm import tqdm
+
+    argv, folder = argv_and_folder("train", tmp_path)
+
+    def interrupted(args: argparse.Namespace) -> None:
+        assert folder is not None
+        folder.mkdir(parents=True)
+        bar = tqdm(total=3, desc="epoch 1/3", leave=False, file=sys.stderr)
+        bar.update(1)  # drawn, not closed: the signal came mid-epoch
+        sigterm()
+
+    real = parser.build_parser
+
+    def patched() -> argparse.ArgumentParser:
+        ap = real()
+        sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices["train"].set_defaults(func=interrupted)
+        return ap
+
+    monkeypatch.setattr("pneumolib.cli.build_parser", patched)
+    assert main(argv) == 143
+    err = capsys.readouterr().err
+    assert "epoch 1/3" in err and err.endswith(ctrl_c_line(folder) + "\n")
+    assert err[err.index("interrupted:") - 1] in "\r\n"  # on a line of its own, not after the bar
+
+
 def test_terminated_is_a_keyboard_interrupt_that_survives_a_worker_process() -> None:
     import pickle
 

@@ -10,7 +10,12 @@ import os
 import sys
 
 from pneumolib.cli.commands import config_from_args
-from pneumolib.cli.interrupt import exit_status, interrupted_line, sigterm_as_interrupt
+from pneumolib.cli.interrupt import (
+    close_progress_bars,
+    exit_status,
+    interrupted_line,
+    sigterm_as_interrupt,
+)
 from pneumolib.cli.parser import USER_ERRORS, build_parser
 
 __all__ = ["build_parser", "config_from_args", "main", "run"]
@@ -33,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM raised as `Terminated`
         # argv parsed already (the signal came in the handler): parse it again for the folder
         args, _ = build_parser().parse_known_args(argv)
+        close_progress_bars()
         print(interrupted_line(args), file=sys.stderr)
         return exit_status(stop)
     except USER_ERRORS as e:

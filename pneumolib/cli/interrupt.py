@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,12 @@ def exit_status(interrupt: KeyboardInterrupt) -> int:
     if isinstance(interrupt, Terminated):
         return 128 + interrupt.signum
     return INTERRUPTED
+
+
+def close_progress_bars() -> None:
+    """Close the progress bars an interrupted command left drawn (a bar that does not stay
+    clears its line), so that the line after them starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")  # not imported: no bar was drawn
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        with contextlib.suppress(Exception):  # a bar half torn down by the interruption
+            bar.close()
