@@ -104,10 +104,15 @@ pl.colab.ensure_cache(cfg, profile)
 # **rsna**: the original grid, 100 epochs per trial, fine-tuning from ImageNet weights. The
 # sweep folder and its database (`study.db`, SQLite) are on Drive, so they outlive the
 # session. To let **several machines** work on it at once, give every one the same
-# `STORAGE`: a PostgreSQL URL (`postgresql://user:password@host/db`, any SQLAlchemy database)
-# is the safe choice. A journal file (`STORAGE = str(SWEEP / "study.log")`) avoids SQLite's
-# locking on network file systems that honour file locks (NFS); Drive shared between two
-# Colab machines honours neither, so there use a database server.
+# `STORAGE`: a PostgreSQL database is the safe choice, written as the URL
+# `postgresql://USER:PASSWORD@HOST:5432/DBNAME` with your server's values (any SQLAlchemy
+# database URL works too). It needs a PostgreSQL driver: `pip install "pneumolib[postgres]"`
+# adds one, and in Colab the cell below installs it when `STORAGE` names PostgreSQL. A worker
+# stopped by Ctrl-C, a kill or a lost session gives its trial back or has it taken over, and
+# a database restart only makes the workers retry. A journal file
+# (`STORAGE = str(SWEEP / "study.log")`) avoids SQLite's locking on network file systems that
+# honour file locks (NFS); Drive shared between two Colab machines honours neither, so there
+# use a database server.
 #
 # **demo**: the same machinery on a tiny grid — 2 batch sizes × 2 learning rates, one epoch
 # each at 64 px on the synthetic data — that runs quickly on a CPU. One epoch
@@ -123,7 +128,12 @@ else:
     sweep_cfg = cfg.replace(epochs=1, image_size=64)
 SWEEP = Path(cfg.out).parent / "sweep"
 STORAGE = None  # None: SQLite file SWEEP/study.db; or a database URL, or a journal file path
+# STORAGE = "postgresql://USER:PASSWORD@HOST:5432/DBNAME"  # shared by several machines
 STUDY = "grid"
+if IN_COLAB and str(STORAGE).startswith("postgres"):  # the postgres extra's driver
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "psycopg[binary]>=3.1"], check=True
+    )
 sweep_cfg = sweep_cfg.replace(out=str(SWEEP))
 print(f"{len(batch_sizes)} batch sizes x {len(lrs)} lrs, {sweep_cfg.epochs} epoch(s) per trial")
 print(f"sweep folder: {SWEEP}")

@@ -10,7 +10,12 @@ import os
 import sys
 
 from pneumolib.cli.commands import config_from_args
-from pneumolib.cli.interrupt import INTERRUPTED, interrupted_line
+from pneumolib.cli.interrupt import (
+    close_progress_bars,
+    exit_status,
+    interrupted_line,
+    sigterm_as_interrupt,
+)
 from pneumolib.cli.parser import USER_ERRORS, build_parser
 
 __all__ = ["build_parser", "config_from_args", "main", "run"]
@@ -24,16 +29,18 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`run`, with the error contract: the user's errors as one `error: ...` line (exit 2; the
-    machine's OS errors exit 1), Ctrl-C as one line naming the folder kept (exit 130, every
-    command: `cli.interrupt`), bugs with their traceback."""
+    machine's OS errors exit 1), Ctrl-C or SIGTERM as one line naming the folder kept (exit
+    130 or 143, every command: `cli.interrupt`), bugs with their traceback."""
     debug = bool(os.environ.get("PNEUMOLIB_DEBUG"))  # the full traceback, for bug reports
     try:
-        return run(argv)
-    except KeyboardInterrupt:
-        # argv parsed already (Ctrl-C came from the handler): parse it again for the folder
+        with sigterm_as_interrupt():
+            return run(argv)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM raised as `Terminated`
+        # argv parsed already (the signal came in the handler): parse it again for the folder
         args, _ = build_parser().parse_known_args(argv)
+        close_progress_bars()
         print(interrupted_line(args), file=sys.stderr)
-        return INTERRUPTED
+        return exit_status(stop)
     except USER_ERRORS as e:
         if debug:
             raise

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import re
+import signal
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -174,9 +175,10 @@ def _run_trial(
         state, history = TrialState.PRUNED, pd.read_csv(metrics_csv_path(run_dir))
     except (_Lost, TakenOver) as e:  # the point goes on in the worker that took it over
         print(e)
-    except KeyboardInterrupt:  # mark it at once, so that a re-run resumes it without waiting
-        beat.stop()
-        log_event(study_dir, "interrupted", run=key, trial=trial.number)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM (`cli.interrupt`): give it back at
+        beat.stop()  # once, so that a re-run or another worker resumes it without waiting
+        how = signal.Signals(getattr(stop, "signum", signal.SIGINT)).name
+        log_event(study_dir, "interrupted", run=key, trial=trial.number, detail=how)
         retry(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     except Exception as e:  # one point failing (e.g. out of memory) must not end the sweep

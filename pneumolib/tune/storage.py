@@ -3,6 +3,7 @@ journal file), the study on it, and the human-readable event log SWEEP/<study>/s
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import socket
@@ -13,6 +14,7 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -50,6 +52,32 @@ def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
     )
 
 
+# PostgreSQL drivers in the order tried: (module, SQLAlchemy dialect, lowest SQLAlchemy with it).
+# `pip install "pneumolib[postgres]"` installs the first (psycopg 3); psycopg2, which Colab
+# and many servers already have, serves as well.
+POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg", 2), ("psycopg2", "postgresql+psycopg2", 1))
+
+
+def database_url(url: str) -> str:
+    """`url` with `postgresql://` (or `postgres://`) spelled as the SQLAlchemy dialect of the
+    PostgreSQL driver installed here, so that the URL works as users write it whichever driver
+    is installed. A URL naming its driver (`postgresql+NAME://`) or another database is kept."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    sqlalchemy_major = int(sqlalchemy.__version__.split(".")[0])
+    for module, dialect, since in POSTGRES_DRIVERS:
+        if sqlalchemy_major >= since and importlib.util.find_spec(module) is not None:
+            return f"{dialect}{sep}{rest}"
+    missing = 'no PostgreSQL driver is installed; pip install "pneumolib[postgres]" adds one'
+    if importlib.util.find_spec("psycopg") is not None:  # SQLAlchemy 1.4 has no dialect for it
+        missing = (
+            f"psycopg 3 needs SQLAlchemy 2 (installed: {sqlalchemy.__version__}); "
+            "upgrade SQLAlchemy, or pip install psycopg2-binary"
+        )
+    raise UsageError(f"--storage {masked_url(url)}: {missing}")
+
+
 def open_storage(storage: str | None, sweep_dir: str | Path) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL, a journal file path (.log/.journal), or None (SQLite in
     SWEEP). SQLite waits up to two minutes for a lock instead of failing at once."""
@@ -66,8 +94,9 @@ def open_storage(storage: str | None, sweep_dir: str | Path) -> optuna.storages.
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
     else:
         kwargs = {"pool_pre_ping": True}
+    engine_url = database_url(url)  # a missing PostgreSQL driver: one line naming the extra
     try:
-        return retry(optuna.storages.RDBStorage, url, engine_kwargs=kwargs)
+        return retry(optuna.storages.RDBStorage, engine_url, engine_kwargs=kwargs)
     except Exception as e:  # a wrong URL, an unreachable server, a missing database driver
         reason = (str(e).splitlines() or [type(e).__name__])[0]
         raise UsageError(f"--storage {masked_url(url)}: cannot open it ({reason})") from e
