@@ -338,20 +338,19 @@ def test_preprocess_leaves_out_non_chest_unless_allowed(demo_raw: Path, tmp_path
     assert sorted(errors.patientId) == sorted([ct.stem, knee.stem]), errors
     assert errors.error.str.contains("Modality CT").any()
     assert errors.error.str.contains("BodyPartExamined KNEE").any()
-    assert errors.error.str.contains("--allow-any-modality").all()
+    assert errors.error.str.contains("--allow-any-input").all()
     kept = set(pd.read_csv(index_path(strict)).patientId)
     assert im.stem in kept and ct.stem not in kept
     loose = build_cache(
-        raw, tmp_path / "loose", size=32, workers=0, progress=False, allow_any_modality=True
+        raw, tmp_path / "loose", size=32, workers=0, progress=False, allow_any_input=True
     )
     assert {ct.stem, knee.stem, im.stem} <= set(pd.read_csv(index_path(loose)).patientId)
     assert len(pd.read_csv(errors_path(loose))) == 0
 
 
-def test_cli_flag_reaches_preprocess() -> None:
+@pytest.mark.parametrize("flag", ["--allow-any-input", "--allow-any-modality"])
+def test_cli_flag_reaches_preprocess(flag: str) -> None:
     args = build_parser().parse_args(["preprocess", "--raw", "r", "--out", "c"])
-    assert args.allow_any_modality is False
-    args = build_parser().parse_args(
-        ["preprocess", "--raw", "r", "--out", "c", "--allow-any-modality"]
-    )
-    assert args.allow_any_modality is True
+    assert args.allow_any_input is False
+    args = build_parser().parse_args(["preprocess", "--raw", "r", "--out", "c", flag])
+    assert args.allow_any_input is True
