@@ -48,6 +48,7 @@ from pneumolib.data.dicom_checks import (
     DicomError,  # the reader's errors, defined with the checks that name their causes
     NoImageError,
     codec_hint,
+    damaged_stream,
     extra_installed,
     j2k_sign_conflict,
     modality_lut_problem,
@@ -360,11 +361,12 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
     except DicomError:
         raise
     except Exception as e:
-        tsyntax = _transfer_syntax(ds)  # not corrupt, perhaps: a decoder is missing here
-        hint = codec_hint(
+        tsyntax = _transfer_syntax(ds)  # damaged, or a decoder is missing here
+        why = damaged_stream(tsyntax, ds.PixelData, rows=h.rows, columns=h.columns)
+        why = why or codec_hint(
             tsyntax, h.bits_stored, error=_one_line(e), extra_here=extra_installed(tsyntax)
         )
-        why = hint or f"pixel data could not be decoded ({_one_line(e)})"
+        why = why or f"pixel data could not be decoded ({_one_line(e)})"
         raise DicomError(f"{path}: {why}") from None
     if img.ndim != 2 or img.size == 0:
         raise DicomError(f"{path}: expected a 2-D image, got shape {img.shape}")

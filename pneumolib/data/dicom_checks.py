@@ -14,6 +14,7 @@ pydicom, "no pixel data", or a grey mess.
 from __future__ import annotations
 
 import re
+import struct
 
 import pydicom
 from pydicom.encaps import generate_frames
@@ -186,3 +187,51 @@ def j2k_sign_conflict(tsyntax: UID, pixel_data: bytes, *, signed: bool) -> str |
         f"{kinds[signed]} (PixelRepresentation {int(signed)}): the file contradicts itself, "
         "so its grey levels cannot be trusted (re-export it, or correct PixelRepresentation)"
     )
+
+
+def damaged_stream(tsyntax: UID, pixel_data: bytes, *, rows: int, columns: int) -> str | None:
+    """Why the first compressed frame cannot be decoded by any decoder, read from its own
+    header: a JPEG 2000 image size that is not the DICOM header's, or a sequential JPEG whose
+    scan does not run over coefficients 0..63. None when neither shows (or it does not parse:
+    the decoder will say what is wrong)."""
+    try:
+        frame = next(generate_frames(pixel_data, number_of_frames=1))
+    except Exception:
+        return None
+    damaged = "the pixel data is damaged (no decoder reads it)"
+    if tsyntax in JPEG2000TransferSyntaxes:
+        at = frame.find(b"\xff\x4f\xff\x51")  # SOC then SIZ (PS3.5 A.4.4, ISO 15444-1 A.5.1)
+        if at < 0 or len(frame) < at + 24:
+            return None
+        x, y, x0, y0 = struct.unpack(">IIII", frame[at + 8 : at + 24])
+        if (x - x0, y - y0) != (columns, rows):
+            return (
+                f"the JPEG 2000 stream says {x - x0}x{y - y0} pixels, the header "
+                f"{columns}x{rows}: {damaged}"
+            )
+    elif tsyntax == JPEGExtended12Bit:
+        scan = _jpeg_sequential_scan(frame)
+        if scan is not None and scan != (0, 63):
+            return (
+                f"the JPEG stream's scan covers coefficients {scan[0]}..{scan[1]}, where a "
+                f"sequential JPEG covers 0..63: {damaged}"
+            )
+    return None
+
+
+def _jpeg_sequential_scan(frame: bytes) -> tuple[int, int] | None:
+    """(Ss, Se) of the first scan of a sequential DCT JPEG (SOF0/SOF1, ITU T.81 B.2.3); None
+    for another process or a stream whose markers do not parse."""
+    at, sequential = 2, False
+    while at + 4 <= len(frame) and frame[at] == 0xFF:
+        marker = frame[at + 1]
+        length = int.from_bytes(frame[at + 2 : at + 4], "big")
+        if marker in (0xC0, 0xC1):
+            sequential = True
+        if marker == 0xDA:  # SOS: Ls, Ns, Ns x (Cs, Td/Ta), Ss, Se, Ah/Al
+            start = at + 5 + 2 * frame[at + 4] if at + 4 < len(frame) else len(frame)
+            if not sequential or start + 2 > len(frame):
+                return None
+            return frame[start], frame[start + 1]
+        at += 2 + length
+    return None

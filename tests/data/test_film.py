@@ -5,6 +5,7 @@ in place from ../shared/data/real-dicom/."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from PIL import Image, features
 from pydicom.fileset import FileSet
 from pydicom.pixels import apply_color_lut
 from pydicom.uid import (
@@ -393,3 +395,48 @@ def test_a_16bit_jpeg_extended_file_gets_no_install_hint(tmp_path: Path) -> None
         read_dicom(path)
     assert "no decoder installed here reads JPEG Extended" in str(err.value)
     assert "at 16 bits" in str(err.value) and "adds them" not in str(err.value)
+
+
+def encapsulated(path: Path, syntax: str, frame: bytes, *, bits: int, shape=(64, 64)) -> Path:
+    def edit(ds: pydicom.Dataset) -> None:
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.Rows, ds.Columns = shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = (8 if bits <= 8 else 16), bits, bits - 1
+        ds.PixelData = pydicom.encaps.encapsulate([frame])
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+
+    return dicom(path, noise(64, 64), edit)
+
+
+def test_a_jpeg_scan_no_decoder_reads_is_called_damaged(tmp_path: Path) -> None:
+    ok, buf = cv2.imencode(".jpg", noise(64, 64))
+    assert ok
+    frame = bytearray(buf.tobytes())
+    sos = frame.find(b"\xff\xda")
+    se = sos + 5 + 2 * frame[sos + 4] + 1  # Se: the last coefficient of the scan
+    assert frame[se] == 63
+    frame[se] = 0  # as a damaged 12-bit JPEG Extended file in pydicom's test data has it
+    path = encapsulated(tmp_path / "scan.dcm", JPEGExtended12Bit, bytes(frame), bits=12)
+    with pytest.raises(DicomError) as err:
+        read_dicom(path)
+    assert str(err.value) == (
+        f"{path}: the JPEG stream's scan covers coefficients 0..0, where a sequential JPEG "
+        "covers 0..63: the pixel data is damaged (no decoder reads it)"
+    )
+
+
+@pytest.mark.skipif(not features.check("jpg_2000"), reason="Pillow built without OpenJPEG")
+def test_a_jpeg2000_stream_of_another_size_is_called_damaged(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(noise(64, 64)).save(buf, format="JPEG2000", no_jp2=True, irreversible=False)
+    frame = bytearray(buf.getvalue())
+    siz = frame.find(b"\xff\x51")
+    frame[siz + 6 : siz + 10] = (3_722_445_056).to_bytes(4, "big")  # Xsiz, as a damaged file
+    path = encapsulated(tmp_path / "j2k.dcm", JPEG2000, bytes(frame), bits=8)
+    with pytest.raises(DicomError) as err:
+        read_dicom(path)
+    assert str(err.value) == (
+        f"{path}: the JPEG 2000 stream says 3722445056x64 pixels, the header 64x64: the pixel "
+        "data is damaged (no decoder reads it)"
+    )
