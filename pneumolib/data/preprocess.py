@@ -188,7 +188,7 @@ def build_cache(
         progress=progress,
         n=n,
     )
-    elapsed = time.perf_counter() - t0
+    elapsed = max(time.perf_counter() - t0, 1e-9)
     _finish(
         part,
         out,
@@ -199,20 +199,24 @@ def build_cache(
         inputs=inputs,
         synthetic=synthetic,
     )
+    _report(out, done=done, n=n, size=size, mismatches=len(errors), rate=len(todo) / elapsed)
+    return out
+
+
+def _report(out: Path, *, done: dict, n: int, size: int, mismatches: int, rate: float) -> None:
+    """The build's summary line, and one note for the images left out as not chest films."""
     failed = sum("error" in m for m in done.values())
     not_film = sum(bool(m.get("not_film")) for m in done.values())
-    rate = len(todo) / elapsed if elapsed > 0 else float("nan")
     print(
         f"cache {out}: {n - failed} images of {size}x{size}, {failed - not_film} unreadable, "
-        f"{len(errors)} label/image mismatches; {rate:.0f} images/s"
-        + (f" (see {errors_path(out)})" if failed or errors else "")
+        f"{mismatches} label/image mismatches; {rate:.0f} images/s"
+        + (f" (see {errors_path(out)})" if failed or mismatches else "")
     )
     if not_film:
         print(
             f"note: {not_film} file(s) are not chest films, left out (listed in "
             f"{errors_path(out)}; --allow-any-input keeps them)"
         )
-    return out
 
 
 def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
