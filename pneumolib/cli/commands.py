@@ -61,7 +61,7 @@ def preprocess_cli(args: argparse.Namespace) -> None:
         reduced=not args.full_decode,
         decoder=args.decoder,
         rebuild=args.rebuild,
-        allow_any_modality=args.allow_any_modality,
+        allow_any_input=args.allow_any_input,
     )
 
 

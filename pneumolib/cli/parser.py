@@ -179,10 +179,14 @@ def _add_preprocess(sub) -> None:
     p.add_argument("--full-decode", action="store_true", help="no reduced-scale JPEG decode")
     p.add_argument("--rebuild", action="store_true", help="replace a cache made differently")
     p.add_argument(
-        "--allow-any-modality",
+        "--allow-any-input",
         action="store_true",
-        help="keep DICOMs whose header says CT, MR, US... or a body part other than the chest "
-        "(default: listed in errors.csv and left out)",
+        help="keep images that are not chest films: a header saying CT, MR, US... or another "
+        "body part, colour images, images under 64 px a side or more than twice as long as "
+        "wide (default: listed in errors.csv and left out)",
+    )
+    p.add_argument(  # the same switch under its other name, kept out of the help
+        "--allow-any-modality", dest="allow_any_input", action="store_true", help=argparse.SUPPRESS
     )
     p.set_defaults(func=preprocess_cli)
 

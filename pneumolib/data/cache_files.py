@@ -15,6 +15,13 @@ STATS = "stats.json"
 ERRORS = "errors.csv"
 PARAMS = "params.json"  # in CACHE.partial/: what the unfinished build was started with
 CACHE_FILES = (IMAGES, INDEX, STATS)  # present in every complete cache
+# Build parameters a cache may record under another name, and the name they are compared by.
+_PARAM_ALIASES = {"allow_any_modality": "allow_any_input"}
+
+
+def current_params(params: dict) -> dict:
+    """A cache's recorded build parameters, each under the name a build compares it by."""
+    return {_PARAM_ALIASES.get(k, k): v for k, v in params.items()}
 
 
 def images_path(cache: str | Path) -> Path:

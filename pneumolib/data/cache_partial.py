@@ -28,7 +28,7 @@ import numpy as np
 
 from pneumolib.base.errors import PneumolibError
 from pneumolib.base.progress import bar as progress_bar
-from pneumolib.data.cache_files import PARAMS, images_path
+from pneumolib.data.cache_files import PARAMS, current_params, images_path
 
 # Room for index.csv, errors.csv, stats.json and the progress log beside images.npy: a fixed
 # part plus about 2.5x the ~400 bytes of text a row takes in them.
@@ -177,7 +177,7 @@ def open_partial(part: Path, params: dict, *, shape: tuple[int, int, int], rebui
     made otherwise, else start afresh. Checks the free space before allocating anything."""
     images = images_path(part)
     if (part / PARAMS).exists():
-        old = json.loads((part / PARAMS).read_text())
+        old = current_params(json.loads((part / PARAMS).read_text()))
         why = _differs(old, params)
         if why and not rebuild:
             raise CacheError(

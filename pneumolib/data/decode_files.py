@@ -2,8 +2,9 @@
 
 OpenCV file by file through `read_dicom` (the default), or torchvision's batched `decode_jpeg`
 (nvJPEG on a GPU) for the plain JPEG files, the rest through `read_dicom`. Either way a file
-whose header is not a chest radiograph (`dicom_detect.radiograph_problem`: CT, MR, US..., or
-another body part) becomes an error row, unless the build allows any modality.
+that fails the cheap checks (`film.film_problem`: a header that is not a chest radiograph, a
+colour image, one too small or too elongated) becomes an error row marked `not_film`, unless
+the build allows any input.
 """
 
 from __future__ import annotations
@@ -18,31 +19,33 @@ from pneumolib.data.dicom import (
     plain_jpeg,
     read_dicom,
 )
-from pneumolib.data.dicom_detect import radiograph_problem
+from pneumolib.data.film import film_problem
 
 Result = tuple[np.ndarray | None, dict]  # pixels (S, S) uint8 or None, and metadata or error
 
 
 def read_files(
-    paths: list[str], size: int, *, reduced: bool, decoder: str, allow_any_modality: bool
+    paths: list[str], size: int, *, reduced: bool, decoder: str, allow_any_input: bool
 ) -> list[Result]:
     """`paths` -> one (pixels, meta) per path: meta holds sex, age, view, scale, ox, oy, or
     `error` (one line naming the file) with pixels None. `decoder`: "opencv", or "cuda" /
-    "cpu" for torchvision. Not a chest radiograph: an error unless `allow_any_modality`."""
+    "cpu" for torchvision. Not a chest film (`film_problem`): an error with `not_film` True,
+    unless `allow_any_input`."""
     if decoder == "opencv":
         results = [_read_one(p, size, reduced=reduced) for p in paths]
     else:
         results = _read_batch_torchvision(paths, size, decoder)
     return [
-        _modality_rule(pixels, meta, path, allow_any=allow_any_modality)
+        _film_rule(pixels, meta, path, allow_any=allow_any_input)
         for path, (pixels, meta) in zip(paths, results, strict=True)
     ]
 
 
-def _modality_rule(pixels: np.ndarray | None, meta: dict, path: str, *, allow_any: bool) -> Result:
-    problem = meta.pop("not_chest", None)
+def _film_rule(pixels: np.ndarray | None, meta: dict, path: str, *, allow_any: bool) -> Result:
+    problem = meta.pop("film_problem", None)
     if problem and not allow_any:
-        return None, {"error": f"{path}: {problem}; left out (--allow-any-modality keeps it)"}
+        error = f"{path}: {problem}; not a chest film, left out (--allow-any-input keeps it)"
+        return None, {"error": error, "not_film": True}
     return pixels, meta
 
 
@@ -53,9 +56,11 @@ def _read_one(path: str, size: int, *, reduced: bool) -> tuple[np.ndarray | None
         return None, {"error": str(e)}
     except Exception as e:  # never let one file kill the build
         return None, {"error": f"{path}: {type(e).__name__}: {e}"}
-    problem = radiograph_problem(d.modality, d.body_part)
+    problem = film_problem(
+        modality=d.modality, body_part=d.body_part, rows=d.rows, columns=d.columns, chroma=d.chroma
+    )
     geometry = {"scale": d.scale, "ox": d.offset[0], "oy": d.offset[1]}
-    return d.pixels, {**d.meta(), **geometry, "not_chest": problem}
+    return d.pixels, {**d.meta(), **geometry, "film_problem": problem}
 
 
 def _plain_jpeg(ds, path: str) -> bool:
@@ -119,7 +124,13 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
                 "scale": scale,
                 "ox": off[0],
                 "oy": off[1],
-                "not_chest": radiograph_problem(ds.get("Modality"), ds.get("BodyPartExamined")),
+                "film_problem": film_problem(  # plain_jpeg: one grey sample, chroma 0
+                    modality=ds.get("Modality"),
+                    body_part=ds.get("BodyPartExamined"),
+                    rows=h,
+                    columns=w,
+                    chroma=0.0,
+                ),
             }
             results[i] = (px, meta)
     return results

@@ -9,12 +9,14 @@ leaves at least the target size; this stays within `REDUCED_DECODE_TOLERANCE` of
 area resize (tested) and is the single largest saving when building the cache.
 
 Grey values follow the DICOM standard (PS3.3): modality rescale/LUT, then the VOI LUT (scaled
-by its own output depth) or window; colour and palette images become luma; samples scale by
-their stored bit depth. An image that decodes to almost a single grey level is refused
+by its own output depth) or window; colour and palette images become luma, their chroma kept
+in `DicomImage.chroma` for `film.film_problem` (`dicom_pixels`); samples scale by their stored
+bit depth. An image that decodes to almost a single grey level is refused
 (`check_informative`), and every failure is a one-line DicomError naming the file and its
-cause (`dicom_checks`: a decoder to install, a header that contradicts itself, float or empty
-pixel data). A file without the 128-byte preamble is read when its content is a DICOM header
-(`dicom_detect`).
+cause (`dicom_checks`: an empty file, a decoder to install or none that exists, a header that
+contradicts itself, float or empty pixel data); a DICOM object without an image by design (a
+DICOMDIR, a presentation state, a structured report) raises NoImageError, a DicomError. A file
+without the 128-byte preamble is read when its content is a DICOM header (`dicom_detect`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -42,15 +44,26 @@ from pydicom.uid import (
     JPEGBaseline8Bit,
 )
 
-from pneumolib.base.errors import PneumolibError
 from pneumolib.data.dicom_checks import (
+    DicomError,  # the reader's errors, defined with the checks that name their causes
+    NoImageError,
+    codec_hint,
+    damaged_stream,
+    extra_installed,
     j2k_sign_conflict,
-    missing_codec,
     modality_lut_problem,
-    needs_extra,
+    non_image_object,
     pixel_data_problem,
 )
 from pneumolib.data.dicom_detect import read_without_preamble
+from pneumolib.data.dicom_pixels import (
+    apply_voi_lut_sequence,
+    chroma,
+    colour_to_grey,
+    palette_rgb,
+    scale_bits,
+    ybr_rgb,
+)
 from pneumolib.data.letterbox import letterbox
 
 # Reduced-scale decode + area resize against full decode + area resize, in grey levels.
@@ -68,10 +81,6 @@ _REDUCED_FLAGS = {
 }
 
 
-class DicomError(PneumolibError, ValueError):
-    """A DICOM that cannot be turned into an image; the message names the file."""
-
-
 @dataclass
 class DicomImage:
     pixels: np.ndarray  # uint8 (H, W), or (S, S) when a size was asked for
@@ -83,6 +92,7 @@ class DicomImage:
     pixel_spacing: tuple[float, float] | None = None  # mm per pixel (row, column)
     rows: int = 0  # original height
     columns: int = 0  # original width
+    chroma: float = 0.0  # colour in RGB/YBR/palette data before the grey conversion (0..1)
     # Original -> returned pixel mapping: out = in * scale + offset (x and y alike).
     scale: float = 1.0
     offset: tuple[float, float] = field(default=(0.0, 0.0))
@@ -226,40 +236,31 @@ def _decode_jpeg(ds: pydicom.Dataset, h: _Header, path: Path, size: int | None) 
     return img
 
 
-def _scale_bits(arr: np.ndarray, bits: int) -> np.ndarray:
-    """Unsigned samples of `bits` bits, 0..2**bits - 1 -> uint8 0..255 (rounded)."""
-    if bits == 8 and arr.dtype == np.uint8:
-        return arr
-    top = 2**bits - 1
-    x = np.clip(arr, 0, top).astype(np.float32) * np.float32(255.0 / top)
-    return np.rint(x).astype(np.uint8)
+Decoded = tuple[np.ndarray, float]  # uint8 grey (H, W), chroma of the colour data (0..1)
 
 
-def _colour_to_grey(rgb: np.ndarray, bits: int) -> np.ndarray:
-    """RGB (H, W, 3) of `bits` bits per sample -> uint8 grey (luma 0.299/0.587/0.114)."""
-    rgb8 = _scale_bits(np.asarray(rgb), bits)
-    return cv2.cvtColor(np.ascontiguousarray(rgb8), cv2.COLOR_RGB2GRAY)
-
-
-def _decode(ds: pydicom.Dataset, h: _Header, path: Path, size: int | None) -> np.ndarray:
-    """The pixel data -> uint8 grey (H, W), bright = dense. `size` allows a reduced JPEG decode."""
+def _decode(ds: pydicom.Dataset, h: _Header, path: Path, size: int | None) -> Decoded:
+    """The pixel data -> (uint8 grey (H, W), bright = dense; its chroma, 0 for grey data).
+    `size` allows a reduced JPEG decode."""
     tsyntax = _transfer_syntax(ds)
     if h.photometric == "PALETTE COLOR":
-        depth = int(ds.RedPaletteColorLookupTableDescriptor[2])  # bits per palette entry
-        rgb = apply_color_lut(ds.pixel_array, ds)
-        return _colour_to_grey(rgb, max(depth, int(rgb.max()).bit_length()))
+        rgb, depth = palette_rgb(ds.pixel_array, ds)
+        return colour_to_grey(rgb, depth), chroma(rgb, depth)
     if h.samples == 3:
         if h.photometric in ("YBR_FULL", "YBR_FULL_422") and not tsyntax.is_compressed:
             ds.pixel_array_options(as_rgb=False)  # pydicom converts 8-bit samples only
-            return _scale_bits(ds.pixel_array[..., 0], h.bits_stored)  # Y is the luma
-        return _colour_to_grey(ds.pixel_array, h.bits_stored)
+            ybr = ds.pixel_array
+            colour = chroma(ybr_rgb(ybr, h.bits_stored), h.bits_stored)
+            return scale_bits(ybr[..., 0], h.bits_stored), colour  # Y is the luma
+        rgb = ds.pixel_array
+        return colour_to_grey(rgb, h.bits_stored), chroma(rgb, h.bits_stored)
     if tsyntax in _JPEG_SYNTAXES and _is_grey_jpeg(h):
         reduced = size if _is_plain(ds, h) else None
-        return _grey_to_uint8(ds, h, _decode_jpeg(ds, h, path, reduced), path)
+        return _grey_to_uint8(ds, h, _decode_jpeg(ds, h, path, reduced), path), 0.0
     conflict = j2k_sign_conflict(tsyntax, ds.PixelData, signed=h.signed)
     if conflict:
         raise DicomError(f"{path}: {conflict}")
-    return _grey_to_uint8(ds, h, ds.pixel_array, path)
+    return _grey_to_uint8(ds, h, ds.pixel_array, path), 0.0
 
 
 def _transfer_syntax(ds: pydicom.Dataset) -> UID:
@@ -302,11 +303,11 @@ def _grey_to_uint8(ds: pydicom.Dataset, h: _Header, arr: np.ndarray, path: Path)
     voi_lut = bool(ds.get("VOILUTSequence"))
     modality = h.rescale is not None or "ModalityLUTSequence" in ds
     if not (modality or voi_lut or h.window or h.signed) and h.bits_stored <= 8:
-        out = _scale_bits(arr, h.bits_stored)
+        out = scale_bits(arr, h.bits_stored)
     else:
         x = apply_modality_lut(arr, ds)
         if voi_lut:
-            x, (lo, hi) = _apply_voi_lut_sequence(x, ds, path)
+            x, (lo, hi) = apply_voi_lut_sequence(x, ds, path)
         elif h.window:
             x = apply_voi_lut(x, ds, prefer_lut=False)
             lo, hi = _window_output_range(h)
@@ -315,36 +316,6 @@ def _grey_to_uint8(ds: pydicom.Dataset, h: _Header, arr: np.ndarray, path: Path)
         x = (np.asarray(x, np.float64) - lo) / max(hi - lo, 1e-9)
         out = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
     return 255 - out if h.photometric == "MONOCHROME1" else out
-
-
-def _apply_voi_lut_sequence(
-    x: np.ndarray, ds: pydicom.Dataset, path: Path
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """The first VOI LUT of the sequence applied to `x` -> (values, output range).
-
-    PS3.3 C.11.2.1.1: LUT Descriptor = (entries, 0 meaning 65536; first mapped input value;
-    bits per entry). Inputs below the first mapped value take the first entry, inputs past the
-    end the last; the output range is 0..2**bits - 1 of the LUT itself, not of the image.
-    """
-    item = ds.VOILUTSequence[0]
-    try:
-        entries, first, bits = (int(v) for v in item.LUTDescriptor)
-    except Exception:
-        value = item.get("LUTDescriptor")
-        raise DicomError(f"{path}: VOI LUT Descriptor = {value!r} is not 3 numbers") from None
-    entries = entries or 65536
-    data = item.get("LUTData")
-    if isinstance(data, bytes):  # OW: 16-bit words in the file's byte order
-        little = getattr(ds, "original_encoding", (None, True))[1] is not False
-        lut = np.frombuffer(data, "<u2" if little else ">u2")
-    else:  # US: a number or a list of numbers
-        lut = np.atleast_1d(np.asarray(data, np.int64))
-    if lut.size < entries:
-        raise DicomError(f"{path}: VOI LUT has {lut.size} entries, its descriptor says {entries}")
-    lut = lut[:entries]
-    idx = np.clip(np.rint(np.asarray(x, np.float64)) - first, 0, entries - 1).astype(np.intp)
-    bits = max(bits, int(lut.max()).bit_length())  # an understated depth must not wrap
-    return lut[idx], (0.0, float(2**bits - 1))
 
 
 def _window_output_range(h: _Header) -> tuple[float, float]:
@@ -366,10 +337,14 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
     `reduced=False` forces a full-resolution JPEG decode before resizing.
     Raises DicomError (one line naming the file) for anything unreadable, for a header value
     that is not a number, for a multi-frame file, and for an image that decodes to almost a
-    single grey level (`check_informative`).
+    single grey level (`check_informative`); NoImageError, a DicomError, for a DICOM object
+    without an image by design (a DICOMDIR, a presentation state, a structured report).
     """
     path = Path(path)
     ds = _read_dataset(path)
+    what = non_image_object(ds, path.name)
+    if what:
+        raise NoImageError(f"{path}: {what}")
     problem = pixel_data_problem(ds) or modality_lut_problem(ds)
     if problem:
         raise DicomError(f"{path}: {problem}")
@@ -382,22 +357,24 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
             "(multi-frame files are not supported)"
         )
     try:
-        img = _decode(ds, h, path, size if reduced else None)
+        img, colour = _decode(ds, h, path, size if reduced else None)
     except DicomError:
         raise
     except Exception as e:
-        tsyntax = _transfer_syntax(ds)
-        if needs_extra(tsyntax):  # not corrupt, perhaps: a decoder is missing here
-            raise DicomError(f"{path}: {missing_codec(tsyntax, _one_line(e))}") from None
-        raise DicomError(f"{path}: pixel data could not be decoded ({_one_line(e)})") from None
+        tsyntax = _transfer_syntax(ds)  # damaged, or a decoder is missing here
+        why = damaged_stream(tsyntax, ds.PixelData, rows=h.rows, columns=h.columns)
+        why = why or codec_hint(
+            tsyntax, h.bits_stored, error=_one_line(e), extra_here=extra_installed(tsyntax)
+        )
+        why = why or f"pixel data could not be decoded ({_one_line(e)})"
+        raise DicomError(f"{path}: {why}") from None
     if img.ndim != 2 or img.size == 0:
         raise DicomError(f"{path}: expected a 2-D image, got shape {img.shape}")
     check_informative(img, path)
+    rows, columns = h.rows or img.shape[0], h.columns or img.shape[1]
     scale, offset = 1.0, (0.0, 0.0)
     if size is not None:
-        img, scale, offset = letterbox(
-            img, size, (h.rows or img.shape[0], h.columns or img.shape[1])
-        )
+        img, scale, offset = letterbox(img, size, (rows, columns))
     return DicomImage(
         pixels=np.ascontiguousarray(img),
         sex=(str(ds.get("PatientSex", "")).strip().upper() or None),
@@ -406,8 +383,9 @@ def read_dicom(path: str | Path, size: int | None = None, reduced: bool = True) 
         modality=(str(ds.get("Modality", "")).strip().upper() or None),
         body_part=(str(ds.get("BodyPartExamined", "")).strip().upper() or None),
         pixel_spacing=_pixel_spacing(ds),
-        rows=h.rows,
-        columns=h.columns,
+        rows=rows,
+        columns=columns,
+        chroma=colour,
         scale=scale,
         offset=offset,
     )
@@ -417,6 +395,8 @@ def _read_dataset(path: Path) -> pydicom.Dataset:
     """pydicom.dcmread with its failures (missing, truncated, not DICOM) as one-line DicomErrors;
     a file without the preamble is read when it opens on a DICOM header (`dicom_detect`)."""
     try:
+        if path.stat().st_size == 0:  # pydicom would call it "not a DICOM"
+            raise DicomError(f"{path}: empty file (0 bytes)")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds: pydicom.Dataset | None

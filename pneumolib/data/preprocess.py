@@ -27,6 +27,7 @@ from pneumolib.base.config import Config, default_workers
 from pneumolib.data.cache_check import cache_record, reusable
 from pneumolib.data.cache_files import (
     PARAMS,
+    current_params,
     errors_path,
     images_path,
     index_path,
@@ -64,11 +65,11 @@ __all__ = ["CacheError", "build_cache", "cache_for", "default_workers", "pixel_s
 
 def _process_chunk(args: tuple) -> list[dict]:
     """Worker: read one chunk of files into rows of the partial images.npy -> their metadata."""
-    images_path, rows, paths, size, reduced, decoder, allow_any_modality = args
+    images_path, rows, paths, size, reduced, decoder, allow_any_input = args
     images = np.load(images_path, mmap_mode="r+")
     out = []
     results = read_files(
-        paths, size, reduced=reduced, decoder=decoder, allow_any_modality=allow_any_modality
+        paths, size, reduced=reduced, decoder=decoder, allow_any_input=allow_any_input
     )
     for row, path, (pixels, meta) in zip(rows, paths, results, strict=True):
         if pixels is not None:
@@ -104,7 +105,7 @@ def cache_for(
     decoder: str = "opencv",
     rebuild: bool = False,
     progress: bool = True,
-    allow_any_modality: bool = False,
+    allow_any_input: bool = False,
 ) -> Path:
     """The cache of `cfg` (`cfg.raw` -> `cfg.cache` at `cfg.cache_size`, its split rule, seed
     and fractions): the one way from a config to a cache, used by the notebooks, the demo,
@@ -123,7 +124,7 @@ def cache_for(
         decoder=decoder,
         rebuild=rebuild,
         progress=progress,
-        allow_any_modality=allow_any_modality,
+        allow_any_input=allow_any_input,
     )
 
 
@@ -142,7 +143,7 @@ def build_cache(
     rebuild: bool = False,
     chunk: int = 64,
     progress: bool = True,
-    allow_any_modality: bool = False,
+    allow_any_input: bool = False,
 ) -> Path:
     """Build CACHE from an RSNA-shaped RAW folder; returns the cache path.
 
@@ -151,14 +152,14 @@ def build_cache(
     torchvision's batched decode_jpeg (nvJPEG on a GPU). A finished cache with the same
     parameters and inputs is reused; one with other parameters, or made from other label files
     or images, is refused unless `rebuild=True`. Files that could not be read are retried when
-    an unfinished build resumes. A DICOM whose header is not a chest radiograph (CT, MR, US...,
-    another body part: `dicom_detect.radiograph_problem`) goes to errors.csv unless
-    `allow_any_modality`.
+    an unfinished build resumes. An image that is not a chest film (`film.film_problem`: a
+    header saying CT, MR, US... or another body part, colour, too small, too elongated) goes
+    to errors.csv, with one summary line, unless `allow_any_input`.
     """
     raw, out = Path(raw), Path(out)
     params = _params(raw, size, split, seed, val_frac, test_frac, reduced)
-    if allow_any_modality:  # recorded only when set: caches made before it still match
-        params["allow_any_modality"] = True
+    if allow_any_input:  # recorded only when set: caches made without it match either way
+        params["allow_any_input"] = True
     if stats_path(out).exists() and _reuse(out, raw, params, rebuild=rebuild):
         return out
     labels, paths, errors, inputs = _inputs(raw)
@@ -169,7 +170,7 @@ def build_cache(
     open_partial(part, {**params, "n": n, "inputs": inputs}, shape=(n, size, size), rebuild=rebuild)
     done = read_progress(part / PROGRESS)
     todo = [r for r in range(n) if r not in done]
-    any_ok = allow_any_modality
+    any_ok = allow_any_input
     jobs = [
         (str(images_path(part)), rows, [paths[r] for r in rows], size, reduced, decoder, any_ok)
         for rows in (todo[i : i + chunk] for i in range(0, len(todo), chunk))
@@ -187,7 +188,7 @@ def build_cache(
         progress=progress,
         n=n,
     )
-    elapsed = time.perf_counter() - t0
+    elapsed = max(time.perf_counter() - t0, 1e-9)
     _finish(
         part,
         out,
@@ -198,14 +199,24 @@ def build_cache(
         inputs=inputs,
         synthetic=synthetic,
     )
-    failed = sum("error" in m for m in done.values())
-    rate = len(todo) / elapsed if elapsed > 0 else float("nan")
-    print(
-        f"cache {out}: {n - failed} images of {size}x{size}, {failed} unreadable, "
-        f"{len(errors)} label/image mismatches; {rate:.0f} images/s"
-        + (f" (see {errors_path(out)})" if failed or errors else "")
-    )
+    _report(out, done=done, n=n, size=size, mismatches=len(errors), rate=len(todo) / elapsed)
     return out
+
+
+def _report(out: Path, *, done: dict, n: int, size: int, mismatches: int, rate: float) -> None:
+    """The build's summary line, and one note for the images left out as not chest films."""
+    failed = sum("error" in m for m in done.values())
+    not_film = sum(bool(m.get("not_film")) for m in done.values())
+    print(
+        f"cache {out}: {n - failed} images of {size}x{size}, {failed - not_film} unreadable, "
+        f"{mismatches} label/image mismatches; {rate:.0f} images/s"
+        + (f" (see {errors_path(out)})" if failed or mismatches else "")
+    )
+    if not_film:
+        print(
+            f"note: {not_film} file(s) are not chest films, left out (listed in "
+            f"{errors_path(out)}; --allow-any-input keeps them)"
+        )
 
 
 def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
@@ -214,7 +225,7 @@ def _reuse(out: Path, raw: Path, params: dict, *, rebuild: bool) -> bool:
     if not reusable(out, rebuild=rebuild):  # damaged since it was made: rebuilt
         return False
     stats = read_stats(out)
-    old = dict(stats.params or {})
+    old = current_params(dict(stats.params or {}))
     if old != params:
         if rebuild:
             return False
