@@ -25,13 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pneumolib.base.errors import PneumolibError, UsageError
+from pneumolib.base.errors import UsageError
 from pneumolib.base.files import atomic_write
 from pneumolib.base.progress import bar as progress_bar
 from pneumolib.base.rundir import calibration_path, ood_path
@@ -43,9 +42,10 @@ from pneumolib.core.checkpoint import load_run
 from pneumolib.core.models import penultimate_features
 from pneumolib.core.runtime import amp_dtype, model_input, warp_on_device
 from pneumolib.data.cache_stats import CacheStats
-from pneumolib.data.dicom import DicomError, check_informative, letterbox, read_dicom
-from pneumolib.data.dicom_detect import file_kind, radiograph_problem
+from pneumolib.data.dicom import DicomError, NoImageError
+from pneumolib.data.film import read_film
 from pneumolib.data.inputs import expand_inputs, named_files
+from pneumolib.data.raster import ImageReadError
 from pneumolib.evaluate.calibration import (
     DEFAULT_OPERATING_POINT,
     OPERATING_POINTS,
@@ -56,62 +56,10 @@ from pneumolib.evaluate.calibration import (
 )
 from pneumolib.evaluate.ood import OodStats, read_ood
 
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_BATCH = 32
 COLUMNS = ["file", "probability", "probability_raw", "positive", "in_distribution", "ood_score"]
 OVERLAY = "overlay"  # the column `--cam` adds: each file's overlay PNG
 ANY_INPUT = "--allow-any-input"  # the flag that decides on flagged inputs, in every command
-
-
-class ImageReadError(PneumolibError, ValueError):
-    """A PNG/JPEG that cannot be turned into an image; the message names the file."""
-
-
-def read_raster(path: str | Path) -> np.ndarray:
-    """PNG/JPEG -> uint8 (H, W) grey. Colour is converted to grey, alpha dropped; a 16-bit
-    image is scaled from its own range to 0..255 (the rule `read_dicom` uses for data deeper
-    than 8 bits without a window)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
-    # GRAYSCALE | ANYDEPTH keeps 16 bits and applies EXIF orientation (UNCHANGED would not).
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH)
-    if img is None or img.ndim != 2 or img.size == 0:
-        raise ImageReadError(f"{path}: not a readable PNG/JPEG image")
-    if img.dtype != np.uint8:
-        x = img.astype(np.float64)
-        lo, hi = float(x.min()), float(x.max())
-        img = np.clip(np.rint((x - lo) / max(hi - lo, 1e-9) * 255.0), 0, 255).astype(np.uint8)
-    return img
-
-
-class NoImageError(DicomError):
-    """A DICOM without an image (interim; the data stage's own replaces it)."""
-
-
-@dataclass(frozen=True)
-class Film:
-    """Interim reader result: pixels (S, S) uint8 and the image checks' verdict."""
-
-    pixels: np.ndarray
-    problem: str | None
-
-
-def read_film(path: str | Path, size: int, *, reduced: bool = True) -> Film:
-    """Interim: one file -> Film, preprocessed like the cache."""
-    path = Path(path)
-    kind = file_kind(path)
-    if kind in ("png", "jpeg") or (kind is None and path.suffix.lower() in RASTER_SUFFIXES):
-        img = read_raster(path)
-        check_informative(img, path)  # as read_dicom does: a flat image is not scored
-        return Film(letterbox(img, size, img.shape)[0], None)
-    d = read_dicom(path, size=size, reduced=reduced)
-    return Film(d.pixels, radiograph_problem(d.modality, d.body_part))
-
-
-def read_image(path: str | Path, size: int, reduced: bool = True) -> np.ndarray:
-    """One file -> uint8 (size, size), preprocessed like the cache (`read_film`)."""
-    return read_film(path, size, reduced=reduced).pixels
 
 
 def synthetic_warning(checkpoint: str | Path, stats: CacheStats) -> str | None:

@@ -19,8 +19,9 @@ from pneumolib.base.errors import UsageError
 from pneumolib.cli import main as cli_main
 from pneumolib.data.dicom import read_dicom
 from pneumolib.data.dicom_write import write_dicom
+from pneumolib.data.raster import read_raster
 from pneumolib.evaluate.run import evaluate_run, read_predictions
-from pneumolib.predict import expand_inputs, predict_cli, predict_files, read_raster
+from pneumolib.predict import expand_inputs, predict_cli, predict_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SAME_IMAGE = (  # decode to the same 8-bit image (the 12-bit one within one grey level)
@@ -129,8 +130,8 @@ def test_png_and_jpeg_score_like_the_dicom(run, tmp_path):
 def test_read_raster_16_bit_and_letterbox(tmp_path):
     ramp = np.tile(np.linspace(1000, 4095, 50).astype(np.uint16), (30, 1))  # 12 bits in 16
     cv2.imwrite(str(tmp_path / "r.png"), ramp)
-    img = read_raster(tmp_path / "r.png")
-    assert img.dtype == np.uint8 and img.shape == (30, 50)
+    img, chroma = read_raster(tmp_path / "r.png")
+    assert chroma == 0.0 and img.dtype == np.uint8 and img.shape == (30, 50)
     assert img.min() == 0 and img.max() == 255  # own range -> 0..255, as DICOM without window
     assert np.all(np.diff(img[0].astype(int)) >= 0)
 

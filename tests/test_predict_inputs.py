@@ -13,10 +13,11 @@ import pydicom
 import pytest
 
 from pneumolib.data.dicom_write import write_dicom
-from pneumolib.predict import expand_inputs, predict_cli, read_film, read_image
+from pneumolib.data.film import read_film
+from pneumolib.predict import expand_inputs, predict_cli
 
 
-def ramp(n: int = 32) -> np.ndarray:
+def ramp(n: int = 64) -> np.ndarray:
     """uint8 (n, n) over 0..255, not symmetric."""
     img = (np.add.outer(np.arange(n) * 3, np.arange(n) * 5) % 256).astype(np.uint8)
     img[-1, -1] = 255
@@ -66,7 +67,7 @@ def test_folder_with_nothing_readable_says_so(tmp_path: Path) -> None:
 def test_png_without_suffix_is_read_as_png(tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "x.png"), ramp())
     (tmp_path / "x.png").rename(tmp_path / "scan")
-    np.testing.assert_array_equal(read_image(tmp_path / "scan", 32), ramp())
+    np.testing.assert_array_equal(read_film(tmp_path / "scan", 64).pixels, ramp())
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,7 @@ def test_non_chest_dicom_is_read_and_named(
     tmp_path: Path, modality: str, body_part: str, warned
 ) -> None:
     path = dicom(tmp_path / "IM0001", modality=modality, body_part=body_part, preamble=False)
-    film = read_film(path, 32)
+    film = read_film(path, 64)
     np.testing.assert_array_equal(film.pixels, ramp())  # read all the same
     if warned is None:
         assert film.problem is None
@@ -110,3 +111,29 @@ def test_cli_scores_a_pacs_folder_and_warns_about_the_ct(small_run, tmp_path, ca
     assert "left empty" in warnings[0]  # a probability, but no decision
     assert df["in_distribution"].tolist() == [True, False]
     assert df["positive"].isna().tolist() == [False, True]
+
+
+@pytest.mark.slow
+def test_a_dicomdir_is_skipped_in_a_folder_and_an_error_alone(small_run, tmp_path, capsys):
+    from pydicom.fileset import FileSet
+
+    src = sorted((small_run["raw"] / "stage_2_train_images").glob("*.dcm"))[0]
+    ds = pydicom.dcmread(src)
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20200101", "120000", "1"  # a study record's
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.save_as(tmp_path / "film.dcm")
+    fs = FileSet()
+    fs.add(pydicom.dcmread(tmp_path / "film.dcm"))
+    fs.write(tmp_path / "export")  # as a PACS or CD export: DICOMDIR at the root
+    out = tmp_path / "p.csv"
+    assert predict_cli(small_run["ckpt"], [str(tmp_path / "export")], out_csv=out,
+                       device="cpu") == 0  # fmt: skip
+    scored = pd.read_csv(out)
+    assert len(scored) == 1 and "DICOMDIR" not in scored["file"][0]
+    err = capsys.readouterr().err
+    notes = [ln for ln in err.splitlines() if "DICOMDIR" in ln]
+    assert len(notes) == 1 and notes[0].startswith("note: ") and notes[0].endswith("; skipped")
+    named = tmp_path / "export" / "DICOMDIR"
+    assert predict_cli(small_run["ckpt"], [str(named)], out_csv=out, device="cpu") == 1
+    err = capsys.readouterr().err
+    assert f"error: {named}: DICOMDIR" in err
