@@ -95,7 +95,7 @@ def format_prediction_string(boxes: Any, scores: Any) -> str:
 def _xyxy(boxes: np.ndarray) -> torch.Tensor:
     """[x, y, w, h] (n, 4) -> corners [x1, y1, x2, y2] (n, 4), float64 so that IoUs of
     whole-pixel boxes are exact ratios."""
-    return box_convert(torch.from_numpy(boxes), in_fmt="xywh", out_fmt="xyxy")
+    return box_convert(torch.tensor(boxes, dtype=torch.float64), in_fmt="xywh", out_fmt="xyxy")
 
 
 def image_score(truth: Any, boxes: Any, scores: Any) -> float:
