@@ -11,6 +11,9 @@ _EXPORTS = {
     "pneumolib.evaluate.calibration": "read_calibration fit_calibration",
     "pneumolib.evaluate.multiclass": "class_table confusion_table",
     "pneumolib.evaluate.reference": "compare_with_reference",
+    "pneumolib.evaluate.boxes": (
+        "rsna_map image_scores parse_prediction_string format_prediction_string"
+    ),
     "pneumolib.evaluate.sentences": (
         "best_epoch_sentence best_epochs_sentence ranking_sentence split_sentence "
         "threshold_sentences subgroup_sentence calibration_sentence prior_sentence "
