@@ -109,10 +109,10 @@ class _Overlays:
     def wanted(self) -> bool:
         return self.folder is not None and self.failed is None
 
-    def save(self, names: list[str], images: np.ndarray, maps: torch.Tensor, probs) -> None:
+    def save(self, names: list[str], images: np.ndarray, maps: torch.Tensor | None, probs) -> None:
         """Overlays of one batch: images (B, S, S), maps (B, h, w), probabilities (B,)."""
         paths = [""] * len(names)
-        if self.folder is not None and self.failed is None:
+        if self.folder is not None and self.failed is None and maps is not None:
             empty: list[Boxes] = [[] for _ in names]  # no expert boxes for a new file
             try:
                 done = save_overlays(
@@ -218,7 +218,7 @@ class _Scorer:
         score = self.ood.score(features) if self.ood is not None else np.full(len(p), np.nan)
         out = []
         for i, f in enumerate(files):
-            reasons = [problems[i]] if problems[i] else []
+            reasons = [why for why in (problems[i],) if why]
             if score[i] > 1.0:
                 reasons.append(
                     f"features far from the training films', ood_score {score[i]:.2f} > 1"

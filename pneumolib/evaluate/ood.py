@@ -111,8 +111,16 @@ def _fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def write_ood(run: str | Path, stats: OodStats) -> Path:
     """RUN/ood.npz (atomic); returns its path."""
     buf = io.BytesIO()
-    fields = {k: np.asarray(v) for k, v in vars(stats).items()}
-    np.savez(buf, **fields)
+    np.savez(
+        buf,
+        means=stats.means,
+        precision=stats.precision,
+        threshold=stats.threshold,
+        quantile=stats.quantile,
+        n_train=stats.n_train,
+        n_val=stats.n_val,
+        checkpoint_sha256=stats.checkpoint_sha256,
+    )
     path = ood_path(run)
     atomic_write(path, buf.getvalue())
     return path
@@ -141,17 +149,28 @@ def read_ood(run: str | Path) -> OodStats | None:
 class RunParts(Protocol):
     """What the check needs of a run being evaluated (`evaluate.run._RunContext` has it)."""
 
-    run: Path
-    cache: Path
-    index: pd.DataFrame
-    sha256: str
-    config: Config
-    device: torch.device
-    model: torch.nn.Module
-    stats: CacheStats
-    workers: int
-    on_device: bool
-    amp: torch.dtype | None
+    @property
+    def run(self) -> Path: ...
+    @property
+    def cache(self) -> Path: ...
+    @property
+    def index(self) -> pd.DataFrame: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def model(self) -> torch.nn.Module: ...
+    @property
+    def stats(self) -> CacheStats: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def on_device(self) -> bool: ...
+    @property
+    def amp(self) -> torch.dtype | None: ...
 
 
 def split_features(ctx: RunParts, rows: pd.DataFrame) -> np.ndarray:
