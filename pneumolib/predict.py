@@ -240,7 +240,7 @@ def _flag_line(path: Path, reason: str, *, decided: bool) -> str:
         if decided
         else f"probability kept, `positive` left empty ({ANY_INPUT} decides anyway)"
     )
-    return f"warning: {path}: not like a chest film ({reason}); {what}"
+    return f"warning: {path}: not like a chest film: {reason}; {what}"
 
 
 def _read_batch(
