@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_config import TINY
 
 from pneumolib.cli import interrupt, main, parser
 
@@ -168,19 +169,7 @@ def wait_for_the_signal(event, state):
 loop.fit = lambda cfg: real(cfg, callback=wait_for_the_signal, progress=False)
 sys.exit(main(sys.argv[2:]))
 """
-TINY_TRAIN = dict(  # about a second an epoch on 2 CPU cores: only the last layer learns
-    model="resnet18",
-    mode="feature-extraction",
-    weights="none",
-    image_size=32,
-    cache_size=64,
-    epochs=3,
-    max_steps_per_epoch=1,
-    workers=0,
-    device="cpu",
-    eval_batch_size=64,
-    schedule="none",
-)
+TINY_TRAIN = {**TINY, "epochs": 3}
 
 
 @pytest.mark.slow

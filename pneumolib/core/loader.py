@@ -7,13 +7,14 @@ torch.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from pneumolib.base.config import default_workers
-from pneumolib.core.augment import augment_batch_cpu, batch_rng, intensity_luts
+from pneumolib.core.augment import AugmentPolicy, augment_batch_cpu, batch_rng, intensity_luts
 from pneumolib.core.tasks import sampling_weights
 from pneumolib.data.labels import open_images
 
@@ -192,4 +193,29 @@ def make_loader(
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
+    )
+
+
+def eval_loader(
+    cache: str | Path,
+    rows: pd.DataFrame,
+    *,
+    config: Any,
+    workers: int,
+    warp_in_worker: bool,
+    device: torch.device,
+) -> torch.utils.data.DataLoader:
+    """The loader of every evaluation pass over cache `rows`: in order, no augmentation, the
+    run's `config` eval batch size and input size (a `Config`)."""
+    return make_loader(
+        cache,
+        rows,
+        batch_size=config.eval_batch_size,
+        out_size=config.image_size,
+        policy=AugmentPolicy.identity(),
+        train=False,
+        seed=config.seed,
+        workers=workers,
+        warp_in_worker=warp_in_worker,
+        pin_memory=device.type == "cuda",
     )

@@ -31,8 +31,7 @@ from pneumolib.base.config import Config
 from pneumolib.base.files import atomic_write
 from pneumolib.base.rundir import ood_path
 from pneumolib.core import tasks
-from pneumolib.core.augment import AugmentPolicy
-from pneumolib.core.loader import make_loader
+from pneumolib.core.loader import eval_loader
 from pneumolib.core.models import penultimate_features
 from pneumolib.core.runtime import predict_logits
 from pneumolib.data.cache_stats import CacheStats
@@ -176,18 +175,8 @@ class RunParts(Protocol):
 def split_features(ctx: RunParts, rows: pd.DataFrame) -> np.ndarray:
     """The penultimate features (N, D) of `rows` of the run's cache, in `rows` order."""
     cfg = ctx.config
-    loader = make_loader(
-        ctx.cache,
-        rows,
-        batch_size=cfg.eval_batch_size,
-        out_size=cfg.image_size,
-        policy=AugmentPolicy.identity(),
-        train=False,
-        seed=cfg.seed,
-        workers=ctx.workers,
-        warp_in_worker=not ctx.on_device,
-        pin_memory=ctx.device.type == "cuda",
-    )
+    loader = eval_loader(ctx.cache, rows, config=cfg, workers=ctx.workers,
+                         warp_in_worker=not ctx.on_device, device=ctx.device)  # fmt: skip
     with penultimate_features(ctx.model) as found:
         _, _, positions = predict_logits(
             ctx.model, loader, device=ctx.device, size=cfg.image_size, stats=ctx.stats,

@@ -39,9 +39,8 @@ from pneumolib.base.rundir import (
     split_tag,
 )
 from pneumolib.core import tasks
-from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.checkpoint import load_run
-from pneumolib.core.loader import make_loader
+from pneumolib.core.loader import eval_loader
 from pneumolib.core.runtime import (
     amp_dtype,
     predict_logits,
@@ -146,18 +145,8 @@ def _split_predictions(
                 picked = rows.set_index("patientId").loc[pred["patientId"]].reset_index()
                 return picked, pred[list(raw_cols)].to_numpy(np.float64)
     cfg, dev = ctx.config, ctx.device
-    loader = make_loader(
-        cache,
-        rows,
-        batch_size=cfg.eval_batch_size,
-        out_size=cfg.image_size,
-        policy=AugmentPolicy.identity(),
-        train=False,
-        seed=cfg.seed,
-        workers=ctx.workers,
-        warp_in_worker=not (ctx.on_device or tta),
-        pin_memory=dev.type == "cuda",
-    )
+    loader = eval_loader(cache, rows, config=cfg, workers=ctx.workers,
+                         warp_in_worker=not (ctx.on_device or tta), device=dev)  # fmt: skip
     if tta:
         p, y, pos = predict_tta(
             ctx.model, loader, dev, cfg.image_size, ctx.stats, ctx.mats, ctx.amp, ctx.on_device

@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from tiny_config import TINY
 
 from pneumolib import tune
 from pneumolib.base.config import Config
@@ -30,19 +31,6 @@ from pneumolib.tune.engine import SweepOptions, _run_trial, _trial_callback
 from pneumolib.tune.plan import Plan, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(  # about a second per trial on 2 CPU cores: only the last layer learns
-    model="resnet18",
-    mode="feature-extraction",
-    weights="none",
-    image_size=32,
-    cache_size=64,
-    epochs=1,
-    max_steps_per_epoch=1,
-    workers=0,
-    device="cpu",
-    eval_batch_size=64,
-    schedule="none",
-)
 
 
 def tiny_config(cache: Path, out: Path, **changes) -> Config:

@@ -28,6 +28,7 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from tiny_config import TINY as ONE_EPOCH
 
 from pneumolib import tune
 from pneumolib.base.errors import UsageError
@@ -35,19 +36,7 @@ from pneumolib.tune import storage
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {f"bs{b}_lr{lr}" for b in (4, 8) for lr in ("0.001", "0.002")}
-TINY = dict(  # about a second an epoch on 2 CPU cores: only the last layer learns
-    model="resnet18",
-    mode="feature-extraction",
-    weights="none",
-    image_size=32,
-    cache_size=64,
-    epochs=3,
-    max_steps_per_epoch=1,
-    workers=0,
-    device="cpu",
-    eval_batch_size=64,
-    schedule="none",
-)
+TINY = {**ONE_EPOCH, "epochs": 3}
 
 
 # --- postgresql:// as users write it (no server) -----------------------------------------------
