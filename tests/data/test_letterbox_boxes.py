@@ -104,3 +104,23 @@ def test_non_square_dicoms_get_their_size_and_boxes(demo_raw: Path, tmp_path: Pa
     x, y, w, h = (round(v) for v in got)
     inside = images[idx.loc[pos.patientId, "row"]][y + 1 : y + h - 1, x + 1 : x + w - 1]
     assert inside.size and inside.mean() > 200
+
+
+def test_a_cache_without_sizes_is_still_whole_and_reused(
+    demo_raw: Path, demo_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cache whose index.csv lacks `height`, `width` (as older builds wrote it, with its hash
+    recorded) passes the damage check, is reused by the same build, and reads as 1024 px."""
+    from pneumolib.data.cache_check import seal_cache, verify_cache
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    index = pd.read_csv(cache / "index.csv", dtype=str, keep_default_na=False)
+    index.drop(columns=["height", "width"]).to_csv(cache / "index.csv", index=False)
+    seal_cache(cache)
+    verify_cache(cache)
+    capsys.readouterr()
+    assert build_cache(demo_raw, cache, size=64, workers=1, seed=0, progress=False) == cache
+    assert "complete and matches" in capsys.readouterr().out
+    h, w, note = original_sizes(read_index(cache), where=cache / "index.csv")
+    assert (h == ASSUMED_SIZE).all() and (w == ASSUMED_SIZE).all() and note is not None
