@@ -133,7 +133,7 @@ class BoxPlan:
             print(f"boxes: the rule fitted on val ({run / 'box_rule.json'}): {_describe(rule)}")
             return self
         family = str(getattr(self.loaded.model, "family", ""))
-        found = {}
+        found: dict[tuple[str, str | None], SplitMaps] = {}
         for method, layer in map_sources(family):
             name = self._layer(layer)
             desc = f"boxes: {method} {name} val"
@@ -167,7 +167,7 @@ class BoxPlan:
         )
 
     def watch(
-        self, batches: Iterable[dict[str, Any]], *, method: str, layer: str, target: str
+        self, batches: Iterable[dict[str, Any]], *, method: str, layer: str | None, target: str
     ) -> Iterable[dict[str, Any]]:
         """`batches` of the split, passed through; collected on the way when they are maps of
         the rule's method and layer for the pneumonia logit (saving `finish` a pass)."""

@@ -239,7 +239,7 @@ def cam_run(
     layer = resolve_layer(model, layer)
     index, factor = _split_rows(cfg, stats, split)
     plan = boxes and _box_plan(loaded, index, split, batch_size=batch_size, progress=progress)
-    batches = _run_batches(
+    batches: Iterable[dict[str, Any]] = _run_batches(
         loaded,
         index,
         method=method,
