@@ -113,6 +113,7 @@ def run_copy(small_run: dict[str, Path], tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_cam_run_writes_boxes_for_every_test_patient(
     run_copy: Path, small_run: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
