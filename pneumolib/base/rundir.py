@@ -4,9 +4,10 @@ so the model card can import it; checkpoints themselves are `core.checkpoint`.
 
 RUN/config.json, metrics.csv (one row per epoch), last.pt, best.pt, checkpoint_config.json
 (the config each checkpoint holds, by its sha256), owner.json (a sweep trial's worker),
-calibration.json, ood.npz (the out-of-distribution check), predictions_<split>.csv (+ its
-.meta.json sidecar), metrics_<split>.json, cam_<split>[_<tag>].csv/.json, figures/,
-MODEL_CARD.md; `<split>` gets a `_tta` suffix for test-time-augmented results.
+calibration.json, ood.npz (the out-of-distribution check), box_rule.json (maps -> boxes),
+predictions_<split>.csv (+ its .meta.json sidecar), metrics_<split>.json,
+cam_<split>[_<tag>].csv/.json, boxes_<split>.csv, figures/, MODEL_CARD.md; `<split>` gets
+a `_tta` suffix for test-time-augmented results.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ CALIBRATION = "calibration.json"  # fitted on val: prior correction, temperature
 DDP_CHECK = "ddp_check.json"  # per-rank weight checksums of a multi-GPU run
 OWNER = "owner.json"  # which sweep worker may write the run (`core.owner`)
 OOD = "ood.npz"  # fitted on train + val: the out-of-distribution check (`evaluate.ood`)
+BOX_RULE = "box_rule.json"  # fitted on val: how `cam` turns maps into boxes (`cam.boxes`)
 
 # Columns read as text (ids, codes and class names that would otherwise parse as numbers/NaN).
 TEXT_COLUMNS = {"patientId": str, "sex": str, "view": str, "class": str}
@@ -89,6 +91,11 @@ def card_path(run: str | Path) -> Path:
 def calibration_path(run: str | Path) -> Path:
     """RUN/calibration.json (`evaluate.calibration`)."""
     return Path(run) / CALIBRATION
+
+
+def box_rule_path(run: str | Path) -> Path:
+    """RUN/box_rule.json (`cam.boxes`)."""
+    return Path(run) / BOX_RULE
 
 
 def ood_path(run: str | Path) -> Path:

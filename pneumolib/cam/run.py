@@ -26,6 +26,7 @@ from pneumolib.base.errors import UsageError
 from pneumolib.base.files import atomic_write
 from pneumolib.base.progress import bar as progress_bar
 from pneumolib.base.rundir import BEST, cam_stem, figures_dir
+from pneumolib.cam.box_run import BoxPlan
 from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.localisation import (
     format_localisation,
@@ -39,7 +40,7 @@ from pneumolib.core.checkpoint import Run, load_run
 from pneumolib.core.loader import make_loader
 from pneumolib.core.runtime import to_device_batch, warp_on_device
 from pneumolib.data.cache_files import INDEX
-from pneumolib.data.labels import CacheStats, open_cache
+from pneumolib.data.labels import CacheStats, open_cache, original_sizes
 
 # --- a whole run: maps over a split, scores, overlays -------------------------------------
 
@@ -209,6 +210,7 @@ def cam_run(
     tag: str = "",
     checkpoint: str = BEST,
     progress: bool = True,
+    boxes: bool = True,
 ) -> dict[str, Any]:
     """CAM (or Grad-CAM) over one split of a run's cache, scored against the expert boxes.
 
@@ -227,7 +229,8 @@ def cam_run(
     `tolerance` (pixels at the input size) lets the pointing game count a peak that near a
     box as a hit (`localisation.pointing_game`); 0, the default, demands it inside.
     `target`: the logit explained (`iter_cam_batches`; a class's maps want their own `tag`).
-    Returns the summary and prints it in one line.
+    `boxes`: also RUN/boxes_<split>.csv and the summary's `rsna_map` (`cam.box_run`).
+    Returns the summary, printed.
     """
     method = _method(method)
     run = Path(run)
@@ -235,7 +238,8 @@ def cam_run(
     model, cfg, stats = loaded.model, loaded.config, loaded.stats
     layer = resolve_layer(model, layer)
     index, factor = _split_rows(cfg, stats, split)
-    batches = _run_batches(
+    plan = boxes and _box_plan(loaded, index, split, batch_size=batch_size, progress=progress)
+    batches: Iterable[dict[str, Any]] = _run_batches(
         loaded,
         index,
         method=method,
@@ -246,6 +250,8 @@ def cam_run(
         progress=progress,
         desc=f"{method} {split}",
     )
+    if plan:  # the boxes' maps are collected from this pass where they are its own
+        batches = plan.watch(batches, method=method, layer=layer, target=target)
     limits = {"tp": n_overlays, "fn": n_errors, "fp": n_errors}
     scores, counts, kept = _score_split(
         batches, factor=factor, threshold=threshold, tolerance=tolerance, limits=limits
@@ -263,9 +269,42 @@ def cam_run(
         "checkpoint": checkpoint,
         **summarize_localisation(scores, n_boot=n_boot, seed=seed),
     }
+    if plan:
+        summary |= plan.finish(split, n_boot=n_boot, seed=seed)
     _write_outputs(run, cam_stem(split, tag), scores=scores, summary=summary, kept=kept)
     print(format_localisation(summary))
     return summary
+
+
+def _box_plan(
+    loaded: Run, rows: pd.DataFrame, split: str, *, batch_size: int, progress: bool
+) -> BoxPlan:
+    """The boxes of `cam_run` on `rows` of `split`: the rule read, or fitted on val now."""
+    cfg = loaded.config
+    index, cache_stats = open_cache(cfg.cache)
+    heights, widths, note = original_sizes(index, where=Path(cfg.cache) / INDEX)
+    if note:
+        print(note)
+    sizes = pd.DataFrame(
+        {"height": heights, "width": widths}, index=index["patientId"].astype(str).to_numpy()
+    )
+
+    def make_batches(part: pd.DataFrame, **options: Any) -> Iterator[dict]:
+        return _run_batches(
+            loaded,
+            part,
+            target="pneumonia",
+            batch_size=batch_size,
+            workers=cfg.workers,
+            progress=progress,
+            **options,
+        )
+
+    plan = BoxPlan(
+        loaded, rows=rows, sizes=sizes, make_batches=make_batches, cache_size=cache_stats.size
+    )
+    val_rows = index[index["split"] == "val"].reset_index(drop=True)
+    return plan.start(val_rows, split=split)
 
 
 def _split_rows(cfg: Config, stats: CacheStats, split: str) -> tuple[pd.DataFrame, float]:

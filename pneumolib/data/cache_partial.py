@@ -256,7 +256,8 @@ def fill(
 
 def read_progress(path: Path) -> dict[int, dict]:
     """Row -> metadata of every row a finished chunk logged, less the rows that could not be
-    read: those are tried again (the user may have fixed the file since)."""
+    read (the user may have fixed the file since) and those logged without the original image
+    size (`height`, `width`: a build begun by an older pneumolib): those are read again."""
     done: dict[int, dict] = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -265,4 +266,4 @@ def read_progress(path: Path) -> dict[int, dict]:
             except json.JSONDecodeError:  # a line cut by the interruption: redo that chunk
                 continue
             done.update({m["row"]: m for m in metas})
-    return {r: m for r, m in done.items() if "error" not in m}
+    return {r: m for r, m in done.items() if "error" not in m and "height" in m}

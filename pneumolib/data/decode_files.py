@@ -27,10 +27,10 @@ Result = tuple[np.ndarray | None, dict]  # pixels (S, S) uint8 or None, and meta
 def read_files(
     paths: list[str], size: int, *, reduced: bool, decoder: str, allow_any_input: bool
 ) -> list[Result]:
-    """`paths` -> one (pixels, meta) per path: meta holds sex, age, view, scale, ox, oy, or
-    `error` (one line naming the file) with pixels None. `decoder`: "opencv", or "cuda" /
-    "cpu" for torchvision. Not a chest film (`film_problem`): an error with `not_film` True,
-    unless `allow_any_input`."""
+    """`paths` -> one (pixels, meta) per path: meta holds sex, age, view, scale, ox, oy and
+    height, width (the original's size), or `error` (one line naming the file) with pixels
+    None. `decoder`: "opencv", or "cuda" / "cpu" for torchvision. Not a chest film
+    (`film_problem`): an error with `not_film` True, unless `allow_any_input`."""
     if decoder == "opencv":
         results = [_read_one(p, size, reduced=reduced) for p in paths]
     else:
@@ -60,6 +60,7 @@ def _read_one(path: str, size: int, *, reduced: bool) -> tuple[np.ndarray | None
         modality=d.modality, body_part=d.body_part, rows=d.rows, columns=d.columns, chroma=d.chroma
     )
     geometry = {"scale": d.scale, "ox": d.offset[0], "oy": d.offset[1]}
+    geometry |= {"height": d.rows, "width": d.columns}  # the original image's size
     return d.pixels, {**d.meta(), **geometry, "film_problem": problem}
 
 
@@ -124,6 +125,8 @@ def _read_batch_torchvision(paths: list[str], size: int, device: str) -> list:
                 "scale": scale,
                 "ox": off[0],
                 "oy": off[1],
+                "height": int(h),
+                "width": int(w),
                 "film_problem": film_problem(  # plain_jpeg: one grey sample, chroma 0
                     modality=ds.get("Modality"),
                     body_part=ds.get("BodyPartExamined"),

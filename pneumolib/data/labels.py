@@ -224,6 +224,12 @@ def check_splittable(
 
 # --- the cache ---------------------------------------------------------------------------
 
+# CACHE/index.csv's columns, in order; `height`, `width`: the original image's size in pixels.
+INDEX_COLUMNS = (
+    "patientId", "row", "target", "class", "split", "sex", "age", "view", "boxes", "height", "width"
+)  # fmt: skip
+ASSUMED_SIZE = 1024  # the original side assumed where a cache did not record it (RSNA's films)
+
 
 def read_index(cache: str | Path) -> pd.DataFrame:
     """CACHE/index.csv with `boxes` parsed back into lists of [x, y, w, h] (cache pixels)."""
@@ -235,6 +241,25 @@ def read_index(cache: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={"patientId": str, "class": str, "sex": str, "view": str})
     df["boxes"] = [json.loads(b) if isinstance(b, str) and b else [] for b in df["boxes"]]
     return df
+
+
+def original_sizes(
+    index: pd.DataFrame, *, where: str | Path = "index.csv"
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """The original image size of each `index` row: (heights (N,), widths (N,), note). A cache
+    made before it recorded `height` and `width` gets ASSUMED_SIZE for both and a one-line
+    `note` naming `where` (its index.csv) to print; else the note is None."""
+    if {"height", "width"} <= set(index.columns):
+        heights, widths = index["height"].to_numpy(), index["width"].to_numpy()
+        if not (pd.isna(heights).any() or pd.isna(widths).any()):
+            return heights.astype(np.int64), widths.astype(np.int64), None
+    n = len(index)
+    note = (
+        f"note: {where} does not record the original image sizes, so boxes assume "
+        f"{ASSUMED_SIZE} x {ASSUMED_SIZE} px images; `preprocess --rebuild` records them"
+    )
+    full = np.full(n, ASSUMED_SIZE, dtype=np.int64)
+    return full, full.copy(), note
 
 
 LABELS = ("pneumonia", "view")  # what a model can learn from a cache (Config.label)

@@ -1,7 +1,8 @@
 """Build the preprocessed cache: every DICOM once, packed into one memory-mapped uint8 array.
 
-CACHE/images.npy (N, S, S) uint8, CACHE/index.csv (one row per patient), CACHE/stats.json
-(train-only mean/std) and CACHE/errors.csv (files that could not be read). The build happens in
+CACHE/images.npy (N, S, S) uint8, CACHE/index.csv (one row per patient, with the original
+image's `height` and `width`), CACHE/stats.json (train-only mean/std) and CACHE/errors.csv
+(files that could not be read). The build happens in
 CACHE.partial/ and is renamed into place only when whole. Rows are written by worker processes
 straight into the memory map in chunks; every finished chunk is logged, so an interrupted build
 (Ctrl-C, a Colab disconnect, a full disk, a killed worker) resumes where it stopped and yields
@@ -49,12 +50,14 @@ from pneumolib.data.dicom_detect import image_files
 from pneumolib.data.labels import (
     CLASSES_CSV,
     IMAGES_DIR,
+    INDEX_COLUMNS,
     LABELS_CSV,
     SplitError,
     check_splittable,
     load_labels,
     make_splits,
 )
+from pneumolib.data.letterbox import boxes_to_cache
 from pneumolib.data.provenance import is_synthetic
 
 _LEVELS = np.arange(256, dtype=np.int64)  # pixel values, for exact moments from a histogram
@@ -296,16 +299,11 @@ def _check_splittable(
         raise CacheError(f"{raw}: {e}") from None
 
 
-def _box_to_cache(box: list[float], meta: dict) -> list[float]:
-    """A box [x, y, w, h] in the DICOM's pixels -> in the cache image's (its letterbox `scale`
-    and offsets `ox`, `oy`), to 0.01 px."""
-    s = meta["scale"]
-    return [
-        round(box[0] * s + meta["ox"], 2),
-        round(box[1] * s + meta["oy"], 2),
-        round(box[2] * s, 2),
-        round(box[3] * s, 2),
-    ]
+def _boxes_to_cache(boxes: list, meta: dict, size: int) -> list[list[float]]:
+    """Boxes [x, y, w, h] in the DICOM's pixels -> in the cache image's (`letterbox` rule for
+    the original `height`, `width`), to 0.01 px."""
+    cached = boxes_to_cache(boxes, height=meta["height"], width=meta["width"], size=size)
+    return [[round(float(v), 2) for v in b] for b in cached]
 
 
 def _finish(
@@ -339,15 +337,15 @@ def _finish(
     idx["age"] = pd.array(idx["age"], dtype="Int64")
 
     idx["boxes"] = [
-        json.dumps([_box_to_cache(b, done[r]) for b in bs])
-        for bs, r in zip(idx.boxes, ok, strict=True)
+        json.dumps(_boxes_to_cache(bs, done[r], size)) for bs, r in zip(idx.boxes, ok, strict=True)
     ]
+    idx["height"] = [int(done[r]["height"]) for r in ok]  # the original image's pixels
+    idx["width"] = [int(done[r]["width"]) for r in ok]
     idx = idx.reset_index(drop=True)
     idx["split"] = make_splits(
         idx, rule=split, val_frac=params["val_frac"], test_frac=params["test_frac"], seed=seed
     )
-    cols = ["patientId", "row", "target", "class", "split", "sex", "age", "view", "boxes"]
-    idx[cols].to_csv(index_path(part), index=False)
+    idx[list(INDEX_COLUMNS)].to_csv(index_path(part), index=False)
     pd.DataFrame(errors, columns=["patientId", "path", "error"]).to_csv(
         errors_path(part), index=False
     )

@@ -36,6 +36,7 @@ import pandas as pd
 
 from pneumolib.base.progress import bar as progress_bar
 from pneumolib.data.dicom_write import write_dicom
+from pneumolib.data.kaggle import TEST_DIR
 from pneumolib.data.labels import CLASSES_CSV, IMAGES_DIR, LABELS_CSV
 from pneumolib.data.provenance import (
     DEMO_PARAMS,
@@ -48,6 +49,7 @@ P_AP = 0.46  # share of AP views in RSNA (12,173 / 26,684)
 P_POS = {"AP": 0.38, "PA": 0.09}  # P(positive | view)
 P_NOT_NORMAL = 0.57  # among negatives: "No Lung Opacity / Not Normal" vs "Normal"
 _BASE = 256  # anatomy is drawn at this side, then resized; noise is added at full size
+N_TEST = 8  # unlabelled films in the demo's test folder, as Kaggle's stage_2_test_images/
 # The format's name, kept when the module moved to data.synth: existing demo folders stay valid.
 GENERATOR = "pneumolib.synth v3"
 
@@ -330,15 +332,20 @@ def make_demo_data(
     """Write an RSNA-shaped folder of `n` phantom DICOMs (size x size) into `out`; returns it.
 
     `realism`: a preset name from `REALISM` ("rsna", the default, or "easy") or a `Realism`;
-    `shortcut=True` adds the AP marker to it. Idempotent: a folder made with the same settings
-    is left as it is; a different one is refused. The folder appears only when complete (built
-    beside it, then renamed).
+    `shortcut=True` adds the AP marker to it. Beside the labelled films, `stage_2_test_images/`
+    holds N_TEST unlabelled ones (patientId = file stem, as Kaggle's test folder), drawn from
+    their own random stream so the labelled films are the same for a seed with or without it.
+    Idempotent: a folder made with the same settings is left as it is (its test folder added
+    where it lacks one); a different one is refused. The folder appears only when complete
+    (built beside it, then renamed).
     """
     out = Path(out)
     r = as_realism(realism, shortcut)
     params = {"n": n, "size": size, "seed": seed, "generator": GENERATOR}
     params["realism"] = dataclasses.asdict(r)
     if _made_already(out, params):
+        if not (out / TEST_DIR).is_dir():
+            _write_test_folder(out / TEST_DIR, r=r, size=size, seed=seed)
         return out
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -359,10 +366,33 @@ def make_demo_data(
     (tmp / DEMO_PARAMS).write_text(json.dumps(params))
     marker = {"synthetic": True, "generator": GENERATOR, "made_by": "pneumolib.synth"}
     (tmp / PROVENANCE_JSON).write_text(json.dumps(marker, indent=2))
+    _write_test_folder(tmp / TEST_DIR, r=r, size=size, seed=seed)
     if out.exists():
         out.rmdir()
     tmp.rename(out)
     return out
+
+
+def _write_test_folder(folder: Path, *, r: Realism, size: int, seed: int) -> None:
+    """N_TEST unlabelled phantom DICOMs in `folder` (<patientId>.dcm), from the random stream
+    [seed, 2], so the labelled films' streams are untouched; built beside it, then renamed."""
+    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rng = np.random.default_rng([seed, 2])
+    for _ in range(N_TEST):
+        p = _patient(rng)
+        img, _boxes = phantom(rng, size, view=p["view"], positive=p["positive"], realism=r)
+        write_dicom(
+            tmp / f"{p['patientId']}.dcm",
+            img,
+            patient_id=p["patientId"],
+            sex=p["sex"],
+            age=p["age"],
+            view=p["view"],
+            manufacturer=SYNTHETIC_MANUFACTURER,
+        )
+    tmp.rename(folder)
 
 
 def _made_already(out: Path, params: dict) -> bool:

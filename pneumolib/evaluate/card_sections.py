@@ -322,7 +322,24 @@ def localisation_section(summaries: Sequence[Mapping[str, Any]], run: str) -> li
         )
     header = ["file", "method", "layer", "threshold", "true positives"]
     header += ["pointing game [95% CI]", "energy in box [95% CI]", "chance (box area) [95% CI]"]
-    return lines + table(header, rows) + [""]
+    return lines + table(header, rows) + [""] + _box_lines(summaries)
+
+
+def _box_lines(summaries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per cam summary with boxes: the challenge's score of the boxes from the maps."""
+    lines = []
+    for s in summaries:
+        block = s.get("rsna_map")
+        if not isinstance(block, Mapping):
+            continue
+        rule = s.get("box_rule") or {}
+        lines.append(
+            f"- Boxes from the maps ({s['file']}, every patient of the split, by the rule "
+            f"fitted on val: {rule.get('method', '?')} on {rule.get('layer', '?')}): the "
+            f"challenge's score (mean over images of TP / (TP + FP + FN) over IoU 0.40-0.75) "
+            f"{with_ci(block.get('value'), block.get('ci'))} over {block.get('n_images')} images."
+        )
+    return lines + [""] if lines else []
 
 
 _LOC = ("pointing_hit", "energy_in_box", "box_area_fraction")

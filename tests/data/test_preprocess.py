@@ -25,7 +25,7 @@ from pneumolib.data.synth import make_demo_data
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES, LABELS, CLASSES = pre.IMAGES_DIR, pre.LABELS_CSV, pre.CLASSES_CSV
-INDEX_COLUMNS = "patientId,row,target,class,split,sex,age,view,boxes"
+INDEX_COLUMNS = "patientId,row,target,class,split,sex,age,view,boxes,height,width"
 
 
 def tree(path: Path) -> dict[str, int]:
@@ -52,6 +52,7 @@ def test_cache_files_follow_the_contract(demo_raw: Path, demo_cache: Path) -> No
     assert len(idx) == 60 and idx.patientId.is_unique
     assert sorted(idx.row) == list(range(60))
     assert set(idx.split) == {"train", "val", "test"}
+    assert (idx.height == 128).all() and (idx.width == 128).all()  # the demo films' size
     stats = read_stats(demo_cache)
     assert stats.size == 64 and stats.n == 60
     assert 0 < stats.mean < 1 and 0 < stats.std < 0.5

@@ -306,3 +306,30 @@ def test_the_format_keeps_its_name_so_existing_demo_folders_stay_valid():
     from pneumolib.data import synth
 
     assert synth.GENERATOR == "pneumolib.synth v3"
+
+
+def test_unlabelled_test_folder_beside_unchanged_training_films(tmp_path: Path) -> None:
+    """Kaggle's stage_2_test_images/: N_TEST films, patientId = file stem, no label rows; the
+    labelled films are those the seed gave before the folder existed (digest of labels and
+    pixels), and a demo folder without it gets it on the next call, the same films."""
+    import hashlib
+    import shutil
+
+    from pneumolib.data.kaggle import TEST_DIR
+    from pneumolib.data.synth import N_TEST
+
+    out = make_demo_data(tmp_path / "demo", n=8, size=SIZE, seed=5)
+    h = hashlib.sha256((out / LABELS).read_bytes())
+    for p in sorted((out / IMAGES).glob("*.dcm")):
+        h.update(read_dicom(p).pixels.tobytes())
+    assert h.hexdigest()[:16] == "519fa1a9743eb0ed"
+    tests = sorted((out / TEST_DIR).glob("*.dcm"))
+    assert len(tests) == N_TEST == len(list((out / TEST_DIR).iterdir()))
+    assert all(pydicom.dcmread(p).PatientID == p.stem for p in tests)
+    assert not {p.stem for p in tests} & set(pd.read_csv(out / LABELS).patientId)
+    pixels = {p.name: read_dicom(p).pixels for p in tests}
+    shutil.rmtree(out / TEST_DIR)
+    make_demo_data(out, n=8, size=SIZE, seed=5)
+    assert sorted(p.name for p in (out / TEST_DIR).iterdir()) == sorted(pixels)
+    for name, px in pixels.items():
+        np.testing.assert_array_equal(read_dicom(out / TEST_DIR / name).pixels, px)
