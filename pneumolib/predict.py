@@ -38,7 +38,7 @@ from pneumolib.cam.figures import save_overlays
 from pneumolib.cam.localisation import Boxes
 from pneumolib.cam.maps import cam
 from pneumolib.core.augment import eval_affines
-from pneumolib.core.checkpoint import load_run
+from pneumolib.core.checkpoint import Run, load_run
 from pneumolib.core.models import penultimate_features
 from pneumolib.core.runtime import amp_dtype, model_input, warp_on_device
 from pneumolib.data.cache_stats import CacheStats
@@ -193,10 +193,12 @@ class _Scorer:
     threshold: float
     ood: OodStats | None
     allow_any_input: bool
+    notes: tuple[str | None, ...] = ()  # what the caller prints once: no calibration, no check
 
-    def forward(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """uint8 (B, S, S) -> (network input (B, 1, s, s), logits (B, K), features (B, D))."""
-        x = model_input(
+    def inputs(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 (B, S, S) letterboxed files -> the network input (B, 1, s, s), made as for
+        validation."""
+        return model_input(
             batch,
             eval_affines(len(batch), self.size_in, self.size_out),
             size=self.size_out,
@@ -204,6 +206,10 @@ class _Scorer:
             device=self.device,
             warp_on_device=self.on_device,
         )
+
+    def forward(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """uint8 (B, S, S) -> (network input (B, 1, s, s), logits (B, K), features (B, D))."""
+        x = self.inputs(batch)
         amp = self.amp
         with torch.no_grad(), torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
             with penultimate_features(self.model) as found:
@@ -273,11 +279,20 @@ def _scorer(
     """The checkpoint's run, ready to score; its notes (synthetic training data, no
     calibration, no learned check) printed once on stderr, away from the CSV on stdout."""
     run = load_run(checkpoint, device=device)
-    cal, threshold, note = run_calibration(run.folder, run.sha256, operating_point)
-    ood, ood_note = run_ood(run.folder, run.sha256)
-    for line in (synthetic_warning(checkpoint, run.stats), note, ood_note):
+    scorer = scorer_for(run, operating_point=operating_point, allow_any_input=allow_any_input)
+    for line in (synthetic_warning(checkpoint, run.stats), *scorer.notes):
         if line:
             print(line, file=sys.stderr)
+    return scorer
+
+
+def scorer_for(
+    run: Run, *, operating_point: str = DEFAULT_OPERATING_POINT, allow_any_input: bool = False
+) -> _Scorer:
+    """A loaded run (`core.checkpoint.load_run`) ready to score new files: its calibration,
+    operating point and learned check, the input geometry of its validation."""
+    cal, threshold, note = run_calibration(run.folder, run.sha256, operating_point)
+    ood, ood_note = run_ood(run.folder, run.sha256)
     return _Scorer(
         model=run.model,
         stats=run.stats,
@@ -290,6 +305,7 @@ def _scorer(
         threshold=threshold,
         ood=ood,
         allow_any_input=allow_any_input,
+        notes=(note, ood_note),
     )
 
 

@@ -47,6 +47,7 @@ def argv_and_folder(command: str, tmp: Path) -> tuple[list[str], Path | None]:
         "card": (["card", "--run", str(run)], run),
         "publish": (["publish", "--check"], None),
         "results": (["results", "--check"], None),
+        "submit": (["submit", "--run", str(run), "--images", str(tmp), "--out", str(out)], None),
     }
     return lines[command]
 

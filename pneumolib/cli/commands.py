@@ -111,6 +111,12 @@ def predict_command(args: argparse.Namespace) -> int:
     )
 
 
+def submit_command(args: argparse.Namespace) -> None:
+    from pneumolib.submit import submit
+
+    submit(args.run, args.images, args.out, gate=args.gate, device=args.device)
+
+
 def card_command(args: argparse.Namespace) -> None:
     from pneumolib.evaluate.card import write_card
 

@@ -40,6 +40,7 @@ WRITES: dict[str, str | None] = {
     "card": "run",
     "publish": None,
     "results": None,  # rewrites Markdown files in place, each atomically
+    "submit": None,  # writes one file (--out), whole and at the end: nothing to resume from
 }
 
 

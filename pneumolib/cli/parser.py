@@ -22,6 +22,7 @@ from pneumolib.cli.commands import (
     preprocess_cli,
     publish_cli,
     results_cli,
+    submit_command,
     train_command,
     tune_cli,
 )
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_cam,
         _add_predict,
+        _add_submit,
         _add_tune,
         _add_compare,
         _add_card,
@@ -300,6 +302,20 @@ def _add_tune(sub) -> None:
     )
     add_config_options(p, skip=("batch_size", "lr"))
     p.set_defaults(func=tune_cli)
+
+
+def _add_submit(sub) -> None:
+    p = sub.add_parser("submit", help="Kaggle's submission file for a folder of DICOMs")
+    p.add_argument("--run", required=True, help="a classifier run (its CAM boxes, fitted by cam)")
+    p.add_argument("--images", required=True, help="the folder of DICOMs, e.g. stage_2_test_images")
+    p.add_argument("--out", required=True, help="the CSV to write (patientId,PredictionString)")
+    p.add_argument(
+        "--gate",
+        help="a classifier run: keep an image's boxes only where it calls the image positive "
+        "at its val-chosen youden operating point",
+    )
+    config_option(p, "device", default=Config().device)
+    p.set_defaults(func=submit_command)
 
 
 def _add_card(sub) -> None:
