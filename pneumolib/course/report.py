@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from pneumolib.base.config import Config
-from pneumolib.base.fmt import interval
+from pneumolib.base.fmt import interval, with_ci
 from pneumolib.base.rundir import CARD, figures_dir, predictions_path
 from pneumolib.cam.localisation import localisation_table
 from pneumolib.data.provenance import read_truth
@@ -168,7 +168,22 @@ def cam_section(loc: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "network less to point at.",
         "",
     ]
-    return lines
+    return lines + _box_lines(test)
+
+
+def _box_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The challenge's score of the boxes made from the maps (`cam.boxes`), where cam made them."""
+    score = summary.get("rsna_map")
+    if not score:
+        return []
+    rule = summary.get("box_rule") or {}
+    return [
+        f"Boxes from the maps, scored as Kaggle scores the challenge (mean over IoU 0.40-0.75 "
+        f"of TP / (TP + FP + FN)): {with_ci(score['value'], score['ci'])} on test over "
+        f"{score['n_images']} images, with the rule chosen on val "
+        f"({rule.get('method', 'cam')}, {rule.get('layer') or 'last layer'}).",
+        "",
+    ]
 
 
 def card_section(run: Path, out: Path) -> list[str]:
