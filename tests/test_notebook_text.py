@@ -20,6 +20,9 @@ HISTORY = re.compile(  # a phrase may wrap onto the next line
 )
 MAX_FIGURES = 10  # in the markdown of all notebooks together
 ALLOWED = {  # figure -> why it may be typed
+    "0.40": "the challenge's definition: its lowest IoU threshold (evaluate.boxes.THRESHOLDS)",
+    "0.45": "the challenge's definition: its second IoU threshold (the step of 0.05)",
+    "0.75": "the challenge's definition: its highest IoU threshold",
     "0.5": "policy: the fixed decision threshold (cam_run's true positives, the 0.5 column)",
     "0.8458": "published reference: the course checkpoint's val AUC",
     "0.700": "published reference: the course checkpoint's val accuracy",

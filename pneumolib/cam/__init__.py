@@ -9,6 +9,7 @@ _EXPORTS = {
     "pneumolib.cam.run": "cam_run cam_examples",
     "pneumolib.cam.localisation": "localisation_table pointing_game",
     "pneumolib.cam.figures": "overlay overlay_grid",
+    "pneumolib.cam.box_scores": "box_score_table box_examples read_boxes",
     "pneumolib.cam.shortcut": "shortcut_run shortcut_table MARKER_LAYER",
     "pneumolib.cam.sentences": (
         "pointing_verdicts shortcut_verdicts pointing_ceiling resolution_sentence"

@@ -12,8 +12,9 @@ _EXPORTS = {
     "pneumolib.evaluate.multiclass": "class_table confusion_table",
     "pneumolib.evaluate.reference": "compare_with_reference",
     "pneumolib.evaluate.boxes": (
-        "rsna_map image_scores parse_prediction_string format_prediction_string"
+        "rsna_map image_scores parse_prediction_string format_prediction_string box_outcomes"
     ),
+    "pneumolib.evaluate.box_figures": "box_outcome_grid",
     "pneumolib.evaluate.sentences": (
         "best_epoch_sentence best_epochs_sentence ranking_sentence split_sentence "
         "threshold_sentences subgroup_sentence calibration_sentence prior_sentence "

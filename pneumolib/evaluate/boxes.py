@@ -114,17 +114,46 @@ def image_score(truth: Any, boxes: Any, scores: Any) -> float:
     if n == 0 or m == 0:
         return 0.0  # every prediction a FP, or every expert box a FN, at every threshold
     order = np.argsort(-conf, kind="stable")  # ties keep the given order
-    iou = box_iou(_xyxy(pred[order]), _xyxy(gt)).numpy()  # (m, n), rows by confidence
-    thr = np.asarray(THRESHOLDS)[:, None]  # (T, 1)
-    matched = np.zeros((len(THRESHOLDS), n), dtype=bool)  # (T, n) expert boxes taken
-    # A prediction with no IoU above the lowest threshold matches nothing at any threshold.
-    for row in iou[(iou > thr.min()).any(axis=1)]:
-        free = (row > thr) & ~matched  # (T, n): strictly greater, as the challenge says
-        best = np.where(free, row, -1.0).argmax(axis=1)  # highest IoU (first on a tie)
-        hit = free.any(axis=1)
-        matched[hit, best[hit]] = True
+    matched, _ = _match(gt, pred[order], np.asarray(THRESHOLDS))
     tp = matched.sum(axis=1)  # (T,)
     return float(np.mean(tp / (n + m - tp)))  # TP + FP + FN = TP + (m - TP) + (n - TP)
+
+
+def _match(
+    gt: np.ndarray, pred: np.ndarray, thresholds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The challenge's matching: predictions `pred` (m, 4) in order of confidence against
+    expert boxes `gt` (n, 4), each to the free expert box of highest IoU above each threshold
+    (T,) -> (expert boxes matched (T, n), predictions that matched (T, m))."""
+    iou = box_iou(_xyxy(pred), _xyxy(gt)).numpy()  # (m, n), rows by confidence
+    thr = thresholds[:, None]  # (T, 1)
+    matched = np.zeros((len(thresholds), len(gt)), dtype=bool)  # (T, n) expert boxes taken
+    hits = np.zeros((len(thresholds), len(pred)), dtype=bool)
+    # A prediction with no IoU above the lowest threshold matches nothing at any threshold.
+    for i in np.flatnonzero((iou > thr.min()).any(axis=1)):
+        free = (iou[i] > thr) & ~matched  # (T, n): strictly greater, as the challenge says
+        best = np.where(free, iou[i], -1.0).argmax(axis=1)  # highest IoU (first on a tie)
+        hit = free.any(axis=1)
+        matched[hit, best[hit]] = True
+        hits[:, i] = hit
+    return matched, hits
+
+
+def box_outcomes(
+    truth: Any, boxes: Any, scores: Any, *, iou: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which predictions hit and which expert boxes were found at one IoU threshold, matched
+    as the challenge matches: -> (predictions that hit (m,) in the given order, expert boxes
+    found (n,)). For pictures: hits, false boxes and missed boxes told apart."""
+    gt, pred = as_boxes(truth, "truth"), as_boxes(boxes, "predicted boxes")
+    conf = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(gt) == 0 or len(pred) == 0:
+        return np.zeros(len(pred), dtype=bool), np.zeros(len(gt), dtype=bool)
+    order = np.argsort(-conf, kind="stable")
+    matched, hits = _match(gt, pred[order], np.asarray([iou]))
+    hit = np.zeros(len(pred), dtype=bool)
+    hit[order] = hits[0]
+    return hit, matched[0]
 
 
 def _prediction_table(predictions: Any) -> dict[str, BoxesScores]:
