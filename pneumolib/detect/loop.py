@@ -13,6 +13,7 @@ sampler, augmentation streams, optimiser, schedule and mixed precision are the c
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,7 +83,9 @@ class DetectSetup:
     on_device: bool  # the warp runs on the device (`runtime.warp_on_device`)
 
 
-def prepare_detector(cfg: Config, device: torch.device, *, weights: str | None = None):
+def prepare_detector(
+    cfg: Config, device: torch.device, *, weights: str | None = None
+) -> DetectSetup:
     """Loaders (raw uint8 batches: `detector_input` warps them and keeps the matrices), model,
     optimiser, schedule and precision for detector run `cfg` on `device`."""
     index, stats = open_cache(cfg.cache)  # refused when damaged since preprocess
@@ -284,6 +287,8 @@ def fit_detector(
     summary (`out`, `epochs`, `best`, `monitor`, `history`). `callback(event, state)` is
     called with "step" after each optimiser step and "epoch" after each epoch."""
     cfg = as_detector(cfg)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise RunError("detect trains in one process: start it without torchrun")
     device, out = resolve_device(cfg.device), Path(cfg.out)
     seed_everything(cfg.seed, cfg.deterministic)
     resuming = last_path(out).exists()  # then the weights come from last.pt, not a download

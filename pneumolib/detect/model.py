@@ -33,10 +33,15 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from pneumolib.base.config import Config
 from pneumolib.base.errors import UsageError
 from pneumolib.base.rundir import BEST
+from pneumolib.core.checkpoint import load_checkpoint
 from pneumolib.core.models import MODES, NAMED_WEIGHTS, build_model
 from pneumolib.data.cache_stats import CacheStats
 
-ARCHITECTURE = "fcos"  # the detector pneumolib trains (see ARCHITECTURES and the README's cost)
+# The detector pneumolib trains. FCOS is anchor-free, so nothing is fitted to the image size
+# (RetinaNet's and Faster R-CNN's anchors are scaled by `_anchors`); on one CPU thread at
+# 128 px its training step costs what RetinaNet's does, and Faster R-CNN's (its RoI head over
+# 512 sampled proposals an image) about 7 times as much.
+ARCHITECTURE = "fcos"
 ARCHITECTURES = ("fcos", "retinanet", "fasterrcnn")  # what `build_detector` can build
 BACKBONES = ("resnet18", "resnet34", "resnet50")  # Config.model values a detector accepts
 MAX_BOXES = 4  # boxes kept per image: an RSNA patient has one to four
@@ -181,9 +186,9 @@ def load_detector(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Config, CacheStats]:
     """A detector run's checkpoint -> (model in eval mode, its Config, its cache's stats)."""
-    ckpt = torch.load(Path(path), map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or not {"model", "config", "stats"} <= ckpt.keys():
-        raise UsageError(f"{path} is not a pneumolib checkpoint")
+    ckpt = load_checkpoint(Path(path), map_location=map_location)  # one line if damaged
+    if not {"config", "stats"} <= ckpt.keys():
+        raise UsageError(f"{path} is not a pneumolib checkpoint (no 'config', 'stats')")
     cfg, stats = Config.from_dict(dict(ckpt["config"])), CacheStats.from_dict(ckpt["stats"])
     if cfg.kind != "detector":
         raise UsageError(f"{path} holds a {cfg.kind}, not a detector")
