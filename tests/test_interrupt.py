@@ -39,6 +39,7 @@ def argv_and_folder(command: str, tmp: Path) -> tuple[list[str], Path | None]:
         "make-demo-data": (["make-demo-data", str(out)], out),
         "preprocess": (["preprocess", "--raw", str(tmp / "raw"), "--out", str(cache)], cache),
         "train": (["train", "--cache", str(cache), "--out", str(out)], out),
+        "detect": (["detect", "--cache", str(cache), "--out", str(out)], out),
         "evaluate": (["evaluate", "--run", str(run)], run),
         "cam": (["cam", "--run", str(run)], run),
         "predict": (["predict", "--checkpoint", str(run / "best.pt"), str(tmp / "a.png")], None),

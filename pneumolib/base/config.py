@@ -44,6 +44,7 @@ OPTIMIZERS = "pneumolib.train.setup:OPTIMIZERS"
 SCHEDULES = "pneumolib.train.setup:SCHEDULES"
 MONITORS = "pneumolib.train.best_epoch:MONITORS"
 DEVICES = "pneumolib.core.runtime:DEVICES"
+KINDS = ("classifier", "detector")  # what a run trains (Config.kind): `train`, or `detect`
 
 
 def _tagged(
@@ -92,6 +93,11 @@ class Config:
     )
 
     # --- model ----------------------------------------------------------------------
+    kind: str = _tagged(
+        default="classifier",
+        help="what the run trains: classifier (train: image labels) or detector (detect: boxes)",
+        choices="pneumolib.base.config:KINDS",
+    )
     model: str = _tagged(default="resnet18", help="torchvision architecture", choices=MODELS)
     mode: str = _tagged(
         default="finetune",

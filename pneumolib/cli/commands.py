@@ -73,6 +73,14 @@ def train_command(args: argparse.Namespace) -> None:
     fit(config_from_args(args, base))
 
 
+def detect_command(args: argparse.Namespace) -> None:
+    from pneumolib.detect.loop import fit_detector
+
+    saved = Path(args.out) / "config.json"
+    base = Config.load(saved) if saved.exists() else None  # resume the run's settings
+    fit_detector(config_from_args(args, base))
+
+
 def evaluate_command(args: argparse.Namespace) -> None:
     from pneumolib.evaluate.run import evaluate_run
 

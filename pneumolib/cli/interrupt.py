@@ -32,6 +32,7 @@ WRITES: dict[str, str | None] = {
     "make-demo-data": "out",
     "preprocess": "cache",  # its unfinished build: CACHE.partial
     "train": "out",
+    "detect": "out",
     "evaluate": "run",
     "cam": "run",
     "predict": None,

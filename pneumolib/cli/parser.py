@@ -16,6 +16,7 @@ from pneumolib.cli.commands import (
     card_command,
     compare_command,
     demo_command,
+    detect_command,
     evaluate_command,
     make_demo_data_cli,
     predict_command,
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_make_demo_data,
         _add_preprocess,
         _add_train,
+        _add_detect,
         _add_evaluate,
         _add_cam,
         _add_predict,
@@ -197,6 +199,37 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train or resume a run")
     add_config_options(p)
     p.set_defaults(func=train_command)
+
+
+# Config fields that a detector run does not use: what it learns is fixed (the pneumonia boxes,
+# judged on val rsna_map), and the model is not compiled or laid out channels-last.
+DETECT_SKIPS = ("kind", "task", "label", "pos_weight", "monitor", "compile", "channels_last")
+
+
+def _add_detect(sub) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="train or resume a box detector (torchvision FCOS, ResNet-FPN)",
+        description="Train (or resume, with the same command) a box detector on the cache's "
+        "expert boxes, with the classifier's loaders, augmentation (which moves the boxes), "
+        "optimiser, schedule, mixed precision and run folder; the best epoch is the one with "
+        "the highest val rsna_map. The train options that do not apply are left out: --task, "
+        "--label (the boxes are pneumonia's), --pos-weight, --monitor (always rsna_map), "
+        "--compile and --channels-last; multi-GPU (torchrun) runs are not supported.",
+    )
+    config_option(p, "cache", required=True)
+    config_option(p, "out", required=True)
+    config_option(
+        p,
+        "weights",
+        choices=None,
+        metavar="WEIGHTS",
+        help="the ResNet body's starting weights: imagenet (downloaded), none, a classifier "
+        "run folder or its checkpoint (its backbone), or a torchvision ResNet state-dict FILE "
+        f"(default: {Config().weights})",
+    )
+    add_config_options(p, skip=(*DETECT_SKIPS, "cache", "out", "weights"))
+    p.set_defaults(func=detect_command)
 
 
 def _add_evaluate(sub) -> None:
