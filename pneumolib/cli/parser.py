@@ -197,7 +197,7 @@ def _add_preprocess(sub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train or resume a run")
-    add_config_options(p)
+    add_config_options(p, skip=("kind",))  # the command is the kind: train or detect
     p.set_defaults(func=train_command)
 
 
@@ -333,7 +333,7 @@ def _add_tune(sub) -> None:
         help="seconds without a new step or epoch before a live trial counts as hung "
         "(default: tune.PROGRESS_TIMEOUT_S, 30 min)",
     )
-    add_config_options(p, skip=("batch_size", "lr"))
+    add_config_options(p, skip=("batch_size", "lr", "kind"))
     p.set_defaults(func=tune_cli)
 
 

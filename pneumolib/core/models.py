@@ -301,6 +301,11 @@ def load_checkpoint_model(
             f"{path} is not a pneumolib checkpoint (expected keys 'model', 'config', 'stats')"
         )
     config, stats = Config.from_dict(dict(ckpt["config"])), CacheStats.from_dict(ckpt["stats"])
+    if config.kind != "classifier":  # one line, not a state-dict mismatch
+        raise UsageError(
+            f"{path} is a {config.kind} checkpoint (`python -m pneumolib detect`); this command "
+            "takes a classifier's (`python -m pneumolib train`)"
+        )
     width = tasks.n_outputs(config.task)
     model = build_model(config.model, config.mode, "none", n_outputs=width)
     _load_state(model, _strip(ckpt["model"]), f"checkpoint {path} does not fit {model.name}")

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from pneumolib.base.config import EXACT, PATH, STOPPING, Config, field_names
-from pneumolib.base.errors import RunError
+from pneumolib.base.errors import RunError, UsageError
 from pneumolib.base.files import atomic_write
 from pneumolib.base.metrics import binary_summary
 from pneumolib.base.owner import check_owner
@@ -213,6 +213,8 @@ def fit(
     sweep worker's token (`core.owner.claim_run`); each epoch's files are written only while
     RUN/owner.json still holds it, else `TakenOver` ends the run with nothing more written.
     """
+    if cfg.kind != "classifier":
+        raise UsageError(f"{cfg.out}: a {cfg.kind} run; `python -m pneumolib detect` trains it")
     device, rank, world = _join_processes(cfg)
     main, out = rank == 0, Path(cfg.out)
     seed_everything(cfg.seed, cfg.deterministic)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pneumolib.base.config import demo_config
+from pneumolib.base.config import Config, demo_config
 from pneumolib.base.errors import RunError, UsageError
 from pneumolib.cli import main
 from pneumolib.core.augment import AugmentPolicy
@@ -20,6 +20,7 @@ from pneumolib.core.models import build_model
 from pneumolib.detect.batches import box_targets, detector_input, to_cache_pixels
 from pneumolib.detect.loop import fit_detector
 from pneumolib.detect.model import MAX_BOXES, box_label, build_detector, load_detector
+from pneumolib.train.loop import fit
 
 
 @pytest.fixture(autouse=True)
@@ -175,6 +176,14 @@ def test_detect_command_writes_a_detector_run(demo_cache, tmp_path, capsys):
     # the same folder with other settings is refused, in one line
     assert main([*argv, "--lr", "0.5"]) == 2
     assert "other settings" in capsys.readouterr().err
+    # commands that take a classifier refuse a detector in one line, not a state-dict error
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), str(out / "config.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "detector checkpoint" in err[-1]
+    with pytest.raises(UsageError, match="detect` trains it"):
+        fit(Config.load(out / "config.json"), progress=False)
+    with pytest.raises(SystemExit):  # `train` has no --kind: the command is the kind
+        main(["train", "--kind", "detector", "--out", str(tmp_path / "x")])
 
 
 @pytest.mark.slow
