@@ -449,6 +449,32 @@ def cmd_train_step(a: argparse.Namespace) -> int:
     return 0
 
 
+DETECT_LINE = re.compile(
+    r"detect step: ([\d,.]+) img/s \(classifier ([\d,.]+) img/s, ratio ([\d.]+)x\), (.*)"
+)
+
+
+def cmd_detect_step(a: argparse.Namespace) -> int:
+    """benchmarks/detect_step.py -> the detector's training images/s beside the classifier's."""
+    report = Path(a.report)
+    cmd = [sys.executable, str(HERE / "detect_step.py"), "--device", a.device]
+    cmd += ["--size", str(a.size), "--batch", str(a.batch), "--steps", str(a.steps)]
+    setting = f"FCOS resnet18-FPN {a.size} px, batch {a.batch}"
+    rc, out = run_streaming(cmd)
+    m = DETECT_LINE.search(out)
+    if rc or not m:
+        return fail(report, "detect step", setting, f"exit {rc}: {last_line(out)}")
+    sanity = a.device == "cpu"
+    add_row(
+        report,
+        "detect step",
+        setting=f"{setting}, {m[4]}",
+        figure=f"{m[1]} img/s (classifier {m[2]} img/s: {m[3]}x)",
+        target="CPU sanity run, not a measurement" if sanity else "–",
+    )
+    return 0
+
+
 # --- epoch: a 24,000-image cache, one pass of train.fit -----------------------------------------
 
 
@@ -664,6 +690,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     for flag in ("size", "batch", "steps", "warmup", "workers"):
         p.add_argument(f"--{flag}", type=int, default=None)
+    p = sub.add_parser("detect-step")
+    p.add_argument("--report", required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=20)
     p = sub.add_parser("epoch-cache")
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
@@ -691,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         "decode": cmd_decode,
         "probe": cmd_probe,
         "train-step": cmd_train_step,
+        "detect-step": cmd_detect_step,
         "epoch-cache": cmd_epoch_cache,
         "epoch": cmd_epoch,
         "row": cmd_row,

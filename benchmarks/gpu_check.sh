@@ -32,6 +32,8 @@
 #                ResNet18, 224 px, batch 256, max_steps_per_epoch=0 (the whole split): fit's
 #                seconds per epoch (train loop + val pass; target < 6 s) and the train loop
 #                alone; epoch 1 includes fit's set-up and worker start, epoch 2 is warm
+#   detect step  benchmarks/detect_step.py: the box detector (FCOS, ResNet18-FPN), 512 px,
+#                batch 16, AMP: training images/s against the classifier's on the same images
 # Without a CUDA GPU it prints "no CUDA GPU found: GPU stages skipped", runs the CPU side
 # (data, the opencv decode on GPU_CHECK_N=200 files, tiny train-step and fit sanity runs that
 # are no measurement, about 35 CPU-seconds in all) and exits 0. The decode stage also takes
@@ -154,6 +156,8 @@ if [ "$GPU" = 1 ]; then
             "${HELPER[@]}" train-step --report "$REPORT" --cache "$CACHE_CPU" --model "$model" \
             --device cuda --size 224 --batch 256 --steps 30
     done
+    stage detect_step 120 "detect step" "FCOS resnet18-FPN 512 px, batch 16, AMP" \
+        "${HELPER[@]}" detect-step --report "$REPORT" --device cuda --size 512 --batch 16
     stage epoch_cache 90 epoch "tiling the cache to 24,000 + 2,684 rows" \
         "${HELPER[@]}" epoch-cache --base "$CACHE_CPU" --out "$EPOCH_CACHE" --train 24000 --val 2684
     stage epoch 150 epoch "resnet18 224 px, batch 256, 2 epochs" "${HELPER[@]}" epoch \
@@ -180,6 +184,8 @@ else
     stage train_step_cpu 240 "train step" "resnet18 64 px, CPU sanity" \
         "${HELPER[@]}" train-step --report "$REPORT" --cache "$CACHE_CPU" --model resnet18 \
         --device cpu --size 64 --batch 8 --steps 2 --warmup 1 --workers 1
+    stage detect_step_cpu 120 "detect step" "FCOS resnet18-FPN 64 px, CPU sanity" \
+        "${HELPER[@]}" detect-step --report "$REPORT" --device cpu --size 64 --batch 4 --steps 2
     stage epoch_cache 120 epoch "tiling the cache to 64 + 32 rows" \
         "${HELPER[@]}" epoch-cache --base "$CACHE_CPU" --out "$EPOCH_CACHE" --train 64 --val 32
     stage epoch 240 epoch "resnet18 32 px, batch 32, CPU sanity" "${HELPER[@]}" epoch \

@@ -52,6 +52,7 @@ def test_gpu_check_without_a_gpu_runs_the_cpu_side_and_prints_the_table(tmp_path
     assert len(decode) == 1 and re.match(r"\d+ img/s \(50 images", decode[0][2]), decode
     assert any(r[0] == "train step" and "img/s end to end" in r[2] for r in rows), rows
     assert any(r[0] == "epoch" and " s by fit (train loop + val pass)" in r[2] for r in rows), rows
+    assert any(r[0] == "detect step" and "(classifier " in r[2] for r in rows), rows
     assert sum(r[2] == "skipped" for r in rows) == 7  # cuda decode, probe, 4 train steps, epoch
     assert (report / "table.md").read_text().count("\n") == len(rows) + 2
     assert not list(tmp_path.glob("pneumolib_gpu_check*"))  # no work folder left behind
