@@ -256,19 +256,12 @@ def cam_run(
     scores, counts, kept = _score_split(
         batches, factor=factor, threshold=threshold, tolerance=tolerance, limits=limits
     )
-    summary: dict[str, Any] = {
-        "split": split,
-        "method": method,
-        "layer": layer or default_layer(model),
-        "target": target,
-        "threshold": threshold,
-        "tolerance": tolerance,
-        "n_images": len(index),
-        **counts,
-        "image_size": cfg.image_size,
-        "checkpoint": checkpoint,
+    summary: dict[str, Any] = dict(
+        split=split, method=method, layer=layer or default_layer(model), target=target,
+        threshold=threshold, tolerance=tolerance, n_images=len(index), **counts,
+        image_size=cfg.image_size, checkpoint=checkpoint,
         **summarize_localisation(scores, n_boot=n_boot, seed=seed),
-    }
+    )  # fmt: skip
     if plan:
         summary |= plan.finish(split, n_boot=n_boot, seed=seed)
     _write_outputs(run, cam_stem(split, tag), scores=scores, summary=summary, kept=kept)
