@@ -12,7 +12,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,13 +28,9 @@ from pneumolib.base.metrics import (
 from pneumolib.base.rundir import predictions_path, read_predictions, trained_config
 from pneumolib.data.labels import open_cache, original_sizes
 from pneumolib.data.letterbox import truth_boxes
-from pneumolib.evaluate.boxes import (
-    BoxesScores,
-    _bootstrap_means,
-    image_scores,
-    parse_prediction_string,
-    rsna_map,
-)
+
+if TYPE_CHECKING:
+    from pneumolib.evaluate.boxes import BoxesScores
 
 COMPARED = ("roc_auc", "average_precision", "accuracy", "precision", "recall")
 
@@ -112,6 +108,8 @@ def boxes_file(run: str | Path, split: str) -> Path:
 
 def read_box_file(path: Path) -> dict[str, BoxesScores]:
     """A `patientId, PredictionString` CSV -> {patientId: (boxes (m, 4), confidences (m,))}."""
+    from pneumolib.evaluate.boxes import parse_prediction_string  # torch: only for boxes
+
     table = pd.read_csv(path, dtype={"patientId": str}, keep_default_na=False)
     if not {"patientId", "PredictionString"} <= set(table.columns):
         raise UsageError(f"{path}: expected the columns patientId,PredictionString")
@@ -125,6 +123,8 @@ def rsna_map_difference(
     """`rsna_map` of predictions `a` minus that of `b` on the patients of `truth` (both forms
     of `evaluate.boxes.image_scores`): `value`, `ci` (95%, the same `n_boot` resamples of the
     patients for both, as `rsna_map` draws them) and `n_patients`."""
+    from pneumolib.evaluate.boxes import _bootstrap_means, image_scores  # torch: only here
+
     s_a, s_b = (image_scores(truth, p).to_numpy() for p in (a, b))
     value = float(np.nanmean(s_a) - np.nanmean(s_b)) if len(s_a) else math.nan
     ci = [math.nan, math.nan]
@@ -153,6 +153,8 @@ def compare_boxes(
     """Each run's `rsna_map` of RUN/boxes_<split>.csv on the patients all runs have boxes for
     (expert boxes from the first run's cache), with 95% CIs, and per pair the paired difference
     a - b. Returns {"box_runs": one row per run, "box_pairs": one row per pair}."""
+    from pneumolib.evaluate.boxes import rsna_map  # torch: only for boxes
+
     names = [Path(r).name for r in runs]
     if len(set(names)) != len(names):
         names = [str(r) for r in runs]
