@@ -139,7 +139,14 @@ def cam_command(args: argparse.Namespace) -> None:
 
 def predict_command(args: argparse.Namespace) -> int:
     if _is_detector_checkpoint(args.checkpoint):
+        from pneumolib.base.errors import UsageError
         from pneumolib.detect.predict import predict_boxes_cli
+
+        if args.cam or args.allow_any_input:
+            raise UsageError(
+                f"{args.checkpoint}: a detector checkpoint draws no heat maps and makes no "
+                "chest-film check; leave out --cam and --allow-any-input"
+            )
 
         return predict_boxes_cli(args.checkpoint, args.inputs, out_csv=args.out, device=args.device)
     from pneumolib.predict import predict_cli

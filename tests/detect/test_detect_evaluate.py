@@ -110,12 +110,16 @@ def test_paired_difference_uses_the_same_resamples():
     assert d["ci"][0] <= d["value"] <= d["ci"][1]
 
 
-def test_predict_on_a_detector_checkpoint_gives_boxes_per_file(detector, small_run, capsys):
+def test_predict_on_a_detector_checkpoint_gives_boxes_per_file(
+    detector, small_run, tmp_path, capsys
+):
     files = sorted((small_run["raw"] / "stage_2_test_images").glob("*.dcm"))[:3]
     argv = ["predict", "--checkpoint", str(detector / "best.pt"), *map(str, files)]
     assert main([*argv, "--device", "cpu"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0] == "file,PredictionString,top_confidence" and len(out) == 1 + len(files)
+    assert main([*argv, "--cam", str(tmp_path / "maps")]) == 2  # no heat maps from boxes
+    assert "detector checkpoint draws no heat maps" in capsys.readouterr().err
 
 
 def test_submit_from_a_detector_run_writes_one_row_per_dicom(detector, small_run, tmp_path):
@@ -128,6 +132,17 @@ def test_submit_from_a_detector_run_writes_one_row_per_dicom(detector, small_run
     assert sorted(table["patientId"]) == sorted(f.stem for f in images.glob("*.dcm"))
     for text in table["PredictionString"]:
         parse_prediction_string(text)  # Kaggle's form
+    gate = tmp_path / "gate"  # a classifier run of the same films, calibrated on val
+    shutil.copytree(small_run["run"], gate)
+    assert main(["evaluate", "--run", str(gate), "--split", "val", "--n-boot", "20"]) == 0
+    gated_out = tmp_path / "gated.csv"
+    argv = ["submit", "--run", str(detector), "--images", str(images), "--out", str(gated_out)]
+    assert main([*argv, "--gate", str(gate), "--device", "cpu"]) == 0
+    gated = pd.read_csv(gated_out, dtype={"patientId": str}, keep_default_na=False)
+    both = table.merge(gated, on="patientId", suffixes=("", "_gated"))
+    assert len(both) == len(table)  # the same rows; a row keeps its boxes or loses them all
+    kept = both["PredictionString_gated"] != ""
+    assert (both.loc[kept, "PredictionString"] == both.loc[kept, "PredictionString_gated"]).all()
 
 
 def test_compare_two_detector_runs_on_rsna_map(detector, tmp_path, capsys):
