@@ -3,7 +3,8 @@
 One row per image DICOM of the folder (found as `predict` finds them: by content too, a
 DICOMDIR or other DICOM without an image skipped with a note), `patientId` the file's stem as
 in Kaggle's test folder, `PredictionString` the boxes `confidence x y width height ...` in the
-original image's pixels (empty: no box). A classifier run submits its CAM boxes under the rule
+original image's pixels (empty: no box). A detector run submits its boxes at the confidence cut
+chosen on val (`detect.predict`). A classifier run submits its CAM boxes under the rule
 `cam` fitted on val (RUN/box_rule.json, `cam.boxes`), confidences from its calibrated
 probability. `gate` names a classifier run whose val-chosen operating point must call an image
 positive for its boxes to be kept. Any file that cannot be read stops the command with one
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from pneumolib.base.errors import UsageError
 from pneumolib.base.files import atomic_write
 from pneumolib.base.progress import bar as progress_bar
-from pneumolib.base.rundir import box_rule_path
+from pneumolib.base.rundir import BEST, box_rule_path, trained_config
 from pneumolib.cam.box_run import box_calibration, calibrated
 from pneumolib.cam.boxes import BoxesScores, MapCollector, read_box_rule, rule_boxes
 from pneumolib.cam.maps import cam, class_target, grad_cam
@@ -32,11 +33,13 @@ from pneumolib.data.dicom import NoImageError
 from pneumolib.data.dicom_detect import file_kind
 from pneumolib.data.film import Film, read_film
 from pneumolib.data.inputs import expand_inputs
+from pneumolib.detect.evaluate import GATE_POINT, open_detector
+from pneumolib.detect.predict import file_boxes
 from pneumolib.evaluate.boxes import format_prediction_string
 from pneumolib.predict import predict_files, scorer_for
 
 HEADER = ("patientId", "PredictionString")  # Kaggle's, in its order
-DEFAULT_GATE_POINT = "youden"  # a gate removes false boxes: the balanced val point
+DEFAULT_GATE_POINT = GATE_POINT  # a gate removes false boxes: the balanced val point
 
 
 def submission_files(images: str | Path) -> list[Path]:
@@ -102,6 +105,22 @@ def cam_boxes(
     return rule_boxes(found.maps, rule)
 
 
+def detector_boxes(
+    run: str | Path, files: list[Path], *, device: str = "auto", progress: bool = False
+) -> dict[str, BoxesScores]:
+    """{patientId: (boxes (m, 4) [x, y, w, h] original pixels, confidences (m,))} of a detector
+    run's boxes for `files` at its val-chosen cut; any unreadable file: a one-line UsageError."""
+    found, errors = file_boxes(open_detector(run, device=device), files, progress=progress)
+    if errors:
+        raise UsageError(errors[0])
+    return {f.stem: v[0] for f, v in found.items()}
+
+
+def _is_detector(checkpoint: Path) -> bool:
+    """Whether a run's checkpoint is a detector's, by its folder's records (torch-free)."""
+    return trained_config(checkpoint.parent, checkpoint=checkpoint.name).config.kind == "detector"
+
+
 def gated(
     boxes: Mapping[str, BoxesScores], gate: str | Path, files: list[Path], *, device: str,
     operating_point: str = DEFAULT_GATE_POINT,
@@ -131,8 +150,9 @@ def submit(
     """Write Kaggle's submission file `out` for the DICOMs of `images` from `run` (see the
     module docstring) and return it: `patientId, PredictionString`, one row per image."""
     files = submission_files(images)
-    checkpoint = Path(run) / "best.pt" if Path(run).is_dir() else Path(run)
-    boxes = cam_boxes(checkpoint, files, device=device, progress=progress)
+    checkpoint = Path(run) / BEST if Path(run).is_dir() else Path(run)
+    find = detector_boxes if _is_detector(checkpoint) else cam_boxes
+    boxes = find(checkpoint, files, device=device, progress=progress)
     if gate is not None:
         boxes = gated(boxes, gate, files, device=device)
     table = pd.DataFrame(
@@ -146,4 +166,4 @@ def submit(
     return table
 
 
-__all__ = ["HEADER", "cam_boxes", "gated", "submission_files", "submit"]
+__all__ = ["HEADER", "cam_boxes", "detector_boxes", "gated", "submission_files", "submit"]

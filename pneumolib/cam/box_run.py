@@ -35,7 +35,7 @@ from pneumolib.cam.boxes import (
 )
 from pneumolib.cam.maps import default_layer, resolve_layer
 from pneumolib.core.checkpoint import Run
-from pneumolib.data.letterbox import boxes_to_original
+from pneumolib.data.letterbox import truth_boxes
 from pneumolib.evaluate.boxes import rsna_map
 from pneumolib.evaluate.calibration import Calibration, raw_logits, read_calibration
 
@@ -72,16 +72,6 @@ def calibrated(cal: Calibration | None, probs: np.ndarray) -> np.ndarray:
     """Raw P(pneumonia) (B,) of a one-logit run -> calibrated (B,) (unchanged without `cal`)."""
     p = np.asarray(probs, dtype=np.float64)
     return p if cal is None else cal.pneumonia(raw_logits(p[:, None]))
-
-
-def truth_boxes(
-    rows: pd.DataFrame, *, cache_size: int, heights: np.ndarray, widths: np.ndarray
-) -> dict[str, np.ndarray]:
-    """{patientId: expert boxes (n, 4) in original pixels} from index `rows` (cache pixels)."""
-    return {
-        str(pid): boxes_to_original(b, height=int(h), width=int(w), size=cache_size)
-        for pid, b, h, w in zip(rows["patientId"], rows["boxes"], heights, widths, strict=True)
-    }
 
 
 class BoxPlan:

@@ -1,7 +1,7 @@
 """How a run's boxes (RUN/boxes_<split>.csv, written by `cam`) score on the challenge's metric,
 overall and per view, and the examples to draw them with.
 
-Boxes and expert boxes meet in the original image's pixels (`box_run.truth_boxes`, the
+Boxes and expert boxes meet in the original image's pixels (`data.letterbox.truth_boxes`, the
 cache's recorded sizes); pictures are drawn on the cache's images, so `box_examples` converts
 both back with the same letterbox rule (`data.letterbox.boxes_to_cache`).
 """
@@ -17,9 +17,9 @@ import pandas as pd
 
 from pneumolib.base.errors import UsageError
 from pneumolib.base.rundir import report_config
-from pneumolib.cam.box_run import boxes_path, truth_boxes
+from pneumolib.cam.box_run import boxes_path
 from pneumolib.data.labels import open_cache, open_images, original_sizes
-from pneumolib.data.letterbox import boxes_to_cache
+from pneumolib.data.letterbox import boxes_to_cache, truth_boxes
 from pneumolib.evaluate.boxes import BoxesScores, parse_prediction_string, rsna_map
 
 

@@ -81,7 +81,39 @@ def detect_command(args: argparse.Namespace) -> None:
     fit_detector(config_from_args(args, base))
 
 
+def _kind(run: str | Path) -> str:
+    """A run folder's (or a checkpoint's folder's) kind, read without torch."""
+    from pneumolib.base.rundir import BEST, trained_config
+
+    path = Path(run)
+    if path.is_file():
+        return trained_config(path.parent, checkpoint=path.name).config.kind
+    return trained_config(path, checkpoint=BEST).config.kind
+
+
+def _is_detector_checkpoint(checkpoint: str) -> bool:
+    """Whether file `checkpoint` is a detector run's, by its folder's records (torch-free); a
+    file outside a run folder goes the classifier's way, which refuses a detector in one line."""
+    try:
+        return Path(checkpoint).is_file() and _kind(checkpoint) == "detector"
+    except (OSError, ValueError):
+        return False
+
+
 def evaluate_command(args: argparse.Namespace) -> None:
+    from pneumolib.base.errors import UsageError
+
+    if _kind(args.run) == "detector":
+        if args.tta or args.calibration:
+            raise UsageError(f"{args.run}: a detector run takes no --tta or --calibration")
+        from pneumolib.detect.evaluate import evaluate_detector
+
+        evaluate_detector(args.run, args.split, gate=args.gate, n_boot=args.n_boot)
+        return
+    if args.gate:
+        raise UsageError(
+            f"--gate: {args.run} is a classifier run; the gate filters a detector run's boxes"
+        )
     from pneumolib.evaluate.run import evaluate_run
 
     evaluate_run(
@@ -106,6 +138,17 @@ def cam_command(args: argparse.Namespace) -> None:
 
 
 def predict_command(args: argparse.Namespace) -> int:
+    if _is_detector_checkpoint(args.checkpoint):
+        from pneumolib.base.errors import UsageError
+        from pneumolib.detect.predict import predict_boxes_cli
+
+        if args.cam or args.allow_any_input:
+            raise UsageError(
+                f"{args.checkpoint}: a detector checkpoint draws no heat maps and makes no "
+                "chest-film check; leave out --cam and --allow-any-input"
+            )
+
+        return predict_boxes_cli(args.checkpoint, args.inputs, out_csv=args.out, device=args.device)
     from pneumolib.predict import predict_cli
 
     return predict_cli(

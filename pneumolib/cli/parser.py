@@ -246,6 +246,12 @@ def _add_evaluate(sub) -> None:
         "(default: platt for the binary task, temperature for three-class; platt and isotonic "
         "are for the binary task)",
     )
+    p.add_argument(
+        "--gate",
+        metavar="CLASSIFIER_RUN",
+        help="a detector run only: also score its boxes kept only where this classifier run "
+        "calls the image positive at its val-chosen youden operating point",
+    )
     p.set_defaults(func=evaluate_command)
 
 
@@ -339,7 +345,11 @@ def _add_tune(sub) -> None:
 
 def _add_submit(sub) -> None:
     p = sub.add_parser("submit", help="Kaggle's submission file for a folder of DICOMs")
-    p.add_argument("--run", required=True, help="a classifier run (its CAM boxes, fitted by cam)")
+    p.add_argument(
+        "--run",
+        required=True,
+        help="a detector run (its boxes) or a classifier run (its CAM boxes, fitted by cam)",
+    )
     p.add_argument("--images", required=True, help="the folder of DICOMs, e.g. stage_2_test_images")
     p.add_argument("--out", required=True, help="the CSV to write (patientId,PredictionString)")
     p.add_argument(

@@ -8,10 +8,13 @@ move boxes between an original image of (height, width) and its (size, size) cac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def letterbox_geometry(*, height: int, width: int, size: int) -> tuple[float, float, float]:
@@ -65,3 +68,13 @@ def boxes_to_original(boxes: Any, *, height: int, width: int, size: int) -> np.n
     b = _as_boxes(boxes)
     scale, ox, oy = letterbox_geometry(height=height, width=width, size=size)
     return np.column_stack([(b[:, 0] - ox) / scale, (b[:, 1] - oy) / scale, b[:, 2:] / scale])
+
+
+def truth_boxes(
+    rows: pd.DataFrame, *, cache_size: int, heights: np.ndarray, widths: np.ndarray
+) -> dict[str, np.ndarray]:
+    """{patientId: expert boxes (n, 4) in original pixels} from index `rows` (cache pixels)."""
+    return {
+        str(pid): boxes_to_original(b, height=int(h), width=int(w), size=cache_size)
+        for pid, b, h, w in zip(rows["patientId"], rows["boxes"], heights, widths, strict=True)
+    }

@@ -186,6 +186,15 @@ def load_detector(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, Config, CacheStats]:
     """A detector run's checkpoint -> (model in eval mode, its Config, its cache's stats)."""
+    model, cfg, stats, _ = load_detector_checkpoint(path, map_location)
+    return model, cfg, stats
+
+
+def load_detector_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, Config, CacheStats, dict[str, Any]]:
+    """`load_detector`'s three and the checkpoint's metrics.csv row (its epoch's val columns,
+    among them `val_box_threshold`, the confidence cut chosen on val)."""
     ckpt = load_checkpoint(Path(path), map_location=map_location)  # one line if damaged
     if not {"config", "stats"} <= ckpt.keys():
         raise UsageError(f"{path} is not a pneumolib checkpoint (no 'config', 'stats')")
@@ -194,4 +203,4 @@ def load_detector(
         raise UsageError(f"{path} holds a {cfg.kind}, not a detector")
     model = detector_for(cfg, stats, weights="none")
     model.load_state_dict(ckpt["model"])
-    return model.to(map_location).eval(), cfg, stats
+    return model.to(map_location).eval(), cfg, stats, dict(ckpt.get("metrics") or {})

@@ -1,7 +1,9 @@
 """Runs compared on the same patients: each run's metrics with 95% CIs, and for every pair the
 paired difference (one bootstrap of the patients, shared by all runs) and DeLong's test for the
-AUC difference. The question the study asks: does fine-tuning beat feature extraction and
-training from scratch on these patients, or is the gap within the noise?
+AUC difference. Runs with boxes (RUN/boxes_<split>.csv: `cam` on a classifier, `evaluate` on a
+detector) are also compared on the challenge's score, `rsna_map`, the same way. The question the
+study asks: does fine-tuning beat feature extraction and training from scratch on these
+patients, or is the gap within the noise?
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,12 @@ from pneumolib.base.metrics import (
     check_arrays,
     percentile_ci,
 )
-from pneumolib.base.rundir import read_predictions
+from pneumolib.base.rundir import predictions_path, read_predictions, trained_config
+from pneumolib.data.labels import open_cache, original_sizes
+from pneumolib.data.letterbox import truth_boxes
+
+if TYPE_CHECKING:
+    from pneumolib.evaluate.boxes import BoxesScores
 
 COMPARED = ("roc_auc", "average_precision", "accuracy", "precision", "recall")
 
@@ -94,6 +101,83 @@ def _delong_p(y: np.ndarray, p_a: pd.Series, p_b: pd.Series) -> float:
     return delong(y, p_a, p_b)["p_value"] if min(pos, len(y) - pos) >= 2 else math.nan
 
 
+def boxes_file(run: str | Path, split: str) -> Path:
+    """RUN/boxes_<split>.csv (Kaggle's `patientId, PredictionString`, original pixels)."""
+    return Path(run) / f"boxes_{split}.csv"
+
+
+def read_box_file(path: Path) -> dict[str, BoxesScores]:
+    """A `patientId, PredictionString` CSV -> {patientId: (boxes (m, 4), confidences (m,))}."""
+    from pneumolib.evaluate.boxes import parse_prediction_string  # torch: only for boxes
+
+    table = pd.read_csv(path, dtype={"patientId": str}, keep_default_na=False)
+    if not {"patientId", "PredictionString"} <= set(table.columns):
+        raise UsageError(f"{path}: expected the columns patientId,PredictionString")
+    pairs = zip(table["patientId"], table["PredictionString"], strict=True)
+    return {pid: parse_prediction_string(text) for pid, text in pairs}
+
+
+def rsna_map_difference(
+    truth: dict[str, Any], a: Any, b: Any, *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """`rsna_map` of predictions `a` minus that of `b` on the patients of `truth` (both forms
+    of `evaluate.boxes.image_scores`): `value`, `ci` (95%, the same `n_boot` resamples of the
+    patients for both, as `rsna_map` draws them) and `n_patients`."""
+    from pneumolib.evaluate.boxes import _bootstrap_means, image_scores  # torch: only here
+
+    s_a, s_b = (image_scores(truth, p).to_numpy() for p in (a, b))
+    value = float(np.nanmean(s_a) - np.nanmean(s_b)) if len(s_a) else math.nan
+    ci = [math.nan, math.nan]
+    if n_boot > 0 and len(s_a):
+        with np.errstate(all="ignore"):
+            diff = _bootstrap_means(s_a, n_boot, seed) - _bootstrap_means(s_b, n_boot, seed)
+        ci = [float(v) for v in percentile_ci(diff, 0.05)]
+    return {"value": value, "ci": ci, "n_patients": len(s_a)}
+
+
+def _split_truth(run: str | Path, split: str, ids: set[str]) -> dict[str, np.ndarray]:
+    """The expert boxes (original pixels) of the patients `ids` of `split` of run's cache."""
+    cache = Path(trained_config(run).config.cache)
+    index, stats = open_cache(cache)
+    rows = index[(index["split"] == split) & index["patientId"].astype(str).isin(ids)]
+    heights, widths, note = original_sizes(rows, where=cache / "index.csv")
+    if note:
+        print(note)
+    return truth_boxes(rows.reset_index(drop=True), cache_size=stats.size, heights=heights,
+                       widths=widths)  # fmt: skip
+
+
+def compare_boxes(
+    runs: Sequence[str | Path], split: str = "test", *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, pd.DataFrame]:
+    """Each run's `rsna_map` of RUN/boxes_<split>.csv on the patients all runs have boxes for
+    (expert boxes from the first run's cache), with 95% CIs, and per pair the paired difference
+    a - b. Returns {"box_runs": one row per run, "box_pairs": one row per pair}."""
+    from pneumolib.evaluate.boxes import rsna_map  # torch: only for boxes
+
+    names = [Path(r).name for r in runs]
+    if len(set(names)) != len(names):
+        names = [str(r) for r in runs]
+    boxes = {n: read_box_file(boxes_file(r, split)) for n, r in zip(names, runs, strict=True)}
+    ids = set.intersection(*(set(b) for b in boxes.values()))
+    truth = _split_truth(runs[0], split, ids)
+    if not truth:
+        raise UsageError(f"the runs {names} share no {split} patient with boxes; compare runs "
+                         "of one cache")  # fmt: skip
+    own = {n: {p: b[p] for p in truth} for n, b in boxes.items()}
+    rows = []
+    for n in names:
+        s = rsna_map(truth, own[n], n_boot=n_boot, seed=seed)
+        rows.append({"run": n, "n": len(truth), "n_images": s["n_images"], "rsna_map": s["value"],
+                     "rsna_map_lo": s["ci"][0], "rsna_map_hi": s["ci"][1]})  # fmt: skip
+    pairs = []
+    for a, b in itertools.combinations(names, 2):
+        d = rsna_map_difference(truth, own[a], own[b], n_boot=n_boot, seed=seed)
+        pairs.append({"a": a, "b": b, "rsna_map_diff": d["value"],
+                      "rsna_map_diff_lo": d["ci"][0], "rsna_map_diff_hi": d["ci"][1]})  # fmt: skip
+    return {"box_runs": pd.DataFrame(rows), "box_pairs": pd.DataFrame(pairs)}
+
+
 def compare_runs(
     runs: Sequence[str | Path],
     split: str = "test",
@@ -105,9 +189,23 @@ def compare_runs(
     """Each run's AUC, AP, accuracy, precision and recall (at `threshold`) on the patients all
     runs scored, with 95% bootstrap CIs; and for each pair (a, b) the difference a - b with a
     paired 95% CI (the same `n_boot` resamples of patients for every run) and DeLong's p-value
-    for the AUC difference. Returns {"runs": one row per run, "pairs": one row per pair}."""
+    for the AUC difference. Returns {"runs": one row per run, "pairs": one row per pair}, and
+    where every run has RUN/boxes_<split>.csv, `compare_boxes`' two tables too (only those
+    where a run, as a detector run, has no predictions_<split>.csv)."""
     if len(runs) < 2:
         raise UsageError("compare_runs: give at least two runs")
+    boxes = all(boxes_file(r, split).is_file() for r in runs)
+    result = compare_boxes(runs, split, n_boot=n_boot, seed=seed) if boxes else {}
+    if boxes and not all(predictions_path(r, split).is_file() for r in runs):
+        return result  # a detector run scores boxes; its image ranking is in metrics_<split>.json
+    return result | _compare_predictions(runs, split, threshold=threshold, n_boot=n_boot,
+                                         seed=seed)  # fmt: skip
+
+
+def _compare_predictions(
+    runs: Sequence[str | Path], split: str, *, threshold: float, n_boot: int, seed: int
+) -> dict[str, pd.DataFrame]:
+    """`compare_runs`' part on RUN/predictions_<split>.csv (see there)."""
     table = paired_predictions(runs, split)
     y = table["target"].to_numpy()
     names = list(table.columns[2:])
@@ -135,7 +233,29 @@ def compare_runs(
 
 
 def comparison_text(result: dict[str, pd.DataFrame]) -> str:
-    """The two tables of `compare_runs` as plain text, AUC differences first."""
+    """The tables of `compare_runs` as plain text, AUC differences first, then rsna_map's."""
+    lines = _ranking_lines(result) if "runs" in result else []
+    if "box_runs" in result:
+        lines += _box_lines(result)
+    return "\n".join(lines)
+
+
+def _box_lines(result: dict[str, pd.DataFrame]) -> list[str]:
+    runs = result["box_runs"]
+    lines = [f"rsna_map (boxes) on the same {int(runs['n'].iloc[0])} patients:"]
+    for r in runs.itertuples():
+        lines.append(f"  {r.run}: rsna_map {r.rsna_map:.3f} [{r.rsna_map_lo:.3f}, "
+                     f"{r.rsna_map_hi:.3f}] on {r.n_images} images")  # fmt: skip
+    for r in result["box_pairs"].itertuples():
+        lo, hi = r.rsna_map_diff_lo, r.rsna_map_diff_hi
+        verdict = ("excludes 0" if (lo > 0 or hi < 0) else "includes 0: not shown to differ"
+                   ) if math.isfinite(lo) and math.isfinite(hi) else "undefined"  # fmt: skip
+        lines.append(f"  {r.a} - {r.b}: rsna_map {r.rsna_map_diff:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                     f"(paired bootstrap; the interval {verdict})")  # fmt: skip
+    return lines
+
+
+def _ranking_lines(result: dict[str, pd.DataFrame]) -> list[str]:
     runs = result["runs"]
     lines = [f"{len(runs)} runs on the same {int(runs['n'].iloc[0])} patients:"]
     for r in runs.itertuples():
@@ -154,7 +274,7 @@ def comparison_text(result: dict[str, pd.DataFrame]) -> str:
                 else "DeLong n/a (needs 2 positives and 2 negatives)"
             )
         )
-    return "\n".join(lines + [f"  {v}" for v in verdicts(result)])
+    return lines + [f"  {v}" for v in verdicts(result)]
 
 
 def verdicts(result: dict[str, pd.DataFrame]) -> list[str]:

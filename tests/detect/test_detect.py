@@ -177,9 +177,13 @@ def test_detect_command_writes_a_detector_run(demo_cache, tmp_path, capsys):
     assert main([*argv, "--lr", "0.5"]) == 2
     assert "other settings" in capsys.readouterr().err
     # commands that take a classifier refuse a detector in one line, not a state-dict error
-    assert main(["predict", "--checkpoint", str(out / "best.pt"), str(out / "config.json")]) == 2
+    assert main(["cam", "--run", str(out), "--split", "val"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "detector checkpoint" in err[-1]
+    # predict takes the detector's branch: a file that is no image is one line naming it
+    assert main(["predict", "--checkpoint", str(out / "best.pt"), str(out / "config.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: {out / 'config.json'}")
     with pytest.raises(UsageError, match="detect` trains it"):
         fit(Config.load(out / "config.json"), progress=False)
     with pytest.raises(SystemExit):  # `train` has no --kind: the command is the kind
