@@ -103,6 +103,12 @@ def ood_path(run: str | Path) -> Path:
     return Path(run) / OOD
 
 
+def boxes_path(run: str | Path, split: str) -> Path:
+    """RUN/boxes_<split>.csv: Kaggle's `patientId, PredictionString`, original pixels (written
+    by `cam` from maps, by `evaluate` on a detector run)."""
+    return Path(run) / f"boxes_{split}.csv"
+
+
 def predictions_name(split: str = "val", tta: bool = False) -> str:
     """predictions_<split>[_tta].csv (the name recorded in metrics_<split>.json)."""
     return f"predictions_{split_tag(split, tta)}.csv"

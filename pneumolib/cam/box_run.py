@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pneumolib.base.files import atomic_write
-from pneumolib.base.rundir import calibration_path, file_sha256
+from pneumolib.base.rundir import boxes_path, calibration_path, file_sha256
 from pneumolib.cam.boxes import (
     BoxRule,
     MapCollector,
@@ -41,11 +41,6 @@ from pneumolib.evaluate.calibration import Calibration, raw_logits, read_calibra
 
 # (rows, method=, layer=, desc=) -> batches of `run.iter_cam_batches` for the pneumonia logit
 MakeBatches = Callable[..., Iterable[dict[str, Any]]]
-
-
-def boxes_path(run: str | Path, split: str) -> Path:
-    """RUN/boxes_<split>.csv: Kaggle's `patientId, PredictionString`, original pixels."""
-    return Path(run) / f"boxes_{split}.csv"
 
 
 def box_calibration(run: Path, sha256: str) -> tuple[Calibration | None, str | None, str | None]:

@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 
 from pneumolib.base.errors import UsageError
-from pneumolib.base.rundir import report_config
-from pneumolib.cam.box_run import boxes_path
+from pneumolib.base.rundir import boxes_path, report_config
 from pneumolib.data.labels import open_cache, open_images, original_sizes
 from pneumolib.data.letterbox import boxes_to_cache, truth_boxes
-from pneumolib.evaluate.boxes import BoxesScores, parse_prediction_string, rsna_map
+from pneumolib.evaluate.boxes import BoxesScores, read_box_csv, rsna_map
 
 
 def _split(run: Path, split: str, cache: str | Path | None) -> tuple[pd.DataFrame, Any, Path]:
@@ -36,9 +35,7 @@ def read_boxes(run: str | Path, split: str) -> dict[str, BoxesScores]:
     if not path.is_file():
         raise UsageError(f"{path}: not found; run `python -m pneumolib cam --run {run} "
                          f"--split {split}` first")  # fmt: skip
-    table = pd.read_csv(path, dtype={"patientId": str}, keep_default_na=False)
-    pairs = zip(table["patientId"], table["PredictionString"], strict=True)
-    return {pid: parse_prediction_string(text) for pid, text in pairs}
+    return read_box_csv(path)
 
 
 def box_score_table(

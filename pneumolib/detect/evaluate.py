@@ -33,13 +33,13 @@ from pneumolib.base.files import atomic_write
 from pneumolib.base.metrics import jsonable, summarize
 from pneumolib.base.rundir import (
     best_path,
+    boxes_path,
     file_sha256,
     predictions_path,
     read_predictions,
     split_metrics_path,
     trained_config,
 )
-from pneumolib.cam.box_run import boxes_path
 from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.loader import make_loader
 from pneumolib.core.runtime import amp_dtype, resolve_device, warp_on_device

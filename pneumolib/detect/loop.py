@@ -31,12 +31,7 @@ from pneumolib.base.rundir import config_path, last_path
 from pneumolib.core.augment import AugmentPolicy
 from pneumolib.core.checkpoint import (
     cache_identity,
-    check_same_cache,
-    load_checkpoint,
-    resume_best,
-    rng_state,
     save_epoch,
-    set_rng_state,
     write_metrics,
 )
 from pneumolib.core.loader import EpochBatchSampler, make_loader
@@ -45,7 +40,7 @@ from pneumolib.data.labels import CacheStats, open_cache
 from pneumolib.detect.batches import Boxes, box_targets, detector_input
 from pneumolib.detect.model import box_label, detector_for
 from pneumolib.detect.score import split_boxes, val_row
-from pneumolib.train.loop import RESUMABLE_CHANGES, RunState
+from pneumolib.train.loop import RunState, epoch_checkpoint, resume_run
 from pneumolib.train.setup import make_optimizer, make_scheduler, seed_everything
 
 MONITOR = "rsna_map"  # a detector run's best epoch: the highest val rsna_map
@@ -173,40 +168,6 @@ def detector_step(s: DetectSetup, micro_batches: list[dict]) -> tuple[float, int
     return total, n_step
 
 
-def _check_resume(saved: dict, cfg: Config, out: Path) -> None:
-    diff = {
-        k: (saved.get(k), v)
-        for k, v in cfg.to_dict().items()
-        if k not in RESUMABLE_CHANGES and saved.get(k) != v
-    }
-    if diff:
-        raise RunError(
-            f"{out}: holds a run with other settings {diff}; choose a new --out "
-            "or delete the folder to start over"
-        )
-
-
-def _resume(s: DetectSetup, out: Path) -> RunState:
-    """Load `last.pt` into the setup (refused for other settings or another cache)."""
-    ckpt = load_checkpoint(last_path(out), map_location=s.device)
-    _check_resume(ckpt["config"], s.cfg, out)
-    check_same_cache(ckpt, s.cfg.cache, out)
-    s.model.load_state_dict(ckpt["model"])
-    s.opt.load_state_dict(ckpt["optimizer"])
-    s.sched.load_state_dict(ckpt["scheduler"])
-    s.scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
-    state = RunState(
-        start_epoch=ckpt["epoch"] + 1,
-        best=ckpt["best"],
-        best_loss=ckpt["best_loss"],
-        stale=ckpt["stale"],
-        history=list(ckpt["history"]),
-    )
-    state.best, state.best_loss = resume_best(out, state.best, state.best_loss)
-    return state
-
-
 def _train_epoch(s: DetectSetup, epoch: int, bar, callback) -> float:
     """One epoch of optimiser steps -> mean training loss per image."""
     cast(EpochBatchSampler, s.train_loader.sampler).set_epoch(epoch)  # make_loader's
@@ -251,25 +212,6 @@ def _validate(s: DetectSetup, epoch: int, train_loss: float, t0: float) -> dict:
     }
 
 
-def _checkpoint(s: DetectSetup, state: RunState, row: dict, cache_id: dict) -> dict:
-    return {
-        "model": s.model.state_dict(),
-        "optimizer": s.opt.state_dict(),
-        "scheduler": s.sched.state_dict(),
-        "scaler": s.scaler.state_dict(),
-        "epoch": row["epoch"] - 1,
-        "config": s.cfg.to_dict(),
-        "stats": s.stats.for_checkpoint(),
-        "metrics": row,
-        "best": state.best,
-        "best_loss": state.best_loss,
-        "stale": state.stale,
-        "history": state.history,
-        "rng": rng_state(),
-        "cache": cache_id,
-    }
-
-
 def _epoch_line(row: dict, epochs: int, improved: bool) -> str:
     return (
         f"epoch {row['epoch']:3d}/{epochs}  loss {row['train_loss']:.4f}  "
@@ -293,7 +235,7 @@ def fit_detector(
     seed_everything(cfg.seed, cfg.deterministic)
     resuming = last_path(out).exists()  # then the weights come from last.pt, not a download
     s = prepare_detector(cfg, device, weights="none" if resuming else None)
-    state = _resume(s, out) if resuming else RunState()
+    state = resume_run(s, out) if resuming else RunState()
     if resuming:
         print(f"resuming {out} after epoch {state.start_epoch} of {cfg.epochs}")
     else:
@@ -317,7 +259,7 @@ def fit_detector(
         row = _validate(s, epoch, _train_epoch(s, epoch, bar, callback), t0)
         improved = state.record(row, MONITOR)
         bar.write(_epoch_line(row, cfg.epochs, improved))
-        save_epoch(_checkpoint(s, state, row, cache_id), out, improved=improved)
+        save_epoch(epoch_checkpoint(s, state, row, cache_id), out, improved=improved)
         write_metrics(state.history, out)
         if callback:
             callback("epoch", {"epoch": epoch, "metrics": row})

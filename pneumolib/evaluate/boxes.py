@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -215,7 +216,20 @@ def image_scores(truth: Mapping[str, Any], predictions: Any) -> pd.Series:
     return pd.Series(values, index=pd.Index(ids, name="patientId"), name="rsna_map")
 
 
-def _bootstrap_means(s: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def read_box_csv(path: str | Path) -> dict[str, BoxesScores]:
+    """A `patientId, PredictionString` CSV (Kaggle's form) -> {patientId: (boxes (m, 4),
+    confidences (m,))}; a one-line UsageError for a missing file or other columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: not found")
+    table = pd.read_csv(path, dtype={"patientId": str}, keep_default_na=False)
+    if not {"patientId", "PredictionString"} <= set(table.columns):
+        raise UsageError(f"{path}: expected the columns patientId,PredictionString")
+    pairs = zip(table["patientId"], table["PredictionString"], strict=True)
+    return {pid: parse_prediction_string(text) for pid, text in pairs}
+
+
+def bootstrap_means(s: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """The mean of the counted (non-NaN) image scores `s` (N,) on each resample of
     `bootstrap_indices(N, n_boot, seed)` -> (n_boot,); NaN where a resample counts none."""
     counted = ~np.isnan(s)
@@ -243,5 +257,5 @@ def rsna_map(
     if n_images and n_boot > 0:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            ci = [float(v) for v in percentile_ci(_bootstrap_means(s, n_boot, seed), 0.05)]
+            ci = [float(v) for v in percentile_ci(bootstrap_means(s, n_boot, seed), 0.05)]
     return {"value": value, "ci": ci, "n_images": n_images}

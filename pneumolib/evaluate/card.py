@@ -37,6 +37,7 @@ from pneumolib.data.cache_files import STATS, errors_path, index_path, stats_pat
 from pneumolib.data.cache_stats import CacheStats
 from pneumolib.data.provenance import TRUTH_CSV, is_synthetic
 from pneumolib.evaluate import card_sections as sec
+from pneumolib.evaluate import card_use as use
 
 SPLITS = ("val", "test")
 PAPER = 'Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019)'
@@ -226,7 +227,7 @@ def _missing(f: RunFiles) -> list[str]:
 def card_text(f: RunFiles) -> str:
     """The Markdown of the card for what `read_run` found."""
     run = str(f.run)
-    lines = header(f) + model_details(f) + sec.intended_use_section()
+    lines = header(f) + model_details(f) + use.intended_use_section()
     lines += sec.data_section(
         cache=f.config.cache,
         stats=f.stats,
@@ -239,8 +240,8 @@ def card_text(f: RunFiles) -> str:
     lines += sec.calibration_section(f.metrics, run)
     lines += sec.subgroup_section(f.metrics, run)
     lines += sec.localisation_section(f.localisation, run)
-    lines += sec.ethics_section(f.synthetic)
-    lines += sec.caveats_section(
+    lines += use.ethics_section(f.synthetic)
+    lines += use.caveats_section(
         index=f.index, metrics=f.metrics, noisy_labels=f.noisy_labels, missing=_missing(f)
     )
     return "\n".join(lines).rstrip("\n") + "\n"

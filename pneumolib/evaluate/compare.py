@@ -25,12 +25,12 @@ from pneumolib.base.metrics import (
     check_arrays,
     percentile_ci,
 )
-from pneumolib.base.rundir import predictions_path, read_predictions, trained_config
+from pneumolib.base.rundir import boxes_path, predictions_path, read_predictions, trained_config
 from pneumolib.data.labels import open_cache, original_sizes
 from pneumolib.data.letterbox import truth_boxes
 
 if TYPE_CHECKING:
-    from pneumolib.evaluate.boxes import BoxesScores
+    pass
 
 COMPARED = ("roc_auc", "average_precision", "accuracy", "precision", "recall")
 
@@ -101,36 +101,20 @@ def _delong_p(y: np.ndarray, p_a: pd.Series, p_b: pd.Series) -> float:
     return delong(y, p_a, p_b)["p_value"] if min(pos, len(y) - pos) >= 2 else math.nan
 
 
-def boxes_file(run: str | Path, split: str) -> Path:
-    """RUN/boxes_<split>.csv (Kaggle's `patientId, PredictionString`, original pixels)."""
-    return Path(run) / f"boxes_{split}.csv"
-
-
-def read_box_file(path: Path) -> dict[str, BoxesScores]:
-    """A `patientId, PredictionString` CSV -> {patientId: (boxes (m, 4), confidences (m,))}."""
-    from pneumolib.evaluate.boxes import parse_prediction_string  # torch: only for boxes
-
-    table = pd.read_csv(path, dtype={"patientId": str}, keep_default_na=False)
-    if not {"patientId", "PredictionString"} <= set(table.columns):
-        raise UsageError(f"{path}: expected the columns patientId,PredictionString")
-    pairs = zip(table["patientId"], table["PredictionString"], strict=True)
-    return {pid: parse_prediction_string(text) for pid, text in pairs}
-
-
 def rsna_map_difference(
     truth: dict[str, Any], a: Any, b: Any, *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
     """`rsna_map` of predictions `a` minus that of `b` on the patients of `truth` (both forms
     of `evaluate.boxes.image_scores`): `value`, `ci` (95%, the same `n_boot` resamples of the
     patients for both, as `rsna_map` draws them) and `n_patients`."""
-    from pneumolib.evaluate.boxes import _bootstrap_means, image_scores  # torch: only here
+    from pneumolib.evaluate.boxes import bootstrap_means, image_scores  # torch: only here
 
     s_a, s_b = (image_scores(truth, p).to_numpy() for p in (a, b))
     value = float(np.nanmean(s_a) - np.nanmean(s_b)) if len(s_a) else math.nan
     ci = [math.nan, math.nan]
     if n_boot > 0 and len(s_a):
         with np.errstate(all="ignore"):
-            diff = _bootstrap_means(s_a, n_boot, seed) - _bootstrap_means(s_b, n_boot, seed)
+            diff = bootstrap_means(s_a, n_boot, seed) - bootstrap_means(s_b, n_boot, seed)
         ci = [float(v) for v in percentile_ci(diff, 0.05)]
     return {"value": value, "ci": ci, "n_patients": len(s_a)}
 
@@ -158,7 +142,9 @@ def compare_boxes(
     names = [Path(r).name for r in runs]
     if len(set(names)) != len(names):
         names = [str(r) for r in runs]
-    boxes = {n: read_box_file(boxes_file(r, split)) for n, r in zip(names, runs, strict=True)}
+    from pneumolib.evaluate.boxes import read_box_csv  # torch: only for boxes
+
+    boxes = {n: read_box_csv(boxes_path(r, split)) for n, r in zip(names, runs, strict=True)}
     ids = set.intersection(*(set(b) for b in boxes.values()))
     truth = _split_truth(runs[0], split, ids)
     if not truth:
@@ -194,7 +180,7 @@ def compare_runs(
     where a run, as a detector run, has no predictions_<split>.csv)."""
     if len(runs) < 2:
         raise UsageError("compare_runs: give at least two runs")
-    boxes = all(boxes_file(r, split).is_file() for r in runs)
+    boxes = all(boxes_path(r, split).is_file() for r in runs)
     result = compare_boxes(runs, split, n_boot=n_boot, seed=seed) if boxes else {}
     if boxes and not all(predictions_path(r, split).is_file() for r in runs):
         return result  # a detector run scores boxes; its image ranking is in metrics_<split>.json

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -100,8 +100,9 @@ def _join_processes(cfg: Config) -> tuple[torch.device, int, int]:
     return device, dist.get_rank(), dist.get_world_size()
 
 
-def _resume(s: TrainSetup, out: Path) -> RunState:
-    """Load `last.pt` into the setup (refused for other settings or another cache)."""
+def resume_run(s: Any, out: Path) -> RunState:
+    """Load `last.pt` into the setup `s` (a `TrainSetup`, or the detector's: anything with
+    model, opt, sched, scaler, cfg, device), refused for other settings or another cache."""
     ckpt = load_checkpoint(last_path(out), map_location=s.device)
     _check_resume(ckpt["config"], s.cfg, out)
     check_same_cache(ckpt, s.cfg.cache, out)
@@ -170,7 +171,8 @@ def _validate(s: TrainSetup, epoch: int, train_loss: float, t0: float) -> dict:
     }
 
 
-def _checkpoint(s: TrainSetup, state: RunState, row: dict, cache_id: dict) -> dict:
+def epoch_checkpoint(s: Any, state: RunState, row: dict, cache_id: dict) -> dict:
+    """What `last.pt`/`best.pt` hold after an epoch, for a setup `s` as `resume_run` takes."""
     return {
         "model": s.model.state_dict(),
         "optimizer": s.opt.state_dict(),
@@ -220,7 +222,7 @@ def fit(
     seed_everything(cfg.seed, cfg.deterministic)
     resuming = last_path(out).exists()  # then the weights come from last.pt, not a download
     s = prepare_training(cfg, device, rank=rank, world=world, weights="none" if resuming else None)
-    state = _resume(s, out) if resuming else RunState()
+    state = resume_run(s, out) if resuming else RunState()
     if main and resuming:
         print(f"resuming {out} after epoch {state.start_epoch} of {cfg.epochs}")
     elif main:
@@ -251,7 +253,7 @@ def fit(
             bar.write(_epoch_line(row, cfg.epochs, improved))
             if owner is not None:  # a sweep trial taken over by another worker: stop unwritten
                 check_owner(out, owner)
-            save_epoch(_checkpoint(s, state, row, cache_id), out, improved=improved)
+            save_epoch(epoch_checkpoint(s, state, row, cache_id), out, improved=improved)
             write_metrics(state.history, out)
             if writer:
                 for k, v in row.items():
