@@ -24,7 +24,9 @@
 # 1. turn the maps into boxes with a rule chosen on val (`cam` does it, `RUN/box_rule.json`),
 # 2. score the test boxes with the challenge's metric, overall and for AP and PA films apart,
 # 3. look at predicted boxes against the experts' boxes: hits, false boxes, missed boxes,
-# 4. write Kaggle's submission file for the test images.
+# 4. train a detector on the expert boxes, with and without the classifier as a gate, and
+#    compare the three routes on the same patients,
+# 5. write Kaggle's submission file for the test images.
 #
 # **The metric.** For each image and each IoU threshold t in 0.40, 0.45, ..., 0.75, count
 # TP / (TP + FP + FN): predicted boxes are taken in order of confidence, each matching at most
@@ -72,10 +74,10 @@ if IN_COLAB and importlib.util.find_spec("pneumolib") is None:
 # %matplotlib inline
 from pathlib import Path
 
+import pandas as pd
 from IPython.display import display
 
 import pneumolib as pl
-from pneumolib.submit import submit
 
 paths = pl.colab.default_paths()
 pl.colab.mount_drive(paths.drive)
@@ -139,18 +141,80 @@ titles = [f"{p[:8]}..." for p in ids]
 display(pl.evaluate.box_outcome_grid(images, truths, preds, iou=0.5, titles=titles, ncols=4))
 
 # %% [markdown]
+# ## What box labels add: a detector
+#
+# The classifier's maps were never told where the boxes are. A detector is: FCOS (torchvision)
+# on the same ResNet18 with a feature pyramid, trained on the train split's expert boxes,
+# negatives included, with the classifier's augmentation moving the boxes with the image, and
+# judged each epoch by the metric on val. It starts from the classifier's own backbone: ImageNet
+# weights need the network, and on the demo the classifier's backbone is the realistic start.
+# On the `demo` profile a few epochs on the CPU; on `rsna` the GPU and more epochs. A
+# disconnected run resumes. The same from a terminal: `python -m pneumolib detect --cache CACHE
+# --out RUN --weights CLASSIFIER_RUN`.
+
+# %%
+det_dir = run_dir.parent / "detector"
+det_epochs = 4 if profile == "demo" else 12
+pl.detect.fit_detector(cfg.replace(out=str(det_dir), weights=str(run_dir), epochs=det_epochs))
+
+# %% [markdown]
+# ## Three routes on test
+#
+# The detector's boxes, and the same boxes **gated** by the classifier: a patient keeps them
+# only where the calibrated classifier calls the film positive at its val-chosen `youden`
+# point, which removes boxes on films the classifier finds clear (the winning entries did
+# this). Each score has its 95% CI over patients; the differences below are paired, on the
+# same patients and the same bootstrap resamples, so they are what to read: an interval that
+# excludes 0 is a difference this data can see.
+
+# %%
+det = pl.detect.evaluate_detector(det_dir, "test", gate=run_dir)
+scores = {"CAM boxes": summary["rsna_map"], "detector": det["rsna_map"],
+          "detector + gate": det["rsna_map_gated"]}  # fmt: skip
+routes = pd.DataFrame(
+    [
+        {
+            "route": name,
+            "rsna_map": s["value"],
+            "95% CI": pl.with_ci(s["value"], s["ci"]),
+            "images": s["n_images"],
+        }
+        for name, s in scores.items()
+    ]  # fmt: skip
+).set_index("route")
+display(routes.round(3))
+pairs = pl.evaluate.compare_boxes([det_dir, run_dir], "test")["box_pairs"].iloc[0]
+gate = det["gate_difference"]
+diff_ci = [pairs.rsna_map_diff_lo, pairs.rsna_map_diff_hi]
+print(f"detector - CAM boxes: {pl.with_ci(pairs.rsna_map_diff, diff_ci)}")
+print(f"gated - detector: {pl.with_ci(gate['value'], gate['ci'])}")
+
+# %% [markdown]
+# AP and PA films apart, for the CAM boxes and the detector:
+
+# %%
+by_view = pd.concat(
+    {
+        "CAM boxes": pl.cam.box_score_table(run_dir, "test"),
+        "detector": pl.cam.box_score_table(det_dir, "test"),
+    }  # fmt: skip
+)
+display(by_view.round(3))
+
+# %% [markdown]
 # ## The submission file
 #
 # Kaggle's test folder, `stage_2_test_images/`, has no labels: `submit` writes one row per DICOM,
 # `patientId,PredictionString`, with `confidence x y width height ...` in the original image's
 # pixels and an empty string where there is no box. Notebook 00 downloads the folder to the
 # runtime's local disk, which a new Colab session no longer has: `fetch_data` downloads it again
-# (the `demo` profile has a small unlabelled folder of its own).
+# (the `demo` profile has a small unlabelled folder of its own). This cell submits the CAM
+# boxes; `pl.submit.submit(det_dir, ..., gate=run_dir)` submits the gated detector's instead.
 
 # %%
 raw = pl.colab.fetch_data(paths, profile)
 submission = run_dir / "submission.csv"
-written = submit(run_dir, raw / "stage_2_test_images", submission, progress=False)
+written = pl.submit.submit(run_dir, raw / "stage_2_test_images", submission, progress=False)
 print(f"{len(written)} rows, {(written.PredictionString != '').sum()} with boxes -> {submission}")
 display(written.head())
 

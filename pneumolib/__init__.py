@@ -9,8 +9,8 @@ The calls a notebook makes are here, imported on first use (`import pneumolib` l
 The folders, bottom to top, each importing only the ones below it: `base` (torch-free: config,
 errors, files, progress, plots, number formats, run-folder names, metrics), `data` (00-01:
 labels, DICOMs, demo phantoms, the cache), `core` (torch: augmentation, loader, models, tasks,
-the inference runtime, checkpoints), `train` (03), `evaluate` (04), `cam` (05), `tune` (06),
-`predict` (scoring new files), `course` (Colab, the demo and its report, publishing a fork) and
+the inference runtime, checkpoints), `train` (03), `evaluate` (04), `cam` (05), `detect` (07:
+a box detector), `tune` (06), `predict` (scoring new files), `submit` (Kaggle's file), `course` (Colab, the demo and its report, publishing a fork) and
 `cli`. Each folder re-exports its own public calls the same way: `pl.evaluate.plot_roc`.
 """
 
@@ -40,7 +40,7 @@ _EXPORTS = {
     "pneumolib.course.results": "results_table provenance_line",
     "pneumolib.course": "colab",
     # the folders themselves: `pl.evaluate.plot_roc` imports pneumolib.evaluate on first use
-    "pneumolib": "base data core train evaluate cam tune predict course cli",
+    "pneumolib": "base data core train evaluate cam detect tune predict submit course cli",
 }
 __getattr__, __dir__, _names = lazy_exports(__name__, _EXPORTS)
 __all__ = [*_names, "__version__"]

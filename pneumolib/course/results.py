@@ -71,6 +71,7 @@ NAMES = {
     "preprocess": "benchmarks/preprocess.py",
     "train_step": "benchmarks/train_step.py",
     "full_scale": "benchmarks/full_scale.py",
+    "detect_seeds": "benchmarks/detect_seeds.py",
 }
 FIELDS = ("schema", "name", "command", "date", "versions", "machine", "load_average", "tables")
 VERSIONS = ("python", "pneumolib", "torch", "torchvision", "numpy", "opencv", "pydicom", "pandas")

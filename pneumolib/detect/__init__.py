@@ -8,5 +8,6 @@ _EXPORTS = {
     "pneumolib.detect.loop": "fit_detector as_detector",
     "pneumolib.detect.model": "build_detector load_detector",
     "pneumolib.detect.score": "split_boxes choose_box_threshold",
+    "pneumolib.detect.evaluate": "evaluate_detector",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ from pneumolib.base.lazy import lazy_exports
 
 _EXPORTS = {
     "pneumolib.evaluate.run": "evaluate_run metrics_table summary_table",
-    "pneumolib.evaluate.compare": "compare_runs comparison_text verdicts delong",
+    "pneumolib.evaluate.compare": "compare_runs compare_boxes comparison_text verdicts delong",
     "pneumolib.evaluate.card": "write_card",
     "pneumolib.evaluate.calibration": "read_calibration fit_calibration",
     "pneumolib.evaluate.multiclass": "class_table confusion_table",
