@@ -1,4 +1,4 @@
-"""The repository's URL: declared once (pyproject), agreed with by the seven install cells and
+"""The repository's URL: declared once (pyproject), agreed with by the eight install cells and
 the README's Colab badges, rewritten for a fork in one command; the install cell itself."""
 
 from __future__ import annotations
@@ -50,15 +50,15 @@ def test_repository_agrees_with_its_declared_url():
         declared = tomllib.load(f)["project"]["urls"]["Repository"]
     assert publish.declared_url(ROOT) == declared == OURS  # the regex reads what TOML reads
     assert publish.notebooks(ROOT) == [
-        p.stem for p in sorted((ROOT / "notebooks").glob("0[0-6]_*.py"))
+        p.stem for p in sorted((ROOT / "notebooks").glob("0[0-7]_*.py"))
     ]
-    assert len(publish.notebooks(ROOT)) == 7
+    assert len(publish.notebooks(ROOT)) == 8
     assert publish.check_sources(ROOT) == []
 
 
-def test_the_seven_install_cells_are_identical():
+def test_the_eight_install_cells_are_identical():
     cells = {py.name: _install_cell(py) for py in sorted((ROOT / "notebooks").glob("0*_*.py"))}
-    assert len(cells) == 7
+    assert len(cells) == 8
     first = cells["00_setup.py"]
     assert first.startswith(f'PNEUMOLIB_SOURCE = "git+{OURS}"  # @param {{type:"string"}}')
     assert [name for name, cell in cells.items() if cell != first] == []
@@ -111,13 +111,13 @@ def test_one_changed_badge_is_reported(repo: Path, old: str, new: str):
 def test_rewrite_for_a_fork(repo: Path):
     before = {p.name: json.loads(p.read_text()) for p in (repo / "notebooks").glob("*.ipynb")}
     changed = publish.rewrite_sources(repo, FORK + ".git/", branch="dev")
-    assert len(changed) == 2 + 2 * 7 and "pyproject.toml" in changed and "README.md" in changed
+    assert len(changed) == 2 + 2 * 8 and "pyproject.toml" in changed and "README.md" in changed
     assert publish.declared_url(repo) == FORK
     assert publish.check_sources(repo) == []  # the badges' branch, dev, is taken as given
     assert publish.check_sources(repo, FORK, branch="dev") == []
     assert publish.check_sources(repo, OURS)[0].startswith("pyproject.toml:")
     on_main = publish.check_sources(repo, branch="main")
-    assert len(on_main) == 7 and _files_named(on_main) == ["README.md"]
+    assert len(on_main) == 8 and _files_named(on_main) == ["README.md"]
     for name in publish.notebooks(repo):
         for path in (repo / "notebooks" / f"{name}.py", repo / "notebooks" / f"{name}.ipynb"):
             text = path.read_text()
@@ -128,7 +128,7 @@ def test_rewrite_for_a_fork(repo: Path):
         assert [c.get("outputs") for c in nb["cells"]] == [c.get("outputs") for c in old["cells"]]
         assert [c["id"] for c in nb["cells"]] == [c["id"] for c in old["cells"]]
     readme = (repo / "README.md").read_text()
-    assert readme.count("colab.research.google.com/github/someone/pneumolib-fork/blob/dev/") == 7
+    assert readme.count("colab.research.google.com/github/someone/pneumolib-fork/blob/dev/") == 8
     assert "github/pneumolib/pneumolib" not in readme
     assert publish.rewrite_sources(repo, FORK, branch="dev") == []  # nothing left to change
 
@@ -174,7 +174,7 @@ def test_publish_command(repo: Path, tmp_path_factory, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith("notebooks/06_tuning.py: install cell has git+https://github.com/other/")
     assert main(["publish", "--repo", FORK]) == 0
-    assert "16 file(s) now point at " + FORK in capsys.readouterr().out
+    assert "18 file(s) now point at " + FORK in capsys.readouterr().out
     assert main(["publish", "--check", "--repo", FORK]) == 0
     assert main(["publish", "--check", "--repo", OURS]) == 1
     assert main(["publish", "--repo", "https://example.org/x/y"]) == 2
