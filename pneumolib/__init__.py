@@ -10,8 +10,9 @@ The folders, bottom to top, each importing only the ones below it: `base` (torch
 errors, files, progress, plots, number formats, run-folder names, metrics), `data` (00-01:
 labels, DICOMs, demo phantoms, the cache), `core` (torch: augmentation, loader, models, tasks,
 the inference runtime, checkpoints), `train` (03), `evaluate` (04), `cam` (05), `detect` (07:
-a box detector), `tune` (06), `predict` (scoring new files), `submit` (Kaggle's file), `course` (Colab, the demo and its report, publishing a fork) and
-`cli`. Each folder re-exports its own public calls the same way: `pl.evaluate.plot_roc`.
+a box detector), `tune` (06), `predict` (scoring new files), `submit` (Kaggle's file),
+`course` (Colab, the demo and its report, publishing a fork) and `cli`. Each folder
+re-exports its own public calls the same way: `pl.evaluate.plot_roc`.
 """
 
 from pneumolib.base.lazy import lazy_exports
