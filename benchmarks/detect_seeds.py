@@ -47,8 +47,8 @@ def one_seed(work: Path, seed: int, *, n_boot: int) -> list[dict]:
         evaluate_run(cfg.out, split, n_boot=n_boot, figures=False, print_table=False)
     cam_run(cfg.out, "test", n_overlays=0, n_boot=n_boot, progress=False)
     det = Path(cfg.out).parent / "detector"
-    fit_detector(cfg.replace(out=str(det), weights=str(cfg.out), epochs=DETECT_EPOCHS),
-                 progress=False)  # fmt: skip
+    start = {"weights": str(cfg.out), "mode": "finetune"}  # the classifier's backbone
+    fit_detector(cfg.replace(out=str(det), epochs=DETECT_EPOCHS, **start), progress=False)
     m = evaluate_detector(det, "test", gate=cfg.out, n_boot=n_boot)
     versus = compare_boxes([det, cfg.out], "test", n_boot=n_boot)["box_pairs"].iloc[0]
     rows = []
