@@ -35,6 +35,7 @@ from pneumolib.evaluate.run import evaluate_run
 from pneumolib.train.loop import fit
 
 DETECT_EPOCHS = 4  # what about five minutes buys on 2 CPU cores at the demo's 128 px
+DETECT_BATCH = 8  # small batches: more steps in those epochs (a detector learns from steps)
 ROUTES = ("CAM boxes", "detector", "detector + gate")
 
 
@@ -48,7 +49,8 @@ def one_seed(work: Path, seed: int, *, n_boot: int) -> list[dict]:
     cam_run(cfg.out, "test", n_overlays=0, n_boot=n_boot, progress=False)
     det = Path(cfg.out).parent / "detector"
     start = {"weights": str(cfg.out), "mode": "finetune"}  # the classifier's backbone
-    fit_detector(cfg.replace(out=str(det), epochs=DETECT_EPOCHS, **start), progress=False)
+    det_cfg = cfg.replace(out=str(det), epochs=DETECT_EPOCHS, batch_size=DETECT_BATCH, **start)
+    fit_detector(det_cfg, progress=False)
     m = evaluate_detector(det, "test", gate=cfg.out, n_boot=n_boot)
     versus = compare_boxes([det, cfg.out], "test", n_boot=n_boot)["box_pairs"].iloc[0]
     rows = []

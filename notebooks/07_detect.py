@@ -155,9 +155,8 @@ display(pl.evaluate.box_outcome_grid(images, truths, preds, iou=0.5, titles=titl
 # %%
 det_dir = run_dir.parent / "detector"
 det_epochs = 4 if profile == "demo" else 12
-pl.detect.fit_detector(
-    cfg.replace(out=str(det_dir), weights=str(run_dir), mode="finetune", epochs=det_epochs)
-)
+start = dict(weights=str(run_dir), mode="finetune")  # the classifier's backbone, all trained
+pl.detect.fit_detector(cfg.replace(out=str(det_dir), epochs=det_epochs, batch_size=8, **start))
 
 # %% [markdown]
 # ## Three routes on test
