@@ -154,9 +154,11 @@ display(pl.evaluate.box_outcome_grid(images, truths, preds, iou=0.5, titles=titl
 
 # %%
 det_dir = run_dir.parent / "detector"
-det_epochs = 4 if profile == "demo" else 12
+det_epochs, det_batch = (4, 8) if profile == "demo" else (12, 16)  # small batches: more steps
 start = dict(weights=str(run_dir), mode="finetune")  # the classifier's backbone, all trained
-pl.detect.fit_detector(cfg.replace(out=str(det_dir), epochs=det_epochs, batch_size=8, **start))
+pl.detect.fit_detector(
+    cfg.replace(out=str(det_dir), epochs=det_epochs, batch_size=det_batch, **start)
+)
 
 # %% [markdown]
 # ## Three routes on test
