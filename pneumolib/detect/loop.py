@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,13 +34,13 @@ from pneumolib.core.checkpoint import (
     save_epoch,
     write_metrics,
 )
-from pneumolib.core.loader import EpochBatchSampler, make_loader
+from pneumolib.core.loader import make_loader
 from pneumolib.core.runtime import amp_dtype, resolve_device, warp_on_device
 from pneumolib.data.labels import CacheStats, open_cache
 from pneumolib.detect.batches import Boxes, box_targets, detector_input
 from pneumolib.detect.model import box_label, detector_for
 from pneumolib.detect.score import split_boxes, val_row
-from pneumolib.train.loop import RunState, epoch_checkpoint, resume_run
+from pneumolib.train.loop import RunState, epoch_checkpoint, epoch_steps, resume_run
 from pneumolib.train.setup import make_optimizer, make_scheduler, seed_everything
 
 MONITOR = "rsna_map"  # a detector run's best epoch: the highest val rsna_map
@@ -170,23 +170,7 @@ def detector_step(s: DetectSetup, micro_batches: list[dict]) -> tuple[float, int
 
 def _train_epoch(s: DetectSetup, epoch: int, bar, callback) -> float:
     """One epoch of optimiser steps -> mean training loss per image."""
-    cast(EpochBatchSampler, s.train_loader.sampler).set_epoch(epoch)  # make_loader's
-    s.model.train()
-    batches = iter(s.train_loader)
-    run_loss, seen = 0.0, 0
-    for step in range(s.steps_per_epoch):
-        micro_batches = [b for _, b in zip(range(s.accum), batches, strict=False)]
-        if not micro_batches:
-            break
-        loss, n = detector_step(s, micro_batches)
-        run_loss, seen = run_loss + loss, seen + n
-        s.sched.step()
-        bar.update()
-        lr = f"{s.sched.get_last_lr()[0]:.2e}"
-        bar.set_postfix(loss=f"{run_loss / seen:.4f}", lr=lr, refresh=False)
-        if callback:
-            callback("step", {"epoch": epoch, "step": step})
-    return run_loss / max(seen, 1)
+    return epoch_steps(s, epoch, bar, callback, step=detector_step, module=s.model)
 
 
 def _validate(s: DetectSetup, epoch: int, train_loss: float, t0: float) -> dict:

@@ -122,28 +122,39 @@ def resume_run(s: Any, out: Path) -> RunState:
     return state
 
 
-def _train_epoch(s: TrainSetup, epoch: int, bar, callback) -> float:
-    """One epoch of optimiser steps -> mean training loss."""
+def epoch_steps(
+    s: Any, epoch: int, bar, callback, *, step: Callable[[Any, list], tuple[float, int]],
+    module: torch.nn.Module,
+) -> float:  # fmt: skip
+    """One epoch of optimiser steps of setup `s` (the classifier's, or the detector's), each
+    `step(s, micro_batches) -> (loss summed over its images, images)`, with `module` in train
+    mode -> the mean training loss per image."""
     cast(EpochBatchSampler, s.train_loader.sampler).set_epoch(epoch)  # make_loader's
-    s.net.train()
+    module.train()
     batches = iter(s.train_loader)
     run_loss, seen = 0.0, 0
-    for step in range(s.steps_per_epoch):
+    for i in range(s.steps_per_epoch):
         micro_batches = [b for _, b in zip(range(s.accum), batches, strict=False)]
         if not micro_batches:
             break
-        loss, n = optimiser_step(s, micro_batches)
+        loss, n = step(s, micro_batches)
         run_loss, seen = run_loss + loss, seen + n
         s.sched.step()
         bar.update()
         lr = f"{s.sched.get_last_lr()[0]:.2e}"
         bar.set_postfix(loss=f"{run_loss / seen:.4f}", lr=lr, refresh=False)
         if callback:
-            callback("step", {"epoch": epoch, "step": step})
+            callback("step", {"epoch": epoch, "step": i})
+    return run_loss / max(seen, 1)
+
+
+def _train_epoch(s: TrainSetup, epoch: int, bar, callback) -> float:
+    """One epoch of optimiser steps -> mean training loss."""
+    loss = epoch_steps(s, epoch, bar, callback, step=optimiser_step, module=s.net)
     if s.distributed:  # BN running stats drift per rank after the last forward: take rank 0's
         for buf in s.model.buffers():
             dist.broadcast(buf, 0)
-    return run_loss / max(seen, 1)
+    return loss
 
 
 def _validate(s: TrainSetup, epoch: int, train_loss: float, t0: float) -> dict:
