@@ -137,10 +137,11 @@ raw = pl.colab.fetch_data(paths, profile)  # demo: pl.colab.DEMO_DATA (300 DICOM
 #
 # The layout the rest of the series reads, and its counts. The full data has 26,684 training
 # DICOMs and 30,227 label rows (one per box) for 26,684 patients, 6,012 of them positive.
-# `test_dicoms` counts Kaggle's unlabelled test images (`stage_2_test_images/`): the series
-# does not use them (its val and test splits are made from the labelled training images),
-# and the demo data has none. The last line says so, and whether the Kaggle token is needed
-# (only the `rsna` profile reads it; its key is never printed).
+# `test_dicoms` counts Kaggle's unlabelled test images (`stage_2_test_images/`): only the
+# submission file of notebook 07 uses them (the val and test splits are made from the
+# labelled training images); the demo data has a few of its own. The last line says so, and
+# whether the Kaggle token is needed (only the `rsna` profile reads it; its key is never
+# printed).
 
 # %%
 counts = pl.data.verify_layout(raw, expect_full=(profile == "rsna"))

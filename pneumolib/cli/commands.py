@@ -82,13 +82,18 @@ def detect_command(args: argparse.Namespace) -> None:
 
 
 def _kind(run: str | Path) -> str:
-    """A run folder's (or a checkpoint's folder's) kind, read without torch."""
+    """A run folder's (or a checkpoint's folder's) kind, read without torch; "classifier" where
+    the folder says nothing readable, so the classifier's path names what is missing."""
+    from pneumolib.base.errors import PneumolibError
     from pneumolib.base.rundir import BEST, trained_config
 
     path = Path(run)
-    if path.is_file():
-        return trained_config(path.parent, checkpoint=path.name).config.kind
-    return trained_config(path, checkpoint=BEST).config.kind
+    try:
+        if path.is_file():
+            return trained_config(path.parent, checkpoint=path.name).config.kind
+        return trained_config(path, checkpoint=BEST).config.kind
+    except (OSError, ValueError, PneumolibError):
+        return "classifier"
 
 
 def _is_detector_checkpoint(checkpoint: str) -> bool:

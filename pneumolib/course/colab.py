@@ -250,8 +250,8 @@ def counts_note(counts: dict[str, int], profile: str) -> str:
     token's content)."""
     test = (
         f"test_dicoms {counts.get('test_dicoms', 0):,}: Kaggle's unlabelled "
-        f"{TEST_DIR}/ (the demo has none) is not used; the val and test splits come from "
-        "the labelled training images"
+        f"{TEST_DIR}/ is used only for the submission file (notebook 07); the val and test "
+        "splits come from the labelled training images"
     )
     if profile == "demo":
         return f"{test}. A Kaggle token is needed only for the rsna profile."

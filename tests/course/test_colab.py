@@ -23,7 +23,7 @@ from pneumolib.base.config import demo_config, rsna_config
 from pneumolib.base.errors import UsageError
 from pneumolib.course import colab, demo
 from pneumolib.data import kaggle
-from pneumolib.data.synth import make_demo_data
+from pneumolib.data.synth import N_TEST, make_demo_data
 
 N_DEMO = 20
 KEY = "0123456789abcdef-not-a-real-key"
@@ -281,7 +281,7 @@ def test_outside_colab_falls_back_to_demo(kaggle_cli: Path, env: Path, monkeypat
     described = paths.describe("demo")
     assert str(paths.raw_demo) in described and "rsna" not in described
     assert "not used by the demo" in described.splitlines()[-1]  # kaggle.json: rsna only
-    assert result.counts["test_dicoms"] == 0
+    assert result.counts["test_dicoms"] == N_TEST  # the demo's unlabelled folder, for submit
     note = colab.counts_note(result.counts, "demo")
     assert "\n" not in note and kaggle.TEST_DIR in note and "only for the rsna profile" in note
     assert note in out  # setup prints it after the counts
